@@ -1,0 +1,62 @@
+"""The ASGI application: GraphQL at /graphql, probes, and the database lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from api.embedded import EmbeddedPostgres
+from api.graphql_app import graphql_app
+from api.health import healthz, readyz
+from api.settings import Settings
+from api.state import AppState, LifespanState
+from store import migrate
+from store.phones import PhoneVault
+from store.urls import libpq_url
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
+        embedded = None
+        url = settings.database_url
+        if url is None:
+            embedded = await anyio.to_thread.run_sync(EmbeddedPostgres.start, settings.home)
+            url = embedded.url
+            log.info("embedded PostgreSQL running in %s", settings.home / "pgdata")
+            await anyio.to_thread.run_sync(migrate.upgrade, url)
+        try:
+            pool = AsyncConnectionPool(
+                libpq_url(url),
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                kwargs={"autocommit": True},  # reads are single statements; writes open transactions
+                open=False,
+            )
+            await pool.open(wait=True, timeout=30)
+            try:
+                vault = PhoneVault(settings.phone_secret())
+                yield {"omnimember": AppState(pool=pool, vault=vault, head_revision=migrate.head_revision())}
+            finally:
+                await pool.close()
+        finally:
+            if embedded is not None:
+                # uvicorn re-raises SIGTERM after shutdown, so atexit hooks never run: stop it here.
+                await anyio.to_thread.run_sync(embedded.stop)
+
+    return Starlette(
+        routes=[
+            Route("/graphql", graphql_app(settings.graphql_ide)),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )

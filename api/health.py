@@ -1,0 +1,28 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from api.state import AppState
+from store.migrate import current_revision
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """The process is up; says nothing about the database."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """The database answers and its schema is at the revision this code expects."""
+    state: AppState = request.state.omnimember
+    try:
+        async with state.pool.connection(timeout=2) as conn:
+            current = await current_revision(conn)
+    except Exception as error:  # any failure to reach the database means "not ready"
+        return JSONResponse({"status": "unavailable", "database": type(error).__name__}, status_code=503)
+    body = {"database": "ok", "revision": current, "head": state.head_revision}
+    if current != state.head_revision:
+        return JSONResponse({"status": "migrations pending", **body}, status_code=503)
+    return JSONResponse({"status": "ready", **body})

@@ -1,0 +1,21 @@
+"""What the lifespan creates once and every request shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from psycopg_pool import AsyncConnectionPool
+
+from store.phones import PhoneVault
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    pool: AsyncConnectionPool[Any]
+    vault: PhoneVault
+    head_revision: str
+
+
+class LifespanState(TypedDict):
+    omnimember: AppState

@@ -1,0 +1,27 @@
+"""The per-request context every resolver receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from strawberry import Info as _Info
+
+from resolvers.loaders import Loaders
+from store.phones import PhoneVault
+
+
+@dataclass(slots=True)
+class Context:
+    pool: AsyncConnectionPool[Any]
+    vault: PhoneVault
+    request_id: str
+    loaders: Loaders = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Fresh loaders per request: their caches must never outlive it.
+        self.loaders = Loaders(self.pool)
+
+
+Info = _Info[Context, None]

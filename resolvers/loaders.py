@@ -1,0 +1,77 @@
+"""Per-request DataLoaders: every to-one and to-many read is batched into one statement.
+
+Each batch takes its own pooled connection, since loaders run concurrently and a connection
+serves one statement at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from strawberry.dataloader import DataLoader
+
+from store import brands, members, merges
+from store.sql import Row, group_by, index_by
+
+Fetch = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[Row]]]
+Grouped = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[list[Row]]]]
+
+
+class Loaders:
+    """The loaders of one request, named ``<thing>_by_<key>``."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+        self.member_by_id = DataLoader(self._one(members.members_by_id, "id"))
+        self.brand_by_id = DataLoader(self._one(brands.brands_by_id, "id"))
+        self.group_by_id = DataLoader(self._one(brands.groups_by_id, "id"))
+        self.tiers_by_brand = DataLoader(self._many(brands.tiers_by_brand, "brand_id"))
+        self.identities_by_member = DataLoader(
+            self._many(members.identities_by_member, "member_id")
+        )
+        self.merge_by_id = DataLoader(self._one(merges.merges_by_id, "id"))
+        self.merges_by_member = DataLoader(self._grouped(merges.merges_by_member))
+        self.members_by_person = DataLoader(self._people)
+
+    def _one(
+        self, fetch: Fetch, key: str
+    ) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
+        async def load(keys: list[Any]) -> list[Row | None]:
+            async with self._pool.connection() as conn:
+                return index_by(await fetch(conn, keys), key, keys)
+
+        return load
+
+    def _many(
+        self, fetch: Fetch, key: str
+    ) -> Callable[[list[Any]], Awaitable[list[list[Row]]]]:
+        async def load(keys: list[Any]) -> list[list[Row]]:
+            async with self._pool.connection() as conn:
+                return group_by(await fetch(conn, keys), key, keys)
+
+        return load
+
+    def _grouped(self, fetch: Grouped) -> Callable[[list[Any]], Awaitable[list[list[Row]]]]:
+        async def load(keys: list[Any]) -> list[list[Row]]:
+            async with self._pool.connection() as conn:
+                return await fetch(conn, keys)
+
+        return load
+
+    async def _people(self, keys: list[tuple[int, bytes]]) -> list[list[Row]]:
+        """Live members per (group id, phone hash): one person's memberships across the group."""
+        async with self._pool.connection() as conn:
+            rows = await members.members_sharing_phone(
+                conn,
+                group_ids=sorted({g for g, _ in keys}),
+                hashes=sorted({h for _, h in keys}),
+            )
+        buckets: dict[tuple[int, bytes], list[Row]] = {key: [] for key in keys}
+        for row in rows:
+            bucket = buckets.get((row["group_id"], row["phone_hash"]))
+            if bucket is not None:
+                bucket.append(row)
+        return [buckets[key] for key in keys]

@@ -1,0 +1,109 @@
+"""Reading member profiles."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from resolvers.context import Info
+from store import brands, members
+from store.errors import DomainError, ErrorCode
+from store.sql import Row
+from store.unification import check_channel, check_external_id, check_phone
+
+MAX_PAGE = 100
+_CURSOR_PREFIX = "member:"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    brand_id: int
+    rows: list[Row]
+    has_next_page: bool
+    has_previous_page: bool
+
+
+def encode_cursor(member_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{member_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode()).decode()
+        if text.startswith(_CURSOR_PREFIX):
+            return int(text[len(_CURSOR_PREFIX) :])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise DomainError(
+        ErrorCode.INVALID_INPUT,
+        "after is not a cursor of this connection",
+        field="after",
+    )
+
+
+def parse_id(value: str) -> int | None:
+    """A numeric id from its GraphQL form; None when it cannot name a row."""
+    return (
+        int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
+    )
+
+
+async def get_member(info: Info, *, member_id: int) -> Row | None:
+    return await info.context.loaders.member_by_id.load(member_id)
+
+
+async def get_member_by_identity(
+    info: Info, *, brand: str, channel: str, external_id: str
+) -> Row | None:
+    async with info.context.pool.connection() as conn:
+        brand_row = await brands.brand_by_code(conn, brand)
+        member_id = await members.member_id_by_identity(
+            conn,
+            brand_id=brand_row["id"],
+            channel=check_channel(channel),
+            external_id=check_external_id(external_id),
+        )
+    return None if member_id is None else await get_member(info, member_id=member_id)
+
+
+async def get_member_by_phone(info: Info, *, brand: str, phone: str) -> Row | None:
+    phone_hash = check_phone(info.context.vault, phone).hash
+    async with info.context.pool.connection() as conn:
+        brand_row = await brands.brand_by_code(conn, brand)
+        member_id = await members.member_id_by_phone(
+            conn, brand_id=brand_row["id"], phone_hash=phone_hash
+        )
+    return None if member_id is None else await get_member(info, member_id=member_id)
+
+
+async def list_members(
+    info: Info, *, brand: str, first: int, after: str | None
+) -> Page:
+    """One page of a brand's live members in id order."""
+    if not 0 <= first <= MAX_PAGE:
+        raise DomainError(
+            ErrorCode.INVALID_INPUT,
+            f"first must be between 0 and {MAX_PAGE}",
+            field="first",
+        )
+    after_id = decode_cursor(after) if after is not None else None
+    async with info.context.pool.connection() as conn:
+        brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+        rows = await members.members_page(
+            conn, brand_id=brand_id, after_id=after_id, limit=first + 1
+        )
+    loader = info.context.loaders.member_by_id
+    for row in rows[:first]:
+        loader.prime(row["id"], row)
+    return Page(
+        brand_id,
+        rows[:first],
+        has_next_page=len(rows) > first,
+        has_previous_page=after_id is not None,
+    )
+
+
+async def count_members(info: Info, *, brand_id: int) -> int:
+    async with info.context.pool.connection() as conn:
+        return await members.count_members(conn, brand_id=brand_id)

@@ -1,0 +1,234 @@
+"""The unified member profile and what hangs off it."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from decimal import Decimal
+
+import strawberry
+
+from resolvers import brands, members, merges
+from resolvers.context import Info
+from schema.brand import Brand, Tier
+from schema.enums import Channel, Gender, MemberStatus
+from store.sql import Row
+
+
+def _id(value: int) -> strawberry.ID:
+    return strawberry.ID(str(value))
+
+
+@strawberry.type(description="One channel's identity of a member.")
+class Identity:
+    channel: Channel = strawberry.field(
+        description="The channel that issued the identity."
+    )
+    external_id: str = strawberry.field(
+        description="The channel's own id (openid, platform buyer id, card no)."
+    )
+    bound_at: dt.datetime = strawberry.field(
+        description="When the identity was bound to this member."
+    )
+
+    @classmethod
+    def from_row(cls, row: Row) -> Identity:
+        return cls(
+            channel=Channel(row["channel"]),
+            external_id=row["external_id"],
+            bound_at=row["bound_at"],
+        )
+
+
+@strawberry.type(description="One member profile of a brand, unified across channels.")
+class Member:
+    id: strawberry.ID = strawberry.field(description="Member id.")
+    status: MemberStatus = strawberry.field(
+        description="PROSPECT until a first purchase, MEMBER after."
+    )
+    tier: Tier = strawberry.field(description="Current tier.")
+    points_balance: int = strawberry.field(description="Points available to spend.")
+    growth_value: int = strawberry.field(
+        description="Growth value accumulated towards tiers; never spent."
+    )
+    display_name: str | None = strawberry.field(description="Name the member gave.")
+    gender: Gender = strawberry.field(description="Gender as stated by the member.")
+    birthday: dt.date | None = strawberry.field(description="Birthday, when given.")
+    city: str | None = strawberry.field(description="City of residence, e.g. 上海.")
+    registered_at: dt.datetime = strawberry.field(
+        description="When the member first registered anywhere."
+    )
+    first_purchase_at: dt.datetime | None = strawberry.field(
+        description="First purchase on any channel."
+    )
+    last_purchase_at: dt.datetime | None = strawberry.field(
+        description="Latest purchase on any channel."
+    )
+    order_count: int = strawberry.field(description="Orders across all channels.")
+    total_spend: Decimal = strawberry.field(
+        description="Total spend across all channels, in yuan."
+    )
+    masked_phone: str | None = strawberry.field(
+        description="Mobile number for display, e.g. `138****5678`."
+    )
+    merged_at: dt.datetime | None = strawberry.field(
+        description="When this member was merged into another."
+    )
+    brand_id: strawberry.Private[int]
+    phone_hash: strawberry.Private[bytes | None]
+    merged_into_id: strawberry.Private[int | None]
+
+    @classmethod
+    def from_row(cls, row: Row) -> Member:
+        return cls(
+            id=_id(row["id"]),
+            status=MemberStatus(row["status"]),
+            tier=Tier(code=row["tier"], name=row["tier_name"], rank=row["tier_rank"]),
+            points_balance=row["points_balance"],
+            growth_value=row["growth_value"],
+            display_name=row["display_name"],
+            gender=Gender(row["gender"]),
+            birthday=row["birthday"],
+            city=row["city"],
+            registered_at=row["registered_at"],
+            first_purchase_at=row["first_purchase_at"],
+            last_purchase_at=row["last_purchase_at"],
+            order_count=row["order_count"],
+            total_spend=row["total_spend"],
+            masked_phone=row["phone_masked"],
+            merged_at=row["merged_at"],
+            brand_id=row["brand_id"],
+            phone_hash=row["phone_hash"],
+            merged_into_id=row["merged_into"],
+        )
+
+    @strawberry.field(description="The brand this membership belongs to.")
+    async def brand(self, info: Info) -> Brand:
+        row = await brands.get_brand(info, brand_id=self.brand_id)
+        assert row is not None
+        return Brand.from_row(row)
+
+    @strawberry.field(
+        description="Channel identities bound to this member, oldest first."
+    )
+    async def identities(self, info: Info) -> list[Identity]:
+        rows = await info.context.loaders.identities_by_member.load(int(self.id))
+        return [Identity.from_row(row) for row in rows]
+
+    @strawberry.field(
+        description="The member this one was merged into (null while it is live)."
+    )
+    async def merged_into(self, info: Info) -> Member | None:
+        if self.merged_into_id is None:
+            return None
+        row = await members.get_member(info, member_id=self.merged_into_id)
+        return None if row is None else Member.from_row(row)
+
+    @strawberry.field(
+        description="The person behind this member across the group's brands, matched by phone; null without a phone."
+    )
+    async def person(self, info: Info) -> Person | None:
+        if self.phone_hash is None:
+            return None
+        brand = await brands.get_brand(info, brand_id=self.brand_id)
+        assert brand is not None
+        return Person(
+            group_id=brand["group_id"],
+            phone_hash=self.phone_hash,
+            member_id=int(self.id),
+        )
+
+    @strawberry.field(
+        description="Merges this member took part in, as survivor or as merged member, oldest first."
+    )
+    async def merges(self, info: Info) -> list[MemberMerge]:
+        return [
+            MemberMerge.from_row(row)
+            for row in await merges.get_member_merges(info, member_id=int(self.id))
+        ]
+
+
+@strawberry.type(
+    description="One person known to several brands of a group through the same phone number."
+)
+class Person:
+    group_id: strawberry.Private[int]
+    phone_hash: strawberry.Private[bytes]
+    member_id: strawberry.Private[int]
+
+    @strawberry.field(
+        description="Opaque key shared by all memberships of this person within the group."
+    )
+    def key(self) -> strawberry.ID:
+        return strawberry.ID(
+            base64.urlsafe_b64encode(
+                self.group_id.to_bytes(8, "big") + self.phone_hash[:16]
+            ).decode()
+        )
+
+    @strawberry.field(
+        description="The person's memberships in the group's other brands."
+    )
+    async def memberships(self, info: Info) -> list[Member]:
+        rows = await info.context.loaders.members_by_person.load(
+            (self.group_id, self.phone_hash)
+        )
+        return [Member.from_row(row) for row in rows if row["id"] != self.member_id]
+
+
+@strawberry.type(
+    description="An identity a merge moved from the merged member to the survivor."
+)
+class MovedIdentity:
+    channel: Channel = strawberry.field(description="The identity's channel.")
+    external_id: str = strawberry.field(description="The channel's own id.")
+
+
+@strawberry.type(
+    description="A recorded merge of one member into another, reversible with `unmergeMembers`."
+)
+class MemberMerge:
+    id: strawberry.ID = strawberry.field(
+        description="Merge id, the argument of `unmergeMembers`."
+    )
+    reason: str = strawberry.field(description="Why the members were merged.")
+    merged_at: dt.datetime = strawberry.field(description="When the merge happened.")
+    unmerged_at: dt.datetime | None = strawberry.field(
+        description="When it was undone, if it was."
+    )
+    moved_identities: list[MovedIdentity] = strawberry.field(
+        description="Identities the merge moved."
+    )
+    survivor_id: strawberry.Private[int]
+    merged_id: strawberry.Private[int]
+
+    @classmethod
+    def from_row(cls, row: Row) -> MemberMerge:
+        return cls(
+            id=_id(row["id"]),
+            reason=row["reason"],
+            merged_at=row["merged_at"],
+            unmerged_at=row["unmerged_at"],
+            moved_identities=[
+                MovedIdentity(
+                    channel=Channel(i["channel"]), external_id=i["external_id"]
+                )
+                for i in row["moved"]["identities"]
+            ],
+            survivor_id=row["survivor_id"],
+            merged_id=row["merged_id"],
+        )
+
+    @strawberry.field(description="The member that took over the identities.")
+    async def survivor(self, info: Info) -> Member:
+        return await _load(info, self.survivor_id)
+
+    @strawberry.field(description="The member that was merged away.")
+    async def merged(self, info: Info) -> Member:
+        return await _load(info, self.merged_id)
+
+
+async def _load(info: Info, member_id: int) -> Member:
+    row = await members.get_member(info, member_id=member_id)
+    assert row is not None
+    return Member.from_row(row)

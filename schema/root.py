@@ -1,0 +1,64 @@
+"""The Schema object and its SDL snapshot."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    MaskErrors,
+    MaxAliasesLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
+
+from strawberry.types import ExecutionContext
+
+from schema.errors import Error
+from schema.mutation import Mutation
+from schema.query import Query
+
+log = logging.getLogger("omnimember.graphql")
+SDL_PATH = Path(__file__).with_name("schema.graphql")
+MAX_DEPTH = 10
+MAX_ALIASES = 30
+
+
+def _is_unexpected(error: GraphQLError) -> bool:
+    """Mask errors raised by bugs; keep GraphQL's own (syntax, validation) and coded query errors."""
+    return error.original_error is not None and not isinstance(
+        error.original_error, GraphQLError
+    )
+
+
+class Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        """Log what clients see as "Unexpected error." with the request id; expected errors are data."""
+        context = getattr(execution_context, "context", None)
+        request_id = getattr(context, "request_id", "-")
+        for error in errors:
+            if _is_unexpected(error):
+                log.error("request %s: %s", request_id, error.message, exc_info=error.original_error)
+
+
+def build_schema() -> Schema:
+    return Schema(
+        query=Query,
+        mutation=Mutation,
+        types=[Error],
+        extensions=[
+            # Parsing and validating dominate the cost of a small query: do each document once.
+            ParserCache,
+            ValidationCache,
+            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+            lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+            lambda: MaskErrors(should_mask_error=_is_unexpected),
+        ],
+    )
+
+
+def sdl() -> str:
+    return build_schema().as_str() + "\n"

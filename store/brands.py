@@ -1,0 +1,171 @@
+"""Groups, brands and their tiers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from psycopg import AsyncConnection
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+
+from store.errors import DomainError, ErrorCode
+from store.sql import Query, Row
+from store.tables import DEFAULT_TIERS, brand_tiers, brands, groups
+
+_CODE_RULE = "2-32 characters: a lowercase letter, then lowercase letters, digits or _"
+
+BRAND_COLUMNS = (
+    brands.c.id,
+    brands.c.code,
+    brands.c.name,
+    brands.c.group_id,
+    brands.c.created_at,
+)
+
+_all_brands = Query(sa.select(*BRAND_COLUMNS).order_by(brands.c.id))
+_brands_by_id = Query(
+    sa.select(*BRAND_COLUMNS).where(
+        brands.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)))
+    )
+)
+_brand_by_code = Query(
+    sa.select(*BRAND_COLUMNS).where(brands.c.code == sa.bindparam("code"))
+)
+_groups_by_id = Query(
+    sa.select(groups.c.id, groups.c.code, groups.c.name).where(
+        groups.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)))
+    )
+)
+_tiers_by_brand = Query(
+    sa.select(
+        brand_tiers.c.brand_id,
+        brand_tiers.c.code,
+        brand_tiers.c.name,
+        brand_tiers.c.rank,
+    )
+    .where(
+        brand_tiers.c.brand_id
+        == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)))
+    )
+    .order_by(brand_tiers.c.brand_id, brand_tiers.c.rank)
+)
+_upsert_group = Query(
+    insert(groups)
+    .values(code=sa.bindparam("code"), name=sa.bindparam("name"))
+    .on_conflict_do_update(
+        index_elements=[groups.c.code], set_={"code": sa.bindparam("code")}
+    )
+    .returning(groups.c.id)
+)
+_insert_brand = Query(
+    insert(brands)
+    .values(
+        code=sa.bindparam("code"),
+        name=sa.bindparam("name"),
+        group_id=sa.bindparam("group_id"),
+    )
+    .on_conflict_do_nothing(index_elements=[brands.c.code])
+    .returning(*BRAND_COLUMNS)
+)
+_insert_tier = Query(
+    sa.insert(brand_tiers).values(
+        brand_id=sa.bindparam("brand_id"),
+        code=sa.bindparam("code"),
+        name=sa.bindparam("name"),
+        rank=sa.bindparam("rank"),
+    )
+)
+_entry_tier = Query(
+    sa.select(brand_tiers.c.code)
+    .where(brand_tiers.c.brand_id == sa.bindparam("brand_id"))
+    .order_by(brand_tiers.c.rank)
+    .limit(1)
+)
+
+
+_CODE = re.compile(r"[a-z][a-z0-9_]{1,31}")
+_TIER_CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+async def list_brands(conn: AsyncConnection[Any]) -> list[Row]:
+    return await _all_brands.all(conn)
+
+
+async def brands_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
+    return await _brands_by_id.all(conn, ids=list(ids))
+
+
+async def groups_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
+    return await _groups_by_id.all(conn, ids=list(ids))
+
+
+async def tiers_by_brand(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
+    return await _tiers_by_brand.all(conn, ids=list(ids))
+
+
+async def brand_by_code(conn: AsyncConnection[Any], code: str) -> Row:
+    """The brand with this code; raises UNKNOWN_BRAND."""
+    row = await _brand_by_code.one(conn, code=code)
+    if row is None:
+        raise DomainError(
+            ErrorCode.UNKNOWN_BRAND, f"no brand with code {code!r}", field="brand"
+        )
+    return row
+
+
+async def entry_tier(conn: AsyncConnection[Any], brand_id: int) -> str:
+    """The lowest tier of a brand: where every new member starts."""
+    code: str = await _entry_tier.scalar(conn, brand_id=brand_id)
+    return code
+
+
+async def create_brand(
+    conn: AsyncConnection[Any],
+    *,
+    code: str,
+    name: str,
+    group_code: str,
+    group_name: str | None = None,
+    tiers: Sequence[str] = DEFAULT_TIERS,
+) -> Row:
+    """Create a brand (and its group when new) with tiers in ascending order."""
+    for field, value in (("code", code), ("group", group_code)):
+        if not _CODE.fullmatch(value):
+            raise DomainError(
+                ErrorCode.INVALID_INPUT,
+                f"{field} {value!r} is not valid: {_CODE_RULE}",
+                field=field,
+            )
+    if not name.strip() or len(name) > 100:
+        raise DomainError(
+            ErrorCode.INVALID_INPUT, "name must be 1-100 characters", field="name"
+        )
+    if (
+        not tiers
+        or len(set(tiers)) != len(tiers)
+        or not all(_TIER_CODE.fullmatch(t) for t in tiers)
+    ):
+        raise DomainError(
+            ErrorCode.INVALID_INPUT,
+            f"tiers must be distinct codes: {_CODE_RULE}",
+            field="tiers",
+        )
+    group_id = await _upsert_group.scalar(
+        conn, code=group_code, name=group_name or group_code
+    )
+    brand = await _insert_brand.one(
+        conn, code=code, name=name.strip(), group_id=group_id
+    )
+    if brand is None:
+        raise DomainError(
+            ErrorCode.DUPLICATE_BRAND,
+            f"a brand with code {code!r} already exists",
+            field="code",
+        )
+    for rank, tier in enumerate(tiers):
+        await _insert_tier.run(
+            conn, brand_id=brand["id"], code=tier, name=tier.capitalize(), rank=rank
+        )
+    return brand

@@ -1,0 +1,21 @@
+"""One database URL, two spellings: libpq's for psycopg, SQLAlchemy's for alembic."""
+
+from __future__ import annotations
+
+_PREFIXES = (
+    "postgresql+psycopg://",
+    "postgresql+psycopg2://",
+    "postgres://",
+    "postgresql://",
+)
+
+
+def libpq_url(url: str) -> str:
+    for prefix in _PREFIXES:
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    raise ValueError(f"not a PostgreSQL URL: {url.split('://')[0]}://…")
+
+
+def sqlalchemy_url(url: str) -> str:
+    return "postgresql+psycopg://" + libpq_url(url)[len("postgresql://") :]
