@@ -77,9 +77,7 @@ members = sa.Table(
     sa.Column(
         "status",
         sa.Text,
-        sa.Computed(
-            "CASE WHEN first_purchase_at IS NULL THEN 'prospect' ELSE 'member' END"
-        ),
+        sa.Computed("CASE WHEN first_purchase_at IS NULL THEN 'prospect' ELSE 'member' END", persisted=True),
         nullable=False,
     ),
     sa.Column("tier", sa.Text, nullable=False),

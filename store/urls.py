@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 _PREFIXES = (
     "postgresql+psycopg://",
     "postgresql+psycopg2://",
@@ -19,3 +21,9 @@ def libpq_url(url: str) -> str:
 
 def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + libpq_url(url)[len("postgresql://") :]
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server, another database: ``postgresql://h/db?x`` → ``postgresql://h/<database>?x``."""
+    parts = urlsplit(libpq_url(url))
+    return urlunsplit(parts._replace(path="/" + database))

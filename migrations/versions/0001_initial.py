@@ -54,7 +54,7 @@ def upgrade() -> None:
     op.create_table('members',
     sa.Column('id', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('brand_id', sa.BigInteger(), nullable=False),
-    sa.Column('status', sa.Text(), sa.Computed("CASE WHEN first_purchase_at IS NULL THEN 'prospect' ELSE 'member' END", ), nullable=False),
+    sa.Column('status', sa.Text(), sa.Computed("CASE WHEN first_purchase_at IS NULL THEN 'prospect' ELSE 'member' END", persisted=True), nullable=False),
     sa.Column('tier', sa.Text(), nullable=False),
     sa.Column('points_balance', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('growth_value', sa.BigInteger(), server_default='0', nullable=False),

@@ -1,0 +1,48 @@
+"""The HTTP layer: probes and the GraphQL endpoint through httpx."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import GraphQL
+
+
+async def test_healthz_answers_without_touching_the_database(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_reports_the_database_at_head(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["revision"] == body["head"]
+
+
+async def test_graphql_serves_brands_over_post_and_get(client: httpx.AsyncClient, brand: str) -> None:
+    posted = await client.post("/graphql", json={"query": "{ brands { code } }"})
+    fetched = await client.get("/graphql", params={"query": "{ brands { code } }"})
+    assert brand in [b["code"] for b in posted.json()["data"]["brands"]]
+    assert fetched.json() == posted.json()
+
+
+async def test_graphiql_is_served_to_browsers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/graphql", headers={"accept": "text/html"})
+    assert response.status_code == 200
+    assert "graphiql" in response.text.lower()
+
+
+async def test_malformed_documents_are_client_errors_with_locations(gql: GraphQL) -> None:
+    body = await gql.raw("{ brands { code }")
+    assert body["errors"][0]["locations"] == [{"line": 1, "column": 18}]
+    assert "Syntax Error" in body["errors"][0]["message"]
+
+
+async def test_queries_deeper_than_the_limit_are_refused(gql: GraphQL) -> None:
+    deep = "{ brands { " + "group { code } " + "} }"
+    nested = "{ member(id: \"1\") { " + "mergedInto { " * 12 + "id" + " }" * 12 + " } }"
+    assert "errors" not in await gql.raw(deep)
+    body = await gql.raw(nested)
+    assert "exceeds maximum operation depth" in body["errors"][0]["message"]
