@@ -72,6 +72,7 @@ def demo(
 ) -> None:
     """Build a realistic demo group: two brands, members across the seven channels."""
     from store.demo import build_demo
+
     from store.phones import PhoneVault
 
     settings = Settings.from_env()

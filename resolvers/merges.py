@@ -12,13 +12,9 @@ from store.sql import Row
 from store.transactions import transact
 
 
-async def merge_members(
-    info: Info, *, survivor_id: int, merged_id: int, reason: str
-) -> Row:
+async def merge_members(info: Info, *, survivor_id: int, merged_id: int, reason: str) -> Row:
     async def work(conn: AsyncConnection[Any]) -> int:
-        return await merges.merge(
-            conn, survivor_id=survivor_id, merged_id=merged_id, reason=reason
-        )
+        return await merges.merge(conn, survivor_id=survivor_id, merged_id=merged_id, reason=reason)
 
     merge_id = await transact(info.context.pool, work)
     return await _fresh(info, merge_id)

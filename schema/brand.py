@@ -11,9 +11,7 @@ from resolvers.context import Info
 from store.sql import Row
 
 
-@strawberry.type(
-    description="A company that owns several brands and may look across them."
-)
+@strawberry.type(description="A company that owns several brands and may look across them.")
 class Group:
     id: strawberry.ID = strawberry.field(description="Group id.")
     code: str = strawberry.field(description="Short stable code, e.g. `minigroup`.")
@@ -26,25 +24,17 @@ class Group:
 
 @strawberry.type(description="A membership level of a brand; higher rank is better.")
 class Tier:
-    code: str = strawberry.field(
-        description="Stable code used in audience expressions, e.g. `gold`."
-    )
+    code: str = strawberry.field(description="Stable code used in audience expressions, e.g. `gold`.")
     name: str = strawberry.field(description="Display name.")
     rank: int = strawberry.field(description="0 for the entry tier, ascending.")
 
 
-@strawberry.type(
-    description="A brand running its own member programme: tiers, points and tags."
-)
+@strawberry.type(description="A brand running its own member programme: tiers, points and tags.")
 class Brand:
     id: strawberry.ID = strawberry.field(description="Brand id.")
-    code: str = strawberry.field(
-        description="Short stable code that API arguments name the brand by."
-    )
+    code: str = strawberry.field(description="Short stable code that API arguments name the brand by.")
     name: str = strawberry.field(description="Display name.")
-    created_at: dt.datetime = strawberry.field(
-        description="When the brand was created."
-    )
+    created_at: dt.datetime = strawberry.field(description="When the brand was created.")
     group_id: strawberry.Private[int]
 
     @classmethod

@@ -7,9 +7,7 @@ from enum import Enum
 import strawberry
 
 
-@strawberry.enum(
-    description="A sales or service channel that gives members an identity of its own."
-)
+@strawberry.enum(description="A sales or service channel that gives members an identity of its own.")
 class Channel(Enum):
     TMALL = "tmall"
     JD = "jd"
@@ -20,9 +18,7 @@ class Channel(Enum):
     MALL = "mall"
 
 
-@strawberry.enum(
-    description="PROSPECT until the first purchase on any channel, MEMBER after."
-)
+@strawberry.enum(description="PROSPECT until the first purchase on any channel, MEMBER after.")
 class MemberStatus(Enum):
     PROSPECT = "prospect"
     MEMBER = "member"

@@ -20,9 +20,7 @@ ErrorCode = strawberry.enum(
 class Error:
     code: DomainCode = strawberry.field(description="What went wrong, for programs.")
     message: str = strawberry.field(description="What went wrong, for people.")
-    field: str | None = strawberry.field(
-        description="The argument at fault, when one is."
-    )
+    field: str | None = strawberry.field(description="The argument at fault, when one is.")
 
 
 @strawberry.type(description="No brand has this code.")
@@ -70,27 +68,19 @@ class CrossBrandMerge(Error):
     pass
 
 
-@strawberry.type(
-    description="The merge was already undone, or its survivor has since been merged again."
-)
+@strawberry.type(description="The merge was already undone, or its survivor has since been merged again.")
 class MergeNotReversible(Error):
     pass
 
 
 @strawberry.type(description="The channel identity is already bound to another member.")
 class IdentityAlreadyBound(Error):
-    member_id: strawberry.ID = strawberry.field(
-        description="The member the identity is bound to."
-    )
+    member_id: strawberry.ID = strawberry.field(description="The member the identity is bound to.")
 
 
-@strawberry.type(
-    description="The member was merged into another; act on the survivor instead."
-)
+@strawberry.type(description="The member was merged into another; act on the survivor instead.")
 class AlreadyMerged(Error):
-    survivor_id: strawberry.ID = strawberry.field(
-        description="The member it was merged into."
-    )
+    survivor_id: strawberry.ID = strawberry.field(description="The member it was merged into.")
 
 
 _BY_CODE: dict[DomainCode, type[Error]] = {
@@ -115,9 +105,7 @@ def error_result(error: DomainError) -> Any:
         "field": error.field,
     }
     if error.code is DomainCode.IDENTITY_ALREADY_BOUND:
-        return IdentityAlreadyBound(
-            member_id=strawberry.ID(str(error.member_id)), **common
-        )
+        return IdentityAlreadyBound(member_id=strawberry.ID(str(error.member_id)), **common)
     if error.code is DomainCode.ALREADY_MERGED:
         return AlreadyMerged(survivor_id=strawberry.ID(str(error.member_id)), **common)
     return _BY_CODE[error.code](**common)

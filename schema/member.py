@@ -21,15 +21,9 @@ def _id(value: int) -> strawberry.ID:
 
 @strawberry.type(description="One channel's identity of a member.")
 class Identity:
-    channel: Channel = strawberry.field(
-        description="The channel that issued the identity."
-    )
-    external_id: str = strawberry.field(
-        description="The channel's own id (openid, platform buyer id, card no)."
-    )
-    bound_at: dt.datetime = strawberry.field(
-        description="When the identity was bound to this member."
-    )
+    channel: Channel = strawberry.field(description="The channel that issued the identity.")
+    external_id: str = strawberry.field(description="The channel's own id (openid, platform buyer id, card no).")
+    bound_at: dt.datetime = strawberry.field(description="When the identity was bound to this member.")
 
     @classmethod
     def from_row(cls, row: Row) -> Identity:
@@ -43,37 +37,21 @@ class Identity:
 @strawberry.type(description="One member profile of a brand, unified across channels.")
 class Member:
     id: strawberry.ID = strawberry.field(description="Member id.")
-    status: MemberStatus = strawberry.field(
-        description="PROSPECT until a first purchase, MEMBER after."
-    )
+    status: MemberStatus = strawberry.field(description="PROSPECT until a first purchase, MEMBER after.")
     tier: Tier = strawberry.field(description="Current tier.")
     points_balance: int = strawberry.field(description="Points available to spend.")
-    growth_value: int = strawberry.field(
-        description="Growth value accumulated towards tiers; never spent."
-    )
+    growth_value: int = strawberry.field(description="Growth value accumulated towards tiers; never spent.")
     display_name: str | None = strawberry.field(description="Name the member gave.")
     gender: Gender = strawberry.field(description="Gender as stated by the member.")
     birthday: dt.date | None = strawberry.field(description="Birthday, when given.")
     city: str | None = strawberry.field(description="City of residence, e.g. 上海.")
-    registered_at: dt.datetime = strawberry.field(
-        description="When the member first registered anywhere."
-    )
-    first_purchase_at: dt.datetime | None = strawberry.field(
-        description="First purchase on any channel."
-    )
-    last_purchase_at: dt.datetime | None = strawberry.field(
-        description="Latest purchase on any channel."
-    )
+    registered_at: dt.datetime = strawberry.field(description="When the member first registered anywhere.")
+    first_purchase_at: dt.datetime | None = strawberry.field(description="First purchase on any channel.")
+    last_purchase_at: dt.datetime | None = strawberry.field(description="Latest purchase on any channel.")
     order_count: int = strawberry.field(description="Orders across all channels.")
-    total_spend: Decimal = strawberry.field(
-        description="Total spend across all channels, in yuan."
-    )
-    masked_phone: str | None = strawberry.field(
-        description="Mobile number for display, e.g. `138****5678`."
-    )
-    merged_at: dt.datetime | None = strawberry.field(
-        description="When this member was merged into another."
-    )
+    total_spend: Decimal = strawberry.field(description="Total spend across all channels, in yuan.")
+    masked_phone: str | None = strawberry.field(description="Mobile number for display, e.g. `138****5678`.")
+    merged_at: dt.datetime | None = strawberry.field(description="When this member was merged into another.")
     brand_id: strawberry.Private[int]
     phone_hash: strawberry.Private[bytes | None]
     merged_into_id: strawberry.Private[int | None]
@@ -108,16 +86,12 @@ class Member:
         assert row is not None
         return Brand.from_row(row)
 
-    @strawberry.field(
-        description="Channel identities bound to this member, oldest first."
-    )
+    @strawberry.field(description="Channel identities bound to this member, oldest first.")
     async def identities(self, info: Info) -> list[Identity]:
         rows = await info.context.loaders.identities_by_member.load(int(self.id))
         return [Identity.from_row(row) for row in rows]
 
-    @strawberry.field(
-        description="The member this one was merged into (null while it is live)."
-    )
+    @strawberry.field(description="The member this one was merged into (null while it is live).")
     async def merged_into(self, info: Info) -> Member | None:
         if self.merged_into_id is None:
             return None
@@ -138,67 +112,40 @@ class Member:
             member_id=int(self.id),
         )
 
-    @strawberry.field(
-        description="Merges this member took part in, as survivor or as merged member, oldest first."
-    )
+    @strawberry.field(description="Merges this member took part in, as survivor or as merged member, oldest first.")
     async def merges(self, info: Info) -> list[MemberMerge]:
-        return [
-            MemberMerge.from_row(row)
-            for row in await merges.get_member_merges(info, member_id=int(self.id))
-        ]
+        return [MemberMerge.from_row(row) for row in await merges.get_member_merges(info, member_id=int(self.id))]
 
 
-@strawberry.type(
-    description="One person known to several brands of a group through the same phone number."
-)
+@strawberry.type(description="One person known to several brands of a group through the same phone number.")
 class Person:
     group_id: strawberry.Private[int]
     phone_hash: strawberry.Private[bytes]
     member_id: strawberry.Private[int]
 
-    @strawberry.field(
-        description="Opaque key shared by all memberships of this person within the group."
-    )
+    @strawberry.field(description="Opaque key shared by all memberships of this person within the group.")
     def key(self) -> strawberry.ID:
-        return strawberry.ID(
-            base64.urlsafe_b64encode(
-                self.group_id.to_bytes(8, "big") + self.phone_hash[:16]
-            ).decode()
-        )
+        return strawberry.ID(base64.urlsafe_b64encode(self.group_id.to_bytes(8, "big") + self.phone_hash[:16]).decode())
 
-    @strawberry.field(
-        description="The person's memberships in the group's other brands."
-    )
+    @strawberry.field(description="The person's memberships in the group's other brands.")
     async def memberships(self, info: Info) -> list[Member]:
-        rows = await info.context.loaders.members_by_person.load(
-            (self.group_id, self.phone_hash)
-        )
+        rows = await info.context.loaders.members_by_person.load((self.group_id, self.phone_hash))
         return [Member.from_row(row) for row in rows if row["id"] != self.member_id]
 
 
-@strawberry.type(
-    description="An identity a merge moved from the merged member to the survivor."
-)
+@strawberry.type(description="An identity a merge moved from the merged member to the survivor.")
 class MovedIdentity:
     channel: Channel = strawberry.field(description="The identity's channel.")
     external_id: str = strawberry.field(description="The channel's own id.")
 
 
-@strawberry.type(
-    description="A recorded merge of one member into another, reversible with `unmergeMembers`."
-)
+@strawberry.type(description="A recorded merge of one member into another, reversible with `unmergeMembers`.")
 class MemberMerge:
-    id: strawberry.ID = strawberry.field(
-        description="Merge id, the argument of `unmergeMembers`."
-    )
+    id: strawberry.ID = strawberry.field(description="Merge id, the argument of `unmergeMembers`.")
     reason: str = strawberry.field(description="Why the members were merged.")
     merged_at: dt.datetime = strawberry.field(description="When the merge happened.")
-    unmerged_at: dt.datetime | None = strawberry.field(
-        description="When it was undone, if it was."
-    )
-    moved_identities: list[MovedIdentity] = strawberry.field(
-        description="Identities the merge moved."
-    )
+    unmerged_at: dt.datetime | None = strawberry.field(description="When it was undone, if it was.")
+    moved_identities: list[MovedIdentity] = strawberry.field(description="Identities the merge moved.")
     survivor_id: strawberry.Private[int]
     merged_id: strawberry.Private[int]
 
@@ -210,9 +157,7 @@ class MemberMerge:
             merged_at=row["merged_at"],
             unmerged_at=row["unmerged_at"],
             moved_identities=[
-                MovedIdentity(
-                    channel=Channel(i["channel"]), external_id=i["external_id"]
-                )
+                MovedIdentity(channel=Channel(i["channel"]), external_id=i["external_id"])
                 for i in row["moved"]["identities"]
             ],
             survivor_id=row["survivor_id"],

@@ -39,36 +39,24 @@ class BrandCreated:
 
 @strawberry.type(description="The identity resolved to a member; `outcome` says how.")
 class MemberRegistered:
-    member: Member = strawberry.field(
-        description="The member the identity belongs to now."
-    )
-    outcome: BindingOutcome = strawberry.field(
-        description="Existing binding, phone match, or a new prospect."
-    )
+    member: Member = strawberry.field(description="The member the identity belongs to now.")
+    outcome: BindingOutcome = strawberry.field(description="Existing binding, phone match, or a new prospect.")
 
 
 @strawberry.type(description="The identity is bound; `outcome` says how.")
 class IdentityBound:
-    member: Member = strawberry.field(
-        description="The member the identity belongs to now."
-    )
-    outcome: BindingOutcome = strawberry.field(
-        description="How the identity was resolved."
-    )
+    member: Member = strawberry.field(description="The member the identity belongs to now.")
+    outcome: BindingOutcome = strawberry.field(description="How the identity was resolved.")
 
 
 @strawberry.type(description="The members were merged.")
 class MembersMerged:
-    merge: MemberMerge = strawberry.field(
-        description="The recorded merge; its id undoes it."
-    )
+    merge: MemberMerge = strawberry.field(description="The recorded merge; its id undoes it.")
 
 
 @strawberry.type(description="The merge was undone.")
 class MembersUnmerged:
-    merge: MemberMerge = strawberry.field(
-        description="The merge, now with `unmergedAt`."
-    )
+    merge: MemberMerge = strawberry.field(description="The merge, now with `unmergedAt`.")
 
 
 CreateBrandResult = Annotated[
@@ -91,12 +79,7 @@ BindIdentityResult = Annotated[
     strawberry.union("BindIdentityResult", description="Result of bindIdentity."),
 ]
 MergeMembersResult = Annotated[
-    MembersMerged
-    | UnknownMember
-    | SelfMerge
-    | CrossBrandMerge
-    | AlreadyMerged
-    | InvalidInput,
+    MembersMerged | UnknownMember | SelfMerge | CrossBrandMerge | AlreadyMerged | InvalidInput,
     strawberry.union("MergeMembersResult", description="Result of mergeMembers."),
 ]
 UnmergeMembersResult = Annotated[
@@ -108,9 +91,7 @@ UnmergeMembersResult = Annotated[
 def _member_id(value: strawberry.ID, field: str) -> int:
     member_id = parse_id(value)
     if member_id is None:
-        raise DomainError(
-            ErrorCode.UNKNOWN_MEMBER, f"{value!r} is not a member id", field=field
-        )
+        raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"{value!r} is not a member id", field=field)
     return member_id
 
 
@@ -122,33 +103,23 @@ async def _bound_member(info: Info, binding: Binding) -> Member:
 
 @strawberry.type(description="Change members, identities and brands.")
 class Mutation:
-    @strawberry.mutation(
-        description="Create a brand (and its group when new) with tiers, entry tier first."
-    )
+    @strawberry.mutation(description="Create a brand (and its group when new) with tiers, entry tier first.")
     async def create_brand(
         self,
         info: Info,
         code: Annotated[
             str,
-            strawberry.argument(
-                description="Stable code: a lowercase letter, then [a-z0-9_], 2-32 long."
-            ),
+            strawberry.argument(description="Stable code: a lowercase letter, then [a-z0-9_], 2-32 long."),
         ],
         name: Annotated[str, strawberry.argument(description="Display name.")],
         group: Annotated[
             str,
-            strawberry.argument(
-                description="Code of the owning group; created when new."
-            ),
+            strawberry.argument(description="Code of the owning group; created when new."),
         ],
-        group_name: Annotated[
-            str | None, strawberry.argument(description="Display name of a new group.")
-        ] = None,
+        group_name: Annotated[str | None, strawberry.argument(description="Display name of a new group.")] = None,
         tiers: Annotated[
             list[str] | None,
-            strawberry.argument(
-                description="Tier codes from entry to top; default silver, gold, platinum, diamond."
-            ),
+            strawberry.argument(description="Tier codes from entry to top; default silver, gold, platinum, diamond."),
         ] = None,
     ) -> CreateBrandResult:
         try:
@@ -175,33 +146,23 @@ class Mutation:
         brand: Annotated[str, strawberry.argument(description="Brand code.")],
         channel: Annotated[
             str,
-            strawberry.argument(
-                description="Channel code: tmall, jd, douyin, wechat, wecom, pos, mall."
-            ),
+            strawberry.argument(description="Channel code: tmall, jd, douyin, wechat, wecom, pos, mall."),
         ],
         external_id: Annotated[
             str,
-            strawberry.argument(
-                description="The channel's own id of the member (1-128 characters)."
-            ),
+            strawberry.argument(description="The channel's own id of the member (1-128 characters)."),
         ],
         phone: Annotated[
             str | None,
             strawberry.argument(description="Mainland mobile number, +86 optional."),
         ] = None,
-        display_name: Annotated[
-            str | None, strawberry.argument(description="Name, 1-64 characters.")
-        ] = None,
-        gender: Annotated[
-            Gender | None, strawberry.argument(description="Gender.")
-        ] = None,
+        display_name: Annotated[str | None, strawberry.argument(description="Name, 1-64 characters.")] = None,
+        gender: Annotated[Gender | None, strawberry.argument(description="Gender.")] = None,
         birthday: Annotated[
             dt.date | None,
             strawberry.argument(description="Birthday (not in the future)."),
         ] = None,
-        city: Annotated[
-            str | None, strawberry.argument(description="City, 1-64 characters.")
-        ] = None,
+        city: Annotated[str | None, strawberry.argument(description="City, 1-64 characters.")] = None,
     ) -> RegisterMemberResult:
         profile = Profile(
             display_name=display_name,
@@ -234,9 +195,7 @@ class Mutation:
         info: Info,
         brand: Annotated[str, strawberry.argument(description="Brand code.")],
         channel: Annotated[str, strawberry.argument(description="Channel code.")],
-        external_id: Annotated[
-            str, strawberry.argument(description="The channel's own id of the member.")
-        ],
+        external_id: Annotated[str, strawberry.argument(description="The channel's own id of the member.")],
         member_id: Annotated[
             strawberry.ID | None,
             strawberry.argument(description="Member to attach to."),
@@ -252,9 +211,7 @@ class Mutation:
                 brand=brand,
                 channel=channel,
                 external_id=external_id,
-                member_id=None
-                if member_id is None
-                else _member_id(member_id, "memberId"),
+                member_id=None if member_id is None else _member_id(member_id, "memberId"),
                 phone=phone,
             )
         except DomainError as error:
@@ -271,17 +228,11 @@ class Mutation:
     async def merge_members(
         self,
         info: Info,
-        survivor_id: Annotated[
-            strawberry.ID, strawberry.argument(description="The member that remains.")
-        ],
-        merged_id: Annotated[
-            strawberry.ID, strawberry.argument(description="The member merged away.")
-        ],
+        survivor_id: Annotated[strawberry.ID, strawberry.argument(description="The member that remains.")],
+        merged_id: Annotated[strawberry.ID, strawberry.argument(description="The member merged away.")],
         reason: Annotated[
             str,
-            strawberry.argument(
-                description="Why, for the audit trail (1-500 characters)."
-            ),
+            strawberry.argument(description="Why, for the audit trail (1-500 characters)."),
         ],
     ) -> MergeMembersResult:
         try:

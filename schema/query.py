@@ -8,12 +8,11 @@ from typing import Annotated, TypeVar
 import strawberry
 from graphql import GraphQLError
 
-from resolvers import brands, members
+from resolvers import brands, members, merges
 from resolvers.context import Info
 from schema.brand import Brand
 from schema.connection import MemberConnection
 from schema.member import Member, MemberMerge
-from resolvers import merges
 from store.errors import DomainError
 from store.sql import Row
 
@@ -25,9 +24,7 @@ async def _or_graphql_error(result: Awaitable[T]) -> T:
     try:
         return await result
     except DomainError as error:
-        raise GraphQLError(
-            error.message, extensions={"code": error.code.value, "field": error.field}
-        ) from None
+        raise GraphQLError(error.message, extensions={"code": error.code.value, "field": error.field}) from None
 
 
 def _member(row: Row | None) -> Member | None:
@@ -40,87 +37,59 @@ class Query:
     async def brands(self, info: Info) -> list[Brand]:
         return [Brand.from_row(row) for row in await brands.list_brands(info)]
 
-    @strawberry.field(
-        description="A member by id; merged members are returned as they are, with `mergedInto`."
-    )
-    async def member(self, info: Info, id: strawberry.ID) -> Member | None:
+    @strawberry.field(description="A member by id; merged members are returned as they are, with `mergedInto`.")
+    async def member(
+        self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="Member id.")]
+    ) -> Member | None:
         member_id = members.parse_id(id)
-        return (
-            None
-            if member_id is None
-            else _member(await members.get_member(info, member_id=member_id))
-        )
+        return None if member_id is None else _member(await members.get_member(info, member_id=member_id))
 
-    @strawberry.field(
-        description="The member a channel identity is bound to (after merges, the survivor)."
-    )
+    @strawberry.field(description="The member a channel identity is bound to (after merges, the survivor).")
     async def member_by_identity(
         self,
         info: Info,
         brand: Annotated[str, strawberry.argument(description="Brand code.")],
         channel: Annotated[
             str,
-            strawberry.argument(
-                description="Channel code: tmall, jd, douyin, wechat, wecom, pos, mall."
-            ),
+            strawberry.argument(description="Channel code: tmall, jd, douyin, wechat, wecom, pos, mall."),
         ],
-        external_id: Annotated[
-            str, strawberry.argument(description="The channel's own id of the member.")
-        ],
+        external_id: Annotated[str, strawberry.argument(description="The channel's own id of the member.")],
     ) -> Member | None:
         row = await _or_graphql_error(
-            members.get_member_by_identity(
-                info, brand=brand, channel=channel, external_id=external_id
-            )
+            members.get_member_by_identity(info, brand=brand, channel=channel, external_id=external_id)
         )
         return _member(row)
 
-    @strawberry.field(
-        description="The live member of a brand with this mobile number (+86 optional)."
-    )
+    @strawberry.field(description="The live member of a brand with this mobile number (+86 optional).")
     async def member_by_phone(
         self,
         info: Info,
         brand: Annotated[str, strawberry.argument(description="Brand code.")],
         phone: Annotated[
             str,
-            strawberry.argument(
-                description="Mainland mobile number, with or without +86."
-            ),
+            strawberry.argument(description="Mainland mobile number, with or without +86."),
         ],
     ) -> Member | None:
-        return _member(
-            await _or_graphql_error(
-                members.get_member_by_phone(info, brand=brand, phone=phone)
-            )
-        )
+        return _member(await _or_graphql_error(members.get_member_by_phone(info, brand=brand, phone=phone)))
 
-    @strawberry.field(
-        description="A brand's live members in id order, as a Relay connection."
-    )
+    @strawberry.field(description="A brand's live members in id order, as a Relay connection.")
     async def members(
         self,
         info: Info,
         brand: Annotated[str, strawberry.argument(description="Brand code.")],
-        first: Annotated[
-            int, strawberry.argument(description="Page size, 0-100.")
-        ] = 20,
+        first: Annotated[int, strawberry.argument(description="Page size, 0-100.")] = 20,
         after: Annotated[
             str | None,
             strawberry.argument(description="`endCursor` of the previous page."),
         ] = None,
     ) -> MemberConnection:
-        page = await _or_graphql_error(
-            members.list_members(info, brand=brand, first=first, after=after)
-        )
+        page = await _or_graphql_error(members.list_members(info, brand=brand, first=first, after=after))
         return MemberConnection.from_page(page)
 
     @strawberry.field(description="A recorded merge by id.")
-    async def member_merge(self, info: Info, id: strawberry.ID) -> MemberMerge | None:
+    async def member_merge(
+        self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="Merge id.")]
+    ) -> MemberMerge | None:
         merge_id = members.parse_id(id)
-        row = (
-            None
-            if merge_id is None
-            else await merges.get_merge(info, merge_id=merge_id)
-        )
+        row = None if merge_id is None else await merges.get_merge(info, merge_id=merge_id)
         return None if row is None else MemberMerge.from_row(row)

@@ -14,7 +14,6 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
-
 from strawberry.types import ExecutionContext
 
 from schema.errors import Error
@@ -29,9 +28,7 @@ MAX_ALIASES = 30
 
 def _is_unexpected(error: GraphQLError) -> bool:
     """Mask errors raised by bugs; keep GraphQL's own (syntax, validation) and coded query errors."""
-    return error.original_error is not None and not isinstance(
-        error.original_error, GraphQLError
-    )
+    return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
 
 
 class Schema(strawberry.Schema):

@@ -26,13 +26,9 @@ BRAND_COLUMNS = (
 
 _all_brands = Query(sa.select(*BRAND_COLUMNS).order_by(brands.c.id))
 _brands_by_id = Query(
-    sa.select(*BRAND_COLUMNS).where(
-        brands.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)))
-    )
+    sa.select(*BRAND_COLUMNS).where(brands.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger))))
 )
-_brand_by_code = Query(
-    sa.select(*BRAND_COLUMNS).where(brands.c.code == sa.bindparam("code"))
-)
+_brand_by_code = Query(sa.select(*BRAND_COLUMNS).where(brands.c.code == sa.bindparam("code")))
 _groups_by_id = Query(
     sa.select(groups.c.id, groups.c.code, groups.c.name).where(
         groups.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)))
@@ -45,18 +41,13 @@ _tiers_by_brand = Query(
         brand_tiers.c.name,
         brand_tiers.c.rank,
     )
-    .where(
-        brand_tiers.c.brand_id
-        == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)))
-    )
+    .where(brand_tiers.c.brand_id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger))))
     .order_by(brand_tiers.c.brand_id, brand_tiers.c.rank)
 )
 _upsert_group = Query(
     insert(groups)
     .values(code=sa.bindparam("code"), name=sa.bindparam("name"))
-    .on_conflict_do_update(
-        index_elements=[groups.c.code], set_={"code": sa.bindparam("code")}
-    )
+    .on_conflict_do_update(index_elements=[groups.c.code], set_={"code": sa.bindparam("code")})
     .returning(groups.c.id)
 )
 _insert_brand = Query(
@@ -109,9 +100,7 @@ async def brand_by_code(conn: AsyncConnection[Any], code: str) -> Row:
     """The brand with this code; raises UNKNOWN_BRAND."""
     row = await _brand_by_code.one(conn, code=code)
     if row is None:
-        raise DomainError(
-            ErrorCode.UNKNOWN_BRAND, f"no brand with code {code!r}", field="brand"
-        )
+        raise DomainError(ErrorCode.UNKNOWN_BRAND, f"no brand with code {code!r}", field="brand")
     return row
 
 
@@ -139,25 +128,15 @@ async def create_brand(
                 field=field,
             )
     if not name.strip() or len(name) > 100:
-        raise DomainError(
-            ErrorCode.INVALID_INPUT, "name must be 1-100 characters", field="name"
-        )
-    if (
-        not tiers
-        or len(set(tiers)) != len(tiers)
-        or not all(_TIER_CODE.fullmatch(t) for t in tiers)
-    ):
+        raise DomainError(ErrorCode.INVALID_INPUT, "name must be 1-100 characters", field="name")
+    if not tiers or len(set(tiers)) != len(tiers) or not all(_TIER_CODE.fullmatch(t) for t in tiers):
         raise DomainError(
             ErrorCode.INVALID_INPUT,
             f"tiers must be distinct codes: {_CODE_RULE}",
             field="tiers",
         )
-    group_id = await _upsert_group.scalar(
-        conn, code=group_code, name=group_name or group_code
-    )
-    brand = await _insert_brand.one(
-        conn, code=code, name=name.strip(), group_id=group_id
-    )
+    group_id = await _upsert_group.scalar(conn, code=group_code, name=group_name or group_code)
+    brand = await _insert_brand.one(conn, code=code, name=name.strip(), group_id=group_id)
     if brand is None:
         raise DomainError(
             ErrorCode.DUPLICATE_BRAND,
@@ -165,7 +144,5 @@ async def create_brand(
             field="code",
         )
     for rank, tier in enumerate(tiers):
-        await _insert_tier.run(
-            conn, brand_id=brand["id"], code=tier, name=tier.capitalize(), rank=rank
-        )
+        await _insert_tier.run(conn, brand_id=brand["id"], code=tier, name=tier.capitalize(), rank=rank)
     return brand

@@ -46,11 +46,7 @@ _with_tier = members.join(
 )
 _live = members.c.merged_into.is_(None)
 
-_members_by_id = Query(
-    sa.select(*MEMBER_COLUMNS)
-    .select_from(_with_tier)
-    .where(members.c.id == sa.any_(_IDS))
-)
+_members_by_id = Query(sa.select(*MEMBER_COLUMNS).select_from(_with_tier).where(members.c.id == sa.any_(_IDS)))
 _identities_by_member = Query(
     sa.select(
         member_identities.c.id,
@@ -89,9 +85,7 @@ _chain = (
     .cte("chain", recursive=True)
 )
 _chain = _chain.union_all(
-    sa.select(members.c.id, members.c.merged_into).join(
-        _chain, members.c.id == _chain.c.merged_into
-    )
+    sa.select(members.c.id, members.c.merged_into).join(_chain, members.c.id == _chain.c.merged_into)
 )
 _survivor_of = Query(sa.select(_chain.c.id).where(_chain.c.merged_into.is_(None)))
 _page_filter = sa.and_(members.c.brand_id == sa.bindparam("brand_id"), _live)
@@ -102,19 +96,14 @@ _page = (
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
 _first_page = Query(_page.where(_page_filter))
-_next_page = Query(
-    _page.where(
-        _page_filter, members.c.id > sa.bindparam("after_id", type_=sa.BigInteger)
-    )
-)
+_next_page = Query(_page.where(_page_filter, members.c.id > sa.bindparam("after_id", type_=sa.BigInteger)))
 _count_live = Query(sa.select(sa.func.count()).select_from(members).where(_page_filter))
 _same_person = Query(
     sa.select(*MEMBER_COLUMNS, brands.c.group_id)
     .select_from(_with_tier.join(brands, brands.c.id == members.c.brand_id))
     .where(
         members.c.phone_hash == sa.any_(sa.bindparam("hashes", type_=ARRAY(BYTEA))),
-        brands.c.group_id
-        == sa.any_(sa.bindparam("group_ids", type_=ARRAY(sa.BigInteger))),
+        brands.c.group_id == sa.any_(sa.bindparam("group_ids", type_=ARRAY(sa.BigInteger))),
         _live,
     )
     .order_by(members.c.brand_id, members.c.id)
@@ -125,9 +114,7 @@ async def members_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[
     return await _members_by_id.all(conn, ids=list(ids))
 
 
-async def identities_by_member(
-    conn: AsyncConnection[Any], ids: Sequence[int]
-) -> list[Row]:
+async def identities_by_member(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
     return await _identities_by_member.all(conn, ids=list(ids))
 
 
@@ -146,19 +133,13 @@ async def survivor_of(conn: AsyncConnection[Any], member_id: int) -> int | None:
     return survivor
 
 
-async def member_id_by_phone(
-    conn: AsyncConnection[Any], *, brand_id: int, phone_hash: bytes
-) -> int | None:
+async def member_id_by_phone(conn: AsyncConnection[Any], *, brand_id: int, phone_hash: bytes) -> int | None:
     """The live member holding this phone hash in the brand, following merges."""
-    member_id: int | None = await _member_id_by_phone.scalar(
-        conn, brand_id=brand_id, phone_hash=phone_hash
-    )
+    member_id: int | None = await _member_id_by_phone.scalar(conn, brand_id=brand_id, phone_hash=phone_hash)
     return None if member_id is None else await survivor_of(conn, member_id)
 
 
-async def members_page(
-    conn: AsyncConnection[Any], *, brand_id: int, after_id: int | None, limit: int
-) -> list[Row]:
+async def members_page(conn: AsyncConnection[Any], *, brand_id: int, after_id: int | None, limit: int) -> list[Row]:
     """Live members of a brand in id order, after ``after_id`` (keyset pagination)."""
     if after_id is None:
         return await _first_page.all(conn, brand_id=brand_id, limit=limit)

@@ -38,7 +38,6 @@ RESTORED = (
 ADDED = ("order_count", "total_spend")
 
 _IDS = sa.bindparam("ids", type_=ARRAY(sa.BigInteger))
-_survivor = members.alias("s")
 _merged = members.alias("m")
 _lock_members = Query(
     sa.select(members.c.id, members.c.brand_id, members.c.merged_into)
@@ -54,33 +53,32 @@ _snapshot = Query(
 
 
 def _takes_phone() -> sa.ColumnElement[bool]:
-    return sa.and_(_survivor.c.phone_hash.is_(None), _merged.c.phone_hash.is_not(None))
+    return sa.and_(members.c.phone_hash.is_(None), _merged.c.phone_hash.is_not(None))
 
 
 def _merged_value(name: str) -> sa.ColumnElement[Any]:
     if name.startswith("phone_"):
-        return sa.case((_takes_phone(), _merged.c[name]), else_=_survivor.c[name])
+        return sa.case((_takes_phone(), _merged.c[name]), else_=members.c[name])
     if name == "gender":
         return sa.case(
-            (_survivor.c.gender == "unknown", _merged.c.gender),
-            else_=_survivor.c.gender,
+            (members.c.gender == "unknown", _merged.c.gender),
+            else_=members.c.gender,
         )
     if name == "first_purchase_at":
-        return sa.func.least(_survivor.c[name], _merged.c[name])
+        return sa.func.least(members.c[name], _merged.c[name])
     if name == "last_purchase_at":
-        return sa.func.greatest(_survivor.c[name], _merged.c[name])
-    return sa.func.coalesce(_survivor.c[name], _merged.c[name])
+        return sa.func.greatest(members.c[name], _merged.c[name])
+    return sa.func.coalesce(members.c[name], _merged.c[name])
 
 
 _combine = Query(
-    sa.update(_survivor)
+    sa.update(members)
     .where(
-        _survivor.c.id == sa.bindparam("survivor_id"),
+        members.c.id == sa.bindparam("survivor_id"),
         _merged.c.id == sa.bindparam("merged_id"),
     )
     .values(
-        {name: _merged_value(name) for name in RESTORED}
-        | {name: _survivor.c[name] + _merged.c[name] for name in ADDED}
+        {name: _merged_value(name) for name in RESTORED} | {name: members.c[name] + _merged.c[name] for name in ADDED}
     )
 )
 _mark_merged = Query(
@@ -120,18 +118,10 @@ MERGE_COLUMNS = (
     member_merges.c.unmerged_at,
     member_merges.c.moved,
 )
-_lock_merge = Query(
-    sa.select(*MERGE_COLUMNS)
-    .where(member_merges.c.id == sa.bindparam("merge_id"))
-    .with_for_update()
-)
-_merges_by_id = Query(
-    sa.select(*MERGE_COLUMNS).where(member_merges.c.id == sa.any_(_IDS))
-)
+_lock_merge = Query(sa.select(*MERGE_COLUMNS).where(member_merges.c.id == sa.bindparam("merge_id")).with_for_update())
+_merges_by_id = Query(sa.select(*MERGE_COLUMNS).where(member_merges.c.id == sa.any_(_IDS)))
 
-_before = sa.func.jsonb_populate_record(
-    sa.literal_column("NULL::members"), sa.bindparam("before", type_=JSONB)
-)
+_before = sa.func.jsonb_populate_record(sa.literal_column("NULL::members"), sa.bindparam("before", type_=JSONB))
 _after = sa.bindparam("after", type_=JSONB)
 _restore = Query(
     sa.update(members)
@@ -140,9 +130,7 @@ _restore = Query(
         {
             name: sa.case(
                 (
-                    sa.func.coalesce(
-                        sa.func.to_jsonb(members.c[name]), sa.text("'null'::jsonb")
-                    )
+                    sa.func.coalesce(sa.func.to_jsonb(members.c[name]), sa.text("'null'::jsonb"))
                     == _after.op("->")(name),
                     sa.select(_before.table_valued(name).c[name]).scalar_subquery(),
                 ),
@@ -152,9 +140,7 @@ _restore = Query(
         }
         | {
             name: members.c[name]
-            - sa.select(_merged.c[name])
-            .where(_merged.c.id == sa.bindparam("merged_id"))
-            .scalar_subquery()
+            - sa.select(_merged.c[name]).where(_merged.c.id == sa.bindparam("merged_id")).scalar_subquery()
             for name in ADDED
         }
     )
@@ -173,9 +159,7 @@ _return_identities = Query(
     .values(member_id=sa.bindparam("merged_id"))
 )
 _close = Query(
-    sa.update(member_merges)
-    .where(member_merges.c.id == sa.bindparam("merge_id"))
-    .values(unmerged_at=sa.func.now())
+    sa.update(member_merges).where(member_merges.c.id == sa.bindparam("merge_id")).values(unmerged_at=sa.func.now())
 )
 
 
@@ -188,9 +172,7 @@ async def _json(conn: AsyncConnection[Any], member_id: int) -> dict[str, Any]:
     return {name: row[name] for name in RESTORED}
 
 
-async def merge(
-    conn: AsyncConnection[Any], *, survivor_id: int, merged_id: int, reason: str
-) -> int:
+async def merge(conn: AsyncConnection[Any], *, survivor_id: int, merged_id: int, reason: str) -> int:
     """Merge ``merged_id`` into ``survivor_id``; return the merge id. Runs in the caller's transaction."""
     reason = reason.strip()
     if not 1 <= len(reason) <= MAX_REASON:
@@ -209,9 +191,7 @@ async def merge(
     for member_id, field in ((survivor_id, "survivorId"), (merged_id, "mergedId")):
         row = rows.get(member_id)
         if row is None:
-            raise DomainError(
-                ErrorCode.UNKNOWN_MEMBER, f"no member {member_id}", field=field
-            )
+            raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no member {member_id}", field=field)
         if row["merged_into"] is not None:
             raise DomainError(
                 ErrorCode.ALREADY_MERGED,
@@ -231,9 +211,7 @@ async def merge(
     # Mark first: the merged member leaves the one-phone-per-brand index before the survivor takes its phone.
     await _mark_merged.run(conn, survivor_id=survivor_id, merged_id=merged_id)
     await _combine.run(conn, survivor_id=survivor_id, merged_id=merged_id)
-    identities = await _move_identities.all(
-        conn, survivor_id=survivor_id, merged_id=merged_id
-    )
+    identities = await _move_identities.all(conn, survivor_id=survivor_id, merged_id=merged_id)
     moved = {
         "identities": identities,
         "survivor_before": before,
@@ -254,9 +232,7 @@ async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
     """Undo a merge; return the merge row. Runs in the caller's transaction."""
     merge_row = await _lock_merge.one(conn, merge_id=merge_id)
     if merge_row is None:
-        raise DomainError(
-            ErrorCode.UNKNOWN_MERGE, f"no merge {merge_id}", field="mergeId"
-        )
+        raise DomainError(ErrorCode.UNKNOWN_MERGE, f"no merge {merge_id}", field="mergeId")
     if merge_row["unmerged_at"] is not None:
         raise DomainError(
             ErrorCode.MERGE_NOT_REVERSIBLE,
@@ -268,7 +244,8 @@ async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
     if survivor["merged_into"] is not None:
         raise DomainError(
             ErrorCode.MERGE_NOT_REVERSIBLE,
-            f"the survivor {survivor_id} has since been merged into member {survivor['merged_into']}; undo that merge first",
+            f"the survivor {survivor_id} has since been merged into member {survivor['merged_into']};"
+            " undo that merge first",
             field="mergeId",
             member_id=survivor["merged_into"],
         )
@@ -294,8 +271,8 @@ async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
     return closed
 
 
-async def merges_by_id(conn: AsyncConnection[Any], ids: list[int]) -> list[Row]:
-    return await _merges_by_id.all(conn, ids=ids)
+async def merges_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
+    return await _merges_by_id.all(conn, ids=list(ids))
 
 
 _merges_by_member = Query(

@@ -56,12 +56,8 @@ class PhoneVault:
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("the phone secret must be at least 16 bytes")
-        self._hash_key = hmac.digest(
-            secret, b"omnimember/phone-hash/v1", hashlib.sha256
-        )
-        self._aead = AESGCM(
-            hmac.digest(secret, b"omnimember/phone-encryption/v1", hashlib.sha256)
-        )
+        self._hash_key = hmac.digest(secret, b"omnimember/phone-hash/v1", hashlib.sha256)
+        self._aead = AESGCM(hmac.digest(secret, b"omnimember/phone-encryption/v1", hashlib.sha256))
 
     def hash(self, number: str) -> bytes:
         return hmac.digest(self._hash_key, number.encode(), hashlib.sha256)
@@ -71,9 +67,7 @@ class PhoneVault:
         return nonce + self._aead.encrypt(nonce, number.encode(), None)
 
     def decrypt(self, blob: bytes) -> str:
-        return self._aead.decrypt(
-            blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], None
-        ).decode()
+        return self._aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], None).decode()
 
     def forms(self, raw: str) -> PhoneForms:
         """Normalise ``raw`` and return what is stored; raises InvalidPhone."""

@@ -49,9 +49,7 @@ brands = sa.Table(
     sa.Column("group_id", sa.BigInteger, sa.ForeignKey("groups.id"), nullable=False),
     sa.Column("code", sa.Text, nullable=False, unique=True),
     sa.Column("name", sa.Text, nullable=False),
-    sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()
-    ),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
     sa.CheckConstraint("code ~ '^[a-z][a-z0-9_]{1,31}$'", name="code_format"),
     sa.Index("ix_brands_group_id", "group_id"),
 )
@@ -103,22 +101,14 @@ members = sa.Table(
     sa.Column("merged_into", sa.BigInteger),
     sa.Column("merged_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("id", "brand_id"),
-    sa.ForeignKeyConstraint(
-        ["brand_id", "tier"], ["brand_tiers.brand_id", "brand_tiers.code"]
-    ),
+    sa.ForeignKeyConstraint(["brand_id", "tier"], ["brand_tiers.brand_id", "brand_tiers.code"]),
     # A member merges only into a member of its own brand.
-    sa.ForeignKeyConstraint(
-        ["merged_into", "brand_id"], ["members.id", "members.brand_id"]
-    ),
+    sa.ForeignKeyConstraint(["merged_into", "brand_id"], ["members.id", "members.brand_id"]),
     sa.CheckConstraint(_in("gender", GENDERS), name="gender_known"),
     sa.CheckConstraint("points_balance >= 0", name="points_non_negative"),
     sa.CheckConstraint("growth_value >= 0", name="growth_non_negative"),
-    sa.CheckConstraint(
-        "merged_into IS NULL OR merged_into <> id", name="not_merged_into_self"
-    ),
-    sa.CheckConstraint(
-        "(merged_into IS NULL) = (merged_at IS NULL)", name="merge_time_set"
-    ),
+    sa.CheckConstraint("merged_into IS NULL OR merged_into <> id", name="not_merged_into_self"),
+    sa.CheckConstraint("(merged_into IS NULL) = (merged_at IS NULL)", name="merge_time_set"),
     sa.CheckConstraint(
         "(phone_hash IS NULL) = (phone_encrypted IS NULL) AND (phone_hash IS NULL) = (phone_masked IS NULL)",
         name="phone_forms_together",
@@ -154,17 +144,11 @@ member_identities = sa.Table(
     sa.Column("member_id", sa.BigInteger, nullable=False),
     sa.Column("channel", sa.Text, nullable=False),
     sa.Column("external_id", sa.Text, nullable=False),
-    sa.Column(
-        "bound_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()
-    ),
+    sa.Column("bound_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
     sa.UniqueConstraint("brand_id", "channel", "external_id"),
-    sa.ForeignKeyConstraint(
-        ["member_id", "brand_id"], ["members.id", "members.brand_id"]
-    ),
+    sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
     sa.CheckConstraint(_in("channel", CHANNELS), name="channel_known"),
-    sa.CheckConstraint(
-        "length(external_id) BETWEEN 1 AND 128", name="external_id_length"
-    ),
+    sa.CheckConstraint("length(external_id) BETWEEN 1 AND 128", name="external_id_length"),
     sa.Index("ix_member_identities_member_id", "member_id"),
 )
 
@@ -176,18 +160,12 @@ member_merges = sa.Table(
     sa.Column("survivor_id", sa.BigInteger, nullable=False),
     sa.Column("merged_id", sa.BigInteger, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
-    sa.Column(
-        "merged_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()
-    ),
+    sa.Column("merged_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
     sa.Column("unmerged_at", sa.DateTime(timezone=True)),
     # Exactly what moved and what the survivor looked like before: enough to undo the merge.
     sa.Column("moved", JSONB, nullable=False),
-    sa.ForeignKeyConstraint(
-        ["survivor_id", "brand_id"], ["members.id", "members.brand_id"]
-    ),
-    sa.ForeignKeyConstraint(
-        ["merged_id", "brand_id"], ["members.id", "members.brand_id"]
-    ),
+    sa.ForeignKeyConstraint(["survivor_id", "brand_id"], ["members.id", "members.brand_id"]),
+    sa.ForeignKeyConstraint(["merged_id", "brand_id"], ["members.id", "members.brand_id"]),
     sa.CheckConstraint("survivor_id <> merged_id", name="distinct_members"),
     sa.CheckConstraint("length(reason) BETWEEN 1 AND 500", name="reason_length"),
     sa.Index("ix_member_merges_survivor_id", "survivor_id"),

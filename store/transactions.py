@@ -22,9 +22,7 @@ _RETRYABLE = (
 _ATTEMPTS = 5
 
 
-async def transact(
-    pool: AsyncConnectionPool[Any], work: Callable[[AsyncConnection[Any]], Awaitable[T]]
-) -> T:
+async def transact(pool: AsyncConnectionPool[Any], work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             async with pool.connection() as conn, conn.transaction():

@@ -76,10 +76,7 @@ _fill_profile = Query(
             (members.c.gender == "unknown", sa.bindparam("gender", type_=sa.Text)),
             else_=members.c.gender,
         ),
-        **{
-            name: sa.func.coalesce(members.c[name], param)
-            for name, param in _PROFILE_PARAMS.items()
-        },
+        **{name: sa.func.coalesce(members.c[name], param) for name, param in _PROFILE_PARAMS.items()},
     )
 )
 _insert_identity = Query(
@@ -91,9 +88,7 @@ _insert_identity = Query(
     )
 )
 _member_state = Query(
-    sa.select(members.c.brand_id, members.c.merged_into).where(
-        members.c.id == sa.bindparam("member_id")
-    )
+    sa.select(members.c.brand_id, members.c.merged_into).where(members.c.id == sa.bindparam("member_id"))
 )
 
 
@@ -142,10 +137,7 @@ def check_profile(profile: Profile, today: dt.date) -> Profile:
             f"gender must be one of {', '.join(GENDERS)}",
             field="gender",
         )
-    if (
-        profile.birthday is not None
-        and not dt.date(1900, 1, 1) <= profile.birthday <= today
-    ):
+    if profile.birthday is not None and not dt.date(1900, 1, 1) <= profile.birthday <= today:
         raise DomainError(
             ErrorCode.INVALID_INPUT,
             "birthday must be between 1900-01-01 and today",
@@ -168,9 +160,7 @@ def _profile_params(profile: Profile) -> dict[str, Any]:
     }
 
 
-async def live_member(
-    conn: AsyncConnection[Any], *, brand_id: int, member_id: int, field: str
-) -> None:
+async def live_member(conn: AsyncConnection[Any], *, brand_id: int, member_id: int, field: str) -> None:
     """Raise unless ``member_id`` is a live (not merged-away) member of the brand."""
     row = await _member_state.one(conn, member_id=member_id)
     if row is None or row["brand_id"] != brand_id:
@@ -206,9 +196,7 @@ async def bind_identity(
     Runs inside the caller's transaction.
     """
     if phone is not None and member_id is not None:
-        raise DomainError(
-            ErrorCode.INVALID_INPUT, "give memberId or phone, not both", field="phone"
-        )
+        raise DomainError(ErrorCode.INVALID_INPUT, "give memberId or phone, not both", field="phone")
     brand_row = await brand_by_code(conn, brand)
     brand_id: int = brand_row["id"]
     channel = check_channel(channel)
@@ -216,13 +204,9 @@ async def bind_identity(
     phone_forms = check_phone(vault, phone) if phone is not None else None
     profile = check_profile(profile or Profile(), dt.date.today())
 
-    bound_to = await member_id_by_identity(
-        conn, brand_id=brand_id, channel=channel, external_id=external_id
-    )
+    bound_to = await member_id_by_identity(conn, brand_id=brand_id, channel=channel, external_id=external_id)
     if member_id is not None:
-        await live_member(
-            conn, brand_id=brand_id, member_id=member_id, field="memberId"
-        )
+        await live_member(conn, brand_id=brand_id, member_id=member_id, field="memberId")
         if bound_to is not None and bound_to != member_id:
             raise DomainError(
                 ErrorCode.IDENTITY_ALREADY_BOUND,
@@ -236,11 +220,7 @@ async def bind_identity(
         return Binding(bound_to, Outcome.EXISTING)
     else:
         matched = (
-            await member_id_by_phone(
-                conn, brand_id=brand_id, phone_hash=phone_forms.hash
-            )
-            if phone_forms
-            else None
+            await member_id_by_phone(conn, brand_id=brand_id, phone_hash=phone_forms.hash) if phone_forms else None
         )
         if matched is not None:
             target, outcome = matched, Outcome.PHONE_MATCH

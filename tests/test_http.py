@@ -42,7 +42,7 @@ async def test_malformed_documents_are_client_errors_with_locations(gql: GraphQL
 
 async def test_queries_deeper_than_the_limit_are_refused(gql: GraphQL) -> None:
     deep = "{ brands { " + "group { code } " + "} }"
-    nested = "{ member(id: \"1\") { " + "mergedInto { " * 12 + "id" + " }" * 12 + " } }"
+    nested = '{ member(id: "1") { ' + "mergedInto { " * 12 + "id" + " }" * 12 + " } }"
     assert "errors" not in await gql.raw(deep)
     body = await gql.raw(nested)
     assert "exceeds maximum operation depth" in body["errors"][0]["message"]
