@@ -13,7 +13,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
-from store import brands, members, merges
+from store import brands, history, members, merges
 from store.sql import Row, group_by, index_by
 
 Fetch = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[Row]]]
@@ -35,6 +35,14 @@ class Loaders:
         self.merge_by_id: DataLoader[int, Row | None] = DataLoader(self._one(merges.merges_by_id, "id"))
         self.merges_by_member: DataLoader[int, list[Row]] = DataLoader(self._grouped(merges.merges_by_member))
         self.members_by_person: DataLoader[tuple[int, bytes], list[Row]] = DataLoader(self._people)
+        self.posting_by_id: DataLoader[int, Row | None] = DataLoader(self._one(history.postings_by_id, "id"))
+        self.entries_by_posting: DataLoader[int, list[Row]] = DataLoader(
+            self._many(history.entries_by_posting, "posting_id")
+        )
+        self.order_by_id: DataLoader[int, Row | None] = DataLoader(self._one(history.orders_by_id, "id"))
+        self.tier_changes_by_member: DataLoader[int, list[Row]] = DataLoader(
+            self._many(history.tier_changes_by_member, "member_id")
+        )
 
     def _one(self, fetch: Fetch, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
         async def load(keys: list[Any]) -> list[Row | None]:

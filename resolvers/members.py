@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
+from resolvers import cursors
 from resolvers.context import Info
 from store import brands, members
-from store.errors import DomainError, ErrorCode
 from store.sql import Row
 from store.unification import check_channel, check_external_id, check_phone
 
 MAX_PAGE = 100
-_CURSOR_PREFIX = "member:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,26 +22,7 @@ class Page:
 
 
 def encode_cursor(member_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{member_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor.encode()).decode()
-        if text.startswith(_CURSOR_PREFIX):
-            return int(text[len(_CURSOR_PREFIX) :])
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise DomainError(
-        ErrorCode.INVALID_INPUT,
-        "after is not a cursor of this connection",
-        field="after",
-    )
-
-
-def parse_id(value: str) -> int | None:
-    """A numeric id from its GraphQL form; None when it cannot name a row."""
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
+    return cursors.encode("member", member_id)
 
 
 async def get_member(info: Info, *, member_id: int) -> Row | None:
@@ -73,13 +51,8 @@ async def get_member_by_phone(info: Info, *, brand: str, phone: str) -> Row | No
 
 async def list_members(info: Info, *, brand: str, first: int, after: str | None) -> Page:
     """One page of a brand's live members in id order."""
-    if not 0 <= first <= MAX_PAGE:
-        raise DomainError(
-            ErrorCode.INVALID_INPUT,
-            f"first must be between 0 and {MAX_PAGE}",
-            field="first",
-        )
-    after_id = decode_cursor(after) if after is not None else None
+    cursors.check_first(first, MAX_PAGE)
+    after_id = cursors.decode(after, "member", 1)[0] if after is not None else None
     async with info.context.pool.connection() as conn:
         brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
         rows = await members.members_page(conn, brand_id=brand_id, after_id=after_id, limit=first + 1)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import strawberry
+from graphql import GraphQLError
 
 from store.errors import DomainError
 from store.errors import ErrorCode as DomainCode
@@ -83,7 +85,42 @@ class AlreadyMerged(Error):
     survivor_id: strawberry.ID = strawberry.field(description="The member it was merged into.")
 
 
+@strawberry.type(description="The same idempotency key was already used for a different request.")
+class DuplicateRequest(Error):
+    pass
+
+
+@strawberry.type(description="No points posting has this id (in this brand).")
+class UnknownPosting(Error):
+    pass
+
+
+@strawberry.type(description="No order with this channel and external id in this brand.")
+class UnknownOrder(Error):
+    pass
+
+
+@strawberry.type(description="The redemption was already cancelled.")
+class AlreadyCancelled(Error):
+    pass
+
+
+@strawberry.type(description="Nothing of the order is left to refund.")
+class OrderFullyRefunded(Error):
+    pass
+
+
+@strawberry.type(description="The member's balance does not cover the request; nothing was posted.")
+class InsufficientPoints(Error):
+    available: int = strawberry.field(description="Points the member can spend now.")
+
+
 _BY_CODE: dict[DomainCode, type[Error]] = {
+    DomainCode.DUPLICATE_REQUEST: DuplicateRequest,
+    DomainCode.UNKNOWN_POSTING: UnknownPosting,
+    DomainCode.UNKNOWN_ORDER: UnknownOrder,
+    DomainCode.ALREADY_CANCELLED: AlreadyCancelled,
+    DomainCode.ORDER_FULLY_REFUNDED: OrderFullyRefunded,
     DomainCode.UNKNOWN_BRAND: UnknownBrand,
     DomainCode.UNKNOWN_CHANNEL: UnknownChannel,
     DomainCode.UNKNOWN_MEMBER: UnknownMember,
@@ -106,6 +143,19 @@ def error_result(error: DomainError) -> Any:
     }
     if error.code is DomainCode.IDENTITY_ALREADY_BOUND:
         return IdentityAlreadyBound(member_id=strawberry.ID(str(error.member_id)), **common)
+    if error.code is DomainCode.INSUFFICIENT_POINTS:
+        return InsufficientPoints(available=error.available or 0, **common)
     if error.code is DomainCode.ALREADY_MERGED:
         return AlreadyMerged(survivor_id=strawberry.ID(str(error.member_id)), **common)
     return _BY_CODE[error.code](**common)
+
+
+T = TypeVar("T")
+
+
+async def or_graphql_error(result: Awaitable[T]) -> T:
+    """Queries have no result unions: an expected failure becomes a GraphQL error with its code."""
+    try:
+        return await result
+    except DomainError as error:
+        raise GraphQLError(error.message, extensions={"code": error.code.value, "field": error.field}) from None

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from decimal import Decimal
+from typing import Annotated
 
 import strawberry
 
-from resolvers import brands, members, merges
+from resolvers import brands, members, merges, points
 from resolvers.context import Info
 from schema.brand import Brand, Tier
 from schema.enums import Channel, Gender, MemberStatus
+from schema.errors import or_graphql_error
+from schema.points import ExpiringLot, ExpiringPoints, OrderConnection, PointsEntryConnection, TierChange
 from store.sql import Row
 
 
@@ -111,6 +114,42 @@ class Member:
             phone_hash=self.phone_hash,
             member_id=int(self.id),
         )
+
+    @strawberry.field(description="The points journal, newest entry first.")
+    async def points_history(
+        self,
+        info: Info,
+        first: Annotated[int, strawberry.argument(description="Page size, 0-100.")] = 20,
+        after: Annotated[str | None, strawberry.argument(description="`endCursor` of the previous page.")] = None,
+    ) -> PointsEntryConnection:
+        page = await or_graphql_error(points.points_history(info, member_id=int(self.id), first=first, after=after))
+        return PointsEntryConnection.from_page(page)
+
+    @strawberry.field(description="Orders, newest payment first.")
+    async def orders(
+        self,
+        info: Info,
+        first: Annotated[int, strawberry.argument(description="Page size, 0-100.")] = 20,
+        after: Annotated[str | None, strawberry.argument(description="`endCursor` of the previous page.")] = None,
+    ) -> OrderConnection:
+        page = await or_graphql_error(points.order_history(info, member_id=int(self.id), first=first, after=after))
+        return OrderConnection.from_page(page)
+
+    @strawberry.field(description="Points that expire within the next `withinDays` days (0-3660).")
+    async def expiring_points(
+        self, info: Info, within_days: Annotated[int, strawberry.argument(description="Window in days.")] = 30
+    ) -> ExpiringPoints:
+        rows = await or_graphql_error(points.expiring_points(info, member_id=int(self.id), within_days=within_days))
+        lots = [ExpiringLot(expires_at=r["expires_at"], points=r["points"]) for r in rows]
+        return ExpiringPoints(total=sum(lot.points for lot in lots), lots=lots)
+
+    @strawberry.field(description="Tier changes, oldest first, with their causes.")
+    async def tier_history(self, info: Info) -> list[TierChange]:
+        rows = await points.get_tier_changes(info, member_id=int(self.id))
+        return [
+            TierChange(from_tier=r["from_tier"], to_tier=r["to_tier"], cause=r["cause"], changed_at=r["changed_at"])
+            for r in rows
+        ]
 
     @strawberry.field(description="Merges this member took part in, as survivor or as merged member, oldest first.")
     async def merges(self, info: Info) -> list[MemberMerge]:

@@ -9,7 +9,8 @@ import strawberry
 
 from resolvers import brands, identities, merges
 from resolvers.context import Info
-from resolvers.members import get_member, parse_id
+from resolvers.cursors import parse_id
+from resolvers.members import get_member
 from schema.brand import Brand
 from schema.enums import BindingOutcome, Gender
 from schema.errors import (
@@ -102,7 +103,7 @@ async def _bound_member(info: Info, binding: Binding) -> Member:
 
 
 @strawberry.type(description="Change members, identities and brands.")
-class Mutation:
+class MemberMutation:
     @strawberry.mutation(description="Create a brand (and its group when new) with tiers, entry tier first.")
     async def create_brand(
         self,

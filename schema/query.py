@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 import strawberry
-from graphql import GraphQLError
 
-from resolvers import brands, members, merges
+from resolvers import brands, cursors, members, merges
 from resolvers.context import Info
 from schema.brand import Brand
 from schema.connection import MemberConnection
+from schema.errors import or_graphql_error
 from schema.member import Member, MemberMerge
-from store.errors import DomainError
 from store.sql import Row
 
 T = TypeVar("T")
-
-
-async def _or_graphql_error(result: Awaitable[T]) -> T:
-    """Queries have no result unions: an expected failure becomes a GraphQL error with its code."""
-    try:
-        return await result
-    except DomainError as error:
-        raise GraphQLError(error.message, extensions={"code": error.code.value, "field": error.field}) from None
 
 
 def _member(row: Row | None) -> Member | None:
@@ -41,7 +31,7 @@ class Query:
     async def member(
         self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="Member id.")]
     ) -> Member | None:
-        member_id = members.parse_id(id)
+        member_id = cursors.parse_id(id)
         return None if member_id is None else _member(await members.get_member(info, member_id=member_id))
 
     @strawberry.field(description="The member a channel identity is bound to (after merges, the survivor).")
@@ -55,7 +45,7 @@ class Query:
         ],
         external_id: Annotated[str, strawberry.argument(description="The channel's own id of the member.")],
     ) -> Member | None:
-        row = await _or_graphql_error(
+        row = await or_graphql_error(
             members.get_member_by_identity(info, brand=brand, channel=channel, external_id=external_id)
         )
         return _member(row)
@@ -70,7 +60,7 @@ class Query:
             strawberry.argument(description="Mainland mobile number, with or without +86."),
         ],
     ) -> Member | None:
-        return _member(await _or_graphql_error(members.get_member_by_phone(info, brand=brand, phone=phone)))
+        return _member(await or_graphql_error(members.get_member_by_phone(info, brand=brand, phone=phone)))
 
     @strawberry.field(description="A brand's live members in id order, as a Relay connection.")
     async def members(
@@ -83,13 +73,13 @@ class Query:
             strawberry.argument(description="`endCursor` of the previous page."),
         ] = None,
     ) -> MemberConnection:
-        page = await _or_graphql_error(members.list_members(info, brand=brand, first=first, after=after))
+        page = await or_graphql_error(members.list_members(info, brand=brand, first=first, after=after))
         return MemberConnection.from_page(page)
 
     @strawberry.field(description="A recorded merge by id.")
     async def member_merge(
         self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="Merge id.")]
     ) -> MemberMerge | None:
-        merge_id = members.parse_id(id)
+        merge_id = cursors.parse_id(id)
         row = None if merge_id is None else await merges.get_merge(info, merge_id=merge_id)
         return None if row is None else MemberMerge.from_row(row)

@@ -17,7 +17,8 @@ from strawberry.extensions import (
 from strawberry.types import ExecutionContext
 
 from schema.errors import Error
-from schema.mutation import Mutation
+from schema.mutation import MemberMutation
+from schema.points_mutation import PointsMutation
 from schema.query import Query
 
 log = logging.getLogger("omnimember.graphql")
@@ -29,6 +30,11 @@ MAX_ALIASES = 30
 def _is_unexpected(error: GraphQLError) -> bool:
     """Mask errors raised by bugs; keep GraphQL's own (syntax, validation) and coded query errors."""
     return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
+
+
+@strawberry.type(description="Change members, identities, brands, points and orders.")
+class Mutation(MemberMutation, PointsMutation):
+    pass
 
 
 class Schema(strawberry.Schema):

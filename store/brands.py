@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
-from store.tables import DEFAULT_TIERS, brand_tiers, brands, groups
+from store.tables import DEFAULT_TIERS, brand_rules, brand_tiers, brands, groups
 
 _CODE_RULE = "2-32 characters: a lowercase letter, then lowercase letters, digits or _"
 
@@ -66,8 +66,12 @@ _insert_tier = Query(
         code=sa.bindparam("code"),
         name=sa.bindparam("name"),
         rank=sa.bindparam("rank"),
+        threshold=sa.bindparam("threshold"),
     )
 )
+_insert_rules = Query(sa.insert(brand_rules).values(brand_id=sa.bindparam("brand_id")))
+# Default qualifying growth per tier step (MINISO-like 0 / 3000 / 6000 ...).
+TIER_STEP = 3000
 _entry_tier = Query(
     sa.select(brand_tiers.c.code)
     .where(brand_tiers.c.brand_id == sa.bindparam("brand_id"))
@@ -144,5 +148,8 @@ async def create_brand(
             field="code",
         )
     for rank, tier in enumerate(tiers):
-        await _insert_tier.run(conn, brand_id=brand["id"], code=tier, name=tier.capitalize(), rank=rank)
+        await _insert_tier.run(
+            conn, brand_id=brand["id"], code=tier, name=tier.capitalize(), rank=rank, threshold=rank * TIER_STEP
+        )
+    await _insert_rules.run(conn, brand_id=brand["id"])
     return brand

@@ -21,6 +21,12 @@ class ErrorCode(StrEnum):
     CROSS_BRAND_MERGE = "CROSS_BRAND_MERGE"
     ALREADY_MERGED = "ALREADY_MERGED"
     MERGE_NOT_REVERSIBLE = "MERGE_NOT_REVERSIBLE"
+    INSUFFICIENT_POINTS = "INSUFFICIENT_POINTS"
+    DUPLICATE_REQUEST = "DUPLICATE_REQUEST"
+    UNKNOWN_POSTING = "UNKNOWN_POSTING"
+    UNKNOWN_ORDER = "UNKNOWN_ORDER"
+    ALREADY_CANCELLED = "ALREADY_CANCELLED"
+    ORDER_FULLY_REFUNDED = "ORDER_FULLY_REFUNDED"
 
 
 class DomainError(Exception):
@@ -33,10 +39,13 @@ class DomainError(Exception):
         *,
         field: str | None = None,
         member_id: int | None = None,
+        available: int | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        # Points the member could spend, for INSUFFICIENT_POINTS.
+        self.available = available
         # The member the failure is about, where one exists (e.g. the current owner of an identity).
         self.member_id = member_id

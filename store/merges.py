@@ -1,10 +1,12 @@
 """Merging two members of one brand into one, and undoing it exactly.
 
 A merge moves the merged member's identities to the survivor, fills the survivor's empty profile
-fields from the merged member and adds up purchase aggregates. It records the moved identities and
-the survivor's columns before and after, so `unmerge` can put back every column the merge changed
-(a column changed again since the merge keeps its newer value; counters subtract what was added).
-Later issues move tags, orders and points here too.
+fields from the merged member, adds up purchase aggregates, takes the higher tier, moves the
+orders, and moves the points as TRANSFER postings with the open lots (expiry kept). It records
+what moved and the survivor's columns before and after, so `unmerge` can put back every column the
+merge changed (a column changed again since keeps its newer value; counters subtract what was
+added, never below zero) and transfer the moved lots back with what is left in them: points the
+survivor spent from them after the merge stay spent.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
+from store import ledger, tiers
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
-from store.tables import member_identities, member_merges, members
+from store.tables import brand_tiers, member_identities, member_merges, members, orders
 
 MAX_REASON = 500
 # Survivor columns a merge may set: restored on unmerge unless changed since.
@@ -33,9 +36,10 @@ RESTORED = (
     "phone_masked",
     "first_purchase_at",
     "last_purchase_at",
+    "tier",
 )
 # Survivor counters a merge adds the merged member's values to: subtracted on unmerge.
-ADDED = ("order_count", "total_spend")
+ADDED = ("order_count", "total_spend", "growth_value", "points_earned")
 
 _IDS = sa.bindparam("ids", type_=ARRAY(sa.BigInteger))
 _merged = members.alias("m")
@@ -52,6 +56,14 @@ _snapshot = Query(
 )
 
 
+def _rank(tier: sa.ColumnElement[str]) -> sa.ScalarSelect[int]:
+    return (
+        sa.select(brand_tiers.c.rank)
+        .where(brand_tiers.c.brand_id == members.c.brand_id, brand_tiers.c.code == tier)
+        .scalar_subquery()
+    )
+
+
 def _takes_phone() -> sa.ColumnElement[bool]:
     return sa.and_(members.c.phone_hash.is_(None), _merged.c.phone_hash.is_not(None))
 
@@ -66,6 +78,8 @@ def _merged_value(name: str) -> sa.ColumnElement[Any]:
         )
     if name == "first_purchase_at":
         return sa.func.least(members.c[name], _merged.c[name])
+    if name == "tier":
+        return sa.case((_rank(_merged.c.tier) > _rank(members.c.tier), _merged.c.tier), else_=members.c.tier)
     if name == "last_purchase_at":
         return sa.func.greatest(members.c[name], _merged.c[name])
     return sa.func.coalesce(members.c[name], _merged.c[name])
@@ -139,8 +153,11 @@ _restore = Query(
             for name in RESTORED
         }
         | {
-            name: members.c[name]
-            - sa.select(_merged.c[name]).where(_merged.c.id == sa.bindparam("merged_id")).scalar_subquery()
+            name: sa.func.greatest(
+                members.c[name]
+                - sa.select(_merged.c[name]).where(_merged.c.id == sa.bindparam("merged_id")).scalar_subquery(),
+                0,
+            )
             for name in ADDED
         }
     )
@@ -157,6 +174,20 @@ _return_identities = Query(
         member_identities.c.member_id == sa.bindparam("survivor_id"),
     )
     .values(member_id=sa.bindparam("merged_id"))
+)
+_move_orders = Query(
+    sa.update(orders)
+    .where(
+        orders.c.member_id == sa.bindparam("from_id"),
+        sa.or_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)).is_(None), orders.c.id == sa.any_(_IDS)),
+    )
+    .values(member_id=sa.bindparam("to_id"))
+    .returning(orders.c.id)
+)
+_set_moved = Query(
+    sa.update(member_merges)
+    .where(member_merges.c.id == sa.bindparam("merge_id"))
+    .values(moved=sa.bindparam("moved", type_=JSONB))
 )
 _close = Query(
     sa.update(member_merges).where(member_merges.c.id == sa.bindparam("merge_id")).values(unmerged_at=sa.func.now())
@@ -207,25 +238,46 @@ async def merge(conn: AsyncConnection[Any], *, survivor_id: int, merged_id: int,
             field="mergedId",
         )
 
+    merge_id: int = await _record.scalar(
+        conn, brand_id=brand_id, survivor_id=survivor_id, merged_id=merged_id, reason=reason, moved=Jsonb({})
+    )
+    # Points first, while both members are live: the ledger only posts to live members.
+    lots = await ledger.transfer(
+        conn,
+        brand_id=brand_id,
+        from_id=merged_id,
+        to_id=survivor_id,
+        lot_ids=None,
+        key=f"merge:{merge_id}",
+        operation="merge",
+        note=f"merged into member {survivor_id} (merge {merge_id})",
+    )
     before = await _json(conn, survivor_id)
-    # Mark first: the merged member leaves the one-phone-per-brand index before the survivor takes its phone.
+    # Mark before combining: the merged member leaves the one-phone-per-brand index first.
     await _mark_merged.run(conn, survivor_id=survivor_id, merged_id=merged_id)
     await _combine.run(conn, survivor_id=survivor_id, merged_id=merged_id)
     identities = await _move_identities.all(conn, survivor_id=survivor_id, merged_id=merged_id)
+    moved_orders = await _move_orders.all(conn, from_id=merged_id, to_id=survivor_id, ids=None)
+    after = await _json(conn, survivor_id)
     moved = {
         "identities": identities,
+        "lots": lots,
+        "orders": [row["id"] for row in moved_orders],
         "survivor_before": before,
-        "survivor_after": await _json(conn, survivor_id),
+        "survivor_after": after,
     }
-    merge_id: int = await _record.scalar(
-        conn,
-        brand_id=brand_id,
-        survivor_id=survivor_id,
-        merged_id=merged_id,
-        reason=reason,
-        moved=Jsonb(moved),
-    )
+    await _set_moved.run(conn, merge_id=merge_id, moved=Jsonb(moved))
+    await _record_tier_change(conn, brand_id, survivor_id, before, after, f"merge {merge_id}")
     return merge_id
+
+
+async def _record_tier_change(
+    conn: AsyncConnection[Any], brand_id: int, member_id: int, before: dict[str, Any], after: dict[str, Any], cause: str
+) -> None:
+    if before["tier"] != after["tier"]:
+        await tiers.record_change(
+            conn, brand_id=brand_id, member_id=member_id, from_tier=before["tier"], to_tier=after["tier"], cause=cause
+        )
 
 
 async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
@@ -250,6 +302,7 @@ async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
             member_id=survivor["merged_into"],
         )
     moved = merge_row["moved"]
+    current = await _json(conn, survivor_id)
     # Restore the survivor first so the merged member's phone is free again when it comes back.
     await _restore.run(
         conn,
@@ -260,12 +313,23 @@ async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
     )
     await _unmark_merged.run(conn, merged_id=merged_id)
     await _return_identities.run(
+        conn, ids=[i["id"] for i in moved["identities"]], survivor_id=survivor_id, merged_id=merged_id
+    )
+    await _move_orders.run(conn, from_id=survivor_id, to_id=merged_id, ids=moved["orders"])
+    await ledger.transfer(
         conn,
-        ids=[i["id"] for i in moved["identities"]],
-        survivor_id=survivor_id,
-        merged_id=merged_id,
+        brand_id=merge_row["brand_id"],
+        from_id=survivor_id,
+        to_id=merged_id,
+        lot_ids=moved["lots"],
+        key=f"unmerge:{merge_id}",
+        operation="unmerge",
+        note=f"merge {merge_id} undone",
     )
     await _close.run(conn, merge_id=merge_id)
+    await _record_tier_change(
+        conn, merge_row["brand_id"], survivor_id, current, await _json(conn, survivor_id), f"unmerge {merge_id}"
+    )
     closed = await _merges_by_id.one(conn, ids=[merge_id])
     assert closed is not None
     return closed

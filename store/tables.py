@@ -61,9 +61,14 @@ brand_tiers = sa.Table(
     sa.Column("code", sa.Text, primary_key=True),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("rank", sa.SmallInteger, nullable=False),
+    # Qualifying growth (or points, per brand_rules.tier_basis) earned in the last 365 days.
+    sa.Column("threshold", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("points_multiplier", sa.Numeric(4, 2), nullable=False, server_default="1"),
     sa.UniqueConstraint("brand_id", "rank"),
     sa.CheckConstraint("code ~ '^[a-z][a-z0-9_]{0,31}$'", name="code_format"),
     sa.CheckConstraint("rank >= 0", name="rank_non_negative"),
+    sa.CheckConstraint("threshold >= 0", name="threshold_non_negative"),
+    sa.CheckConstraint("points_multiplier >= 1", name="multiplier_at_least_one"),
 )
 
 members = sa.Table(
@@ -81,6 +86,7 @@ members = sa.Table(
     sa.Column("tier", sa.Text, nullable=False),
     sa.Column("points_balance", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("growth_value", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("points_earned", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("display_name", sa.Text),
     sa.Column("gender", sa.Text, nullable=False, server_default="unknown"),
     sa.Column("birthday", sa.Date),
@@ -170,4 +176,150 @@ member_merges = sa.Table(
     sa.CheckConstraint("length(reason) BETWEEN 1 AND 500", name="reason_length"),
     sa.Index("ix_member_merges_survivor_id", "survivor_id"),
     sa.Index("ix_member_merges_merged_id", "merged_id"),
+)
+
+# --- Points, orders and tiers (issue 4) ---------------------------------------------------------
+
+ENTRY_KINDS = ("earn", "redeem", "expire", "reverse", "adjust", "transfer")
+OPERATIONS = ("earn", "redeem", "cancel_redemption", "adjust", "order", "refund", "expire", "merge", "unmerge")
+TIER_BASES = ("growth", "points")
+
+brand_rules = sa.Table(
+    "brand_rules",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), primary_key=True),
+    # Calendar questions (birthday month, end of year) are answered in the brand's time zone.
+    sa.Column("timezone", sa.Text, nullable=False, server_default="Asia/Shanghai"),
+    sa.Column("points_per_yuan", sa.Numeric(8, 2), nullable=False, server_default="1"),
+    sa.Column("growth_per_yuan", sa.Numeric(8, 2), nullable=False, server_default="10"),
+    sa.Column("birthday_multiplier", sa.Numeric(4, 2), nullable=False, server_default="2"),
+    # Earned points expire at the end of the year `expiry_years` after the year they were earned.
+    sa.Column("expiry_years", sa.SmallInteger, nullable=False, server_default="2"),
+    sa.Column("tier_basis", sa.Text, nullable=False, server_default="growth"),
+    sa.CheckConstraint("points_per_yuan >= 0 AND growth_per_yuan >= 0", name="rates_non_negative"),
+    sa.CheckConstraint("birthday_multiplier >= 1", name="birthday_multiplier_at_least_one"),
+    sa.CheckConstraint("expiry_years BETWEEN 0 AND 10", name="expiry_years_range"),
+    sa.CheckConstraint(_in("tier_basis", TIER_BASES), name="tier_basis_known"),
+)
+
+points_postings = sa.Table(
+    "points_postings",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("member_id", sa.BigInteger, nullable=False),
+    sa.Column("idempotency_key", sa.Text, nullable=False),
+    sa.Column("operation", sa.Text, nullable=False),
+    # SHA-256 of the request's canonical payload: a reused key with another payload is refused.
+    sa.Column("fingerprint", BYTEA, nullable=False),
+    sa.Column("channel", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("reverses_posting_id", sa.BigInteger, sa.ForeignKey("points_postings.id"), unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.UniqueConstraint("brand_id", "idempotency_key"),
+    sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
+    sa.CheckConstraint(_in("operation", OPERATIONS), name="operation_known"),
+    sa.CheckConstraint(f"channel IS NULL OR {_in('channel', CHANNELS)}", name="channel_known"),
+    sa.CheckConstraint("length(idempotency_key) BETWEEN 1 AND 200", name="key_length"),
+    sa.Index("ix_points_postings_member_id", "member_id"),
+)
+
+points_entries = sa.Table(
+    "points_entries",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("posting_id", sa.BigInteger, sa.ForeignKey("points_postings.id"), nullable=False),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("member_id", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("balance_after", sa.BigInteger, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
+    sa.CheckConstraint(_in("kind", ENTRY_KINDS), name="kind_known"),
+    sa.CheckConstraint("amount <> 0", name="amount_non_zero"),
+    sa.CheckConstraint("balance_after >= 0", name="balance_non_negative"),
+    sa.Index("ix_points_entries_member_id_id", "member_id", "id"),
+    sa.Index("ix_points_entries_posting_id", "posting_id"),
+)
+
+points_lots = sa.Table(
+    "points_lots",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("member_id", sa.BigInteger, nullable=False),
+    sa.Column("entry_id", sa.BigInteger, sa.ForeignKey("points_entries.id"), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("remaining", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.CheckConstraint("remaining BETWEEN 0 AND amount", name="remaining_within_amount"),
+    sa.Index(
+        "ix_points_lots_member_id_expires_at",
+        "member_id",
+        "expires_at",
+        "id",
+        postgresql_where=sa.text("remaining > 0"),
+    ),
+    sa.Index("ix_points_lots_expires_at", "expires_at", postgresql_where=sa.text("remaining > 0")),
+)
+
+lot_draws = sa.Table(
+    "lot_draws",
+    metadata,
+    sa.Column("entry_id", sa.BigInteger, sa.ForeignKey("points_entries.id"), primary_key=True),
+    sa.Column("lot_id", sa.BigInteger, sa.ForeignKey("points_lots.id"), primary_key=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.Index("ix_lot_draws_lot_id", "lot_id"),
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("member_id", sa.BigInteger, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("external_order_id", sa.Text, nullable=False),
+    sa.Column("amount", sa.Numeric(14, 2), nullable=False),
+    sa.Column("refunded", sa.Numeric(14, 2), nullable=False, server_default="0"),
+    sa.Column("paid_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("store", sa.Text),
+    sa.Column("posting_id", sa.BigInteger, sa.ForeignKey("points_postings.id"), nullable=False),
+    sa.Column("points_earned", sa.BigInteger, nullable=False),
+    sa.Column("growth_earned", sa.BigInteger, nullable=False),
+    sa.Column("points_reversed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("growth_reversed", sa.BigInteger, nullable=False, server_default="0"),
+    # Points a refund should have taken back but the member had already spent (see ledger policy).
+    sa.Column("points_unrecovered", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.UniqueConstraint("brand_id", "channel", "external_order_id"),
+    sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
+    sa.CheckConstraint(_in("channel", CHANNELS), name="channel_known"),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.CheckConstraint("refunded BETWEEN 0 AND amount", name="refunded_within_amount"),
+    sa.CheckConstraint(
+        "points_reversed + points_unrecovered <= points_earned AND growth_reversed <= growth_earned",
+        name="reversals_within_earnings",
+    ),
+    sa.Index("ix_orders_member_id_paid_at", "member_id", "paid_at"),
+)
+
+tier_changes = sa.Table(
+    "tier_changes",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("member_id", sa.BigInteger, nullable=False),
+    sa.Column("from_tier", sa.Text, nullable=False),
+    sa.Column("to_tier", sa.Text, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
+    sa.Index("ix_tier_changes_member_id", "member_id"),
 )

@@ -1,0 +1,238 @@
+"""Points postings, orders and their history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from resolvers import cursors
+from resolvers.context import Info
+from store import brands, history, members, orders, points
+from store.errors import DomainError, ErrorCode
+from store.ledger import Posting, Request, check_key
+from store.sql import Row
+from store.transactions import transact
+from store.unification import check_channel, check_external_id
+
+MAX_PAGE = 100
+ACTOR = "api"  # until API keys say who is calling (security issue)
+
+
+@dataclass(frozen=True, slots=True)
+class PostingOutcome:
+    posting_id: int
+    member_id: int
+    replayed: bool
+    order_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[Row]
+    cursors: list[str]
+    has_next_page: bool
+    has_previous_page: bool
+
+
+def _optional_channel(channel: str | None) -> str | None:
+    return None if channel is None else check_channel(channel)
+
+
+async def _post(info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[Posting]]) -> PostingOutcome:
+    posting = await transact(info.context.pool, work)
+    _forget_cached(info)
+    return PostingOutcome(posting.id, posting.member_id, posting.replayed)
+
+
+async def _post_order(
+    info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[orders.OrderResult]]
+) -> PostingOutcome:
+    result = await transact(info.context.pool, work)
+    _forget_cached(info)
+    posting = result.posting
+    return PostingOutcome(posting.id, posting.member_id, posting.replayed, result.order_id)
+
+
+def _forget_cached(info: Info) -> None:
+    """Drop the request's cached members and ledger rows: the posting just changed them."""
+    loaders = info.context.loaders
+    loaders.member_by_id.clear_all()
+    loaders.tier_changes_by_member.clear_all()
+
+
+async def _request(
+    conn: AsyncConnection[Any],
+    brand: str,
+    member_id: int,
+    key: str,
+    operation: str,
+    payload: dict[str, Any],
+    **extra: Any,
+) -> Request:
+    brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+    return Request(brand_id, member_id, check_key(key), operation, payload, actor=ACTOR, **extra)
+
+
+async def earn(
+    info: Info, *, brand: str, member_id: int, amount: int, key: str, reason: str | None, channel: str | None
+) -> PostingOutcome:
+    async def work(conn: AsyncConnection[Any]) -> Posting:
+        request = await _request(
+            conn, brand, member_id, key, "earn", {"amount": amount}, reason=reason, channel=_optional_channel(channel)
+        )
+        return await points.earn(conn, request, amount)
+
+    return await _post(info, work)
+
+
+async def redeem(
+    info: Info, *, brand: str, member_id: int, amount: int, key: str, reason: str | None, channel: str | None
+) -> PostingOutcome:
+    async def work(conn: AsyncConnection[Any]) -> Posting:
+        request = await _request(
+            conn, brand, member_id, key, "redeem", {"amount": amount}, reason=reason, channel=_optional_channel(channel)
+        )
+        return await points.redeem(conn, request, amount)
+
+    return await _post(info, work)
+
+
+async def adjust(info: Info, *, brand: str, member_id: int, delta: int, key: str, reason: str) -> PostingOutcome:
+    async def work(conn: AsyncConnection[Any]) -> Posting:
+        request = await _request(conn, brand, member_id, key, "adjust", {"delta": delta}, reason=reason.strip())
+        return await points.adjust(conn, request, delta)
+
+    return await _post(info, work)
+
+
+async def cancel_redemption(info: Info, *, brand: str, posting_id: int, key: str, reason: str | None) -> PostingOutcome:
+    async def work(conn: AsyncConnection[Any]) -> Posting:
+        redemption = await history.postings_by_id(conn, [posting_id])
+        member_id = redemption[0]["member_id"] if redemption else 0
+        request = await _request(
+            conn,
+            brand,
+            member_id,
+            key,
+            "cancel_redemption",
+            {"redemption": posting_id},
+            reason=reason,
+            reverses_posting_id=posting_id,
+        )
+        return await points.cancel_redemption(conn, request)
+
+    return await _post(info, work)
+
+
+async def record_order(
+    info: Info,
+    *,
+    brand: str,
+    channel: str,
+    external_order_id: str,
+    member_id: int | None,
+    buyer_id: str | None,
+    amount: Decimal,
+    paid_at: dt.datetime,
+    store: str | None,
+) -> PostingOutcome:
+    if (member_id is None) == (buyer_id is None):
+        raise DomainError(ErrorCode.INVALID_INPUT, "give exactly one of memberId and buyerId", field="memberId")
+
+    async def work(conn: AsyncConnection[Any]) -> orders.OrderResult:
+        brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+        code = check_channel(channel)
+        member = await _buyer(conn, brand_id, code, buyer_id) if buyer_id is not None else member_id
+        assert member is not None
+        order = orders.OrderInput(
+            brand_id, member, code, check_external_id(external_order_id), amount, paid_at, store and store.strip()
+        )
+        return await orders.record(conn, order, ACTOR)
+
+    return await _post_order(info, work)
+
+
+async def _buyer(conn: AsyncConnection[Any], brand_id: int, channel: str, buyer_id: str) -> int:
+    member_id = await members.member_id_by_identity(
+        conn, brand_id=brand_id, channel=channel, external_id=check_external_id(buyer_id)
+    )
+    if member_id is None:
+        raise DomainError(
+            ErrorCode.UNKNOWN_MEMBER, f"no member has the {channel} identity {buyer_id!r}", field="buyerId"
+        )
+    return member_id
+
+
+async def refund_order(
+    info: Info,
+    *,
+    brand: str,
+    channel: str,
+    external_order_id: str,
+    amount: Decimal | None,
+    key: str,
+    reason: str | None,
+) -> PostingOutcome:
+    async def work(conn: AsyncConnection[Any]) -> orders.OrderResult:
+        brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+        order = await orders.find_for_refund(conn, brand_id, check_channel(channel), external_order_id)
+        return await orders.refund(conn, order, amount, check_key(key), reason, ACTOR)
+
+    return await _post_order(info, work)
+
+
+async def get_posting(info: Info, *, posting_id: int) -> Row | None:
+    return await info.context.loaders.posting_by_id.load(posting_id)
+
+
+async def get_posting_entries(info: Info, *, posting_id: int) -> list[Row]:
+    return await info.context.loaders.entries_by_posting.load(posting_id)
+
+
+async def get_order(info: Info, *, order_id: int) -> Row | None:
+    return await info.context.loaders.order_by_id.load(order_id)
+
+
+async def get_tier_changes(info: Info, *, member_id: int) -> list[Row]:
+    return await info.context.loaders.tier_changes_by_member.load(member_id)
+
+
+async def points_history(info: Info, *, member_id: int, first: int, after: str | None) -> Page:
+    """A member's entries, newest first."""
+    cursors.check_first(first, MAX_PAGE)
+    before_id = cursors.decode(after, "entry", 1)[0] if after is not None else None
+    async with info.context.pool.connection() as conn:
+        rows = await history.entries_page(conn, member_id=member_id, before_id=before_id, limit=first + 1)
+    page = rows[:first]
+    return Page(page, [cursors.encode("entry", r["id"]) for r in page], len(rows) > first, after is not None)
+
+
+async def order_history(info: Info, *, member_id: int, first: int, after: str | None) -> Page:
+    """A member's orders, newest payment first."""
+    cursors.check_first(first, MAX_PAGE)
+    before = None
+    if after is not None:
+        micros, order_id = cursors.decode(after, "order", 2)
+        before = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros), order_id)
+    async with info.context.pool.connection() as conn:
+        rows = await history.orders_page(conn, member_id=member_id, before=before, limit=first + 1)
+    page = rows[:first]
+    keys = [cursors.encode("order", _micros(r["paid_at"]), r["id"]) for r in page]
+    return Page(page, keys, len(rows) > first, after is not None)
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+async def expiring_points(info: Info, *, member_id: int, within_days: int) -> list[Row]:
+    if not 0 <= within_days <= 3660:
+        raise DomainError(ErrorCode.INVALID_INPUT, "withinDays must be between 0 and 3660", field="withinDays")
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=within_days)
+    async with info.context.pool.connection() as conn:
+        return await history.expiring(conn, member_id=member_id, until=until)

@@ -1,0 +1,308 @@
+"""Mutations of the points ledger and orders: idempotent, with typed failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable
+from decimal import Decimal
+from typing import Annotated, Any
+
+import strawberry
+
+from resolvers import points
+from resolvers.context import Info
+from resolvers.cursors import parse_id
+from resolvers.members import get_member
+from schema.errors import (
+    AlreadyCancelled,
+    AlreadyMerged,
+    DuplicateRequest,
+    InsufficientPoints,
+    InvalidInput,
+    OrderFullyRefunded,
+    UnknownBrand,
+    UnknownChannel,
+    UnknownMember,
+    UnknownOrder,
+    UnknownPosting,
+    error_result,
+)
+from schema.member import Member
+from schema.points import Order, PointsPosting
+from store.errors import DomainError, ErrorCode
+
+Key = Annotated[
+    str,
+    strawberry.argument(
+        description="Unique per brand and request (1-200 characters): a retry with the same key returns the "
+        "original result and posts nothing; the same key with another payload is DuplicateRequest."
+    ),
+]
+BrandCode = Annotated[str, strawberry.argument(description="Brand code.")]
+MemberId = Annotated[strawberry.ID, strawberry.argument(description="The member.")]
+Reason = Annotated[str | None, strawberry.argument(description="Why, shown in the history.")]
+ChannelCode = Annotated[str | None, strawberry.argument(description="Channel the request came from.")]
+
+
+@strawberry.type(description="The posting was made (or, for a retried key, found).")
+class PointsPosted:
+    posting: PointsPosting = strawberry.field(description="The posting and its entries.")
+    member: Member = strawberry.field(description="The member after the posting.")
+    replayed: bool = strawberry.field(description="True when this answers a retry of an earlier request.")
+
+
+@strawberry.type(description="The order was recorded (or, when sent again, found).")
+class OrderRecorded:
+    order: Order = strawberry.field(description="The order and what it earned.")
+    posting: PointsPosting = strawberry.field(description="The posting with its EARN entries.")
+    member: Member = strawberry.field(description="The member after the order.")
+    replayed: bool = strawberry.field(description="True when the order had been recorded before.")
+
+
+@strawberry.type(description="The refund was applied (or, for a retried key, found).")
+class OrderRefunded:
+    order: Order = strawberry.field(description="The order with its refund totals.")
+    posting: PointsPosting = strawberry.field(description="The posting with its REVERSE entry, if any.")
+    member: Member = strawberry.field(description="The member after the refund.")
+    replayed: bool = strawberry.field(description="True when this answers a retry of an earlier request.")
+
+
+_PostingErrors = UnknownBrand | UnknownChannel | UnknownMember | AlreadyMerged | InvalidInput | DuplicateRequest
+EarnPointsResult = Annotated[
+    PointsPosted | _PostingErrors, strawberry.union("EarnPointsResult", description="Result of earnPoints.")
+]
+RedeemPointsResult = Annotated[
+    PointsPosted | InsufficientPoints | _PostingErrors,
+    strawberry.union("RedeemPointsResult", description="Result of redeemPoints."),
+]
+AdjustPointsResult = Annotated[
+    PointsPosted | InsufficientPoints | _PostingErrors,
+    strawberry.union("AdjustPointsResult", description="Result of adjustPoints."),
+]
+CancelRedemptionResult = Annotated[
+    PointsPosted | UnknownBrand | UnknownPosting | AlreadyCancelled | InvalidInput | DuplicateRequest,
+    strawberry.union("CancelRedemptionResult", description="Result of cancelRedemption."),
+]
+RecordOrderResult = Annotated[
+    OrderRecorded | UnknownBrand | UnknownChannel | UnknownMember | InvalidInput | DuplicateRequest,
+    strawberry.union("RecordOrderResult", description="Result of recordOrder."),
+]
+RefundOrderResult = Annotated[
+    OrderRefunded | UnknownBrand | UnknownChannel | UnknownOrder | OrderFullyRefunded | InvalidInput | DuplicateRequest,
+    strawberry.union("RefundOrderResult", description="Result of refundOrder."),
+]
+
+
+def _id(value: strawberry.ID, code: ErrorCode, field: str) -> int:
+    parsed = parse_id(value)
+    if parsed is None:
+        raise DomainError(code, f"{value!r} is not an id", field=field)
+    return parsed
+
+
+async def _member(info: Info, member_id: int) -> Member:
+    row = await get_member(info, member_id=member_id)
+    assert row is not None
+    return Member.from_row(row)
+
+
+async def _posting(info: Info, posting_id: int) -> PointsPosting:
+    row = await points.get_posting(info, posting_id=posting_id)
+    assert row is not None
+    return PointsPosting.from_row(row)
+
+
+async def _posted(info: Info, outcome: Awaitable[points.PostingOutcome]) -> Any:
+    try:
+        done = await outcome
+    except DomainError as error:
+        return error_result(error)
+    return PointsPosted(
+        posting=await _posting(info, done.posting_id),
+        member=await _member(info, done.member_id),
+        replayed=done.replayed,
+    )
+
+
+async def _order(info: Info, outcome: Awaitable[points.PostingOutcome], result: type[Any]) -> Any:
+    try:
+        done = await outcome
+    except DomainError as error:
+        return error_result(error)
+    assert done.order_id is not None
+    order = await points.get_order(info, order_id=done.order_id)
+    assert order is not None
+    return result(
+        order=Order.from_row(order),
+        posting=await _posting(info, done.posting_id),
+        member=await _member(info, order["member_id"]),
+        replayed=done.replayed,
+    )
+
+
+def _member_id(value: strawberry.ID) -> int:
+    return _id(value, ErrorCode.UNKNOWN_MEMBER, "memberId")
+
+
+@strawberry.type(description="Post to the points ledger and record orders.")
+class PointsMutation:
+    @strawberry.mutation(description="Give a member points (a campaign reward, a sign-up gift). Opens an expiring lot.")
+    async def earn_points(
+        self,
+        info: Info,
+        brand: BrandCode,
+        member_id: MemberId,
+        amount: Annotated[int, strawberry.argument(description="Points to add, 1 to 10^9.")],
+        idempotency_key: Key,
+        reason: Reason = None,
+        channel: ChannelCode = None,
+    ) -> EarnPointsResult:
+        async def run() -> points.PostingOutcome:
+            return await points.earn(
+                info,
+                brand=brand,
+                member_id=_member_id(member_id),
+                amount=amount,
+                key=idempotency_key,
+                reason=reason,
+                channel=channel,
+            )
+
+        return await _posted(info, run())  # type: ignore[no-any-return]
+
+    @strawberry.mutation(
+        description="Spend points (points mall, cash offset), drawing the lots that expire soonest first. "
+        "Never takes the balance below zero: InsufficientPoints says what is available."
+    )
+    async def redeem_points(
+        self,
+        info: Info,
+        brand: BrandCode,
+        member_id: MemberId,
+        amount: Annotated[int, strawberry.argument(description="Points to spend, 1 to 10^9.")],
+        idempotency_key: Key,
+        reason: Reason = None,
+        channel: ChannelCode = None,
+    ) -> RedeemPointsResult:
+        async def run() -> points.PostingOutcome:
+            return await points.redeem(
+                info,
+                brand=brand,
+                member_id=_member_id(member_id),
+                amount=amount,
+                key=idempotency_key,
+                reason=reason,
+                channel=channel,
+            )
+
+        return await _posted(info, run())  # type: ignore[no-any-return]
+
+    @strawberry.mutation(
+        description="Cancel a redemption (e.g. a refunded points-mall order): its points go back to exactly the "
+        "lots they came from, with their original expiry."
+    )
+    async def cancel_redemption(
+        self,
+        info: Info,
+        brand: BrandCode,
+        posting_id: Annotated[strawberry.ID, strawberry.argument(description="The redemption's posting id.")],
+        idempotency_key: Key,
+        reason: Reason = None,
+    ) -> CancelRedemptionResult:
+        async def run() -> points.PostingOutcome:
+            return await points.cancel_redemption(
+                info,
+                brand=brand,
+                posting_id=_id(posting_id, ErrorCode.UNKNOWN_POSTING, "postingId"),
+                key=idempotency_key,
+                reason=reason,
+            )
+
+        return await _posted(info, run())  # type: ignore[no-any-return]
+
+    @strawberry.mutation(description="Correct a balance by hand, up or down; a reason is required for the audit.")
+    async def adjust_points(
+        self,
+        info: Info,
+        brand: BrandCode,
+        member_id: MemberId,
+        delta: Annotated[int, strawberry.argument(description="Signed change, not zero.")],
+        idempotency_key: Key,
+        reason: Annotated[str, strawberry.argument(description="Why the correction is made.")],
+    ) -> AdjustPointsResult:
+        async def run() -> points.PostingOutcome:
+            return await points.adjust(
+                info, brand=brand, member_id=_member_id(member_id), delta=delta, key=idempotency_key, reason=reason
+            )
+
+        return await _posted(info, run())  # type: ignore[no-any-return]
+
+    @strawberry.mutation(
+        description="Record an order once per (brand, channel, externalOrderId): earns points (base, birthday and "
+        "tier bonuses as separate entries) and growth, updates the purchase history, makes a prospect a member "
+        "and upgrades the tier when it qualifies. Sending it again returns the first result."
+    )
+    async def record_order(
+        self,
+        info: Info,
+        brand: BrandCode,
+        channel: Annotated[str, strawberry.argument(description="Channel code of the order.")],
+        external_order_id: Annotated[str, strawberry.argument(description="The channel's order number.")],
+        amount: Annotated[Decimal, strawberry.argument(description="Amount paid in yuan, 2 decimals at most.")],
+        paid_at: Annotated[dt.datetime, strawberry.argument(description="When it was paid (with time zone).")],
+        member_id: Annotated[
+            strawberry.ID | None, strawberry.argument(description="The buyer as a member id (or give buyerId).")
+        ] = None,
+        buyer_id: Annotated[
+            str | None, strawberry.argument(description="The buyer's identity on the order's channel.")
+        ] = None,
+        store: Annotated[str | None, strawberry.argument(description="Store code, for offline orders.")] = None,
+    ) -> RecordOrderResult:
+        async def run() -> points.PostingOutcome:
+            return await points.record_order(
+                info,
+                brand=brand,
+                channel=channel,
+                external_order_id=external_order_id,
+                member_id=None if member_id is None else _member_id(member_id),
+                buyer_id=buyer_id,
+                amount=amount,
+                paid_at=_aware(paid_at),
+                store=store,
+            )
+
+        return await _order(info, run(), OrderRecorded)  # type: ignore[no-any-return]
+
+    @strawberry.mutation(
+        description="Refund an order in full or in part: takes back its points and growth pro rata. Points the "
+        "member already spent are not taken below zero; the shortfall is recorded as pointsUnrecovered."
+    )
+    async def refund_order(
+        self,
+        info: Info,
+        brand: BrandCode,
+        channel: Annotated[str, strawberry.argument(description="Channel code of the order.")],
+        external_order_id: Annotated[str, strawberry.argument(description="The channel's order number.")],
+        idempotency_key: Key,
+        amount: Annotated[
+            Decimal | None, strawberry.argument(description="Yuan refunded; default: all that is left.")
+        ] = None,
+        reason: Reason = None,
+    ) -> RefundOrderResult:
+        async def run() -> points.PostingOutcome:
+            return await points.refund_order(
+                info,
+                brand=brand,
+                channel=channel,
+                external_order_id=external_order_id,
+                amount=amount,
+                key=idempotency_key,
+                reason=reason,
+            )
+
+        return await _order(info, run(), OrderRefunded)  # type: ignore[no-any-return]
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    """A payment time without a zone is taken as UTC, as GraphQL DateTime recommends."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)

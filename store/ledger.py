@@ -1,0 +1,415 @@
+"""The points ledger: postings, append-only entries and expiring lots.
+
+Invariants, for every member at every commit: points_balance = sum of its entries = sum of the
+remaining amounts of its lots, and points_balance >= 0 (a CHECK constraint backs the last one).
+
+How they hold under concurrency: every write to a member's points first changes the member row
+with a single conditional UPDATE (`... WHERE points_balance >= :x RETURNING`), which locks it for
+the rest of the transaction; lots and entries of that member are only touched after that, so two
+postings for one member serialise on the row and never read stale lots. No balance is ever read,
+changed in Python and written back.
+
+Idempotency: each request claims its key with `INSERT ... ON CONFLICT DO NOTHING` in the same
+transaction as its entries. A retry finds the key taken with the same fingerprint and replays the
+original posting; a different payload under the same key is DUPLICATE_REQUEST. A crash before
+commit leaves neither the key nor any entry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from psycopg import AsyncConnection
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
+
+from store.errors import DomainError, ErrorCode
+from store.sql import Query, Row
+from store.tables import brand_rules, lot_draws, members, points_entries, points_lots, points_postings
+
+MAX_POINTS = 10**9  # per posting: far above any real basket, far below bigint overflow
+MAX_KEY = 200
+_IDS = sa.bindparam("ids", type_=ARRAY(sa.BigInteger))
+_AMOUNTS = sa.bindparam("amounts", type_=ARRAY(sa.BigInteger))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Who asks for a posting, under which idempotency key, with which payload."""
+
+    brand_id: int
+    member_id: int
+    key: str
+    operation: str
+    payload: dict[str, Any]
+    channel: str | None = None
+    reason: str | None = None
+    actor: str = "api"
+    reverses_posting_id: int | None = None
+
+    def fingerprint(self) -> bytes:
+        canonical = json.dumps(
+            {"operation": self.operation, "member": self.member_id, "channel": self.channel, **self.payload},
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(canonical.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    id: int
+    member_id: int
+    replayed: bool = False
+
+
+@dataclass(slots=True)
+class Draws:
+    """Which lots a debit took points from, and how many from each."""
+
+    lot_ids: list[int] = field(default_factory=list)
+    amounts: list[int] = field(default_factory=list)
+
+    def add(self, lot_id: int, amount: int) -> None:
+        self.lot_ids.append(lot_id)
+        self.amounts.append(amount)
+
+    @property
+    def total(self) -> int:
+        return sum(self.amounts)
+
+
+# Claims the key only for an existing member of the brand (no row otherwise), so an unknown member
+# costs no extra query on the happy path and never trips the foreign key mid-transaction.
+_CLAIM_VALUES: dict[str, sa.BindParameter[Any]] = {
+    "brand_id": sa.bindparam("brand_id", type_=sa.BigInteger),
+    "member_id": sa.bindparam("member_id", type_=sa.BigInteger),
+    "idempotency_key": sa.bindparam("key", type_=sa.Text),
+    "operation": sa.bindparam("operation", type_=sa.Text),
+    "fingerprint": sa.bindparam("fingerprint", type_=BYTEA),
+    "channel": sa.bindparam("channel", type_=sa.Text),
+    "reason": sa.bindparam("reason", type_=sa.Text),
+    "actor": sa.bindparam("actor", type_=sa.Text),
+    "reverses_posting_id": sa.bindparam("reverses_posting_id", type_=sa.BigInteger),
+}
+_claim = Query(
+    insert(points_postings)
+    .from_select(
+        list(_CLAIM_VALUES),
+        sa.select(*_CLAIM_VALUES.values()).where(
+            sa.exists().where(
+                members.c.id == sa.bindparam("member_id", type_=sa.BigInteger),
+                members.c.brand_id == sa.bindparam("brand_id", type_=sa.BigInteger),
+            )
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=[points_postings.c.brand_id, points_postings.c.idempotency_key])
+    .returning(points_postings.c.id)
+)
+_claimed = Query(
+    sa.select(points_postings.c.id, points_postings.c.member_id, points_postings.c.fingerprint).where(
+        points_postings.c.brand_id == sa.bindparam("brand_id"),
+        points_postings.c.idempotency_key == sa.bindparam("key"),
+    )
+)
+_live_member = sa.and_(
+    members.c.id == sa.bindparam("member_id"),
+    members.c.brand_id == sa.bindparam("brand_id"),
+    members.c.merged_into.is_(None),
+)
+_credit = Query(
+    sa.update(members)
+    .where(_live_member)
+    .values(points_balance=members.c.points_balance + sa.bindparam("amount", type_=sa.BigInteger))
+    .returning(members.c.points_balance)
+)
+_debit = Query(
+    sa.update(members)
+    .where(_live_member, members.c.points_balance >= sa.bindparam("amount", type_=sa.BigInteger))
+    .values(points_balance=members.c.points_balance - sa.bindparam("amount", type_=sa.BigInteger))
+    .returning(members.c.points_balance)
+)
+_member_state = Query(
+    sa.select(members.c.brand_id, members.c.merged_into, members.c.points_balance).where(
+        members.c.id == sa.bindparam("member_id")
+    )
+)
+_insert_entry = Query(
+    sa.insert(points_entries)
+    .values(
+        posting_id=sa.bindparam("posting_id"),
+        brand_id=sa.bindparam("brand_id"),
+        member_id=sa.bindparam("member_id"),
+        kind=sa.bindparam("kind"),
+        amount=sa.bindparam("amount", type_=sa.BigInteger),
+        balance_after=sa.bindparam("balance_after", type_=sa.BigInteger),
+        note=sa.bindparam("note"),
+    )
+    .returning(points_entries.c.id)
+)
+_insert_lot = Query(
+    sa.insert(points_lots)
+    .values(
+        brand_id=sa.bindparam("brand_id"),
+        member_id=sa.bindparam("member_id"),
+        entry_id=sa.bindparam("entry_id"),
+        amount=sa.bindparam("amount", type_=sa.BigInteger),
+        remaining=sa.bindparam("amount", type_=sa.BigInteger),
+        expires_at=sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)),
+    )
+    .returning(points_lots.c.id)
+)
+_open_lots = Query(
+    sa.select(points_lots.c.id, points_lots.c.remaining)
+    .where(points_lots.c.member_id == sa.bindparam("member_id"), points_lots.c.remaining > 0)
+    .order_by(points_lots.c.expires_at, points_lots.c.id)
+)
+_draw_rows = sa.select(sa.func.unnest(_IDS).label("lot_id"), sa.func.unnest(_AMOUNTS).label("amount")).subquery("d")
+_take_from_lots = Query(
+    sa.update(points_lots)
+    .where(points_lots.c.id == _draw_rows.c.lot_id)
+    .values(remaining=points_lots.c.remaining - _draw_rows.c.amount)
+)
+_give_back_to_lots = Query(
+    sa.update(points_lots)
+    .where(points_lots.c.id == _draw_rows.c.lot_id)
+    .values(remaining=points_lots.c.remaining + _draw_rows.c.amount)
+)
+_record_draws = Query(
+    sa.insert(lot_draws).from_select(
+        ["entry_id", "lot_id", "amount"],
+        sa.select(sa.bindparam("entry_id", type_=sa.BigInteger), _draw_rows.c.lot_id, _draw_rows.c.amount),
+    )
+)
+_rules = Query(sa.select(brand_rules).where(brand_rules.c.brand_id == sa.bindparam("brand_id")))
+
+
+def check_amount(amount: int, field: str = "amount") -> int:
+    if not 1 <= amount <= MAX_POINTS:
+        raise DomainError(ErrorCode.INVALID_INPUT, f"{field} must be between 1 and {MAX_POINTS}", field=field)
+    return amount
+
+
+def check_key(key: str) -> str:
+    if not 1 <= len(key) <= MAX_KEY or key != key.strip():
+        raise DomainError(
+            ErrorCode.INVALID_INPUT,
+            f"idempotencyKey must be 1-{MAX_KEY} characters without surrounding spaces",
+            field="idempotencyKey",
+        )
+    return key
+
+
+async def claim(conn: AsyncConnection[Any], request: Request) -> Posting:
+    """Claim the request's key: a new posting, or the replay of the one that already holds it."""
+    fingerprint = request.fingerprint()
+    posting_id = await _claim.scalar(
+        conn,
+        brand_id=request.brand_id,
+        member_id=request.member_id,
+        key=request.key,
+        operation=request.operation,
+        fingerprint=fingerprint,
+        channel=request.channel,
+        reason=request.reason,
+        actor=request.actor,
+        reverses_posting_id=request.reverses_posting_id,
+    )
+    if posting_id is not None:
+        return Posting(posting_id, request.member_id)
+    held = await _claimed.one(conn, brand_id=request.brand_id, key=request.key)
+    if held is None:  # nothing conflicted: the member is not one of the brand's
+        raise await _refuse_debit(conn, request.brand_id, request.member_id, 0)
+    if bytes(held["fingerprint"]) != fingerprint:
+        raise DomainError(
+            ErrorCode.DUPLICATE_REQUEST,
+            f"idempotency key {request.key!r} was already used for a different request",
+            field="idempotencyKey",
+        )
+    return Posting(held["id"], held["member_id"], replayed=True)
+
+
+async def rules(conn: AsyncConnection[Any], brand_id: int) -> Row:
+    row = await _rules.one(conn, brand_id=brand_id)
+    assert row is not None, f"brand {brand_id} has no rules"
+    return row
+
+
+def expiry(earned_at: dt.datetime, timezone: str, years: int) -> dt.datetime:
+    """End of the year `years` after the year of earning, in the brand's time zone (exclusive)."""
+    zone = ZoneInfo(timezone)
+    return dt.datetime(earned_at.astimezone(zone).year + years + 1, 1, 1, tzinfo=zone)
+
+
+async def _refuse_debit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amount: int) -> DomainError:
+    row = await _member_state.one(conn, member_id=member_id)
+    if row is None or row["brand_id"] != brand_id:
+        return DomainError(ErrorCode.UNKNOWN_MEMBER, f"no member {member_id} in this brand", field="memberId")
+    if row["merged_into"] is not None:
+        return DomainError(
+            ErrorCode.ALREADY_MERGED,
+            f"member {member_id} was merged into member {row['merged_into']}",
+            field="memberId",
+            member_id=row["merged_into"],
+        )
+    return DomainError(
+        ErrorCode.INSUFFICIENT_POINTS,
+        f"member {member_id} has {row['points_balance']} points, {amount} needed",
+        field="amount",
+        available=row["points_balance"],
+    )
+
+
+async def credit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amount: int) -> int:
+    """Add to a live member's balance (locking its row); returns the new balance."""
+    balance = await _credit.scalar(conn, member_id=member_id, brand_id=brand_id, amount=amount)
+    if balance is None:
+        raise await _refuse_debit(conn, brand_id, member_id, 0)
+    return int(balance)
+
+
+async def debit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amount: int) -> int:
+    """Take from a live member's balance if it covers ``amount``; returns the new balance."""
+    balance = await _debit.scalar(conn, member_id=member_id, brand_id=brand_id, amount=amount)
+    if balance is None:
+        raise await _refuse_debit(conn, brand_id, member_id, amount)
+    return int(balance)
+
+
+async def entry(
+    conn: AsyncConnection[Any], posting: Posting, brand_id: int, kind: str, amount: int, balance_after: int, note: str
+) -> int:
+    entry_id: int = await _insert_entry.scalar(
+        conn,
+        posting_id=posting.id,
+        brand_id=brand_id,
+        member_id=posting.member_id,
+        kind=kind,
+        amount=amount,
+        balance_after=balance_after,
+        note=note,
+    )
+    return entry_id
+
+
+async def add_lot(
+    conn: AsyncConnection[Any], brand_id: int, member_id: int, entry_id: int, amount: int, expires_at: dt.datetime
+) -> int:
+    lot_id: int = await _insert_lot.scalar(
+        conn, brand_id=brand_id, member_id=member_id, entry_id=entry_id, amount=amount, expires_at=expires_at
+    )
+    return lot_id
+
+
+async def plan_draws(conn: AsyncConnection[Any], member_id: int, amount: int, preferred: Sequence[int] = ()) -> Draws:
+    """Lots to take ``amount`` from: ``preferred`` lots first, then those expiring soonest.
+
+    Call only after the member row is locked by `debit`.
+    """
+    lots = await _open_lots.all(conn, member_id=member_id)
+    first = set(preferred)
+    lots.sort(key=lambda lot: lot["id"] not in first)  # stable: expiry order kept within each group
+    draws = Draws()
+    for lot in lots:
+        if draws.total == amount:
+            break
+        draws.add(lot["id"], min(lot["remaining"], amount - draws.total))
+    if draws.total != amount:
+        raise AssertionError(f"member {member_id}: lots hold less than the balance; ledger invariant broken")
+    return draws
+
+
+async def take(conn: AsyncConnection[Any], entry_id: int, draws: Draws) -> None:
+    """Consume the planned draws and record them against the debiting entry."""
+    await _take_from_lots.run(conn, ids=draws.lot_ids, amounts=draws.amounts)
+    await _record_draws.run(conn, entry_id=entry_id, ids=draws.lot_ids, amounts=draws.amounts)
+
+
+async def give_back(conn: AsyncConnection[Any], draws: Draws) -> None:
+    """Return drawn points to the lots they came from (a cancelled redemption)."""
+    await _give_back_to_lots.run(conn, ids=draws.lot_ids, amounts=draws.amounts)
+
+
+async def post_credit(
+    conn: AsyncConnection[Any],
+    posting: Posting,
+    brand_id: int,
+    *,
+    kind: str,
+    amount: int,
+    note: str,
+    expires_at: dt.datetime,
+) -> int:
+    """Credit the posting's member and open a lot for it; returns the entry id."""
+    balance = await credit(conn, brand_id, posting.member_id, amount)
+    entry_id = await entry(conn, posting, brand_id, kind, amount, balance, note)
+    await add_lot(conn, brand_id, posting.member_id, entry_id, amount, expires_at)
+    return entry_id
+
+
+async def post_debit(
+    conn: AsyncConnection[Any],
+    posting: Posting,
+    brand_id: int,
+    *,
+    kind: str,
+    amount: int,
+    note: str,
+    preferred: Sequence[int] = (),
+) -> int:
+    """Debit the posting's member, drawing lots soonest-expiring first; returns the entry id."""
+    balance = await debit(conn, brand_id, posting.member_id, amount)
+    draws = await plan_draws(conn, posting.member_id, amount, preferred)
+    entry_id = await entry(conn, posting, brand_id, kind, -amount, balance, note)
+    await take(conn, entry_id, draws)
+    return entry_id
+
+
+_lots_of = Query(
+    sa.select(points_lots.c.id, points_lots.c.remaining).where(
+        points_lots.c.member_id == sa.bindparam("member_id"),
+        points_lots.c.remaining > 0,
+        sa.or_(sa.bindparam("all", type_=sa.Boolean), points_lots.c.id == sa.any_(_IDS)),
+    )
+)
+_reown_lots = Query(
+    sa.update(points_lots).where(points_lots.c.id == sa.any_(_IDS)).values(member_id=sa.bindparam("member_id"))
+)
+
+
+async def transfer(
+    conn: AsyncConnection[Any],
+    *,
+    brand_id: int,
+    from_id: int,
+    to_id: int,
+    lot_ids: Sequence[int] | None,
+    key: str,
+    operation: str,
+    note: str,
+) -> list[int]:
+    """Move open lots (all of them, or ``lot_ids``) with their expiry from one member to another.
+
+    Posts TRANSFER entries out of one and into the other under one posting; both members must be
+    live. Returns the ids of the lots that moved.
+    """
+    lots = await _lots_of.all(conn, member_id=from_id, all=lot_ids is None, ids=list(lot_ids or ()))
+    total = sum(lot["remaining"] for lot in lots)
+    if total == 0:
+        return []
+    request = Request(brand_id, from_id, key, operation, {"to": to_id, "lots": [lot["id"] for lot in lots]})
+    posting = await claim(conn, request)
+    assert not posting.replayed, f"transfer key {key} reused"
+    out_balance = await debit(conn, brand_id, from_id, total)
+    await entry(conn, posting, brand_id, "transfer", -total, out_balance, note)
+    in_balance = await credit(conn, brand_id, to_id, total)
+    await entry(conn, Posting(posting.id, to_id), brand_id, "transfer", total, in_balance, note)
+    ids = [lot["id"] for lot in lots]
+    await _reown_lots.run(conn, ids=ids, member_id=to_id)
+    return ids
