@@ -112,19 +112,10 @@ async def adjust(info: Info, *, brand: str, member_id: int, delta: int, key: str
 
 async def cancel_redemption(info: Info, *, brand: str, posting_id: int, key: str, reason: str | None) -> PostingOutcome:
     async def work(conn: AsyncConnection[Any]) -> Posting:
-        redemption = await history.postings_by_id(conn, [posting_id])
-        member_id = redemption[0]["member_id"] if redemption else 0
-        request = await _request(
-            conn,
-            brand,
-            member_id,
-            key,
-            "cancel_redemption",
-            {"redemption": posting_id},
-            reason=reason,
-            reverses_posting_id=posting_id,
+        brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+        return await points.cancel_redemption(
+            conn, brand_id=brand_id, redemption_id=posting_id, key=check_key(key), reason=reason, actor=ACTOR
         )
-        return await points.cancel_redemption(conn, request)
 
     return await _post(info, work)
 

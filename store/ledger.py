@@ -374,7 +374,6 @@ async def post_debit(
 _lots_of = Query(
     sa.select(points_lots.c.id, points_lots.c.remaining).where(
         points_lots.c.member_id == sa.bindparam("member_id"),
-        points_lots.c.remaining > 0,
         sa.or_(sa.bindparam("all", type_=sa.Boolean), points_lots.c.id == sa.any_(_IDS)),
     )
 )
@@ -394,22 +393,21 @@ async def transfer(
     operation: str,
     note: str,
 ) -> list[int]:
-    """Move open lots (all of them, or ``lot_ids``) with their expiry from one member to another.
+    """Move lots (all of the member's, or ``lot_ids``) with their expiry from one member to another.
 
-    Posts TRANSFER entries out of one and into the other under one posting; both members must be
-    live. Returns the ids of the lots that moved.
+    Spent lots move too, so a later cancelled redemption gives its points back to whoever holds
+    the lot. What is left in them is posted as TRANSFER entries out of one member and into the
+    other under one posting; both members must be live. Returns the ids of the lots that moved.
     """
     lots = await _lots_of.all(conn, member_id=from_id, all=lot_ids is None, ids=list(lot_ids or ()))
-    total = sum(lot["remaining"] for lot in lots)
-    if total == 0:
-        return []
-    request = Request(brand_id, from_id, key, operation, {"to": to_id, "lots": [lot["id"] for lot in lots]})
-    posting = await claim(conn, request)
-    assert not posting.replayed, f"transfer key {key} reused"
-    out_balance = await debit(conn, brand_id, from_id, total)
-    await entry(conn, posting, brand_id, "transfer", -total, out_balance, note)
-    in_balance = await credit(conn, brand_id, to_id, total)
-    await entry(conn, Posting(posting.id, to_id), brand_id, "transfer", total, in_balance, note)
     ids = [lot["id"] for lot in lots]
+    total = sum(lot["remaining"] for lot in lots)
+    if total > 0:
+        posting = await claim(conn, Request(brand_id, from_id, key, operation, {"to": to_id, "lots": ids}))
+        assert not posting.replayed, f"transfer key {key} reused"
+        out_balance = await debit(conn, brand_id, from_id, total)
+        await entry(conn, posting, brand_id, "transfer", -total, out_balance, note)
+        in_balance = await credit(conn, brand_id, to_id, total)
+        await entry(conn, Posting(posting.id, to_id), brand_id, "transfer", total, in_balance, note)
     await _reown_lots.run(conn, ids=ids, member_id=to_id)
     return ids

@@ -160,6 +160,11 @@ def _floor(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_FLOOR))
 
 
+def _pro_rata(earned: int, refunded: Decimal, amount: Decimal) -> int:
+    """floor(earned x refunded / amount), exactly: in integer cents, so a full refund takes all back."""
+    return earned * int(refunded / CENT) // int(amount / CENT)
+
+
 def earnings(amount: Decimal, rules: Row, *, birthday_month: bool, tier_multiplier: Decimal) -> list[tuple[int, str]]:
     """The EARN entries an order makes: (points, note), zero amounts left out."""
     base = _floor(amount * rules["points_per_yuan"])
@@ -273,9 +278,10 @@ async def refund(
         )
 
     refunded_after = order["refunded"] + refund_amount
-    share = refunded_after / order["amount"]
-    points_due = _floor(order["points_earned"] * share) - order["points_reversed"] - order["points_unrecovered"]
-    growth_due = _floor(order["growth_earned"] * share) - order["growth_reversed"]
+    points_due = _pro_rata(order["points_earned"], refunded_after, order["amount"]) - (
+        order["points_reversed"] + order["points_unrecovered"]
+    )
+    growth_due = _pro_rata(order["growth_earned"], refunded_after, order["amount"]) - order["growth_reversed"]
     state = await _balance.one(conn, member_id=order["member_id"])
     assert state is not None
     clawed = min(points_due, state["points_balance"])

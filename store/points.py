@@ -19,9 +19,9 @@ from store.sql import Query
 from store.tables import lot_draws, members, points_entries, points_lots, points_postings
 
 _posting = Query(
-    sa.select(points_postings.c.id, points_postings.c.brand_id, points_postings.c.operation).where(
-        points_postings.c.id == sa.bindparam("posting_id")
-    )
+    sa.select(
+        points_postings.c.id, points_postings.c.brand_id, points_postings.c.member_id, points_postings.c.operation
+    ).where(points_postings.c.id == sa.bindparam("posting_id"))
 )
 _cancellation = Query(
     sa.select(points_postings.c.id, points_postings.c.idempotency_key).where(
@@ -102,15 +102,25 @@ async def adjust(conn: AsyncConnection[Any], request: Request, delta: int) -> Po
     return posting
 
 
-async def cancel_redemption(conn: AsyncConnection[Any], request: Request) -> Posting:
-    """Give a redemption's points back to exactly the lots it drew from (request.reverses_posting_id)."""
-    redemption_id = request.reverses_posting_id
-    assert redemption_id is not None
+async def cancel_redemption(
+    conn: AsyncConnection[Any], *, brand_id: int, redemption_id: int, key: str, reason: str | None, actor: str
+) -> Posting:
+    """Give a redemption's points back to exactly the lots it drew from."""
     redemption = await _posting.one(conn, posting_id=redemption_id)
-    if redemption is None or redemption["brand_id"] != request.brand_id or redemption["operation"] != "redeem":
+    if redemption is None or redemption["brand_id"] != brand_id or redemption["operation"] != "redeem":
         raise DomainError(ErrorCode.UNKNOWN_POSTING, f"no redemption {redemption_id} in this brand", field="postingId")
     # A concurrent cancellation under another key loses on the unique reverses_posting_id and,
     # retried by `transact`, lands here.
+    request = Request(
+        brand_id,
+        redemption["member_id"],
+        key,
+        "cancel_redemption",
+        {"redemption": redemption_id},
+        reason=reason,
+        actor=actor,
+        reverses_posting_id=redemption_id,
+    )
     cancelled_by = await _cancellation.one(conn, posting_id=redemption_id)
     if cancelled_by is not None and cancelled_by["idempotency_key"] != request.key:
         raise DomainError(
@@ -123,11 +133,11 @@ async def cancel_redemption(conn: AsyncConnection[Any], request: Request) -> Pos
         return posting
     for owner, draws in _by_owner(await _redemption_draws.all(conn, posting_id=redemption_id)).items():
         # The lot owner may differ from the redeemer after a merge: credit whoever holds the lots now.
-        balance = await ledger.credit(conn, request.brand_id, owner, draws.total)
+        balance = await ledger.credit(conn, brand_id, owner, draws.total)
         await ledger.give_back(conn, draws)
         owner_posting = Posting(posting.id, owner)
         note = f"redemption {redemption_id} cancelled"
-        await ledger.entry(conn, owner_posting, request.brand_id, "reverse", draws.total, balance, note)
+        await ledger.entry(conn, owner_posting, brand_id, "reverse", draws.total, balance, note)
     return posting
 
 

@@ -1,1 +1,84 @@
-"""The tag language (issue 3): text or structured filters to SQL. Empty until then."""
+"""The tag language: audiences written as text or sent as a structured filter, one syntax tree.
+
+    parse(text) / from_filter(data)  ->  Node (tagquery.ast)   syntax only, no catalog needed
+    to_text(node)                    ->  canonical text        what a saved audience stores
+    bind(node, catalog)              ->  Bound (tagquery.bound) names resolved, values typed
+    evaluate(bound, facts, today)    ->  bool                  the reference implementation
+
+Grammar (EBNF; keywords and `tag` are case-insensitive, everything else case-sensitive)::
+
+    query      = or ;
+    or         = and , { "OR" , and } ;
+    and        = unary , { "AND" , unary } ;
+    unary      = "NOT" , unary | "(" , or , ")" | term ;
+    term       = "tag" , ":" , value
+               | "tag" , "IN" , list
+               | name , ":" , value                      (* dimension: tier:gold *)
+               | name , cmp , value                      (* field: points >= 1000 *)
+               | name , "IN" , list                      (* dimension or field *)
+               | name , "BETWEEN" , value , "AND" , value
+               | name , "WITHIN" , duration ;            (* date field: last_purchase WITHIN 30d *)
+    list       = "(" , value , { "," , value } , ")" ;
+    cmp        = "=" | "!=" | "<" | "<=" | ">" | ">=" ;
+    value      = word | string ;
+    name       = word - keyword ;
+    keyword    = "AND" | "OR" | "NOT" | "IN" | "BETWEEN" | "WITHIN" | "TAG" ;
+    duration   = digit , { digit } , ( "d" | "w" | "m" | "y" ) ;
+    word       = word char , { word char } ;             (* letter or digit of any script, "_" "-" "." *)
+    string     = '"' , { any char but '"' "\\" newline | escape } , '"' ;
+    escape     = "\\" , ( '"' | "\\" | "n" | "t" | "r" ) ;
+
+A word is typed by the binder, not the lexer: `1000`, `12.50`, `2024-01-01` and `gold` are all words
+(so tag codes such as `618_buyer` need no quotes). The full-width colon, comma and parentheses
+(U+FF1A, U+FF0C, U+FF08, U+FF09) that Chinese input methods type read as their ASCII forms.
+`tag:x` accepts a tag code or a tag's display name (`tag:价格敏感`).
+
+Decisions:
+- NULL rule: a term on a missing fact is False, NOT is boolean negation; `e` / `NOT e` partition
+  the members (see `tagquery.bound`).
+- Canonical text: keywords upper case, minimal parentheses, values quoted only when needed, lists in
+  the order given; `parse(to_text(node)) == node` (spans take no part in equality).
+- Limits (`tagquery.limits`): 4,000 characters (input and canonical form), 200 terms (each IN value
+  counts), depth 32 (parentheses and NOTs); exceeding one raises QueryLimitError, never
+  RecursionError.
+- Errors: `TagQueryError` subclasses with a stable `code` (table in `tagquery.errors`), 1-based
+  line and column, the offending span, a caret snippet and, for unknown names, a suggestion.
+
+Saved audiences store `to_text(node)` with GRAMMAR_VERSION, never compiled SQL.
+"""
+
+from __future__ import annotations
+
+from tagquery.binder import bind
+from tagquery.catalog import Catalog, member_catalog
+from tagquery.errors import (
+    ErrorCode,
+    QueryLimitError,
+    QuerySyntaxError,
+    QueryTypeError,
+    TagQueryError,
+    UnknownNameError,
+)
+from tagquery.evaluate import evaluate
+from tagquery.filters import from_filter
+from tagquery.parser import parse
+from tagquery.printer import to_text
+
+GRAMMAR_VERSION = 1
+
+__all__ = [
+    "GRAMMAR_VERSION",
+    "Catalog",
+    "ErrorCode",
+    "QueryLimitError",
+    "QuerySyntaxError",
+    "QueryTypeError",
+    "TagQueryError",
+    "UnknownNameError",
+    "bind",
+    "evaluate",
+    "from_filter",
+    "member_catalog",
+    "parse",
+    "to_text",
+]

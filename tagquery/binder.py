@@ -1,0 +1,214 @@
+"""The checker: resolve a syntax tree's names against a catalog and type its values.
+
+Errors point at the name for an unknown or misused name, at the value for an unknown or ill-typed
+value, and suggest the closest known name. The binder trusts the tree's size: `parse` and
+`from_filter` bound it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date
+from decimal import Decimal
+from typing import TypeVar
+
+from tagquery.ast import (
+    TAG,
+    And,
+    Between,
+    Compare,
+    Dimension,
+    In,
+    Node,
+    Not,
+    Or,
+    Tag,
+    Term,
+    Unit,
+    Within,
+    parse_duration,
+)
+from tagquery.bound import (
+    Bound,
+    BoundAnd,
+    BoundNot,
+    BoundOr,
+    FieldBetween,
+    FieldCompare,
+    FieldIn,
+    FieldWithin,
+    Membership,
+    Scalar,
+)
+from tagquery.catalog import Catalog, DimensionSpec, FieldType
+from tagquery.errors import ErrorCode, QueryTypeError, Span, UnknownNameError
+from tagquery.printer import value_text
+
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+_MONEY = re.compile(r"-?[0-9]+(?:\.[0-9]{1,2})?", re.ASCII)
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+# Integers land in bigint columns; money in numeric. Beyond these a comparison means nothing.
+_INT_RANGE = range(-(2**63), 2**63)
+_MONEY_LIMIT = Decimal(10) ** 15
+_MAX_WINDOW_DAYS = 36_600  # about a hundred years
+_UNIT_DAYS = {Unit.DAY: 1, Unit.WEEK: 7, Unit.MONTH: 31, Unit.YEAR: 366}
+_T = TypeVar("_T")
+_TYPE_NAMES = {FieldType.INTEGER: "a whole-number", FieldType.MONEY: "a money", FieldType.DATE: "a date"}
+
+
+def bind(node: Node, catalog: Catalog, *, source: str | None = None) -> Bound:
+    """Check `node` against `catalog`. Pass the text it was parsed from to get positions in errors."""
+    return _Binder(catalog, source).bind(node)
+
+
+class _Binder:
+    def __init__(self, catalog: Catalog, source: str | None) -> None:
+        self._catalog = catalog
+        self._source = source
+
+    def bind(self, node: Node) -> Bound:
+        match node:
+            case And(operands):
+                return BoundAnd(tuple(map(self.bind, operands)))
+            case Or(operands):
+                return BoundOr(tuple(map(self.bind, operands)))
+            case Not(operand):
+                return BoundNot(self.bind(operand))
+            case Tag(code):
+                return Membership(TAG, (self._tag(node, code, 0),), multi=True)
+            case Dimension(name, value):
+                spec = self._dimension(node, name)
+                return Membership(name, (self._member(node, name, spec, value, 0),), spec.multi)
+            case In():
+                return self._in(node)
+            case Compare(field, op, value):
+                kind = self._field(node, field)
+                return FieldCompare(field, kind, op, self._scalar(node, field, kind, value, 0))
+            case Between(field, low, high):
+                kind = self._field(node, field)
+                low_value, high_value = (self._scalar(node, field, kind, text, i) for i, text in enumerate((low, high)))
+                return FieldBetween(field, kind, low_value, high_value)
+            case Within():
+                return self._within(node)
+        raise TypeError(f"not a tag query node: {node!r}")
+
+    def _in(self, node: In) -> Bound:
+        name, values = node.name, enumerate(node.values)
+        if name == TAG:
+            return Membership(TAG, _unique(self._tag(node, code, i) for i, code in values), multi=True)
+        if name in self._catalog.dimensions:
+            spec = self._catalog.dimensions[name]
+            return Membership(name, _unique(self._member(node, name, spec, v, i) for i, v in values), spec.multi)
+        if name in self._catalog.fields:
+            kind = self._catalog.fields[name]
+            return FieldIn(name, kind, _unique(self._scalar(node, name, kind, v, i) for i, v in values))
+        names = [TAG, *self._catalog.dimensions, *self._catalog.fields]
+        raise self._unknown(ErrorCode.UNKNOWN_FIELD, "field or dimension", name, names, _name_span(node, name))
+
+    def _within(self, node: Within) -> Bound:
+        kind = self._field(node, node.field)
+        if kind is not FieldType.DATE:
+            message = f"WITHIN applies to date fields; {node.field} is {_TYPE_NAMES[kind]} field"
+            raise self._type(message, _name_span(node, node.field))
+        if node.amount * _UNIT_DAYS[node.unit] > _MAX_WINDOW_DAYS:
+            message = f"a window of {node.amount}{node.unit} reaches back more than a hundred years"
+            raise self._type(message, _value_span(node, 0), code=ErrorCode.OUT_OF_RANGE)
+        return FieldWithin(node.field, node.amount, node.unit)
+
+    # Names.
+
+    def _tag(self, node: Term, text: str, index: int) -> str:
+        code = self._catalog.tag_code(text)
+        if code is None:
+            at = _value_span(node, index)
+            raise self._unknown(ErrorCode.UNKNOWN_TAG, "tag", text, self._catalog.tag_names(), at)
+        return code
+
+    def _dimension(self, node: Dimension, name: str) -> DimensionSpec:
+        if name in self._catalog.dimensions:
+            return self._catalog.dimensions[name]
+        if name in self._catalog.fields:
+            hint = f"compare it instead, e.g. {name} = {value_text(node.value)}"
+            raise self._type(f"{name} is a field, not a dimension", _name_span(node, name), hint)
+        known = self._catalog.dimensions
+        raise self._unknown(ErrorCode.UNKNOWN_DIMENSION, "dimension", name, known, _name_span(node, name))
+
+    def _member(self, node: Term, name: str, spec: DimensionSpec, value: str, index: int) -> str:
+        if value not in spec.values:
+            at = _value_span(node, index)
+            raise self._unknown(ErrorCode.UNKNOWN_VALUE, name, value, spec.values, at)
+        return value
+
+    def _field(self, node: Term, name: str) -> FieldType:
+        if name in self._catalog.fields:
+            return self._catalog.fields[name]
+        if name in self._catalog.dimensions:
+            hint = f"write {name}:value or {name} IN (a, b)"
+            raise self._type(f"{name} is a dimension, not a field", _name_span(node, name), hint)
+        raise self._unknown(ErrorCode.UNKNOWN_FIELD, "field", name, self._catalog.fields, _name_span(node, name))
+
+    # Values.
+
+    def _scalar(self, node: Term, field: str, kind: FieldType, text: str, index: int) -> Scalar:
+        at = _value_span(node, index)
+        match kind:
+            case FieldType.INTEGER:
+                return self._integer(field, text, at)
+            case FieldType.MONEY:
+                return self._money(field, text, at)
+            case FieldType.DATE:
+                return self._date(field, text, at)
+
+    def _integer(self, field: str, text: str, at: Span | None) -> int:
+        if not _INTEGER.fullmatch(text):
+            raise self._type(f"{field} takes a whole number, not '{text}'", at)
+        if int(text) not in _INT_RANGE:
+            raise self._type(f"{text} is out of range for {field}", at, code=ErrorCode.OUT_OF_RANGE)
+        return int(text)
+
+    def _money(self, field: str, text: str, at: Span | None) -> Decimal:
+        if not _MONEY.fullmatch(text):
+            raise self._type(f"{field} takes an amount such as 199 or 199.90, not '{text}'", at)
+        if abs(Decimal(text)) >= _MONEY_LIMIT:
+            raise self._type(f"{text} is out of range for {field}", at, code=ErrorCode.OUT_OF_RANGE)
+        return Decimal(text)
+
+    def _date(self, field: str, text: str, at: Span | None) -> date:
+        try:
+            if _DATE.fullmatch(text):
+                return date.fromisoformat(text)
+        except ValueError:
+            pass  # right shape, no such day (2024-02-30): reported below like any other non-date
+        hint = f"for a time window write {field} WITHIN {text}" if parse_duration(text) else None
+        raise self._type(f"{field} takes a date such as 2024-01-31, not '{text}'", at, hint)
+
+    # Errors.
+
+    def _type(
+        self, message: str, at: Span | None, hint: str | None = None, code: ErrorCode = ErrorCode.TYPE_MISMATCH
+    ) -> QueryTypeError:
+        return QueryTypeError(message, code=code, source=self._source, span=at, hint=hint)
+
+    def _unknown(
+        self, code: ErrorCode, what: str, name: str, known: Iterable[str], at: Span | None
+    ) -> UnknownNameError:
+        """`unknown <what> '<name>'`, suggesting the closest of `known`."""
+        suggestion = next(iter(difflib.get_close_matches(name, list(known), n=1)), None)
+        message = f"unknown {what} '{name}'"
+        return UnknownNameError(message, code=code, source=self._source, span=at, suggestion=suggestion)
+
+
+def _name_span(node: Term, name: str) -> Span | None:
+    # A term starts with its name, so the name's span follows from the term's.
+    return None if node.span is None else (node.span[0], node.span[0] + len(name))
+
+
+def _value_span(node: Term, index: int) -> Span | None:
+    spans: Sequence[Span] = node.value_spans
+    return spans[index] if index < len(spans) else node.span
+
+
+def _unique(items: Iterable[_T]) -> tuple[_T, ...]:
+    return tuple(dict.fromkeys(items))

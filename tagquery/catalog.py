@@ -1,0 +1,97 @@
+"""What a brand's queries may name: tags, dimensions with their values, typed fields.
+
+The caller builds it (from the brand's tag definitions, tiers, the channels and cities it has);
+tagquery never reads the database. Names are bare words that are not keywords, and a name is either
+a dimension or a field, never both, so every term resolves one way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from tagquery.ast import is_name
+
+
+class FieldType(enum.StrEnum):
+    INTEGER = "integer"
+    MONEY = "money"  # yuan with at most two decimals
+    DATE = "date"  # a calendar day in the brand's time zone
+
+
+MEMBER_FIELDS: Mapping[str, FieldType] = MappingProxyType(
+    {
+        "points": FieldType.INTEGER,
+        "growth": FieldType.INTEGER,
+        "orders_365d": FieldType.INTEGER,
+        "order_count": FieldType.INTEGER,
+        "days_since_last_purchase": FieldType.INTEGER,
+        "age": FieldType.INTEGER,
+        "total_spend": FieldType.MONEY,
+        "registered": FieldType.DATE,
+        "last_purchase": FieldType.DATE,
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DimensionSpec:
+    values: frozenset[str]
+    multi: bool = False
+    """Set-valued: a member has any number of values (channels), not exactly one (tier)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Catalog:
+    tags: Mapping[str, str]
+    """Tag code -> display name. A display name resolves to its code when no other tag shares it."""
+    dimensions: Mapping[str, DimensionSpec]
+    fields: Mapping[str, FieldType] = dataclasses.field(default_factory=lambda: MEMBER_FIELDS)
+    _by_display: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        bad = [name for name in [*self.dimensions, *self.fields] if not is_name(name)]
+        if bad:
+            raise ValueError(f"not usable as names in a query: {bad}")
+        both = set(self.dimensions) & set(self.fields)
+        if both:
+            raise ValueError(f"both a dimension and a field: {sorted(both)}")
+        object.__setattr__(self, "_by_display", _unique_display_names(self.tags))
+
+    def tag_code(self, text: str) -> str | None:
+        """The code `text` names, as a code or as an unambiguous display name."""
+        return text if text in self.tags else self._by_display.get(text)
+
+    def tag_names(self) -> list[str]:
+        """Everything `tag:` accepts, for suggestions."""
+        return [*self.tags, *self._by_display]
+
+
+def _unique_display_names(tags: Mapping[str, str]) -> Mapping[str, str]:
+    counts = Counter(tags.values())
+    return MappingProxyType({name: code for code, name in tags.items() if counts[name] == 1})
+
+
+def member_catalog(
+    *,
+    tags: Mapping[str, str],
+    tiers: Iterable[str],
+    channels: Iterable[str],
+    cities: Iterable[str],
+    statuses: Iterable[str],
+    genders: Iterable[str],
+    lifecycles: Iterable[str],
+) -> Catalog:
+    """The member catalog of design §3: six dimensions (channel set-valued) and MEMBER_FIELDS."""
+    dimensions = {
+        "tier": DimensionSpec(frozenset(tiers)),
+        "channel": DimensionSpec(frozenset(channels), multi=True),
+        "city": DimensionSpec(frozenset(cities)),
+        "status": DimensionSpec(frozenset(statuses)),
+        "gender": DimensionSpec(frozenset(genders)),
+        "lifecycle": DimensionSpec(frozenset(lifecycles)),
+    }
+    return Catalog(tags=MappingProxyType(dict(tags)), dimensions=MappingProxyType(dimensions))
