@@ -38,7 +38,9 @@ def create_app(settings: Settings) -> Starlette:
                 libpq_url(url),
                 min_size=settings.pool_min_size,
                 max_size=settings.pool_max_size,
-                kwargs={"autocommit": True},  # reads are single statements; writes open transactions
+                # Reads are single statements; writes open transactions. The name lets operators
+                # (and the fault tests) find the service's sessions in pg_stat_activity.
+                kwargs={"autocommit": True, "application_name": "omnimember"},
                 open=False,
             )
             await pool.open(wait=True, timeout=30)

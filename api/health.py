@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from psycopg import OperationalError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -18,11 +19,21 @@ async def readyz(request: Request) -> JSONResponse:
     """The database answers and its schema is at the revision this code expects."""
     state: AppState = request.state.omnimember
     try:
-        async with state.pool.connection(timeout=2) as conn:
-            current = await current_revision(conn)
+        current = await _revision(state)
     except Exception as error:  # any failure to reach the database means "not ready"
         return JSONResponse({"status": "unavailable", "database": type(error).__name__}, status_code=503)
     body = {"database": "ok", "revision": current, "head": state.head_revision}
     if current != state.head_revision:
         return JSONResponse({"status": "migrations pending", **body}, status_code=503)
     return JSONResponse({"status": "ready", **body})
+
+
+async def _revision(state: AppState) -> str | None:
+    try:
+        async with state.pool.connection(timeout=2) as conn:
+            return await current_revision(conn)
+    except OperationalError:
+        # A restarted database leaves dead connections in the pool: drop them, ask once more.
+        await state.pool.check()
+        async with state.pool.connection(timeout=2) as conn:
+            return await current_revision(conn)

@@ -8,6 +8,7 @@ from pathlib import Path
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     MaskErrors,
     MaxAliasesLimiter,
     ParserCache,
@@ -25,6 +26,14 @@ log = logging.getLogger("omnimember.graphql")
 SDL_PATH = Path(__file__).with_name("schema.graphql")
 MAX_DEPTH = 10
 MAX_ALIASES = 30
+
+
+# Built once: the validation cache is keyed by the rule classes, and each limiter instance makes
+# new ones, so a limiter constructed per request would make every request miss the cache.
+_LIMIT_RULES = [
+    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+]
 
 
 def _is_unexpected(error: GraphQLError) -> bool:
@@ -56,8 +65,7 @@ def build_schema() -> Schema:
             # Parsing and validating dominate the cost of a small query: do each document once.
             ParserCache,
             ValidationCache,
-            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-            lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+            lambda: AddValidationRules(_LIMIT_RULES),
             lambda: MaskErrors(should_mask_error=_is_unexpected),
         ],
     )

@@ -2,7 +2,10 @@
 
 Unification writes rely on unique constraints instead of check-then-act: two requests binding the
 same identity or phone at once both try, one gets a unique violation, and its retry sees the
-winner's row. The retried function must be safe to run again from the start.
+winner's row. A connection lost mid-transaction (a restarted or terminated backend) is retried on
+a fresh connection too: if the commit did land before the connection died, the retry finds the
+idempotency key (or the unique row) already there and replays. The retried function must be safe
+to run again from the start.
 """
 
 from __future__ import annotations
@@ -10,15 +13,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection, OperationalError, errors
 from psycopg_pool import AsyncConnectionPool
 
 T = TypeVar("T")
-_RETRYABLE = (
-    errors.UniqueViolation,
-    errors.SerializationFailure,
-    errors.DeadlockDetected,
-)
+_CONFLICTS = (errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected)
 _ATTEMPTS = 5
 
 
@@ -27,7 +26,12 @@ async def transact(pool: AsyncConnectionPool[Any], work: Callable[[AsyncConnecti
         try:
             async with pool.connection() as conn, conn.transaction():
                 return await work(conn)
-        except _RETRYABLE:
+        except _CONFLICTS:
             if attempt == _ATTEMPTS:
                 raise
+        except OperationalError:
+            if attempt == _ATTEMPTS:
+                raise
+            # Connections idle in the pool may have died with this one: drop them before retrying.
+            await pool.check()
     raise AssertionError("unreachable")
