@@ -131,14 +131,14 @@ def _check_journal(database_url: str, members: list[str], tally: Tally) -> None:
             (ids,),
         ).fetchall()
         postings = conn.execute(
-            "SELECT p.idempotency_key, p.id, sum(e.amount), count(e.id) FROM points_postings p"
-            " JOIN points_entries e ON e.posting_id = p.id WHERE p.member_id = ANY(%s) AND p.idempotency_key LIKE 'op-%%'"
-            " GROUP BY p.id",
+            "SELECT p.idempotency_key, p.id, sum(e.amount), count(e.id)"
+            " FROM points_postings p JOIN points_entries e ON e.posting_id = p.id"
+            " WHERE p.member_id = ANY(%s) AND p.idempotency_key LIKE 'op-%%' GROUP BY p.id",
             (ids,),
         ).fetchall()
     journal = {key: (posting_id, int(total), count) for key, posting_id, total, count in postings}
     assert set(journal) == set(tally.accepted), "every accepted request is in the journal, nothing else is"
-    expected = {m: START for m in ids}
+    expected = dict.fromkeys(ids, START)
     for key, (operation, member, amount, posting_id) in tally.accepted.items():
         signed = -amount if operation == "redeem" else amount
         assert journal[key] == (int(posting_id), signed, 1), key  # posted exactly once, as asked
@@ -150,7 +150,7 @@ def _check_journal(database_url: str, members: list[str], tally: Tally) -> None:
 
 @pytest.mark.slow
 async def test_64_clients_never_lose_or_double_a_point(server: Server, database_url: str) -> None:
-    brand, members, tally = await _hammer(server, operations=10_000, clients=64, seed=7)
+    _, members, tally = await _hammer(server, operations=10_000, clients=64, seed=7)
     assert tally.refused > 0, "the load must drive balances to the floor to prove it holds"
     assert tally.replays > 0
     assert tally.failures == 0
