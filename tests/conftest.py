@@ -6,6 +6,7 @@ run and dropped after; otherwise an embedded PostgreSQL runs in a temporary dire
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -43,19 +44,27 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server = pg.get_uri()
     else:
         pg = None
-    name = f"omnimember_test_{secrets.token_hex(4)}"
-    admin = libpq_url(server)
+    try:
+        with throwaway_database(server, "test") as url:
+            migrate.upgrade(url)
+            yield url
+    finally:
+        if pg is not None:
+            pg.cleanup()
+
+
+@contextlib.contextmanager
+def throwaway_database(server_url: str, purpose: str) -> Iterator[str]:
+    """A new empty database on the server of ``server_url``, dropped afterwards."""
+    name = f"omnimember_{purpose}_{secrets.token_hex(4)}"
+    admin = libpq_url(server_url)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')  # generated name, not user input
-    url = with_database(admin, name)
     try:
-        migrate.upgrade(url)
-        yield url
+        yield with_database(admin, name)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if pg is not None:
-            pg.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +78,10 @@ async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
         yield pool
 
 
-@pytest.fixture(scope="session")
-async def client(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(database_url=database_url, home=tmp_path_factory.mktemp("home"), secret=TEST_SECRET)
-    app = create_app(settings)
+@contextlib.asynccontextmanager
+async def in_process(database_url: str, home: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the app in this process, lifespan entered."""
+    app = create_app(Settings(database_url=database_url, home=home, secret=TEST_SECRET))
     # httpx's ASGITransport runs no lifespan: enter it here and hand its state to every request.
     async with app.router.lifespan_context(app) as state:
 
@@ -83,6 +92,12 @@ async def client(database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
         transport = httpx.ASGITransport(app=with_state)
         async with httpx.AsyncClient(transport=transport, base_url="http://omnimember.test") as http:
             yield http
+
+
+@pytest.fixture(scope="session")
+async def client(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(database_url, tmp_path_factory.mktemp("home")) as http:
+        yield http
 
 
 class GraphQL:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import psycopg
@@ -13,19 +12,14 @@ from alembic.migration import MigrationContext
 
 from store import migrate
 from store.tables import metadata
-from store.urls import libpq_url, sqlalchemy_url, with_database
+from store.urls import sqlalchemy_url
+from tests.conftest import throwaway_database
 
 
 @pytest.fixture
 def empty_database(database_url: str) -> Iterator[str]:
-    name = f"omnimember_migrations_{secrets.token_hex(4)}"
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # generated name, not user input
-    try:
-        yield with_database(database_url, name)
-    finally:
-        with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database(database_url, "migrations") as url:
+        yield url
 
 
 def _tables(url: str) -> set[str]:
