@@ -17,6 +17,7 @@ from api.health import healthz, readyz
 from api.settings import Settings
 from api.state import AppState, LifespanState
 from store import migrate
+from store.brands import BrandDirectory
 from store.phones import PhoneVault
 from store.urls import libpq_url
 
@@ -46,7 +47,8 @@ def create_app(settings: Settings) -> Starlette:
             await pool.open(wait=True, timeout=30)
             try:
                 vault = PhoneVault(settings.phone_secret())
-                yield {"omnimember": AppState(pool=pool, vault=vault, head_revision=migrate.head_revision())}
+                state = AppState(pool=pool, vault=vault, brands=BrandDirectory(), head_revision=migrate.head_revision())
+                yield {"omnimember": state}
             finally:
                 await pool.close()
         finally:

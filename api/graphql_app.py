@@ -18,7 +18,7 @@ class GraphQLApp(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         state: AppState = request.state.omnimember
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        return Context(pool=state.pool, vault=state.vault, request_id=request_id)
+        return Context(pool=state.pool, vault=state.vault, brands=state.brands, request_id=request_id)
 
 
 def graphql_app(ide: bool) -> GraphQLApp:

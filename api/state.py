@@ -7,6 +7,7 @@ from typing import Any, TypedDict
 
 from psycopg_pool import AsyncConnectionPool
 
+from store.brands import BrandDirectory
 from store.phones import PhoneVault
 
 
@@ -14,6 +15,7 @@ from store.phones import PhoneVault
 class AppState:
     pool: AsyncConnectionPool[Any]
     vault: PhoneVault
+    brands: BrandDirectory
     head_revision: str
 
 

@@ -9,6 +9,7 @@ from psycopg_pool import AsyncConnectionPool
 from strawberry import Info as _Info
 
 from resolvers.loaders import Loaders
+from store.brands import BrandDirectory
 from store.phones import PhoneVault
 
 
@@ -16,6 +17,7 @@ from store.phones import PhoneVault
 class Context:
     pool: AsyncConnectionPool[Any]
     vault: PhoneVault
+    brands: BrandDirectory
     request_id: str
     loaders: Loaders = field(init=False)
 

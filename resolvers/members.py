@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from resolvers import cursors
 from resolvers.context import Info
-from store import brands, members
+from store import members
 from store.sql import Row
 from store.unification import check_channel, check_external_id, check_phone
 
@@ -31,7 +31,7 @@ async def get_member(info: Info, *, member_id: int) -> Row | None:
 
 async def get_member_by_identity(info: Info, *, brand: str, channel: str, external_id: str) -> Row | None:
     async with info.context.pool.connection() as conn:
-        brand_row = await brands.brand_by_code(conn, brand)
+        brand_row = await info.context.brands.get(conn, brand)
         member_id = await members.member_id_by_identity(
             conn,
             brand_id=brand_row["id"],
@@ -44,7 +44,7 @@ async def get_member_by_identity(info: Info, *, brand: str, channel: str, extern
 async def get_member_by_phone(info: Info, *, brand: str, phone: str) -> Row | None:
     phone_hash = check_phone(info.context.vault, phone).hash
     async with info.context.pool.connection() as conn:
-        brand_row = await brands.brand_by_code(conn, brand)
+        brand_row = await info.context.brands.get(conn, brand)
         member_id = await members.member_id_by_phone(conn, brand_id=brand_row["id"], phone_hash=phone_hash)
     return None if member_id is None else await get_member(info, member_id=member_id)
 
@@ -53,8 +53,8 @@ async def list_members(info: Info, *, brand: str, first: int, after: str | None)
     """One page of a brand's live members in id order."""
     cursors.check_first(first, MAX_PAGE)
     after_id = cursors.decode(after, "member", 1)[0] if after is not None else None
+    brand_id = await info.context.brands.id_of(info.context.pool, brand)
     async with info.context.pool.connection() as conn:
-        brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
         rows = await members.members_page(conn, brand_id=brand_id, after_id=after_id, limit=first + 1)
     loader = info.context.loaders.member_by_id
     for row in rows[:first]:

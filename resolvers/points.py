@@ -12,7 +12,7 @@ from psycopg import AsyncConnection
 
 from resolvers import cursors
 from resolvers.context import Info
-from store import brands, history, members, orders, points
+from store import history, members, orders, points
 from store.errors import DomainError, ErrorCode
 from store.ledger import Posting, Request, check_key
 from store.sql import Row
@@ -66,6 +66,7 @@ def _forget_cached(info: Info) -> None:
 
 
 async def _request(
+    info: Info,
     conn: AsyncConnection[Any],
     brand: str,
     member_id: int,
@@ -74,7 +75,7 @@ async def _request(
     payload: dict[str, Any],
     **extra: Any,
 ) -> Request:
-    brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+    brand_id: int = (await info.context.brands.get(conn, brand))["id"]
     return Request(brand_id, member_id, check_key(key), operation, payload, actor=ACTOR, **extra)
 
 
@@ -83,7 +84,15 @@ async def earn(
 ) -> PostingOutcome:
     async def work(conn: AsyncConnection[Any]) -> Posting:
         request = await _request(
-            conn, brand, member_id, key, "earn", {"amount": amount}, reason=reason, channel=_optional_channel(channel)
+            info,
+            conn,
+            brand,
+            member_id,
+            key,
+            "earn",
+            {"amount": amount},
+            reason=reason,
+            channel=_optional_channel(channel),
         )
         return await points.earn(conn, request, amount)
 
@@ -95,7 +104,15 @@ async def redeem(
 ) -> PostingOutcome:
     async def work(conn: AsyncConnection[Any]) -> Posting:
         request = await _request(
-            conn, brand, member_id, key, "redeem", {"amount": amount}, reason=reason, channel=_optional_channel(channel)
+            info,
+            conn,
+            brand,
+            member_id,
+            key,
+            "redeem",
+            {"amount": amount},
+            reason=reason,
+            channel=_optional_channel(channel),
         )
         return await points.redeem(conn, request, amount)
 
@@ -104,7 +121,7 @@ async def redeem(
 
 async def adjust(info: Info, *, brand: str, member_id: int, delta: int, key: str, reason: str) -> PostingOutcome:
     async def work(conn: AsyncConnection[Any]) -> Posting:
-        request = await _request(conn, brand, member_id, key, "adjust", {"delta": delta}, reason=reason.strip())
+        request = await _request(info, conn, brand, member_id, key, "adjust", {"delta": delta}, reason=reason.strip())
         return await points.adjust(conn, request, delta)
 
     return await _post(info, work)
@@ -112,7 +129,7 @@ async def adjust(info: Info, *, brand: str, member_id: int, delta: int, key: str
 
 async def cancel_redemption(info: Info, *, brand: str, posting_id: int, key: str, reason: str | None) -> PostingOutcome:
     async def work(conn: AsyncConnection[Any]) -> Posting:
-        brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+        brand_id: int = (await info.context.brands.get(conn, brand))["id"]
         return await points.cancel_redemption(
             conn, brand_id=brand_id, redemption_id=posting_id, key=check_key(key), reason=reason, actor=ACTOR
         )
@@ -136,7 +153,7 @@ async def record_order(
         raise DomainError(ErrorCode.INVALID_INPUT, "give exactly one of memberId and buyerId", field="memberId")
 
     async def work(conn: AsyncConnection[Any]) -> orders.OrderResult:
-        brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+        brand_id: int = (await info.context.brands.get(conn, brand))["id"]
         code = check_channel(channel)
         member = await _buyer(conn, brand_id, code, buyer_id) if buyer_id is not None else member_id
         assert member is not None
@@ -170,7 +187,7 @@ async def refund_order(
     reason: str | None,
 ) -> PostingOutcome:
     async def work(conn: AsyncConnection[Any]) -> orders.OrderResult:
-        brand_id: int = (await brands.brand_by_code(conn, brand))["id"]
+        brand_id: int = (await info.context.brands.get(conn, brand))["id"]
         order = await orders.find_for_refund(conn, brand_id, check_channel(channel), external_order_id)
         return await orders.refund(conn, order, amount, check_key(key), reason, ACTOR)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from store.errors import DomainError, ErrorCode
@@ -153,3 +154,28 @@ async def create_brand(
         )
     await _insert_rules.run(conn, brand_id=brand["id"])
     return brand
+
+
+class BrandDirectory:
+    """Brand code → brand row, cached per process: a brand's code, id and group never change.
+
+    Only brands that exist are cached, so unknown codes cannot grow it.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, Row] = {}
+
+    async def get(self, conn: AsyncConnection[Any], code: str) -> Row:
+        row = self._rows.get(code)
+        if row is None:
+            row = self._rows[code] = await brand_by_code(conn, code)
+        return row
+
+    async def id_of(self, pool: AsyncConnectionPool[Any], code: str) -> int:
+        """The brand id for ``code``, touching the database only the first time; raises UNKNOWN_BRAND."""
+        row = self._rows.get(code)
+        if row is None:
+            async with pool.connection() as conn:
+                row = await self.get(conn, code)
+        brand_id: int = row["id"]
+        return brand_id

@@ -23,7 +23,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
@@ -153,41 +152,114 @@ _insert_entry = Query(
     )
     .returning(points_entries.c.id)
 )
-_insert_lot = Query(
-    sa.insert(points_lots)
-    .values(
-        brand_id=sa.bindparam("brand_id"),
-        member_id=sa.bindparam("member_id"),
-        entry_id=sa.bindparam("entry_id"),
-        amount=sa.bindparam("amount", type_=sa.BigInteger),
-        remaining=sa.bindparam("amount", type_=sa.BigInteger),
-        expires_at=sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)),
-    )
-    .returning(points_lots.c.id)
-)
 _open_lots = Query(
     sa.select(points_lots.c.id, points_lots.c.remaining)
     .where(points_lots.c.member_id == sa.bindparam("member_id"), points_lots.c.remaining > 0)
     .order_by(points_lots.c.expires_at, points_lots.c.id)
 )
 _draw_rows = sa.select(sa.func.unnest(_IDS).label("lot_id"), sa.func.unnest(_AMOUNTS).label("amount")).subquery("d")
-_take_from_lots = Query(
+_draw_cte = sa.select(sa.func.unnest(_IDS).label("lot_id"), sa.func.unnest(_AMOUNTS).label("amount")).cte("draws")
+_taken = (
     sa.update(points_lots)
-    .where(points_lots.c.id == _draw_rows.c.lot_id)
-    .values(remaining=points_lots.c.remaining - _draw_rows.c.amount)
+    .where(points_lots.c.id == _draw_cte.c.lot_id)
+    .values(remaining=points_lots.c.remaining - _draw_cte.c.amount)
+    .cte("taken")
+)
+_take_and_record = Query(
+    sa.insert(lot_draws)
+    .from_select(
+        ["entry_id", "lot_id", "amount"],
+        sa.select(sa.bindparam("entry_id", type_=sa.BigInteger), _draw_cte.c.lot_id, _draw_cte.c.amount),
+    )
+    .add_cte(_draw_cte, _taken)
 )
 _give_back_to_lots = Query(
     sa.update(points_lots)
     .where(points_lots.c.id == _draw_rows.c.lot_id)
     .values(remaining=points_lots.c.remaining + _draw_rows.c.amount)
 )
-_record_draws = Query(
-    sa.insert(lot_draws).from_select(
-        ["entry_id", "lot_id", "amount"],
-        sa.select(sa.bindparam("entry_id", type_=sa.BigInteger), _draw_rows.c.lot_id, _draw_rows.c.amount),
-    )
-)
 _rules = Query(sa.select(brand_rules).where(brand_rules.c.brand_id == sa.bindparam("brand_id")))
+
+# End of the year `expiry_years` after the year of earning, in the brand's time zone: the one
+# definition of a lot's expiry, evaluated where the lot is written.
+_EARNED_AT = sa.func.coalesce(sa.bindparam("earned_at", type_=sa.DateTime(timezone=True)), sa.func.now())
+_expiry = (
+    sa.select(
+        sa.func.make_timestamptz(
+            sa.cast(sa.extract("year", sa.func.timezone(brand_rules.c.timezone, _EARNED_AT)), sa.Integer)
+            + brand_rules.c.expiry_years
+            + 1,
+            1,
+            1,
+            0,
+            0,
+            0,
+            brand_rules.c.timezone,
+        )
+    )
+    .where(brand_rules.c.brand_id == sa.bindparam("brand_id"))
+    .scalar_subquery()
+)
+
+
+def _entry_values(balance: sa.ColumnElement[Any], member: sa.ColumnElement[Any], sign: int) -> sa.Select[Any]:
+    return sa.select(
+        sa.bindparam("posting_id", type_=sa.BigInteger),
+        sa.bindparam("brand_id", type_=sa.BigInteger),
+        member,
+        sa.bindparam("kind", type_=sa.Text),
+        sign * sa.bindparam("amount", type_=sa.BigInteger),
+        balance,
+        sa.bindparam("note", type_=sa.Text),
+    )
+
+
+_ENTRY_COLUMNS = ["posting_id", "brand_id", "member_id", "kind", "amount", "balance_after", "note"]
+_credited = (
+    sa.update(members)
+    .where(_live_member)
+    .values(points_balance=members.c.points_balance + sa.bindparam("amount", type_=sa.BigInteger))
+    .returning(members.c.id, members.c.points_balance)
+    .cte("credited")
+)
+_credit_entry = (
+    sa.insert(points_entries)
+    .from_select(_ENTRY_COLUMNS, _entry_values(_credited.c.points_balance, _credited.c.id, 1))
+    .returning(points_entries.c.id, points_entries.c.member_id)
+    .cte("credit_entry")
+)
+_credit_lot = (
+    sa.insert(points_lots)
+    .from_select(
+        ["brand_id", "member_id", "entry_id", "amount", "remaining", "expires_at"],
+        sa.select(
+            sa.bindparam("brand_id", type_=sa.BigInteger),
+            _credit_entry.c.member_id,
+            _credit_entry.c.id,
+            sa.bindparam("amount", type_=sa.BigInteger),
+            sa.bindparam("amount", type_=sa.BigInteger),
+            _expiry,
+        ),
+    )
+    .cte("credit_lot")
+)
+# Balance, entry and lot in one round trip; no row when the member is not a live member of the brand.
+_credit_with_lot = Query(sa.select(_credit_entry.c.id).add_cte(_credited, _credit_entry, _credit_lot))
+_debited = (
+    sa.update(members)
+    .where(_live_member, members.c.points_balance >= sa.bindparam("amount", type_=sa.BigInteger))
+    .values(points_balance=members.c.points_balance - sa.bindparam("amount", type_=sa.BigInteger))
+    .returning(members.c.id, members.c.points_balance)
+    .cte("debited")
+)
+_debit_entry = (
+    sa.insert(points_entries)
+    .from_select(_ENTRY_COLUMNS, _entry_values(_debited.c.points_balance, _debited.c.id, -1))
+    .returning(points_entries.c.id)
+    .cte("debit_entry")
+)
+# Balance and entry in one round trip; no row when the balance does not cover it (or no such member).
+_debit_with_entry = Query(sa.select(_debit_entry.c.id).add_cte(_debited, _debit_entry))
 
 
 def check_amount(amount: int, field: str = "amount") -> int:
@@ -241,12 +313,6 @@ async def rules(conn: AsyncConnection[Any], brand_id: int) -> Row:
     return row
 
 
-def expiry(earned_at: dt.datetime, timezone: str, years: int) -> dt.datetime:
-    """End of the year `years` after the year of earning, in the brand's time zone (exclusive)."""
-    zone = ZoneInfo(timezone)
-    return dt.datetime(earned_at.astimezone(zone).year + years + 1, 1, 1, tzinfo=zone)
-
-
 async def _refuse_debit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amount: int) -> DomainError:
     row = await _member_state.one(conn, member_id=member_id)
     if row is None or row["brand_id"] != brand_id:
@@ -298,15 +364,6 @@ async def entry(
     return entry_id
 
 
-async def add_lot(
-    conn: AsyncConnection[Any], brand_id: int, member_id: int, entry_id: int, amount: int, expires_at: dt.datetime
-) -> int:
-    lot_id: int = await _insert_lot.scalar(
-        conn, brand_id=brand_id, member_id=member_id, entry_id=entry_id, amount=amount, expires_at=expires_at
-    )
-    return lot_id
-
-
 async def plan_draws(conn: AsyncConnection[Any], member_id: int, amount: int, preferred: Sequence[int] = ()) -> Draws:
     """Lots to take ``amount`` from: ``preferred`` lots first, then those expiring soonest.
 
@@ -326,9 +383,8 @@ async def plan_draws(conn: AsyncConnection[Any], member_id: int, amount: int, pr
 
 
 async def take(conn: AsyncConnection[Any], entry_id: int, draws: Draws) -> None:
-    """Consume the planned draws and record them against the debiting entry."""
-    await _take_from_lots.run(conn, ids=draws.lot_ids, amounts=draws.amounts)
-    await _record_draws.run(conn, entry_id=entry_id, ids=draws.lot_ids, amounts=draws.amounts)
+    """Consume the planned draws and record them against the debiting entry (one statement)."""
+    await _take_and_record.run(conn, entry_id=entry_id, ids=draws.lot_ids, amounts=draws.amounts)
 
 
 async def give_back(conn: AsyncConnection[Any], draws: Draws) -> None:
@@ -344,13 +400,22 @@ async def post_credit(
     kind: str,
     amount: int,
     note: str,
-    expires_at: dt.datetime,
+    earned_at: dt.datetime | None = None,
 ) -> int:
-    """Credit the posting's member and open a lot for it; returns the entry id."""
-    balance = await credit(conn, brand_id, posting.member_id, amount)
-    entry_id = await entry(conn, posting, brand_id, kind, amount, balance, note)
-    await add_lot(conn, brand_id, posting.member_id, entry_id, amount, expires_at)
-    return entry_id
+    """Credit the posting's member, write the entry and open its lot: one statement. Returns the entry id."""
+    entry_id = await _credit_with_lot.scalar(
+        conn,
+        posting_id=posting.id,
+        brand_id=brand_id,
+        member_id=posting.member_id,
+        kind=kind,
+        amount=amount,
+        note=note,
+        earned_at=earned_at,
+    )
+    if entry_id is None:
+        raise await _refuse_debit(conn, brand_id, posting.member_id, 0)
+    return int(entry_id)
 
 
 async def post_debit(
@@ -364,11 +429,14 @@ async def post_debit(
     preferred: Sequence[int] = (),
 ) -> int:
     """Debit the posting's member, drawing lots soonest-expiring first; returns the entry id."""
-    balance = await debit(conn, brand_id, posting.member_id, amount)
+    entry_id = await _debit_with_entry.scalar(
+        conn, posting_id=posting.id, brand_id=brand_id, member_id=posting.member_id, kind=kind, amount=amount, note=note
+    )
+    if entry_id is None:
+        raise await _refuse_debit(conn, brand_id, posting.member_id, amount)
     draws = await plan_draws(conn, posting.member_id, amount, preferred)
-    entry_id = await entry(conn, posting, brand_id, kind, -amount, balance, note)
-    await take(conn, entry_id, draws)
-    return entry_id
+    await take(conn, int(entry_id), draws)
+    return int(entry_id)
 
 
 _lots_of = Query(

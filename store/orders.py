@@ -226,10 +226,9 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
         points_earned=points,
         growth_earned=growth,
     )
-    expires_at = ledger.expiry(order.paid_at, rules["timezone"], rules["expiry_years"])
     for amount, note in parts:
         await ledger.post_credit(
-            conn, posting, order.brand_id, kind="earn", amount=amount, note=note, expires_at=expires_at
+            conn, posting, order.brand_id, kind="earn", amount=amount, note=note, earned_at=order.paid_at
         )
     await _purchase.run(
         conn, member_id=order.member_id, paid_at=order.paid_at, amount=order.amount, growth=growth, points=points

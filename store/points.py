@@ -64,12 +64,8 @@ async def earn(conn: AsyncConnection[Any], request: Request, amount: int) -> Pos
     posting = await ledger.claim(conn, request)
     if posting.replayed:
         return posting
-    rules = await ledger.rules(conn, request.brand_id)
-    expires_at = ledger.expiry(dt.datetime.now(dt.UTC), rules["timezone"], rules["expiry_years"])
     note = request.reason or "earned"
-    await ledger.post_credit(
-        conn, posting, request.brand_id, kind="earn", amount=amount, note=note, expires_at=expires_at
-    )
+    await ledger.post_credit(conn, posting, request.brand_id, kind="earn", amount=amount, note=note)
     return posting
 
 
@@ -94,11 +90,7 @@ async def adjust(conn: AsyncConnection[Any], request: Request, delta: int) -> Po
     if delta < 0:
         await ledger.post_debit(conn, posting, request.brand_id, kind="adjust", amount=-delta, note=request.reason)
         return posting
-    rules = await ledger.rules(conn, request.brand_id)
-    expires_at = ledger.expiry(dt.datetime.now(dt.UTC), rules["timezone"], rules["expiry_years"])
-    await ledger.post_credit(
-        conn, posting, request.brand_id, kind="adjust", amount=delta, note=request.reason, expires_at=expires_at
-    )
+    await ledger.post_credit(conn, posting, request.brand_id, kind="adjust", amount=delta, note=request.reason)
     return posting
 
 
