@@ -64,3 +64,8 @@ def create_app(settings: Settings) -> Starlette:
         ],
         lifespan=lifespan,
     )
+
+
+def app_from_env() -> Starlette:
+    """The app configured from the environment: the factory uvicorn's worker processes import."""
+    return create_app(Settings.from_env())
