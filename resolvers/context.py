@@ -23,7 +23,7 @@ class Context:
 
     def __post_init__(self) -> None:
         # Fresh loaders per request: their caches must never outlive it.
-        self.loaders = Loaders(self.pool)
+        self.loaders = Loaders(self.pool, self.brands)
 
 
 Info = _Info[Context, None]

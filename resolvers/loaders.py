@@ -13,22 +13,24 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
-from store import brands, history, members, merges
+from store import history, members, merges
+from store.brands import BrandDirectory
 from store.sql import Row, group_by, index_by
 
 Fetch = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[Row]]]
+Cached = Callable[[AsyncConnectionPool[Any], Sequence[Any]], Awaitable[list[Row]]]
 Grouped = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[list[Row]]]]
 
 
 class Loaders:
     """The loaders of one request, named ``<thing>_by_<key>``."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], directory: BrandDirectory) -> None:
         self._pool = pool
         self.member_by_id: DataLoader[int, Row | None] = DataLoader(self._one(members.members_by_id, "id"))
-        self.brand_by_id: DataLoader[int, Row | None] = DataLoader(self._one(brands.brands_by_id, "id"))
-        self.group_by_id: DataLoader[int, Row | None] = DataLoader(self._one(brands.groups_by_id, "id"))
-        self.tiers_by_brand: DataLoader[int, list[Row]] = DataLoader(self._many(brands.tiers_by_brand, "brand_id"))
+        self.brand_by_id: DataLoader[int, Row | None] = DataLoader(self._cached(directory.brands, "id"))
+        self.group_by_id: DataLoader[int, Row | None] = DataLoader(self._cached(directory.groups, "id"))
+        self.tiers_by_brand: DataLoader[int, list[Row]] = DataLoader(self._cached_many(directory.tiers, "brand_id"))
         self.identities_by_member: DataLoader[int, list[Row]] = DataLoader(
             self._many(members.identities_by_member, "member_id")
         )
@@ -55,6 +57,18 @@ class Loaders:
         async def load(keys: list[Any]) -> list[list[Row]]:
             async with self._pool.connection() as conn:
                 return group_by(await fetch(conn, keys), key, keys)
+
+        return load
+
+    def _cached(self, fetch: Cached, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
+        async def load(keys: list[Any]) -> list[Row | None]:
+            return index_by(await fetch(self._pool, keys), key, keys)
+
+        return load
+
+    def _cached_many(self, fetch: Cached, key: str) -> Callable[[list[Any]], Awaitable[list[list[Row]]]]:
+        async def load(keys: list[Any]) -> list[list[Row]]:
+            return group_by(await fetch(self._pool, keys), key, keys)
 
         return load
 

@@ -56,9 +56,6 @@ async def list_members(info: Info, *, brand: str, first: int, after: str | None)
     brand_id = await info.context.brands.id_of(info.context.pool, brand)
     async with info.context.pool.connection() as conn:
         rows = await members.members_page(conn, brand_id=brand_id, after_id=after_id, limit=first + 1)
-    loader = info.context.loaders.member_by_id
-    for row in rows[:first]:
-        loader.prime(row["id"], row)
     return Page(
         brand_id,
         rows[:first],

@@ -25,28 +25,26 @@ class MemberEdge:
 
 @strawberry.type(description="A page of members with opaque cursors.")
 class MemberConnection:
-    edges: list[MemberEdge] = strawberry.field(description="The members of this page with their cursors.")
-    page_info: PageInfo = strawberry.field(description="Where this page sits.")
-    brand_id: strawberry.Private[int]
+    page: strawberry.Private[members.Page]
 
-    @classmethod
-    def from_page(cls, page: members.Page) -> MemberConnection:
-        edges = [MemberEdge(cursor=members.encode_cursor(r["id"]), node=Member.from_row(r)) for r in page.rows]
-        return cls(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page,
-                has_previous_page=page.has_previous_page,
-                start_cursor=edges[0].cursor if edges else None,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
-            brand_id=page.brand_id,
-        )
+    @strawberry.field(description="The members of this page with their cursors.")
+    def edges(self) -> list[MemberEdge]:
+        return [MemberEdge(cursor=members.encode_cursor(r["id"]), node=Member.from_row(r)) for r in self.page.rows]
 
     @strawberry.field(description="The members of this page (the edges' nodes).")
     def nodes(self) -> list[Member]:
-        return [edge.node for edge in self.edges]
+        return [Member.from_row(row) for row in self.page.rows]
+
+    @strawberry.field(description="Where this page sits.")
+    def page_info(self) -> PageInfo:
+        rows = self.page.rows
+        return PageInfo(
+            has_next_page=self.page.has_next_page,
+            has_previous_page=self.page.has_previous_page,
+            start_cursor=members.encode_cursor(rows[0]["id"]) if rows else None,
+            end_cursor=members.encode_cursor(rows[-1]["id"]) if rows else None,
+        )
 
     @strawberry.field(description="Live members of the brand in the whole connection (one extra count query).")
     async def total_count(self, info: Info) -> int:
-        return await members.count_members(info, brand_id=self.brand_id)
+        return await members.count_members(info, brand_id=self.page.brand_id)

@@ -74,7 +74,7 @@ class Query:
         ] = None,
     ) -> MemberConnection:
         page = await or_graphql_error(members.list_members(info, brand=brand, first=first, after=after))
-        return MemberConnection.from_page(page)
+        return MemberConnection(page=page)
 
     @strawberry.field(description="A recorded merge by id.")
     async def member_merge(

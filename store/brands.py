@@ -157,25 +157,59 @@ async def create_brand(
 
 
 class BrandDirectory:
-    """Brand code → brand row, cached per process: a brand's code, id and group never change.
+    """Brands, their groups and tiers, cached per process: hot reads never ask the database twice.
 
-    Only brands that exist are cached, so unknown codes cannot grow it.
+    A brand's code, id and group never change; names and tiers change only through migrations
+    today (a process restart picks them up). Only rows that exist are cached, so unknown codes and
+    ids cannot grow it.
     """
 
     def __init__(self) -> None:
-        self._rows: dict[str, Row] = {}
+        self._by_code: dict[str, Row] = {}
+        self._by_id: dict[int, Row] = {}
+        self._groups: dict[int, Row] = {}
+        self._tiers: dict[int, list[Row]] = {}
 
     async def get(self, conn: AsyncConnection[Any], code: str) -> Row:
-        row = self._rows.get(code)
+        """The brand with this code; raises UNKNOWN_BRAND."""
+        row = self._by_code.get(code)
         if row is None:
-            row = self._rows[code] = await brand_by_code(conn, code)
+            row = self._remember(await brand_by_code(conn, code))
         return row
 
     async def id_of(self, pool: AsyncConnectionPool[Any], code: str) -> int:
         """The brand id for ``code``, touching the database only the first time; raises UNKNOWN_BRAND."""
-        row = self._rows.get(code)
+        row = self._by_code.get(code)
         if row is None:
             async with pool.connection() as conn:
                 row = await self.get(conn, code)
         brand_id: int = row["id"]
         return brand_id
+
+    async def brands(self, pool: AsyncConnectionPool[Any], ids: Sequence[int]) -> list[Row]:
+        missing = [i for i in ids if i not in self._by_id]
+        if missing:
+            async with pool.connection() as conn:
+                for row in await brands_by_id(conn, missing):
+                    self._remember(row)
+        return [self._by_id[i] for i in ids if i in self._by_id]
+
+    async def groups(self, pool: AsyncConnectionPool[Any], ids: Sequence[int]) -> list[Row]:
+        missing = [i for i in ids if i not in self._groups]
+        if missing:
+            async with pool.connection() as conn:
+                self._groups |= {row["id"]: row for row in await groups_by_id(conn, missing)}
+        return [self._groups[i] for i in ids if i in self._groups]
+
+    async def tiers(self, pool: AsyncConnectionPool[Any], brand_ids: Sequence[int]) -> list[Row]:
+        missing = [i for i in brand_ids if i not in self._tiers]
+        if missing:
+            async with pool.connection() as conn:
+                rows = await tiers_by_brand(conn, missing)
+            for brand_id in missing:
+                self._tiers[brand_id] = [row for row in rows if row["brand_id"] == brand_id]
+        return [row for i in brand_ids for row in self._tiers.get(i, [])]
+
+    def _remember(self, row: Row) -> Row:
+        self._by_code[row["code"]] = self._by_id[row["id"]] = row
+        return row
