@@ -11,7 +11,7 @@ from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from store.orders import ORDER_COLUMNS
-from store.sql import Query, Row
+from store.sql import ZERO, Query, Row
 from store.tables import orders, points_entries, points_lots, points_postings, tier_changes
 
 _IDS = sa.bindparam("ids", type_=ARRAY(sa.BigInteger))
@@ -70,7 +70,7 @@ _expiring = Query(
     sa.select(points_lots.c.expires_at, sa.func.sum(points_lots.c.remaining).label("points"))
     .where(
         points_lots.c.member_id == sa.bindparam("member_id"),
-        points_lots.c.remaining > 0,
+        points_lots.c.remaining > ZERO,
         points_lots.c.expires_at <= sa.bindparam("until", type_=sa.DateTime(timezone=True)),
     )
     .group_by(points_lots.c.expires_at)

@@ -29,7 +29,7 @@ from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
 
 from store.errors import DomainError, ErrorCode
-from store.sql import Query, Row
+from store.sql import ZERO, Query, Row
 from store.tables import brand_rules, lot_draws, members, points_entries, points_lots, points_postings
 
 MAX_POINTS = 10**9  # per posting: far above any real basket, far below bigint overflow
@@ -152,10 +152,51 @@ _insert_entry = Query(
     )
     .returning(points_entries.c.id)
 )
-_open_lots = Query(
-    sa.select(points_lots.c.id, points_lots.c.remaining)
-    .where(points_lots.c.member_id == sa.bindparam("member_id"), points_lots.c.remaining > 0)
-    .order_by(points_lots.c.expires_at, points_lots.c.id)
+# Draw ``amount`` from the member's open lots, preferred lots first, then soonest expiry: plan,
+# consume and record in one statement. Run it only after the member row is locked (by the debit),
+# so its snapshot already sees every earlier change to these lots.
+_AMOUNT = sa.bindparam("amount", type_=sa.BigInteger)
+_open_lots_cte = (
+    sa.select(
+        points_lots.c.id,
+        points_lots.c.remaining,
+        sa.func.sum(points_lots.c.remaining)
+        .over(
+            order_by=(
+                sa.not_(points_lots.c.id == sa.any_(sa.bindparam("preferred", type_=ARRAY(sa.BigInteger)))),
+                points_lots.c.expires_at,
+                points_lots.c.id,
+            )
+        )
+        .label("running"),
+    )
+    .where(points_lots.c.member_id == sa.bindparam("member_id"), points_lots.c.remaining > ZERO)
+    .cte("open_lots")
+)
+_planned = (
+    sa.select(
+        _open_lots_cte.c.id.label("lot_id"),
+        sa.func.least(
+            _open_lots_cte.c.remaining, _AMOUNT - (_open_lots_cte.c.running - _open_lots_cte.c.remaining)
+        ).label("amount"),
+    )
+    .where(_open_lots_cte.c.running - _open_lots_cte.c.remaining < _AMOUNT)
+    .cte("planned")
+)
+_drawn = (
+    sa.update(points_lots)
+    .where(points_lots.c.id == _planned.c.lot_id)
+    .values(remaining=points_lots.c.remaining - _planned.c.amount)
+    .cte("drawn")
+)
+_draw_soonest = Query(
+    sa.insert(lot_draws)
+    .from_select(
+        ["entry_id", "lot_id", "amount"],
+        sa.select(sa.bindparam("entry_id", type_=sa.BigInteger), _planned.c.lot_id, _planned.c.amount),
+    )
+    .add_cte(_open_lots_cte, _planned, _drawn)
+    .returning(lot_draws.c.amount)
 )
 _draw_rows = sa.select(sa.func.unnest(_IDS).label("lot_id"), sa.func.unnest(_AMOUNTS).label("amount")).subquery("d")
 _draw_cte = sa.select(sa.func.unnest(_IDS).label("lot_id"), sa.func.unnest(_AMOUNTS).label("amount")).cte("draws")
@@ -364,24 +405,6 @@ async def entry(
     return entry_id
 
 
-async def plan_draws(conn: AsyncConnection[Any], member_id: int, amount: int, preferred: Sequence[int] = ()) -> Draws:
-    """Lots to take ``amount`` from: ``preferred`` lots first, then those expiring soonest.
-
-    Call only after the member row is locked by `debit`.
-    """
-    lots = await _open_lots.all(conn, member_id=member_id)
-    first = set(preferred)
-    lots.sort(key=lambda lot: lot["id"] not in first)  # stable: expiry order kept within each group
-    draws = Draws()
-    for lot in lots:
-        if draws.total == amount:
-            break
-        draws.add(lot["id"], min(lot["remaining"], amount - draws.total))
-    if draws.total != amount:
-        raise AssertionError(f"member {member_id}: lots hold less than the balance; ledger invariant broken")
-    return draws
-
-
 async def take(conn: AsyncConnection[Any], entry_id: int, draws: Draws) -> None:
     """Consume the planned draws and record them against the debiting entry (one statement)."""
     await _take_and_record.run(conn, entry_id=entry_id, ids=draws.lot_ids, amounts=draws.amounts)
@@ -434,8 +457,11 @@ async def post_debit(
     )
     if entry_id is None:
         raise await _refuse_debit(conn, brand_id, posting.member_id, amount)
-    draws = await plan_draws(conn, posting.member_id, amount, preferred)
-    await take(conn, int(entry_id), draws)
+    drawn = await _draw_soonest.all(
+        conn, entry_id=entry_id, member_id=posting.member_id, amount=amount, preferred=list(preferred)
+    )
+    if sum(row["amount"] for row in drawn) != amount:
+        raise AssertionError(f"member {posting.member_id}: lots hold less than the balance; ledger invariant broken")
     return int(entry_id)
 
 

@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from store import ledger
 from store.errors import DomainError, ErrorCode
 from store.ledger import Draws, Posting, Request
-from store.sql import Query
+from store.sql import ZERO, Query
 from store.tables import lot_draws, members, points_entries, points_lots, points_postings
 
 _posting = Query(
@@ -41,7 +41,7 @@ _expired_lots = Query(
     sa.select(points_lots.c.id, points_lots.c.remaining)
     .where(
         points_lots.c.member_id == sa.bindparam("member_id"),
-        points_lots.c.remaining > 0,
+        points_lots.c.remaining > ZERO,
         points_lots.c.expires_at <= sa.bindparam("as_of", type_=sa.DateTime(timezone=True)),
     )
     .order_by(points_lots.c.expires_at, points_lots.c.id)
@@ -49,7 +49,7 @@ _expired_lots = Query(
 _members_with_expired_lots = Query(
     sa.select(points_lots.c.member_id, points_lots.c.brand_id)
     .where(
-        points_lots.c.remaining > 0,
+        points_lots.c.remaining > ZERO,
         points_lots.c.expires_at <= sa.bindparam("as_of", type_=sa.DateTime(timezone=True)),
         points_lots.c.member_id > sa.bindparam("after_member", type_=sa.BigInteger),
     )

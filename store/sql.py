@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql import ClauseElement
 
 Row = dict[str, Any]
+# A literal zero rather than a bound parameter: partial indexes ("WHERE remaining > 0") stay usable
+# by prepared statements only when the predicate is a constant.
+ZERO: sa.ColumnClause[int] = sa.literal_column("0")
 _DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 
