@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from resolvers import brands
 from tests.conftest import GraphQL
 
 
@@ -46,3 +48,17 @@ async def test_queries_deeper_than_the_limit_are_refused(gql: GraphQL) -> None:
     assert "errors" not in await gql.raw(deep)
     body = await gql.raw(nested)
     assert "exceeds maximum operation depth" in body["errors"][0]["message"]
+
+
+async def test_bugs_are_masked_for_clients_and_logged_with_the_request_id(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(info: object) -> list[object]:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(brands, "list_brands", broken)
+    response = await client.post("/graphql", json={"query": "{ brands { code } }"}, headers={"x-request-id": "req-42"})
+    assert response.status_code == 200
+    assert response.json()["errors"][0]["message"] == "Unexpected error."
+    assert "secret" not in response.text
+    assert "request req-42: secret internal detail" in caplog.text
