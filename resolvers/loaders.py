@@ -27,7 +27,7 @@ class Loaders:
 
     def __init__(self, pool: AsyncConnectionPool[Any], directory: BrandDirectory) -> None:
         self._pool = pool
-        self.member_by_id: DataLoader[int, Row | None] = DataLoader(self._one(members.members_by_id, "id"))
+        self.member_by_id: DataLoader[int, Row | None] = DataLoader(self._members)
         self.brand_by_id: DataLoader[int, Row | None] = DataLoader(self._cached(directory.brands, "id"))
         self.group_by_id: DataLoader[int, Row | None] = DataLoader(self._cached(directory.groups, "id"))
         self.tiers_by_brand: DataLoader[int, list[Row]] = DataLoader(self._cached_many(directory.tiers, "brand_id"))
@@ -59,6 +59,13 @@ class Loaders:
                 return group_by(await fetch(conn, keys), key, keys)
 
         return load
+
+    async def _members(self, keys: list[int]) -> list[Row | None]:
+        async with self._pool.connection() as conn:
+            rows = await members.members_by_id(conn, keys)
+        for row in rows:  # they came with their identities: spare that loader a statement
+            self.identities_by_member.prime(row["id"], members.identities_of(row))
+        return index_by(rows, "id", keys)
 
     def _cached(self, fetch: Cached, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
         async def load(keys: list[Any]) -> list[Row | None]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
-from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, aggregate_order_by
 
 from store.sql import Query, Row
 from store.tables import brand_tiers, brands, member_identities, members
@@ -46,7 +47,32 @@ _with_tier = members.join(
 )
 _live = members.c.merged_into.is_(None)
 
-_members_by_id = Query(sa.select(*MEMBER_COLUMNS).select_from(_with_tier).where(members.c.id == sa.any_(_IDS)))
+# A profile read almost always shows the identities: fetch them with the member, as JSON, and save
+# the identities loader a statement (see `identities_of`).
+_identities_json = (
+    sa.select(
+        sa.func.coalesce(
+            sa.func.json_agg(
+                aggregate_order_by(
+                    sa.func.json_build_array(
+                        member_identities.c.id,
+                        member_identities.c.channel,
+                        member_identities.c.external_id,
+                        member_identities.c.bound_at,
+                    ),
+                    sa.tuple_(member_identities.c.bound_at, member_identities.c.id),
+                )
+            ),
+            sa.text("'[]'::json"),
+        )
+    )
+    .where(member_identities.c.member_id == members.c.id)
+    .scalar_subquery()
+    .label("identities")
+)
+_members_by_id = Query(
+    sa.select(*MEMBER_COLUMNS, _identities_json).select_from(_with_tier).where(members.c.id == sa.any_(_IDS))
+)
 _identities_by_member = Query(
     sa.select(
         member_identities.c.id,
@@ -111,7 +137,22 @@ _same_person = Query(
 
 
 async def members_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
+    """Members with their identities under "identities" (as `identities_by_member` returns them)."""
     return await _members_by_id.all(conn, ids=list(ids))
+
+
+def identities_of(member: Row) -> list[Row]:
+    """The identities fetched with a member by `members_by_id`, as identity rows."""
+    return [
+        {
+            "id": id_,
+            "member_id": member["id"],
+            "channel": channel,
+            "external_id": external_id,
+            "bound_at": dt.datetime.fromisoformat(bound_at),  # JSON carries the timestamp as ISO text
+        }
+        for id_, channel, external_id, bound_at in member["identities"]
+    ]
 
 
 async def identities_by_member(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
