@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -112,9 +112,10 @@ async def _posting(info: Info, posting_id: int) -> PointsPosting:
     return PointsPosting.from_row(row)
 
 
-async def _posted(info: Info, outcome: Awaitable[points.PostingOutcome]) -> Any:
+async def _posted(info: Info, post: Callable[[], Awaitable[points.PostingOutcome]]) -> Any:
+    """Run a posting; its typed result, or the typed error (argument errors included)."""
     try:
-        done = await outcome
+        done = await post()
     except DomainError as error:
         return error_result(error)
     return PointsPosted(
@@ -124,9 +125,9 @@ async def _posted(info: Info, outcome: Awaitable[points.PostingOutcome]) -> Any:
     )
 
 
-async def _order(info: Info, outcome: Awaitable[points.PostingOutcome], result: type[Any]) -> Any:
+async def _order(info: Info, post: Callable[[], Awaitable[points.PostingOutcome]], result: type[Any]) -> Any:
     try:
-        done = await outcome
+        done = await post()
     except DomainError as error:
         return error_result(error)
     assert done.order_id is not None
@@ -157,8 +158,9 @@ class PointsMutation:
         reason: Reason = None,
         channel: ChannelCode = None,
     ) -> EarnPointsResult:
-        async def run() -> points.PostingOutcome:
-            return await points.earn(
+        return await _posted(  # type: ignore[no-any-return]
+            info,
+            lambda: points.earn(
                 info,
                 brand=brand,
                 member_id=_member_id(member_id),
@@ -166,9 +168,8 @@ class PointsMutation:
                 key=idempotency_key,
                 reason=reason,
                 channel=channel,
-            )
-
-        return await _posted(info, run())  # type: ignore[no-any-return]
+            ),
+        )
 
     @strawberry.mutation(
         description="Spend points (points mall, cash offset), drawing the lots that expire soonest first. "
@@ -184,8 +185,9 @@ class PointsMutation:
         reason: Reason = None,
         channel: ChannelCode = None,
     ) -> RedeemPointsResult:
-        async def run() -> points.PostingOutcome:
-            return await points.redeem(
+        return await _posted(  # type: ignore[no-any-return]
+            info,
+            lambda: points.redeem(
                 info,
                 brand=brand,
                 member_id=_member_id(member_id),
@@ -193,9 +195,8 @@ class PointsMutation:
                 key=idempotency_key,
                 reason=reason,
                 channel=channel,
-            )
-
-        return await _posted(info, run())  # type: ignore[no-any-return]
+            ),
+        )
 
     @strawberry.mutation(
         description="Cancel a redemption (e.g. a refunded points-mall order): its points go back to exactly the "
@@ -209,16 +210,16 @@ class PointsMutation:
         idempotency_key: Key,
         reason: Reason = None,
     ) -> CancelRedemptionResult:
-        async def run() -> points.PostingOutcome:
-            return await points.cancel_redemption(
+        return await _posted(  # type: ignore[no-any-return]
+            info,
+            lambda: points.cancel_redemption(
                 info,
                 brand=brand,
                 posting_id=_id(posting_id, ErrorCode.UNKNOWN_POSTING, "postingId"),
                 key=idempotency_key,
                 reason=reason,
-            )
-
-        return await _posted(info, run())  # type: ignore[no-any-return]
+            ),
+        )
 
     @strawberry.mutation(description="Correct a balance by hand, up or down; a reason is required for the audit.")
     async def adjust_points(
@@ -230,12 +231,12 @@ class PointsMutation:
         idempotency_key: Key,
         reason: Annotated[str, strawberry.argument(description="Why the correction is made.")],
     ) -> AdjustPointsResult:
-        async def run() -> points.PostingOutcome:
-            return await points.adjust(
+        return await _posted(  # type: ignore[no-any-return]
+            info,
+            lambda: points.adjust(
                 info, brand=brand, member_id=_member_id(member_id), delta=delta, key=idempotency_key, reason=reason
-            )
-
-        return await _posted(info, run())  # type: ignore[no-any-return]
+            ),
+        )
 
     @strawberry.mutation(
         description="Record an order once per (brand, channel, externalOrderId): earns points (base, birthday and "
@@ -258,8 +259,9 @@ class PointsMutation:
         ] = None,
         store: Annotated[str | None, strawberry.argument(description="Store code, for offline orders.")] = None,
     ) -> RecordOrderResult:
-        async def run() -> points.PostingOutcome:
-            return await points.record_order(
+        return await _order(  # type: ignore[no-any-return]
+            info,
+            lambda: points.record_order(
                 info,
                 brand=brand,
                 channel=channel,
@@ -269,9 +271,9 @@ class PointsMutation:
                 amount=amount,
                 paid_at=_aware(paid_at),
                 store=store,
-            )
-
-        return await _order(info, run(), OrderRecorded)  # type: ignore[no-any-return]
+            ),
+            OrderRecorded,
+        )
 
     @strawberry.mutation(
         description="Refund an order in full or in part: takes back its points and growth pro rata. Points the "
@@ -289,8 +291,9 @@ class PointsMutation:
         ] = None,
         reason: Reason = None,
     ) -> RefundOrderResult:
-        async def run() -> points.PostingOutcome:
-            return await points.refund_order(
+        return await _order(  # type: ignore[no-any-return]
+            info,
+            lambda: points.refund_order(
                 info,
                 brand=brand,
                 channel=channel,
@@ -298,9 +301,9 @@ class PointsMutation:
                 amount=amount,
                 key=idempotency_key,
                 reason=reason,
-            )
-
-        return await _order(info, run(), OrderRefunded)  # type: ignore[no-any-return]
+            ),
+            OrderRefunded,
+        )
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
