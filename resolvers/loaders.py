@@ -7,6 +7,7 @@ serves one statement at a time.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -27,24 +28,56 @@ class Loaders:
 
     def __init__(self, pool: AsyncConnectionPool[Any], directory: BrandDirectory) -> None:
         self._pool = pool
-        self.member_by_id: DataLoader[int, Row | None] = DataLoader(self._members)
-        self.brand_by_id: DataLoader[int, Row | None] = DataLoader(self._cached(directory.brands, "id"))
-        self.group_by_id: DataLoader[int, Row | None] = DataLoader(self._cached(directory.groups, "id"))
-        self.tiers_by_brand: DataLoader[int, list[Row]] = DataLoader(self._cached_many(directory.tiers, "brand_id"))
-        self.identities_by_member: DataLoader[int, list[Row]] = DataLoader(
-            self._many(members.identities_by_member, "member_id")
-        )
-        self.merge_by_id: DataLoader[int, Row | None] = DataLoader(self._one(merges.merges_by_id, "id"))
-        self.merges_by_member: DataLoader[int, list[Row]] = DataLoader(self._grouped(merges.merges_by_member))
-        self.members_by_person: DataLoader[tuple[int, bytes], list[Row]] = DataLoader(self._people)
-        self.posting_by_id: DataLoader[int, Row | None] = DataLoader(self._one(history.postings_by_id, "id"))
-        self.entries_by_posting: DataLoader[int, list[Row]] = DataLoader(
-            self._many(history.entries_by_posting, "posting_id")
-        )
-        self.order_by_id: DataLoader[int, Row | None] = DataLoader(self._one(history.orders_by_id, "id"))
-        self.tier_changes_by_member: DataLoader[int, list[Row]] = DataLoader(
-            self._many(history.tier_changes_by_member, "member_id")
-        )
+        self._directory = directory
+
+    # Each loader is made the first time a request asks for it: most requests use two or three.
+    @cached_property
+    def member_by_id(self) -> DataLoader[int, Row | None]:
+        return DataLoader(self._members)
+
+    @cached_property
+    def brand_by_id(self) -> DataLoader[int, Row | None]:
+        return DataLoader(self._cached(self._directory.brands, "id"))
+
+    @cached_property
+    def group_by_id(self) -> DataLoader[int, Row | None]:
+        return DataLoader(self._cached(self._directory.groups, "id"))
+
+    @cached_property
+    def tiers_by_brand(self) -> DataLoader[int, list[Row]]:
+        return DataLoader(self._cached_many(self._directory.tiers, "brand_id"))
+
+    @cached_property
+    def identities_by_member(self) -> DataLoader[int, list[Row]]:
+        return DataLoader(self._many(members.identities_by_member, "member_id"))
+
+    @cached_property
+    def merge_by_id(self) -> DataLoader[int, Row | None]:
+        return DataLoader(self._one(merges.merges_by_id, "id"))
+
+    @cached_property
+    def merges_by_member(self) -> DataLoader[int, list[Row]]:
+        return DataLoader(self._grouped(merges.merges_by_member))
+
+    @cached_property
+    def members_by_person(self) -> DataLoader[tuple[int, bytes], list[Row]]:
+        return DataLoader(self._people)
+
+    @cached_property
+    def posting_by_id(self) -> DataLoader[int, Row | None]:
+        return DataLoader(self._one(history.postings_by_id, "id"))
+
+    @cached_property
+    def entries_by_posting(self) -> DataLoader[int, list[Row]]:
+        return DataLoader(self._many(history.entries_by_posting, "posting_id"))
+
+    @cached_property
+    def order_by_id(self) -> DataLoader[int, Row | None]:
+        return DataLoader(self._one(history.orders_by_id, "id"))
+
+    @cached_property
+    def tier_changes_by_member(self) -> DataLoader[int, list[Row]]:
+        return DataLoader(self._many(history.tier_changes_by_member, "member_id"))
 
     def _one(self, fetch: Fetch, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
         async def load(keys: list[Any]) -> list[Row | None]:
