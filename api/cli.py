@@ -80,6 +80,9 @@ def demo(
     replace: Annotated[
         bool, typer.Option(help="Delete the demo brands' members (and their identities, merges, points) first.")
     ] = False,
+    points: Annotated[
+        bool, typer.Option(help="Give buyers their orders, refunds, points and expired lots (--no-points: faster).")
+    ] = True,
 ) -> None:
     """Build a realistic demo group: two brands, members across the seven channels."""
     from store.demo import DemoError, build_demo
@@ -88,7 +91,9 @@ def demo(
     settings = Settings.from_env()
     with database(settings) as url:
         try:
-            build_demo(url, PhoneVault(settings.phone_secret()), members=members, seed=seed, replace=replace)
+            build_demo(
+                url, PhoneVault(settings.phone_secret()), members=members, seed=seed, replace=replace, points=points
+            )
         except DemoError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None

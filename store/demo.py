@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from store import tables
+from store import demo_ledger, tables
 from store.brands import brand_by_code, create_brand, groups_by_id, tiers_by_brand
 from store.errors import DomainError, ErrorCode
 from store.phones import PhoneVault, mask
@@ -80,6 +80,7 @@ class DemoSummary:
     prospects: int
     identities: int
     shared_people: int  # members of the second brand with the phone of a member of the first
+    orders: int
     seconds: float
     per_brand: tuple[tuple[str, int], ...]
 
@@ -404,7 +405,7 @@ def _timestamps(seconds: I64) -> list[str]:
     return out
 
 
-def _member_text(block: _Block, vault: PhoneVault) -> bytes:
+def _member_text(block: _Block, vault: PhoneVault, totals: demo_ledger.Totals) -> bytes:
     plan = block.plan
     n = len(block)
     phones = _phone_columns(block, vault)
@@ -421,7 +422,10 @@ def _member_text(block: _Block, vault: PhoneVault) -> bytes:
         _timestamps(block.first_purchase),
         _timestamps(block.last_purchase),
         block.orders.astype(str).tolist(),
-        (block.spend_cents / 100).astype(str).tolist(),  # exact: x/100 prints as the shortest decimal
+        (totals.spend_cents / 100).astype(str).tolist(),  # exact: x/100 prints as the shortest decimal
+        totals.points_balance.astype(str).tolist(),
+        totals.growth_value.astype(str).tolist(),
+        totals.points_earned.astype(str).tolist(),
         *phones,
     ]
     return _lines(columns)
@@ -531,13 +535,18 @@ def _of_brands(table: sa.Table) -> sa.ColumnElement[bool]:
 
 
 _count_members = Query(sa.select(sa.func.count()).select_from(tables.members).where(_of_brands(tables.members)))
+# Two deletes, not one with OR: each IN is then a hashed semi-join, not a subquery scan per row.
 _deletes = [
     Query(
         sa.delete(tables.lot_draws).where(
             tables.lot_draws.c.entry_id.in_(
                 sa.select(tables.points_entries.c.id).where(_of_brands(tables.points_entries))
             )
-            | tables.lot_draws.c.lot_id.in_(sa.select(tables.points_lots.c.id).where(_of_brands(tables.points_lots)))
+        )
+    ),
+    Query(
+        sa.delete(tables.lot_draws).where(
+            tables.lot_draws.c.lot_id.in_(sa.select(tables.points_lots.c.id).where(_of_brands(tables.points_lots)))
         )
     ),
     *(Query(sa.delete(table).where(_of_brands(table))) for table in _CLEARED[1:]),
@@ -568,6 +577,9 @@ _COPY_MEMBERS = sql.SQL("COPY {} ({}) FROM STDIN").format(
                 "last_purchase_at",
                 "order_count",
                 "total_spend",
+                "points_balance",
+                "growth_value",
+                "points_earned",
                 "phone_hash",
                 "phone_encrypted",
                 "phone_masked",
@@ -580,8 +592,10 @@ _COPY_IDENTITIES = sql.SQL("COPY {} ({}) FROM STDIN").format(
     sql.Identifier(tables.member_identities.name),
     sql.SQL(", ").join(map(sql.Identifier, ("brand_id", "member_id", "channel", "external_id", "bound_at"))),
 )
-_ANALYZE = sql.SQL("ANALYZE {}, {}").format(
-    sql.Identifier(tables.members.name), sql.Identifier(tables.member_identities.name)
+_ANALYZE = sql.SQL("ANALYZE {}").format(
+    sql.SQL(", ").join(
+        sql.Identifier(table.name) for table in (tables.members, tables.member_identities, *demo_ledger.TABLES)
+    )
 )
 
 Connection = psycopg.Connection[Any]
@@ -682,24 +696,77 @@ class _Chunk:
     plan: _Plan
     members: bytes
     identities: bytes
+    ledger: demo_ledger.Copies | None
     count: int
     prospects: int
     identity_count: int
     shared: int
 
 
-def _chunk(plan: _Plan, start: int, stop: int, vault: PhoneVault) -> _Chunk:
+@dataclass(frozen=True, slots=True)
+class _Ledger:
+    """What posting the demo's orders needs: each brand's rules, each block's reserved ids, the moment."""
+
+    rules: dict[int, demo_ledger.Rules]  # by brand id
+    ids: dict[tuple[int, int], demo_ledger.Ids]  # by (brand id, block start)
+    as_of: int  # epoch seconds: lots expired by then are expired
+
+
+def _chunk(plan: _Plan, start: int, stop: int, vault: PhoneVault, ledger: _Ledger | None) -> _Chunk:
     block = _block(plan, start, stop)
     identities, identity_count = _identity_text(block)
+    buyers = _buyers(block)
+    copies = None
+    if ledger is None:
+        totals = demo_ledger.Totals.without_points(buyers)
+    else:
+        ids, rules = ledger.ids[plan.brand_id, start], ledger.rules[plan.brand_id]
+        totals, copies = demo_ledger.post(buyers, ids, plan.rand, rules, ledger.as_of)
     return _Chunk(
         plan=plan,
-        members=_member_text(block, vault),
+        members=_member_text(block, vault, totals),
         identities=identities,
+        ledger=copies,
         count=len(block),
         prospects=int((block.first_purchase == _NONE).sum()),
         identity_count=identity_count,
         shared=int(block.shared.sum()),
     )
+
+
+def _buyers(block: _Block) -> demo_ledger.Buyers:
+    return demo_ledger.Buyers(
+        brand_id=block.plan.brand_id,
+        member_id=(block.index + np.uint64(block.plan.first_id)).astype(np.int64),
+        index=block.index,
+        orders=block.orders,
+        spend_cents=block.spend_cents,
+        first=block.first_purchase,
+        last=block.last_purchase,
+        channels=block.channels,
+    )
+
+
+def _ledger(conn: Connection, plans: list[_Plan]) -> _Ledger:
+    """Reserves ids for every block's ledger rows (an upper bound: gaps are harmless) and reads the rules."""
+    bounds = {
+        (plan.brand_id, start): demo_ledger.upper_bounds(
+            int(_purchases(plan, np.arange(start, stop, dtype=np.uint64))[1].sum()), stop - start
+        )
+        for plan, start, stop in _blocks(plans)
+    }
+    first: dict[str, int] = {}
+    for table, name in zip(demo_ledger.TABLES[:3] + demo_ledger.TABLES[4:], _ID_FIELDS, strict=True):
+        first[name] = demo_ledger.reserve(conn, table.name, sum(getattr(b, name) for b in bounds.values()))
+    ids = {}
+    for key, bound in bounds.items():
+        ids[key] = demo_ledger.Ids(**first)
+        first = {name: first[name] + getattr(bound, name) for name in _ID_FIELDS}
+    rules = {plan.brand_id: demo_ledger.rules(conn, plan.brand_id) for plan in plans}
+    return _Ledger(rules, ids, int(time.time()))
+
+
+_ID_FIELDS = ("posting", "entry", "lot", "order")
 
 
 def _blocks(plans: list[_Plan]) -> Iterator[tuple[_Plan, int, int]]:
@@ -708,18 +775,18 @@ def _blocks(plans: list[_Plan]) -> Iterator[tuple[_Plan, int, int]]:
             yield plan, start, min(start + BLOCK, plan.size)
 
 
-def _chunks(plans: list[_Plan], vault: PhoneVault) -> Iterator[_Chunk]:
+def _chunks(plans: list[_Plan], vault: PhoneVault, ledger: _Ledger | None) -> Iterator[_Chunk]:
     """Chunks in order, the next one formatted in a thread while the current one is copied: psycopg
     releases the GIL while it waits for the server, so client and server work in parallel. One chunk
     ahead is enough (the server is the slower side) and bounds the memory."""
     blocks = _blocks(plans)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo") as pool:
-        ahead = deque(pool.submit(_chunk, *block, vault) for block in itertools.islice(blocks, 1))
+        ahead = deque(pool.submit(_chunk, *block, vault, ledger) for block in itertools.islice(blocks, 1))
         while ahead:
             chunk = ahead.popleft().result()
             following = next(blocks, None)
             if following is not None:
-                ahead.append(pool.submit(_chunk, *following, vault))
+                ahead.append(pool.submit(_chunk, *following, vault, ledger))
             yield chunk
 
 
@@ -734,12 +801,16 @@ def _plans(brand_ids: list[int], first_id: int, total: int, seed: int) -> list[_
     ]
 
 
-def build_demo(url: str, vault: PhoneVault, *, members: int, seed: int, replace: bool = False) -> DemoSummary:
+def build_demo(
+    url: str, vault: PhoneVault, *, members: int, seed: int, replace: bool = False, points: bool = True
+) -> DemoSummary:
     """Build the demo group (code ``demo``) with ``members`` members across its two brands.
 
     Raises DemoError when the demo brands already have members and ``replace`` is false; with
     ``replace`` their members and everything hanging off them are deleted in the transaction that
-    loads the new ones. Runs an event loop of its own: call it where none is running (a thread).
+    loads the new ones. With ``points`` (the default) buyers get their orders, refunds, points and
+    expired lots (store/demo_ledger.py); without, only their profiles. Runs an event loop of its
+    own: call it where none is running (a thread).
     """
     if members < 1:
         raise ValueError("members must be at least 1")
@@ -752,8 +823,9 @@ def build_demo(url: str, vault: PhoneVault, *, members: int, seed: int, replace:
                 f"the demo brands already have {existing:,} members: pass --replace (replace=True) to rebuild them"
             )
         plans = _plans(brand_ids, _reserve_member_ids(conn, members), members, seed)
+        ledger = _ledger(conn, plans) if points else None
         with _progress() as progress:
-            totals = _load(conn, plans, vault, progress, replace=existing > 0)
+            totals = _load(conn, plans, vault, ledger, progress, replace=existing > 0)
             analyzing = progress.add_task("analyze", total=1)
             conn.execute(_ANALYZE)  # fresh statistics, or the first queries plan for empty tables
             progress.advance(analyzing)
@@ -762,6 +834,7 @@ def build_demo(url: str, vault: PhoneVault, *, members: int, seed: int, replace:
         prospects=totals.prospects,
         identities=totals.identity_count,
         shared_people=totals.shared,
+        orders=totals.orders,
         seconds=time.perf_counter() - started,
         per_brand=tuple((plan.brand.code, plan.size) for plan in plans),
     )
@@ -775,15 +848,25 @@ class _Totals:
     prospects: int = 0
     identity_count: int = 0
     shared: int = 0
+    orders: int = 0
 
     def add(self, chunk: _Chunk) -> None:
+        self.orders += chunk.ledger.order_count if chunk.ledger else 0
         self.count += chunk.count
         self.prospects += chunk.prospects
         self.identity_count += chunk.identity_count
         self.shared += chunk.shared
 
 
-def _load(conn: Connection, plans: list[_Plan], vault: PhoneVault, progress: Progress, *, replace: bool) -> _Totals:
+def _load(
+    conn: Connection,
+    plans: list[_Plan],
+    vault: PhoneVault,
+    ledger: _Ledger | None,
+    progress: Progress,
+    *,
+    replace: bool,
+) -> _Totals:
     """Delete (with ``replace``) and copy in one transaction: readers see the old demo or the new one."""
     deleting = progress.add_task("delete the old demo", total=1) if replace else None
     tasks = {plan.brand.code: _brand_tasks(progress, plan) for plan in plans}
@@ -794,12 +877,14 @@ def _load(conn: Connection, plans: list[_Plan], vault: PhoneVault, progress: Pro
         if deleting is not None:
             _delete_members(conn, [plan.brand_id for plan in plans])
             progress.advance(deleting)
-        for chunk in _chunks(plans, vault):
+        for chunk in _chunks(plans, vault, ledger):
             member_task, identity_task = tasks[chunk.plan.brand.code]
             _copy(conn, _COPY_MEMBERS, chunk.members)
             progress.advance(member_task, chunk.count)
             _copy(conn, _COPY_IDENTITIES, chunk.identities)
             progress.advance(identity_task, chunk.identity_count)
+            if chunk.ledger is not None:
+                demo_ledger.copy(conn, chunk.ledger)
             totals.add(chunk)
     return totals
 
@@ -830,5 +915,5 @@ def _print_summary(summary: DemoSummary) -> None:
     Console().print(
         f"Demo group [bold]{GROUP_CODE}[/]: {summary.members:,} members ({brands_text}), "
         f"{summary.prospect_share:.0%} prospects, {summary.identities:,} identities, "
-        f"{summary.shared_people:,} people in both brands, {summary.seconds:.1f} s"
+        f"{summary.shared_people:,} people in both brands, {summary.orders:,} orders, {summary.seconds:.1f} s"
     )

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import demo
+from store import demo, points
 from store.demo import DemoError, DemoSummary, build_demo
 from store.phones import PhoneVault, mask, normalise
 from store.tables import CHANNELS, DEFAULT_TIERS
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, GraphQL
 from tests.server import OMNIMEMBER
 
 Rows = list[tuple[Any, ...]]
@@ -72,7 +72,7 @@ async def test_builds_two_brands_of_buyers_and_prospects(
     ) == [("prospect", True, True, 0, 0, True, True)]
     [buyers] = await rows(
         pool,
-        "SELECT bool_and(order_count >= 1), bool_and(total_spend >= order_count),"
+        "SELECT bool_and(order_count >= 1), bool_and(total_spend >= 0),"  # refunds lower the spend
         " bool_and(registered_at <= first_purchase_at AND first_purchase_at <= last_purchase_at),"
         " bool_and(last_purchase_at <= now() AND last_purchase_at > now() - interval '2 years 1 day'),"
         " bool_and(registered_at > now() - interval '3 years 1 day'), max(order_count),"
@@ -196,6 +196,7 @@ async def test_phones_are_stored_as_hash_ciphertext_and_mask_and_link_people_acr
 
 SNAPSHOT = (
     "SELECT m.display_name, m.gender, m.birthday, m.city, m.tier, m.registered_at, m.order_count, m.total_spend,"
+    " m.points_balance, m.growth_value, m.points_earned,"
     " m.phone_hash, array(SELECT i.channel || ':' || i.external_id FROM member_identities i"
     " WHERE i.member_id = m.id ORDER BY i.channel)"
     " FROM members m WHERE m.brand_id = ANY(%(demo)s) ORDER BY m.brand_id, m.id"
@@ -297,6 +298,148 @@ def test_permutations_give_distinct_values_inside_the_domain() -> None:
         assert int(values.max()) < domain
     tokens = demo._tokens(rand, "t", np.arange(100_000, dtype=np.uint64), "o", 27)
     assert len(set(tokens.tolist())) == 100_000
+
+
+# Members whose row disagrees with their orders, entries or lots (none expected).
+INCONSISTENT_MEMBERS = """
+WITH e AS (SELECT member_id, sum(amount) AS total, min(balance_after) AS low FROM points_entries
+           WHERE brand_id = ANY(%(demo)s) GROUP BY member_id),
+     l AS (SELECT member_id, sum(remaining) AS total FROM points_lots
+           WHERE brand_id = ANY(%(demo)s) GROUP BY member_id),
+     o AS (SELECT member_id, count(*) AS n, sum(amount - refunded) AS spend, min(paid_at) AS first,
+                  max(paid_at) AS last, sum(growth_earned - growth_reversed) AS growth, sum(points_earned) AS earned
+           FROM orders WHERE brand_id = ANY(%(demo)s) GROUP BY member_id)
+SELECT m.id FROM members m LEFT JOIN e ON e.member_id = m.id LEFT JOIN l ON l.member_id = m.id
+LEFT JOIN o ON o.member_id = m.id
+WHERE m.brand_id = ANY(%(demo)s) AND NOT (
+    m.points_balance >= 0 AND m.points_balance = coalesce(e.total, 0) AND m.points_balance = coalesce(l.total, 0)
+    AND coalesce(e.low, 0) >= 0 AND m.order_count = coalesce(o.n, 0) AND m.total_spend = coalesce(o.spend, 0)
+    AND m.first_purchase_at IS NOT DISTINCT FROM o.first AND m.last_purchase_at IS NOT DISTINCT FROM o.last
+    AND m.growth_value = coalesce(o.growth, 0) AND m.points_earned = coalesce(o.earned, 0))
+"""
+# Entries whose balance_after is not the running balance in id order.
+WRONG_RUNNING_BALANCES = """
+SELECT id FROM (SELECT id, balance_after, sum(amount) OVER (PARTITION BY member_id ORDER BY id) AS running
+                FROM points_entries WHERE brand_id = ANY(%(demo)s)) AS r WHERE balance_after <> running
+"""
+# Orders whose points_earned is not the sum of their EARN entries, or whose lot expires at the wrong time.
+WRONG_ORDERS = """
+SELECT o.id FROM orders o LEFT JOIN points_entries e ON e.posting_id = o.posting_id AND e.kind = 'earn'
+LEFT JOIN points_lots l ON l.entry_id = e.id JOIN points_postings p ON p.id = o.posting_id
+WHERE o.brand_id = ANY(%(demo)s)
+GROUP BY o.id, o.points_earned, o.paid_at, o.channel, o.external_order_id, p.idempotency_key
+HAVING o.points_earned <> coalesce(sum(e.amount), 0)
+    OR p.idempotency_key <> 'order:' || o.channel || ':' || o.external_order_id
+    OR bool_or(l.expires_at <> make_timestamptz(
+           extract(year FROM o.paid_at AT TIME ZONE 'Asia/Shanghai')::int + 3, 1, 1, 0, 0, 0, 'Asia/Shanghai'))
+    OR bool_or(l.amount <> e.amount)
+"""
+# Lots whose draws do not account for what they lost, debits whose draws do not add up to them.
+WRONG_DRAWS = """
+SELECT 'lot', l.id FROM points_lots l LEFT JOIN lot_draws d ON d.lot_id = l.id WHERE l.brand_id = ANY(%(demo)s)
+GROUP BY l.id HAVING l.amount - l.remaining <> coalesce(sum(d.amount), 0)
+UNION ALL
+SELECT 'entry', e.id FROM points_entries e LEFT JOIN lot_draws d ON d.entry_id = e.id
+WHERE e.brand_id = ANY(%(demo)s) AND e.amount < 0 GROUP BY e.id HAVING -e.amount <> coalesce(sum(d.amount), 0)
+"""
+
+
+async def test_buyers_have_orders_refunds_and_expired_points_that_keep_every_ledger_invariant(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    summary = await build(database_url, vault, 3000)
+
+    assert await rows(pool, INCONSISTENT_MEMBERS) == []
+    assert await rows(pool, WRONG_RUNNING_BALANCES) == []
+    assert await rows(pool, WRONG_ORDERS) == []
+    assert await rows(pool, WRONG_DRAWS) == []
+    orders = await value(pool, "SELECT count(*) FROM orders WHERE brand_id = ANY(%(demo)s)")
+    assert (
+        orders
+        == summary.orders
+        == await value(pool, "SELECT sum(order_count) FROM members WHERE brand_id = ANY(%(demo)s)")
+    )
+    # About 5% refunded in full, their points taken back from their own lot.
+    [(refunded, reversed_in_full)] = await rows(
+        pool,
+        "SELECT count(*), bool_and(points_reversed = points_earned AND growth_reversed = growth_earned)"
+        " FROM orders WHERE brand_id = ANY(%(demo)s) AND refunded = amount",
+    )
+    assert 0.02 < refunded / orders < 0.08
+    assert reversed_in_full
+    assert (
+        await value(
+            pool,
+            "SELECT count(*) FROM orders o JOIN points_entries e ON e.posting_id = o.posting_id"
+            " JOIN points_lots l ON l.entry_id = e.id WHERE o.brand_id = ANY(%(demo)s) AND o.refunded > 0"
+            " AND l.remaining > 0",
+        )
+        == 0
+    )
+    # Some lots expired, each member's by one EXPIRE entry; nothing expired is left open.
+    [(expire_entries, expiring_members)] = await rows(
+        pool,
+        "SELECT count(*), count(DISTINCT member_id) FROM points_entries"
+        " WHERE brand_id = ANY(%(demo)s) AND kind = 'expire'",
+    )
+    assert expire_entries == expiring_members > 0
+    assert (
+        await value(
+            pool,
+            "SELECT count(*) FROM points_lots WHERE brand_id = ANY(%(demo)s) AND expires_at <= now() AND remaining > 0",
+        )
+        == 0
+    )
+    assert (
+        await value(pool, "SELECT count(*) FROM points_entries WHERE brand_id = ANY(%(demo)s) AND kind = 'reverse'") > 0
+    )
+
+
+async def test_the_live_expiry_job_finds_nothing_the_demo_already_expired(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    await build(database_url, vault, 2000)
+    entries = "SELECT count(*) FROM points_entries WHERE brand_id = ANY(%(demo)s)"
+    before = await value(pool, entries)
+    [(member, brand)] = await rows(
+        pool,
+        "SELECT member_id, brand_id FROM points_entries WHERE brand_id = ANY(%(demo)s) AND kind = 'expire' LIMIT 1",
+    )
+    now = dt.datetime.now(dt.UTC)
+    async with pool.connection() as conn, conn.transaction():
+        assert await points.members_with_expired_lots(conn, now, 0, 100_000) == []
+        assert await points.expire_member(conn, brand, member, now) == 0
+    assert await value(pool, entries) == before
+    assert await rows(pool, INCONSISTENT_MEMBERS) == []
+
+
+async def test_a_demo_members_points_history_is_served(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any], gql: GraphQL
+) -> None:
+    await build(database_url, vault, 500)
+    [(member, count, balance)] = await rows(
+        pool,
+        "SELECT e.member_id, count(*), min(m.points_balance) FROM points_entries e JOIN members m ON m.id = e.member_id"
+        " WHERE e.brand_id = ANY(%(demo)s) GROUP BY e.member_id ORDER BY count(*) DESC, e.member_id LIMIT 1",
+    )
+    query = "query($id: ID!) { member(id: $id) { pointsBalance pointsHistory(first: 100) { nodes { kind amount } } } }"
+    found = (await gql(query, id=str(member)))["member"]
+    assert found["pointsBalance"] == balance
+    assert len(found["pointsHistory"]["nodes"]) == count > 1
+    assert {node["kind"] for node in found["pointsHistory"]["nodes"]} >= {"EARN"}
+
+
+async def test_without_points_buyers_have_profiles_only(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    summary = await asyncio.to_thread(build_demo, database_url, vault, members=800, seed=7, replace=True, points=False)
+    assert summary.orders == 0
+    assert await value(pool, "SELECT count(*) FROM orders WHERE brand_id = ANY(%(demo)s)") == 0
+    assert await rows(
+        pool,
+        "SELECT bool_and(points_balance = 0 AND growth_value = 0 AND points_earned = 0 AND total_spend >= order_count)"
+        " FROM members WHERE brand_id = ANY(%(demo)s)",
+    ) == [(True,)]
 
 
 def _cli(database_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
