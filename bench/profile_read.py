@@ -199,7 +199,8 @@ def build_demo(url: str, members: int, seed: int, env: dict[str, str], *, replac
     if not (ROOT / "store" / "demo.py").exists():
         raise BenchError(f"no demo data of about {members} members, and `omnimember demo` is not there yet")
     flags = ["--replace"] if replace else []
-    omnimember("demo", "--members", str(members), "--seed", str(seed), *flags, env=env)
+    # With the ledger, so that the profile's points history has entries to read.
+    omnimember("demo", "--members", str(members), "--seed", str(seed), "--points", *flags, env=env)
     with psycopg.connect(url) as conn:
         size = demo_size(conn)
     if not close_enough(size, members):

@@ -802,7 +802,7 @@ def _plans(brand_ids: list[int], first_id: int, total: int, seed: int) -> list[_
 
 
 def build_demo(
-    url: str, vault: PhoneVault, *, members: int, seed: int, replace: bool = False, points: bool = True
+    url: str, vault: PhoneVault, *, members: int, seed: int, replace: bool = False, points: bool = False
 ) -> DemoSummary:
     """Build the demo group (code ``demo``) with ``members`` members across its two brands.
 

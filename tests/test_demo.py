@@ -28,8 +28,10 @@ Rows = list[tuple[Any, ...]]
 
 
 async def build(database_url: str, vault: PhoneVault, members: int, seed: int = 7, replace: bool = True) -> DemoSummary:
-    # build_demo runs an event loop of its own: keep it off the test's loop.
-    return await asyncio.to_thread(build_demo, database_url, vault, members=members, seed=seed, replace=replace)
+    """The demo with its ledger (`--points`). build_demo runs an event loop of its own: keep it off the test's."""
+    return await asyncio.to_thread(
+        build_demo, database_url, vault, members=members, seed=seed, replace=replace, points=True
+    )
 
 
 async def rows(pool: AsyncConnectionPool[Any], query: str) -> Rows:
