@@ -65,7 +65,6 @@ _older_orders = Query(
     )
 )
 _orders_by_id = Query(sa.select(*ORDER_COLUMNS).where(orders.c.id == sa.any_(_IDS)))
-_orders_by_posting = Query(sa.select(*ORDER_COLUMNS).where(orders.c.posting_id == sa.any_(_IDS)))
 _expiring = Query(
     sa.select(points_lots.c.expires_at, sa.func.sum(points_lots.c.remaining).label("points"))
     .where(
@@ -111,10 +110,6 @@ async def postings_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list
 
 async def orders_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
     return await _orders_by_id.all(conn, ids=list(ids))
-
-
-async def orders_by_posting(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
-    return await _orders_by_posting.all(conn, ids=list(ids))
 
 
 async def expiring(conn: AsyncConnection[Any], *, member_id: int, until: dt.datetime) -> list[Row]:
