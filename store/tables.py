@@ -323,3 +323,47 @@ tier_changes = sa.Table(
     sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
     sa.Index("ix_tier_changes_member_id", "member_id"),
 )
+
+# --- Tags and the audience engine (issue 3) ------------------------------------------------------
+
+TAG_CATEGORIES = ("behavior", "survey", "channel", "lifecycle", "rfm", "campaign", "custom")
+
+tag_definitions = sa.Table(
+    "tag_definitions",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), nullable=False),
+    # A word of the tag language (letters of any script, digits, "_", "-", "."): `tag:618_buyer`;
+    # the database only refuses what could never be one (the language checks the rest).
+    sa.Column("code", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("category", sa.Text, nullable=False),
+    # Assignments expire this long after they are made unless the assignment says otherwise.
+    sa.Column("ttl_days", sa.Integer),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.UniqueConstraint("brand_id", "code"),
+    sa.UniqueConstraint("id", "brand_id"),
+    sa.CheckConstraint(_in("category", TAG_CATEGORIES), name="category_known"),
+    sa.CheckConstraint("length(code) BETWEEN 1 AND 64 AND code !~ '[[:space:]:(),]'", name="code_format"),
+    sa.CheckConstraint("length(name) BETWEEN 1 AND 100", name="name_length"),
+    sa.CheckConstraint("ttl_days IS NULL OR ttl_days > 0", name="ttl_positive"),
+)
+
+# The system of record for assignments: one row per (member, tag). ~70 bytes a row, so ~11 GB at
+# 10M members x 15.6 tags; audiences never scan it (the bitmap index answers them), only the
+# reference row compiler, per-member reads and the index rebuild do.
+member_tags = sa.Table(
+    "member_tags",
+    metadata,
+    sa.Column("member_id", sa.BigInteger, primary_key=True),
+    sa.Column("tag_id", sa.BigInteger, primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    # manual, rule, import, demo, ... : where the assignment came from.
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
+    sa.ForeignKeyConstraint(["tag_id", "brand_id"], ["tag_definitions.id", "tag_definitions.brand_id"]),
+    sa.CheckConstraint("length(source) BETWEEN 1 AND 64", name="source_length"),
+    sa.Index("ix_member_tags_expires_at", "expires_at", postgresql_where=sa.text("expires_at IS NOT NULL")),
+)
