@@ -1,11 +1,13 @@
-"""The strawberry ASGI app, with a typed per-request context."""
+"""/graphql: compiled reads answered by one SQL statement, everything else by strawberry."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, process_result
@@ -13,7 +15,10 @@ from strawberry.types import ExecutionResult
 
 from api.state import AppState
 from resolvers.context import Context
-from schema.root import build_schema, mask_unexpected
+from resolvers.sqljson import Needs, Plans
+from schema.root import LIMIT_RULES, build_schema, mask_unexpected
+
+MAX_BODY = 1 << 20  # larger documents are left to strawberry (and its limits)
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -28,5 +33,81 @@ class GraphQLApp(GraphQL[Context, None]):
         return Context(pool=state.pool, vault=state.vault, brands=state.brands, request_id=request_id)
 
 
-def graphql_app(ide: bool) -> GraphQLApp:
-    return GraphQLApp(build_schema(), graphql_ide="graphiql" if ide else None)
+class GraphQLEndpoint:
+    """POST requests whose document has a plan (see resolvers.sqljson) are answered here; the rest,
+    and any request a plan declines, go to strawberry with the body replayed."""
+
+    def __init__(self, general: GraphQLApp, plans: Plans) -> None:
+        self._general = general
+        self._plans = plans
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not _is_json(scope):
+            await self._general(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:  # the client went away
+            return
+        answer = await self._answer(scope, body) if len(body) <= MAX_BODY else None
+        if answer is None:
+            await self._general(scope, _replay(body, receive), send)
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    async def _answer(self, scope: Scope, body: bytes) -> bytes | None:
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(request, dict) or not isinstance(request.get("query"), str):
+            return None
+        operation_name, variables = request.get("operationName"), request.get("variables")
+        if not (operation_name is None or isinstance(operation_name, str)):
+            return None
+        if not (variables is None or isinstance(variables, dict)):
+            return None
+        plan = self._plans.plan(request["query"], operation_name)
+        if plan is None:
+            return None
+        state: AppState = scope["state"]["omnimember"]
+        return await self._plans.answer(plan, variables, Needs(brands=state.brands, pool=state.pool))
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bool(value.split(b";")[0].strip().lower() == b"application/json")
+    return False
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body (strawberry would read it all too), or None if the client left."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def graphql_app(ide: bool) -> GraphQLEndpoint:
+    schema = build_schema()
+    general = GraphQLApp(schema, graphql_ide="graphiql" if ide else None)
+    return GraphQLEndpoint(general, Plans(schema._schema, LIMIT_RULES))

@@ -30,7 +30,7 @@ UNEXPECTED = "Unexpected error."
 
 # Built once: the validation cache is keyed by the rule classes, and each limiter instance makes
 # new ones, so a limiter constructed per request would make every request miss the cache.
-_LIMIT_RULES = [
+LIMIT_RULES = [
     *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
     *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
 ]
@@ -79,7 +79,7 @@ def build_schema() -> Schema:
             # Parsing and validating dominate the cost of a small query: do each document once.
             ParserCache,
             ValidationCache,
-            lambda: AddValidationRules(_LIMIT_RULES),
+            lambda: AddValidationRules(LIMIT_RULES),
         ],
     )
 

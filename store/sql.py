@@ -20,7 +20,7 @@ Row = dict[str, Any]
 # A literal zero rather than a bound parameter: partial indexes ("WHERE remaining > 0") stay usable
 # by prepared statements only when the predicate is a constant.
 ZERO: sa.ColumnClause[int] = sa.literal_column("0")
-_DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 
 class Query:
@@ -31,7 +31,7 @@ class Query:
     executions: ClassVar[int] = 0
 
     def __init__(self, statement: ClauseElement) -> None:
-        compiled = statement.compile(dialect=_DIALECT)
+        compiled = statement.compile(dialect=DIALECT)
         self.sql = str(compiled)
         # Values SQLAlchemy bound itself (literals in the statement); callers supply the rest.
         self._constants = {k: v for k, v in compiled.params.items() if v is not None}

@@ -1,0 +1,114 @@
+"""Plans: a read document compiled once to one SQL statement, then answered per request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from graphql import (
+    FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.execution.values import get_argument_values, get_variable_values
+from graphql.validation import ASTValidationRule
+
+from resolvers.sqljson.compiler import Binding, Compiler, Needs
+from resolvers.sqljson.json_sql import json_object, text
+from resolvers.sqljson.members import member_root, members_page
+from resolvers.sqljson.selection import NotCompilable
+from store.errors import DomainError
+from store.sql import Query
+
+log = logging.getLogger(__name__)
+MAX_PLANS = 1000  # distinct documents remembered per process, compiled or not
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    operation: OperationDefinitionNode
+    query: Query
+    bindings: tuple[Binding, ...]
+
+
+class Plans:
+    """Documents seen by this process: their plan, or None when they take the general path."""
+
+    def __init__(self, schema: GraphQLSchema, rules: list[type[ASTValidationRule]]) -> None:
+        self._schema = schema
+        self._rules = [*specified_rules, *rules]
+        self._known: dict[tuple[str, str | None], Plan | None] = {}
+
+    def plan(self, document: str, operation_name: str | None) -> Plan | None:
+        key = (document, operation_name)
+        try:
+            return self._known[key]
+        except KeyError:
+            pass
+        plan = self._compile(document, operation_name)
+        if len(self._known) >= MAX_PLANS:
+            del self._known[next(iter(self._known))]  # oldest first: a bounded memory of documents
+        self._known[key] = plan
+        return plan
+
+    async def answer(self, plan: Plan, variables: Mapping[str, Any] | None, needs: Needs) -> bytes | None:
+        """The response body, or None when the request must take the general path (bad variables,
+        arguments the general path reports as errors, a database error it will report or retry)."""
+        coerced = get_variable_values(self._schema, plan.operation.variable_definitions or (), dict(variables or {}))
+        if isinstance(coerced, list):
+            return None
+        params: dict[str, Any] = {}
+        try:
+            for binding in plan.bindings:
+                arguments = get_argument_values(binding.field, binding.node, coerced)
+                params.update(await binding.binder(arguments, needs))
+            async with needs.pool.connection() as conn:
+                data: str = await plan.query.scalar(conn, **params)
+        except DomainError:
+            return None
+        except psycopg.Error as error:
+            log.warning("compiled read failed, taking the general path: %s", error)
+            return None
+        return b'{"data":' + data.encode() + b"}"
+
+    def _compile(self, document: str, operation_name: str | None) -> Plan | None:
+        try:
+            ast = parse(document)
+        except GraphQLError:
+            return None
+        if validate(self._schema, ast, self._rules):
+            return None
+        operations = [d for d in ast.definitions if isinstance(d, OperationDefinitionNode)]
+        fragments = {d.name.value: d for d in ast.definitions if isinstance(d, FragmentDefinitionNode)}
+        chosen = [op for op in operations if operation_name is None or (op.name and op.name.value == operation_name)]
+        if len(chosen) != 1 or chosen[0].operation is not OperationType.QUERY or chosen[0].directives:
+            return None
+        operation = chosen[0]
+        compiler = Compiler(self._schema, fragments)
+        try:
+            fields = compiler.fields([operation.selection_set], "Query")
+            data = json_object([(field.key, _root_field(compiler, field)) for field in fields])
+        except NotCompilable as reason:
+            log.debug("general path for %s: %s", operation.name.value if operation.name else "anonymous", reason)
+            return None
+        return Plan(operation, Query(sa.select(sa.cast(data, sa.Text))), tuple(compiler.bindings))
+
+
+def _root_field(c: Compiler, field: Any) -> sa.ColumnElement[Any]:
+    match field.name:
+        case "__typename":
+            return text("Query")
+        case "member":
+            return member_root(c, field)
+        case "members":
+            return members_page(c, field)
+    raise NotCompilable(f"Query.{field.name}")

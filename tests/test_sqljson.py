@@ -1,0 +1,269 @@
+"""Compiled reads (resolvers.sqljson) answer exactly what strawberry's resolvers answer.
+
+Random selections over the profile graph (aliases, fragments, nested connections, every field the
+compiler maps) run both ways against the same data; the two `data` objects must be equal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg_pool import AsyncConnectionPool
+
+from resolvers.context import Context
+from resolvers.sqljson import Needs, Plans
+from schema.root import LIMIT_RULES, build_schema
+from store.brands import BrandDirectory
+from store.phones import PhoneVault
+from store.sql import Query
+from tests.conftest import TEST_SECRET, GraphQL, new_brand, unique_code
+from tests.fragments import EARN, MERGE, RECORD_ORDER, REDEEM, REGISTER
+
+SCHEMA = build_schema()
+PLANS = Plans(SCHEMA._schema, LIMIT_RULES)
+
+# The selectable graph: a field maps to None (a leaf) or to the graph under it.
+Graph = dict[str, Any]
+TIER: Graph = {"code": None, "name": None, "rank": None, "__typename": None}
+SCALARS: Graph = dict.fromkeys(
+    [
+        "id",
+        "status",
+        "pointsBalance",
+        "growthValue",
+        "displayName",
+        "gender",
+        "birthday",
+        "city",
+        "registeredAt",
+        "firstPurchaseAt",
+        "lastPurchaseAt",
+        "orderCount",
+        "totalSpend",
+        "maskedPhone",
+        "mergedAt",
+        "__typename",
+    ]
+)
+BRAND: Graph = {
+    **dict.fromkeys(["id", "code", "name", "createdAt", "__typename"]),
+    "group": {"id": None, "code": None, "name": None},
+    "tiers": TIER,
+}
+ENTRY: Graph = dict.fromkeys(["id", "kind", "amount", "balanceAfter", "note", "createdAt", "postingId", "__typename"])
+SMALL_MEMBER: Graph = {**SCALARS, "tier": TIER, "brand": BRAND}
+MEMBER: Graph = {
+    **SMALL_MEMBER,
+    "identities": {"channel": None, "externalId": None, "boundAt": None, "__typename": None},
+    "person": {"key": None, "memberships": SMALL_MEMBER, "__typename": None},
+    "mergedInto": SMALL_MEMBER,
+    "pointsHistory(first: 2)": {
+        "nodes": ENTRY,
+        "edges": {"cursor": None, "node": ENTRY},
+        "pageInfo": {"hasNextPage": None, "hasPreviousPage": None, "endCursor": None},
+    },
+}
+PAGE_ARGS = "members(brand: $brand, first: $first, after: $after)"
+PAGE_INFO: Graph = dict.fromkeys(["hasNextPage", "hasPreviousPage", "startCursor", "endCursor", "__typename"])
+
+
+@st.composite
+def selections(draw: st.DrawFn, graph: Graph, type_name: str, depth: int = 0) -> str:
+    """A non-empty selection set over ``graph``, sometimes aliased or wrapped in an inline fragment."""
+    names = draw(st.lists(st.sampled_from(sorted(graph)), min_size=1, max_size=6, unique=True))
+    parts: list[str] = []
+    for name in names:
+        alias = draw(st.sampled_from(["", "", "", f"a{len(parts)}: "]))
+        below = graph[name]
+        sub = "" if below is None else " { " + draw(selections(below, "", depth + 1)) + " }"
+        parts.append(f"{alias}{name}{sub}")
+    body = " ".join(parts)
+    if type_name and draw(st.booleans()):
+        return f"... on {type_name} {{ {body} }} id"
+    return body
+
+
+@dataclass
+class World:
+    brand: str
+    member_ids: list[str]
+
+
+@pytest.fixture(scope="module")
+async def world(client: Any, pool: AsyncConnectionPool[Any]) -> World:
+    gql = GraphQL(client)
+    group = unique_code("g")
+    brand, sister = await new_brand(pool, group), await new_brand(pool, group)
+    ids = []
+    for n in range(6):
+        phone = f"1380013{n:04d}" if n != 3 else None
+        member = await gql(
+            REGISTER,
+            brand=brand,
+            channel="pos",
+            externalId=f"card-{n}",
+            phone=phone,
+            displayName=["王芳", "Li Wei", None][n % 3],
+            gender=["FEMALE", "MALE", "UNKNOWN"][n % 3],
+            birthday=f"1990-0{n + 1}-15" if n % 2 else None,
+            city=["上海", "北京", None][n % 3],
+        )
+        member_id = member["registerMember"]["member"]["id"]
+        ids.append(member_id)
+        if phone is not None and n % 2 == 0:
+            await gql(REGISTER, brand=sister, channel="tmall", externalId=f"buyer-{n}", phone=phone)
+        await gql(REGISTER, brand=brand, channel="wechat", externalId=f"openid-{n}", phone=phone)
+        for k in range(n):
+            await gql(EARN, brand=brand, memberId=member_id, amount=100 + k, key=f"e{n}-{k}", reason=f"gift {k}")
+        if n >= 2:
+            await gql(REDEEM, brand=brand, memberId=member_id, amount=50, key=f"r{n}")
+        if n % 2 == 1:
+            await gql(
+                RECORD_ORDER,
+                brand=brand,
+                channel="tmall",
+                orderId=f"o{n}",
+                amount="199.90",
+                paidAt="2026-05-01T08:00:00+08:00",
+                memberId=member_id,
+            )
+    merged = await gql(MERGE, survivorId=ids[0], mergedId=ids[5], reason="same person")
+    assert merged["mergeMembers"]["__typename"] == "MembersMerged"
+    async with pool.connection() as conn:  # whole seconds print without a fraction: cover both forms
+        await conn.execute(
+            "UPDATE members SET registered_at = date_trunc('second', registered_at) WHERE id = %s", [int(ids[1])]
+        )
+    return World(brand, ids)
+
+
+async def _both(query: str, variables: dict[str, Any], pool: AsyncConnectionPool[Any]) -> tuple[Any, Any]:
+    plan = PLANS.plan(query, None)
+    assert plan is not None, f"not compiled: {query}"
+    brands = BrandDirectory()
+    body = await PLANS.answer(plan, variables, Needs(brands=brands, pool=pool))
+    assert body is not None
+    context = Context(pool=pool, vault=PhoneVault(TEST_SECRET.encode()), brands=brands, request_id="test")
+    general = await SCHEMA.execute(query, variable_values=variables, context_value=context)
+    assert general.errors is None, general.errors
+    return json.loads(body)["data"], general.data
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_member_by_id_matches_the_general_path(
+    data: st.DataObject, world: World, pool: AsyncConnectionPool[Any]
+) -> None:
+    member_id = data.draw(st.sampled_from([*world.member_ids, "999999999999", "not-an-id"]))
+    selection = data.draw(selections(MEMBER, "Member"))
+    query = f"query($id: ID!) {{ member(id: $id) {{ {selection} }} }}"
+    compiled, general = await _both(query, {"id": member_id}, pool)
+    assert compiled == general
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_member_pages_match_the_general_path(
+    data: st.DataObject, world: World, pool: AsyncConnectionPool[Any]
+) -> None:
+    first = data.draw(st.integers(0, 7))
+    start = data.draw(st.sampled_from([None, *world.member_ids[:4]]))
+    node = data.draw(selections(SMALL_MEMBER, "Member"))
+    page_info = data.draw(selections(PAGE_INFO, ""))
+    fields = data.draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    f"nodes {{ {node} }}",
+                    f"edges {{ cursor node {{ {node} }} }}",
+                    f"pageInfo {{ {page_info} }}",
+                    "totalCount",
+                ]
+            ),
+            min_size=1,
+            unique=True,
+        )
+    )
+    after = None
+    if start is not None:
+        after = (
+            await _both(
+                f'query {{ members(brand: "{world.brand}", first: 100) {{ edges {{ cursor node {{ id }} }} }} }}',
+                {},
+                pool,
+            )
+        )[0]
+        after = next(e["cursor"] for e in after["members"]["edges"] if e["node"]["id"] == start)
+    query = f"query($brand: String!, $first: Int!, $after: String) {{ {PAGE_ARGS} {{ {' '.join(fields)} }} }}"
+    compiled, general = await _both(query, {"brand": world.brand, "first": first, "after": after}, pool)
+    assert compiled == general
+
+
+async def test_points_history_pages_through_cursors(world: World, pool: AsyncConnectionPool[Any]) -> None:
+    query = """query($id: ID!, $after: String) { member(id: $id) { pointsHistory(first: 2, after: $after) {
+        nodes { id amount } pageInfo { hasNextPage hasPreviousPage endCursor } } } }"""
+    after, seen = None, []
+    while True:
+        compiled, general = await _both(query, {"id": world.member_ids[4], "after": after}, pool)
+        assert compiled == general
+        history = compiled["member"]["pointsHistory"]
+        seen += [node["id"] for node in history["nodes"]]
+        if not history["pageInfo"]["hasNextPage"]:
+            break
+        after = history["pageInfo"]["endCursor"]
+    assert len(seen) == 5
+    assert seen == sorted(seen, key=int, reverse=True)
+
+
+async def test_one_statement_answers_a_whole_profile(world: World, pool: AsyncConnectionPool[Any]) -> None:
+    query = f"query($id: ID!) {{ member(id: $id) {{ {' '.join(k for k in MEMBER if MEMBER[k] is None)} "
+    query += "person { memberships { id brand { code } } } pointsHistory(first: 10) { nodes { id } }"
+    query += " identities { channel } } }"
+    plan = PLANS.plan(query, None)
+    assert plan is not None
+    before = Query.executions
+    body = await PLANS.answer(plan, {"id": world.member_ids[0]}, Needs(brands=BrandDirectory(), pool=pool))
+    assert Query.executions - before == 1
+    assert body is not None
+    assert json.loads(body)["data"]["member"]["id"] == world.member_ids[0]
+
+
+@pytest.mark.parametrize(
+    ("query", "variables"),
+    [
+        ("mutation { __typename }", {}),  # not a read
+        ("query($id: ID!) { member(id: $id) { orders { nodes { id } } } }", {"id": "1"}),  # unmapped field
+        ("query($id: ID!, $x: Boolean!) { member(id: $id) { id @include(if: $x) } }", {"id": "1", "x": True}),
+        ("query { member(id: 1) { nope } }", {}),  # invalid: strawberry reports it
+        ("query {", {}),  # syntax error
+    ],
+)
+def test_what_has_no_plan_takes_the_general_path(query: str, variables: dict[str, Any]) -> None:
+    assert PLANS.plan(query, None) is None
+
+
+async def test_arguments_the_general_path_rejects_are_left_to_it(world: World, pool: AsyncConnectionPool[Any]) -> None:
+    query = f"query($brand: String!, $first: Int!, $after: String) {{ {PAGE_ARGS} {{ totalCount }} }}"
+    plan = PLANS.plan(query, None)
+    assert plan is not None
+    needs = Needs(brands=BrandDirectory(), pool=pool)
+    assert await PLANS.answer(plan, {"brand": world.brand, "first": 1}, needs) is not None
+    for variables in (
+        {"brand": "no_such_brand", "first": 1},
+        {"brand": world.brand, "first": 101},
+        {"brand": world.brand, "first": 1, "after": "garbage"},
+        {"brand": world.brand, "first": "one"},
+    ):
+        assert await PLANS.answer(plan, variables, needs) is None, variables
+
+
+async def test_http_answers_both_paths_alike(gql: GraphQL, world: World) -> None:
+    compiled = await gql.raw("query($id: ID!) { member(id: $id) { id tier { code } } }", id=world.member_ids[1])
+    assert compiled == {"data": {"member": {"id": world.member_ids[1], "tier": {"code": "silver"}}}}
+    error = await gql.raw('query { members(brand: "no_such_brand") { totalCount } }')
+    assert error["data"] is None
+    assert error["errors"][0]["extensions"]["code"] == "UNKNOWN_BRAND"
