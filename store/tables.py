@@ -7,7 +7,7 @@ write (an identity bound to a member of another brand, an unknown channel, a neg
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import BYTEA, JSONB
+from sqlalchemy.dialects.postgresql import BIT, BYTEA, JSONB
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -366,4 +366,40 @@ member_tags = sa.Table(
     sa.ForeignKeyConstraint(["tag_id", "brand_id"], ["tag_definitions.id", "tag_definitions.brand_id"]),
     sa.CheckConstraint("length(source) BETWEEN 1 AND 64", name="source_length"),
     sa.Index("ix_member_tags_expires_at", "expires_at", postgresql_where=sa.text("expires_at IS NOT NULL")),
+)
+
+# The audience bitmap index (design §4): derived from the tables above, rebuilt by `omnimember
+# refresh`, kept current by batched deltas. Key scheme and encodings: tagquery.bitmap_keys.
+audience_bitmaps = sa.Table(
+    "audience_bitmaps",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, primary_key=True),
+    # Byte-wise ("C") order: keys are compared, never shown, and a prefix scans as one range.
+    sa.Column("key", sa.Text(collation="C"), primary_key=True),
+    # member id >> 16; bit (member id & 0xFFFF) of `bits` is that member. lz4 (set in 0004).
+    sa.Column("chunk", sa.Integer, primary_key=True),
+    sa.Column("bits", BIT(varying=True), nullable=False),
+    sa.CheckConstraint("length(bits) = 65536", name="chunk_length"),
+)
+
+# Members whose facts changed since the index last caught up, written by statement-level triggers
+# (migration 0004) so no writer can forget it. No key and no index: the applier drains it whole.
+# member_id 0 asks for a full rebuild of the brand (a time zone or tag code changed).
+audience_changes = sa.Table(
+    "audience_changes",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("member_id", sa.BigInteger, nullable=False),
+    sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+)
+
+audience_index_state = sa.Table(
+    "audience_index_state",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), primary_key=True),
+    sa.Column("built_at", sa.DateTime(timezone=True)),
+    # Every write committed and every tag expired before this instant is in the index.
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    # Slices per bit-sliced integer field ({"points": 17, ...}); only ever grows between rebuilds.
+    sa.Column("widths", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
 )

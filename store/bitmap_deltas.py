@@ -1,0 +1,181 @@
+"""Keeping the bitmap index current: drain the change queue, rewrite the touched rows once.
+
+Writers never touch the index: triggers (migration 0004) queue the ids of members whose facts
+changed. `apply_brand` takes a brand's queue, adds members whose tags expired since the last run,
+reloads those members' facts (the same queries as a full build), and per touched chunk rewrites
+each (key, chunk) row whose bits for those members differ, in one UPDATE: `(bits & ~mask) | new`.
+No per-member set_bit anywhere. A queue too large for a delta, or a rebuild request (member 0),
+becomes a full rebuild. `run_applier` does this every second; `freshness` says how far behind the
+index is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from store.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows, drain, lock_brand, rebuild
+from store.index_facts import load_index_facts
+from store.sql import Query
+from store.tables import audience_changes, audience_index_state, member_tags
+from tagquery.bitmap_keys import CHUNK_SIZE
+
+log = logging.getLogger(__name__)
+REBUILD_OVER = 100_000  # queued members beyond which a full rebuild is cheaper than a delta
+_state = audience_index_state.c
+_ZERO = f"repeat('0', {CHUNK_SIZE})::varbit"
+
+_read_state = Query(sa.select(_state.applied_at, _state.widths).where(_state.brand_id == sa.bindparam("brand_id")))
+_expired = Query(
+    sa.select(member_tags.c.member_id)
+    .distinct()
+    .where(
+        member_tags.c.brand_id == sa.bindparam("brand_id"),
+        member_tags.c.expires_at > sa.bindparam("since"),
+        member_tags.c.expires_at <= sa.func.now(),
+    )
+)
+_mark_applied = Query(
+    sa.update(audience_index_state)
+    .where(_state.brand_id == sa.bindparam("brand_id"))
+    .values(applied_at=sa.func.now(), widths=sa.bindparam("widths"))
+)
+_brands = Query(sa.union(sa.select(_state.brand_id), sa.select(audience_changes.c.brand_id)))
+_freshness = Query(
+    sa.text("""
+SELECT now() AS now, s.built_at AS built, s.applied_at AS applied,
+       (SELECT min(queued_at) FROM audience_changes WHERE brand_id = :brand_id) AS oldest,
+       (SELECT count(*) FROM audience_changes WHERE brand_id = :brand_id) AS pending
+FROM (SELECT 1) AS one LEFT JOIN audience_index_state s ON s.brand_id = :brand_id
+""")
+)
+_TEMP = [
+    'CREATE TEMP TABLE IF NOT EXISTS audience_delta (key text COLLATE "C", chunk int, bits varbit, '
+    "PRIMARY KEY (key, chunk)) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS audience_mask (chunk int PRIMARY KEY, bits varbit) ON COMMIT DELETE ROWS",
+]
+# Rows of touched chunks whose bits for the changed members differ from the new ones.
+_rewrite = Query(
+    sa.text(f"""
+WITH changed AS (
+    SELECT b.key, b.chunk, bitor(bitand(b.bits, bitnot(m.bits)), coalesce(d.bits, {_ZERO})) AS bits
+    FROM audience_bitmaps b
+    JOIN audience_mask m ON m.chunk = b.chunk
+    LEFT JOIN audience_delta d ON d.key = b.key AND d.chunk = b.chunk
+    WHERE b.brand_id = :brand_id AND bitand(b.bits, m.bits) <> coalesce(d.bits, {_ZERO})
+)
+UPDATE audience_bitmaps b SET bits = changed.bits FROM changed
+WHERE b.brand_id = :brand_id AND b.key = changed.key AND b.chunk = changed.chunk
+""")  # noqa: S608 (constant text)
+)
+_add_new = Query(
+    sa.text(
+        "INSERT INTO audience_bitmaps (brand_id, key, chunk, bits) "
+        "SELECT :brand_id, key, chunk, bits FROM audience_delta ON CONFLICT DO NOTHING"
+    )
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Applied:
+    brand_id: int
+    members: int
+    """Members whose bits were recomputed (0 when nothing had changed)."""
+    rebuilt: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Freshness:
+    as_of: datetime | None
+    """Every write committed before this instant is in the index (None: never built)."""
+    lag: timedelta | None
+    pending: int
+    """Queued member changes not applied yet."""
+    built_at: datetime | None
+
+
+async def apply_brand(conn: AsyncConnection[Any], brand_id: int) -> Applied | None:
+    """Bring one brand's index up to date in one transaction; None if another process holds it."""
+    async with conn.transaction():
+        if not await lock_brand(conn, brand_id, wait=False):
+            return None
+        queued = {row["member_id"] for row in await drain.all(conn, brand_id=brand_id)}
+        state = await _read_state.one(conn, brand_id=brand_id)
+        if state is None or 0 in queued or len(queued) > REBUILD_OVER:
+            await rebuild(conn, brand_id)
+            return Applied(brand_id, len(queued), rebuilt=True)
+        expired = await _expired.all(conn, brand_id=brand_id, since=state["applied_at"])
+        changed = sorted(queued | {row["member_id"] for row in expired})
+        widths = await _apply_delta(conn, brand_id, changed, state["widths"]) if changed else state["widths"]
+        await _mark_applied.run(conn, brand_id=brand_id, widths=Jsonb(widths))
+        return Applied(brand_id, len(changed), rebuilt=False)
+
+
+async def _apply_delta(
+    conn: AsyncConnection[Any], brand_id: int, changed: Sequence[int], widths: Mapping[str, int]
+) -> dict[str, int]:
+    facts = await load_index_facts(conn, brand_id, changed)
+    keys, needed = bit_sets(facts)
+    masks = chunk_rows("", np.asarray(changed, dtype=np.int64))
+    async with conn.cursor() as cur:
+        for statement in _TEMP:
+            await cur.execute(statement)
+        await copy_rows(cur, "COPY audience_mask (chunk, bits) FROM STDIN (FORMAT BINARY)", _masks(masks))
+        delta = binary_rows(_rows(keys), "tib")
+        await copy_rows(cur, "COPY audience_delta (key, chunk, bits) FROM STDIN (FORMAT BINARY)", delta)
+    await _rewrite.run(conn, brand_id=brand_id)
+    await _add_new.run(conn, brand_id=brand_id)
+    return {field: max(needed.get(field, 0), widths.get(field, 0)) for field in {*needed, *widths}}
+
+
+def _masks(rows: Iterator[tuple[str, int, bytes]]) -> Iterator[bytes]:
+    return binary_rows(((chunk, bits) for _, chunk, bits in rows), "ib")
+
+
+def _rows(keys: Mapping[str, Any]) -> Iterator[tuple[str, int, bytes]]:
+    for key, ids in keys.items():
+        yield from chunk_rows(key, ids)
+
+
+async def apply_all(pool: AsyncConnectionPool[Any]) -> list[Applied]:
+    """One pass over every brand with an index or queued changes."""
+    async with pool.connection() as conn:
+        brands = [row[0] for row in await (await conn.execute(_brands.sql)).fetchall()]
+        applied = [await apply_brand(conn, brand_id) for brand_id in brands]
+    return [report for report in applied if report is not None]
+
+
+async def run_applier(pool: AsyncConnectionPool[Any], interval: float = 1.0) -> None:
+    """Apply deltas every `interval` seconds until cancelled (the server's lifespan runs this)."""
+    while True:
+        try:
+            for report in await apply_all(pool):
+                if report.members:
+                    log.debug("audience index: %s", report)
+        except Exception:
+            log.exception("audience index: applying deltas failed; retrying")
+        await asyncio.sleep(interval)
+
+
+async def freshness(conn: AsyncConnection[Any], brand_id: int) -> Freshness:
+    row = await _freshness.one(conn, brand_id=brand_id)
+    assert row is not None
+    oldest, pending = row["oldest"], row["pending"]
+    applied: datetime | None = row["applied"]
+    as_of = applied if oldest is None or applied is None else min(applied, oldest)
+    return Freshness(
+        as_of=as_of,
+        lag=None if as_of is None else max(row["now"] - as_of, timedelta(0)),
+        pending=pending,
+        built_at=row["built"],
+    )

@@ -1,0 +1,181 @@
+"""Building the audience bitmap index: facts -> bits (numpy) -> rows (binary COPY).
+
+`bit_sets` turns IndexFacts into "key -> members whose bit is set" (tagquery.bitmap_keys has the
+scheme); `chunk_rows` packs each key's members into 2^16-bit rows per chunk; `copy_rows` writes
+them with COPY in the binary format (a varbit is a bit count and packed bytes, MSB first, which
+is exactly what numpy's packbits gives).
+
+`rebuild` replaces a brand's rows in one transaction, so readers see the old index or the new one,
+never a half-built one.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.types.json import Jsonb
+
+from store.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, load_index_facts
+from store.sql import Query
+from store.tables import audience_bitmaps, audience_changes, audience_index_state
+from tagquery.bitmap_keys import (
+    CHUNK_BITS,
+    CHUNK_SIZE,
+    DATE_FIELDS,
+    DATE_WIDTH,
+    INTEGER_FIELDS,
+    MAX_DAY,
+    NULLABLE,
+    bit_key,
+    has_key,
+    order_field,
+)
+
+Progress = Callable[[str, int, int], None]
+"""(stage, done, total): how far a rebuild is."""
+Row = tuple[str, int, bytes]
+"""(key, chunk, packed bits)."""
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_BITS_HEADER = struct.pack(">ii", 4 + CHUNK_SIZE // 8, CHUNK_SIZE)
+_COPY_BATCH = 1 << 20
+
+_lock = Query(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
+_try_lock = Query(sa.select(sa.func.pg_try_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
+drain = Query(
+    sa.delete(audience_changes)
+    .where(audience_changes.c.brand_id == sa.bindparam("brand_id"))
+    .returning(audience_changes.c.member_id)
+)
+_clear = Query(sa.delete(audience_bitmaps).where(audience_bitmaps.c.brand_id == sa.bindparam("brand_id")))
+_upsert_state = Query(
+    sa.text(
+        "INSERT INTO audience_index_state (brand_id, built_at, applied_at, widths) "
+        "VALUES (:brand_id, now(), now(), :widths) "
+        "ON CONFLICT (brand_id) DO UPDATE SET built_at = now(), applied_at = now(), widths = EXCLUDED.widths"
+    )
+)
+_widths = Query(
+    sa.select(audience_index_state.c.widths).where(audience_index_state.c.brand_id == sa.bindparam("brand_id"))
+)
+
+
+def lock_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool) -> Any:
+    """Serialise index writers of one brand for the rest of the transaction."""
+    return (_lock if wait else _try_lock).scalar(conn, brand_id=brand_id)
+
+
+def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
+    """Key -> ids of members whose bit is set, and the slices each integer field needs."""
+    keys = dict(facts.sets)
+    values = facts.values
+    ids = values[:, 0]
+    widths: dict[str, int] = {}
+    for field in INTEGER_FIELDS:
+        column = np.maximum(values[:, VALUE_COLUMNS.index(field)], 0)
+        widths[field] = max(1, int(column.max(initial=0)).bit_length())
+        keys.update(_slices(field, ids, column, widths[field]))
+    for field in DATE_FIELDS:
+        column = values[:, VALUE_COLUMNS.index(field)]
+        present = column != NULL
+        if field in NULLABLE:
+            keys[has_key(field)] = ids[present]
+        keys.update(_slices(field, ids[present], np.clip(column[present], 0, MAX_DAY), DATE_WIDTH))
+    for k in np.unique(facts.orders[:, 1]):
+        nth = facts.orders[facts.orders[:, 1] == k]
+        field = order_field(int(k))
+        keys[has_key(field)] = nth[:, 0]
+        keys.update(_slices(field, nth[:, 0], np.clip(nth[:, 2], 0, MAX_DAY), DATE_WIDTH))
+    return keys, widths
+
+
+def _slices(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str, Ids]]:
+    for bit in range(width):
+        chosen = ids[(values >> bit) & 1 == 1]
+        if chosen.size:
+            yield bit_key(field, bit), chosen
+
+
+def chunk_rows(key: str, ids: Ids) -> Iterator[Row]:
+    """One row per chunk that holds any of `ids`: 2^16 bits, bit (id & 0xFFFF) set."""
+    ids = np.unique(ids)
+    chunks = ids >> CHUNK_BITS
+    starts = np.flatnonzero(np.diff(chunks, prepend=-1))
+    for start, end in zip(starts, [*starts[1:], ids.size], strict=True):
+        bits = np.zeros(CHUNK_SIZE, dtype=np.bool_)
+        bits[ids[start:end] & (CHUNK_SIZE - 1)] = True
+        yield key, int(chunks[start]), np.packbits(bits).tobytes()
+
+
+def binary_rows(rows: Iterator[tuple[Any, ...]], formats: str) -> Iterator[bytes]:
+    """COPY BINARY data for rows of (int8 'q' | int4 'i' | text 't' | chunk bits 'b') fields."""
+    yield _COPY_HEADER
+    count = struct.pack(">h", len(formats))
+    for row in rows:
+        parts = [count]
+        for kind, value in zip(formats, row, strict=True):
+            if kind == "q":
+                parts.append(struct.pack(">iq", 8, value))
+            elif kind == "i":
+                parts.append(struct.pack(">ii", 4, value))
+            elif kind == "t":
+                text = value.encode()
+                parts.append(struct.pack(">i", len(text)) + text)
+            else:
+                parts.append(_BITS_HEADER + value)
+        yield b"".join(parts)
+    yield _COPY_TRAILER
+
+
+async def copy_rows(cur: AsyncCursor[Any], statement: str, data: Iterator[bytes]) -> None:
+    async with cur.copy(statement) as copy:
+        buffer: list[bytes] = []
+        size = 0
+        for part in data:
+            buffer.append(part)
+            size += len(part)
+            if size >= _COPY_BATCH:
+                await copy.write(b"".join(buffer))
+                buffer, size = [], 0
+        await copy.write(b"".join(buffer))
+
+
+async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress | None = None) -> int:
+    """Replace the brand's index with one built from the system of record; returns rows written.
+
+    Runs inside the caller's transaction. Changes queued before it are covered by the build and
+    dropped; changes committed while it runs stay queued for the next delta.
+    """
+    report = progress or (lambda stage, done, total: None)
+    await lock_brand(conn, brand_id, wait=True)
+    await drain.all(conn, brand_id=brand_id)
+    report("reading facts", 0, 1)
+    facts = await load_index_facts(conn, brand_id, None)
+    keys, widths = bit_sets(facts)
+    await _clear.run(conn, brand_id=brand_id)
+    written = 0
+
+    def rows() -> Iterator[tuple[int, str, int, bytes]]:
+        nonlocal written
+        for done, (key, ids) in enumerate(sorted(keys.items()), start=1):
+            for row in chunk_rows(key, ids):
+                written += 1
+                yield (brand_id, *row)
+            report("writing bitmaps", done, len(keys))
+
+    async with conn.cursor() as cur:
+        copy = "COPY audience_bitmaps (brand_id, key, chunk, bits) FROM STDIN (FORMAT BINARY)"
+        await copy_rows(cur, copy, binary_rows(rows(), "qtib"))
+    await _upsert_state.run(conn, brand_id=brand_id, widths=Jsonb(widths))
+    return written
+
+
+async def stored_widths(conn: AsyncConnection[Any], brand_id: int) -> Mapping[str, int]:
+    widths: Mapping[str, int] | None = await _widths.scalar(conn, brand_id=brand_id)
+    return widths or {}

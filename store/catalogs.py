@@ -1,0 +1,100 @@
+"""A brand's tag-language catalog and index encoding, read from the database and cached.
+
+Names and values come from the system of record (tag definitions, tiers, the channel list) and,
+for cities, from the index keys (a DISTINCT over tens of millions of members would cost a scan;
+the index lists a brand's cities in one short range). A cached entry lives `ttl` seconds: a tag
+defined a moment ago becomes nameable within that time (or at once after `invalidate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from psycopg import AsyncConnection
+
+from store.bitmaps import stored_widths
+from store.facts import LIFECYCLE, brand_timezone
+from store.sql import Query
+from store.tables import CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
+from tagquery import Catalog, member_catalog
+from tagquery.compile_bitmap import Encoding
+
+STATUSES = ("prospect", "member")
+_CITY = "city:"
+
+_tags = Query(
+    sa.select(tag_definitions.c.code, tag_definitions.c.name)
+    .where(tag_definitions.c.brand_id == sa.bindparam("brand_id"))
+    .order_by(tag_definitions.c.code)
+)
+_tiers = Query(
+    sa.select(brand_tiers.c.code).where(brand_tiers.c.brand_id == sa.bindparam("brand_id")).order_by(brand_tiers.c.rank)
+)
+_cities = Query(
+    sa.select(sa.func.substr(audience_bitmaps.c.key, len(_CITY) + 1).label("city"))
+    .distinct()
+    .where(
+        audience_bitmaps.c.brand_id == sa.bindparam("brand_id"),
+        audience_bitmaps.c.key >= _CITY,
+        audience_bitmaps.c.key < _CITY[:-1] + chr(ord(_CITY[-1]) + 1),
+    )
+)
+_timezone = Query(sa.select(brand_timezone()))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrandCatalog:
+    """Everything needed to bind and compile a brand's queries."""
+
+    brand_id: int
+    timezone: str
+    catalog: Catalog
+    encoding: Encoding
+
+    def today(self, now: datetime | None = None) -> date:
+        """The brand's calendar day (its time zone) at `now` (default: now)."""
+        zone = ZoneInfo(self.timezone)
+        return (now or datetime.now(zone)).astimezone(zone).date()
+
+
+async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalog:
+    tags = {row["code"]: row["name"] for row in await _tags.all(conn, brand_id=brand_id)}
+    catalog = member_catalog(
+        tags=tags,
+        tiers=[row["code"] for row in await _tiers.all(conn, brand_id=brand_id)],
+        channels=CHANNELS,
+        cities=[row["city"] for row in await _cities.all(conn, brand_id=brand_id)],
+        statuses=STATUSES,
+        genders=GENDERS,
+        lifecycles=LIFECYCLE,
+    )
+    timezone: str = await _timezone.scalar(conn, brand_id=brand_id)
+    encoding = Encoding(dict(await stored_widths(conn, brand_id)))
+    return BrandCatalog(brand_id=brand_id, timezone=timezone, catalog=catalog, encoding=encoding)
+
+
+class CatalogCache:
+    """Per-process cache of BrandCatalog by brand id, each entry kept `ttl` seconds."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[int, tuple[float, BrandCatalog]] = {}
+
+    async def get(self, conn: AsyncConnection[Any], brand_id: int) -> BrandCatalog:
+        entry = self._entries.get(brand_id)
+        if entry is not None and time.monotonic() - entry[0] < self.ttl:
+            return entry[1]
+        loaded = await load_catalog(conn, brand_id)
+        self._entries[brand_id] = (time.monotonic(), loaded)
+        return loaded
+
+    def invalidate(self, brand_id: int | None = None) -> None:
+        if brand_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(brand_id, None)

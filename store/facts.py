@@ -1,0 +1,200 @@
+"""What every name of the tag language means, read from the system of record. One place.
+
+A member is in a brand's audiences while it is live: not merged into another (`merged_into IS
+NULL`). Dates are calendar days in the brand's time zone (`brand_rules.timezone`).
+
+    tag:<code>        a member_tags row for the tag that has not expired (`expires_at` NULL or > now)
+    tier, city, gender, status    the members columns (status: prospect until a first purchase)
+    channel:<c>       the member has an identity of that channel (a set: any number of channels)
+    points, growth    points_balance, growth_value
+    order_count, total_spend      the members aggregates (refunds lower spend, not the count)
+    registered, last_purchase     the day of registered_at / last_purchase_at
+    age               whole years since `birthday`, on the day the query runs
+    days_since_last_purchase      today - last_purchase
+    orders_365d       orders (refunded or not, as order_count) paid on or after today - 365
+    lifecycle         derived from the above, see LIFECYCLE: exactly one stage per member
+
+The row compiler reads these through MemberRowFacts, the bitmap index is built from
+`load_index_facts`, `member_facts` feeds the reference evaluator, and lifecycle is expanded into
+the same bound terms for all three (`expand_derived`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from types import MappingProxyType
+from typing import Any
+
+import sqlalchemy as sa
+from psycopg import AsyncConnection
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from store.sql import Query
+from store.tables import brand_rules, member_identities, member_tags, members, orders, tag_definitions
+from tagquery.ast import TAG, Op, Unit
+from tagquery.bound import Bound, BoundAnd, BoundNot, BoundOr, FieldCompare, FieldWithin, Membership
+from tagquery.catalog import FieldType
+from tagquery.compile_bitmap import ORDERS_WINDOW_DAYS
+from tagquery.evaluate import evaluate
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+AT_RISK_ORDERS = 4  # "4+ orders in the past year" (DOMAIN.md)
+RECENT_DAYS = 120  # "... but no order in the last 120 days"
+
+
+_purchased = FieldCompare("last_purchase", FieldType.DATE, Op.GTE, date(1, 1, 1))
+_active = FieldWithin("last_purchase", ORDERS_WINDOW_DAYS, Unit.DAY)
+_recent = FieldWithin("last_purchase", RECENT_DAYS, Unit.DAY)
+_frequent = FieldCompare("orders_365d", FieldType.INTEGER, Op.GTE, AT_RISK_ORDERS)
+
+# The lifecycle stages (DOMAIN.md), a partition of the live members, as terms of the language:
+# introduction  registered, never purchased (no last purchase)
+# churned       purchased, but not in the last 365 days
+# growth        purchased in the last 365 days, fewer than 4 orders in them
+# mature        4+ orders in the last 365 days and a purchase in the last 120
+# at_risk       4+ orders in the last 365 days but none in the last 120
+LIFECYCLE: Mapping[str, Bound] = MappingProxyType(
+    {
+        "introduction": BoundNot(_purchased),
+        "growth": BoundAnd((_active, BoundNot(_frequent))),
+        "mature": BoundAnd((_active, _frequent, _recent)),
+        "at_risk": BoundAnd((_active, _frequent, BoundNot(_recent))),
+        "churned": BoundAnd((_purchased, BoundNot(_active))),
+    }
+)
+
+
+def expand_derived(node: Bound) -> Bound:
+    """`node` with every lifecycle term replaced by its definition (compilers never see lifecycle)."""
+    match node:
+        case BoundAnd(operands):
+            return BoundAnd(tuple(map(expand_derived, operands)))
+        case BoundOr(operands):
+            return BoundOr(tuple(map(expand_derived, operands)))
+        case BoundNot(operand):
+            return BoundNot(expand_derived(operand))
+        case Membership("lifecycle", values):
+            stages = tuple(LIFECYCLE[value] for value in values)
+            return stages[0] if len(stages) == 1 else BoundOr(stages)
+    return node
+
+
+def lifecycle_of(facts: Mapping[str, Any], today: date) -> str:
+    """The stage of a member whose other facts are known (for the reference evaluator)."""
+    return next(stage for stage, rule in LIFECYCLE.items() if evaluate(rule, facts, today))
+
+
+def local_date(moment: sa.ColumnElement[Any], timezone: sa.ColumnElement[str]) -> sa.ColumnElement[date]:
+    return sa.cast(sa.func.timezone(timezone, moment), sa.Date)
+
+
+class MemberRowFacts:
+    """The facts of one `members` row as SQL (tagquery.compile_rows.RowFacts).
+
+    `:today` (the brand's date) and `:tz` (its time zone) are bound parameters of the statement.
+    """
+
+    def __init__(self, member: sa.FromClause) -> None:
+        self.m = member
+        self.today = sa.bindparam("today", type_=sa.Date)
+        self.tz = sa.bindparam("tz", type_=sa.Text)
+
+    def membership(self, dimension: str, values: tuple[str, ...]) -> sa.ColumnElement[bool]:
+        wanted = sa.literal(list(values), ARRAY(sa.Text))
+        if dimension == TAG:
+            return sa.exists().where(
+                member_tags.c.member_id == self.m.c.id,
+                tag_definitions.c.id == member_tags.c.tag_id,
+                tag_definitions.c.code == sa.any_(wanted),
+                sa.or_(member_tags.c.expires_at.is_(None), member_tags.c.expires_at > sa.func.now()),
+            )
+        if dimension == "channel":
+            return sa.exists().where(
+                member_identities.c.member_id == self.m.c.id, member_identities.c.channel == sa.any_(wanted)
+            )
+        return sa.func.coalesce(self.m.c[dimension] == sa.any_(wanted), sa.false())
+
+    def field(self, name: str) -> sa.ColumnElement[Any]:
+        m = self.m.c
+        match name:
+            case "registered":
+                return local_date(m.registered_at, self.tz)
+            case "last_purchase":
+                return local_date(m.last_purchase_at, self.tz)
+            case "days_since_last_purchase":
+                return self.today - local_date(m.last_purchase_at, self.tz)
+            case "age":
+                return _age(self.today, m.birthday)
+            case "orders_365d":
+                return self._orders_365d()
+        return m[_COLUMNS[name]]
+
+    def _orders_365d(self) -> sa.ColumnElement[int]:
+        since = self.today - ORDERS_WINDOW_DAYS
+        return (
+            sa.select(sa.func.count())
+            .where(orders.c.member_id == self.m.c.id, local_date(orders.c.paid_at, self.tz) >= since)
+            .scalar_subquery()
+        )
+
+
+_COLUMNS = {
+    "points": "points_balance",
+    "growth": "growth_value",
+    "order_count": "order_count",
+    "total_spend": "total_spend",
+}
+
+
+def _age(today: sa.ColumnElement[date], birthday: sa.ColumnElement[date]) -> sa.ColumnElement[int]:
+    def part(field: str, day: sa.ColumnElement[date]) -> sa.ColumnElement[int]:
+        return sa.cast(sa.extract(field, day), sa.Integer)
+
+    before_birthday = sa.tuple_(part("month", today), part("day", today)) < sa.tuple_(
+        part("month", birthday), part("day", birthday)
+    )
+    return part("year", today) - part("year", birthday) - sa.case((before_birthday, 1), else_=0)
+
+
+def brand_timezone() -> sa.ColumnElement[str]:
+    """The brand's time zone (`:brand_id`), the default when it has no rules row."""
+    rules = sa.select(brand_rules.c.timezone).where(brand_rules.c.brand_id == sa.bindparam("brand_id"))
+    return sa.func.coalesce(rules.scalar_subquery(), DEFAULT_TIMEZONE)
+
+
+def live_members(member: sa.FromClause) -> sa.ColumnElement[bool]:
+    return sa.and_(member.c.brand_id == sa.bindparam("brand_id"), member.c.merged_into.is_(None))
+
+
+_m = members.alias("m")
+_row_facts = MemberRowFacts(_m)
+_SCALARS = ("points", "growth", "order_count", "total_spend", "registered", "last_purchase", "orders_365d")
+_member = Query(
+    sa.select(
+        *(_m.c[name] for name in ("tier", "city", "status", "gender", "birthday", "merged_into")),
+        *(_row_facts.field(name).label(name) for name in _SCALARS),
+        sa.func.array(
+            sa.select(tag_definitions.c.code)
+            .join(member_tags, member_tags.c.tag_id == tag_definitions.c.id)
+            .where(
+                member_tags.c.member_id == _m.c.id,
+                sa.or_(member_tags.c.expires_at.is_(None), member_tags.c.expires_at > sa.func.now()),
+            )
+            .scalar_subquery()
+        ).label("tags"),
+        sa.func.array(
+            sa.select(member_identities.c.channel).where(member_identities.c.member_id == _m.c.id).scalar_subquery()
+        ).label("channels"),
+    ).where(_m.c.id == sa.bindparam("member_id"), _m.c.brand_id == sa.bindparam("brand_id"))
+)
+
+
+async def member_facts(conn: AsyncConnection[Any], brand: Any, member_id: int, today: date) -> dict[str, Any] | None:
+    """One member's facts as tagquery.evaluate reads them (None: no such member in the brand)."""
+    row = await _member.one(conn, brand_id=brand.brand_id, member_id=member_id, today=today, tz=brand.timezone)
+    if row is None:
+        return None
+    facts: dict[str, Any] = {**row, "tag": frozenset(row.pop("tags")), "channel": frozenset(row.pop("channels"))}
+    facts["lifecycle"] = lifecycle_of(facts, today)
+    return facts

@@ -1,0 +1,114 @@
+"""The facts the bitmap index is built from, read in bulk as packed int8 arrays.
+
+Each query aggregates server-side into one bytea of big-endian int8s (`string_agg(int8send(..))`,
+measured 1.3-2.7x faster than shipping rows) that numpy reads without a Python loop. The same
+queries serve a full build (every live member of a brand) and a delta (`:ids`), so the index has
+one definition of each fact: the one in store.facts, which these queries must keep to (the
+differential tests hold them to it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import sqlalchemy as sa
+from psycopg import AsyncConnection
+
+from store.facts import DEFAULT_TIMEZONE
+from store.sql import Query
+from tagquery.bitmap_keys import UNIVERSE
+
+Ids = npt.NDArray[np.int64]
+NULL = -(2**62)  # a missing date in `values`
+VALUE_COLUMNS = ("id", "points", "growth", "order_count", "total_spend", "registered", "last_purchase", "birthday")
+
+
+def _live(ids: bool) -> str:
+    only = " AND id = ANY(:ids)" if ids else ""
+    return f"""live AS (
+    SELECT id, tier, status, gender, city, points_balance, growth_value, order_count, total_spend,
+           registered_at, last_purchase_at, birthday
+    FROM members WHERE brand_id = :brand_id AND merged_into IS NULL{only}
+), tz AS (
+    SELECT coalesce((SELECT timezone FROM brand_rules WHERE brand_id = :brand_id), '{DEFAULT_TIMEZONE}') AS name
+)"""  # noqa: S608 (constant text: no input reaches these strings)
+
+
+_AGG = "string_agg(int8send({}), ''::bytea)"
+_SETS = f"""
+SELECT '{UNIVERSE}' AS key, {_AGG.format("id")} AS ids FROM live
+UNION ALL SELECT 'tier:' || tier, {_AGG.format("id")} FROM live GROUP BY tier
+UNION ALL SELECT 'status:' || status, {_AGG.format("id")} FROM live GROUP BY status
+UNION ALL SELECT 'gender:' || gender, {_AGG.format("id")} FROM live GROUP BY gender
+UNION ALL SELECT 'city:' || city, {_AGG.format("id")} FROM live WHERE city IS NOT NULL GROUP BY city
+UNION ALL SELECT 'channel:' || i.channel, {_AGG.format("i.member_id")}
+    FROM member_identities i JOIN live ON live.id = i.member_id GROUP BY i.channel
+UNION ALL SELECT 'tag:' || d.code, {_AGG.format("t.member_id")}
+    FROM member_tags t JOIN live ON live.id = t.member_id JOIN tag_definitions d ON d.id = t.tag_id
+    WHERE t.expires_at IS NULL OR t.expires_at > now() GROUP BY d.code
+"""  # noqa: S608
+
+
+def _day(expression: str) -> str:
+    return f"coalesce(({expression})::date - DATE '1900-01-01', {NULL})::bigint"
+
+
+_VALUES = f"""
+SELECT {
+    _AGG.format(
+        "id) || int8send(points_balance) || int8send(growth_value) || int8send(order_count::bigint)"
+        " || int8send((total_spend * 100)::bigint)"
+        f" || int8send({_day('registered_at AT TIME ZONE tz.name')})"
+        f" || int8send({_day('last_purchase_at AT TIME ZONE tz.name')})"
+        f" || int8send({_day('birthday')}"
+    )
+}
+FROM live, tz
+"""  # noqa: S608
+# The day of each order, numbered from the most recent (k = 1).
+_ORDERS = f"""
+SELECT {_AGG.format("member_id) || int8send(k) || int8send(day")} FROM (
+    SELECT o.member_id, row_number() OVER (PARTITION BY o.member_id ORDER BY o.paid_at DESC) AS k,
+           {_day("o.paid_at AT TIME ZONE tz.name")} AS day
+    FROM orders o JOIN live ON live.id = o.member_id, tz
+) numbered
+"""  # noqa: S608
+
+
+def _queries(ids: bool) -> tuple[Query, Query, Query]:
+    head = f"WITH {_live(ids)}"
+    return tuple(Query(sa.text(f"{head}{body}")) for body in (_SETS, _VALUES, _ORDERS))  # type: ignore[return-value]
+
+
+_ALL = _queries(ids=False)
+_SOME = _queries(ids=True)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndexFacts:
+    sets: dict[str, Ids]
+    """Key -> ids of the members in it (u, tier:, status:, gender:, city:, channel:, tag:)."""
+    values: npt.NDArray[np.int64]
+    """One row per live member, columns VALUE_COLUMNS; NULL marks a missing date."""
+    orders: npt.NDArray[np.int64]
+    """One row per order of a live member: member id, k (1 = most recent), day."""
+
+
+async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Sequence[int] | None) -> IndexFacts:
+    """The facts of every live member of the brand, or of those among `ids`."""
+    sets_q, values_q, orders_q = _ALL if ids is None else _SOME
+    params: dict[str, Any] = {"brand_id": brand_id} if ids is None else {"brand_id": brand_id, "ids": list(ids)}
+    sets = {row["key"]: _int8s(row["ids"]) for row in await sets_q.all(conn, **params) if row["ids"] is not None}
+    values = _int8s(await values_q.scalar(conn, **params)).reshape(-1, len(VALUE_COLUMNS))
+    order_days = _int8s(await orders_q.scalar(conn, **params)).reshape(-1, 3)
+    return IndexFacts(sets=sets, values=values, orders=order_days)
+
+
+def _int8s(data: bytes | None) -> Ids:
+    if data is None:
+        return np.empty(0, dtype=np.int64)
+    return np.frombuffer(data, dtype=">i8").astype(np.int64)

@@ -1,0 +1,71 @@
+"""The bitmap index's vocabulary: which key holds which members, and how values become bits.
+
+One row per (brand, key, chunk); chunk = member id >> 16 and bit (member id & 0xFFFF) is that
+member, so every row is exactly 2^16 bits. A key that has no row for a chunk has no member there.
+
+    u                         the universe: the brand's live (not merged-away) members
+    tag:<code>                carries the tag, unexpired
+    <dimension>:<value>       tier, city, status, gender (one value each), channel (any number)
+    has:<field>               the field is not NULL (only for fields that can be NULL)
+    bit:<field>:<i>           bit i of the field's encoded value (bit-sliced, LSB = 0)
+
+Encoded values are non-negative integers: integers as they are (points, growth, order_count),
+money in fen (total_spend), dates as days since 1900-01-01 in the brand's time zone (registered,
+last_purchase, birthday, and `order.<k>`: the day of the member's k-th most recent order). Dates
+take DATE_WIDTH slices; integer fields as many as their largest value needs (kept per brand).
+Lifecycle, age, days_since_last_purchase and orders_365d are not stored: they are computed at
+query time from the dates (see store.facts), so they are exact on the day the query runs.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+CHUNK_BITS = 16
+CHUNK_SIZE = 1 << CHUNK_BITS
+EPOCH = date(1900, 1, 1)
+DATE_WIDTH = 16  # days since EPOCH: 1900-01-01 .. 2079-06-06
+MAX_DAY = (1 << DATE_WIDTH) - 1
+UNIVERSE = "u"
+
+# Stored fields and whether they can be NULL (a NULL-able field has a `has:` key).
+INTEGER_FIELDS = ("points", "growth", "order_count", "total_spend")
+DATE_FIELDS = ("registered", "last_purchase", "birthday")
+NULLABLE = frozenset({"last_purchase", "birthday"})
+
+
+def tag_key(code: str) -> str:
+    return f"tag:{code}"
+
+
+def value_key(dimension: str, value: str) -> str:
+    return f"{dimension}:{value}"
+
+
+def has_key(field: str) -> str:
+    return f"has:{field}"
+
+
+def bit_key(field: str, bit: int) -> str:
+    return f"bit:{field}:{bit}"
+
+
+def order_field(k: int) -> str:
+    """The (date) field holding the day of the member's k-th most recent order (k >= 1)."""
+    return f"order.{k}"
+
+
+def day_offset(day: date) -> int:
+    """Days since EPOCH (negative before it): the domain date comparisons are compiled in."""
+    return (day - EPOCH).days
+
+
+def clamp_day(offset: int) -> int:
+    """A day offset as the index stores it: dates before 1900 (and after 2079) are clamped."""
+    return min(max(offset, 0), MAX_DAY)
+
+
+def fen(amount: Decimal) -> int:
+    """Yuan with at most two decimals, as whole fen."""
+    return int(amount * 100)

@@ -1,0 +1,281 @@
+"""The bitmap compiler: a bound query becomes a bitwise expression over pivoted index rows.
+
+The pivot form (design §4): one index scan over the needed keys (`key = ANY(:keys)`), one
+`bit_or(bits) FILTER (WHERE key = :kN)` per key, `GROUP BY chunk`, then `& | ~` (the functions
+bitand / bitor / bitnot) over those columns. Keys and values travel as bound parameters; the only
+SQL text written here is fixed. A key without a row in a chunk reads as all zeros.
+
+Field terms become unions of closed intervals over the field's encoded integers and each interval
+a chain over the bit slices: `x >= c` folds the slices from the lowest bit up (`B_i & acc` where c
+has a 1, `B_i | acc` where it has a 0, starting from the field's presence), so a threshold costs
+one operation per slice. Derived fields are rewritten onto the stored dates first: `age` onto
+`birthday`, `days_since_last_purchase` onto `last_purchase`, and `orders_365d >= k` onto "the
+k-th most recent order is within 365 days". NULL rule: every chain starts from the field's
+presence, so a term on a missing fact is empty, and NOT is `universe & ~x`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date
+from decimal import Decimal
+from functools import reduce
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, BIT
+
+from store.tables import audience_bitmaps
+from tagquery.ast import TAG, Op, Unit
+from tagquery.bitmap_keys import (
+    CHUNK_SIZE,
+    DATE_FIELDS,
+    DATE_WIDTH,
+    NULLABLE,
+    UNIVERSE,
+    bit_key,
+    day_offset,
+    fen,
+    has_key,
+    order_field,
+    tag_key,
+    value_key,
+)
+from tagquery.bound import (
+    Bound,
+    BoundAnd,
+    BoundNot,
+    BoundOr,
+    FieldBetween,
+    FieldCompare,
+    FieldIn,
+    FieldWithin,
+    Membership,
+    Scalar,
+    window_start,
+)
+
+Bits = sa.ColumnElement[str]
+Interval = tuple[int | None, int | None]  # closed; None is unbounded
+VARBIT = BIT(varying=True)
+ORDERS_WINDOW_DAYS = 365  # orders_365d counts orders on or after today - 365 (as WITHIN 365d)
+# A fixed literal: all zeros, for keys without a row in a chunk.
+ZERO: Bits = sa.literal_column(f"repeat('0', {CHUNK_SIZE})::varbit", VARBIT)
+_T = audience_bitmaps.c
+
+
+def bitand(a: Bits, b: Bits) -> Bits:
+    return sa.func.bitand(a, b, type_=VARBIT)
+
+
+def bitor(a: Bits, b: Bits) -> Bits:
+    return sa.func.bitor(a, b, type_=VARBIT)
+
+
+def bitnot(a: Bits) -> Bits:
+    return sa.func.bitnot(a, type_=VARBIT)
+
+
+def and_all(parts: Iterable[Bits]) -> Bits:
+    return reduce(bitand, parts)
+
+
+def or_all(parts: Sequence[Bits]) -> Bits:
+    return reduce(bitor, parts) if parts else ZERO
+
+
+class Pivot:
+    """The keys a statement reads, each an aggregate column of the pivot, numbered in first use."""
+
+    def __init__(self) -> None:
+        self._columns: dict[str, Bits] = {}
+
+    def __call__(self, key: str) -> Bits:
+        column = self._columns.get(key)
+        if column is None:
+            param = sa.bindparam(f"k{len(self._columns)}", key, type_=sa.Text)
+            aggregate = sa.func.bit_or(_T.bits, type_=VARBIT).filter(_T.key == param)
+            column = self._columns[key] = sa.func.coalesce(aggregate, ZERO, type_=VARBIT)
+        return column
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._columns)
+
+    def select(self, columns: Mapping[str, Bits]) -> sa.Select[tuple[object, ...]]:
+        """`SELECT chunk, <columns> ... GROUP BY chunk` over this pivot's keys; `:brand_id` bound later."""
+        keys = sa.bindparam("keys", self.keys, type_=ARRAY(sa.Text))
+        return (
+            sa.select(_T.chunk, *(expression.label(name) for name, expression in columns.items()))
+            .where(_T.brand_id == sa.bindparam("brand_id"), _T.key == sa.any_(keys))
+            .group_by(_T.chunk)
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Encoding:
+    """What a brand's index looks like: slices per integer field (only ever grows)."""
+
+    widths: Mapping[str, int]
+
+
+class BitmapCompiler:
+    """Compiles bound queries of one brand's index, on one day, into expressions over a Pivot."""
+
+    def __init__(self, encoding: Encoding, today: date, pivot: Pivot | None = None) -> None:
+        self.encoding = encoding
+        self.today = today
+        self.pivot = pivot or Pivot()
+
+    @property
+    def universe(self) -> Bits:
+        return self.pivot(UNIVERSE)
+
+    def bitmap(self, node: Bound) -> Bits:
+        match node:
+            case BoundAnd(operands):
+                return and_all(self.bitmap(operand) for operand in operands)
+            case BoundOr(operands):
+                return or_all([self.bitmap(operand) for operand in operands])
+            case BoundNot(operand):
+                return bitand(self.universe, bitnot(self.bitmap(operand)))
+            case Membership(dimension, values):
+                return or_all([self.pivot(_membership_key(dimension, value)) for value in values])
+        return self._field(node)
+
+    def _field(self, node: FieldCompare | FieldIn | FieldBetween | FieldWithin) -> Bits:
+        intervals = _intervals(node, self.today)
+        match node.field:
+            case "orders_365d":
+                return or_all([self._orders_365d(interval) for interval in intervals])
+            case "age":
+                return self._on_date("birthday", [_age_days(interval, self.today) for interval in intervals])
+            case "days_since_last_purchase":
+                today = day_offset(self.today)
+                return self._on_date("last_purchase", [_days_ago(interval, today) for interval in intervals])
+            case name if name in DATE_FIELDS:
+                return self._on_date(name, intervals)
+        return self._sliced(node.field, self.encoding.widths.get(node.field, 0), self.universe, intervals)
+
+    def _on_date(self, field: str, intervals: Sequence[Interval]) -> Bits:
+        present = self.pivot(has_key(field)) if field in NULLABLE else self.universe
+        return self._sliced(field, DATE_WIDTH, present, intervals)
+
+    def _orders_365d(self, interval: Interval) -> Bits:
+        low, high = interval
+        since = day_offset(window_start(self.today, ORDERS_WINDOW_DAYS, Unit.DAY))
+        at_least = self._at_least_orders(low, since) if low is not None and low > 0 else self.universe
+        return at_least if high is None else bitand(at_least, bitnot(self._at_least_orders(high + 1, since)))
+
+    def _at_least_orders(self, k: int, since: int) -> Bits:
+        if k <= 0:
+            return self.universe
+        field = order_field(k)
+        return self._sliced(field, DATE_WIDTH, self.pivot(has_key(field)), [(since, None)])
+
+    def _sliced(self, field: str, width: int, present: Bits, intervals: Sequence[Interval]) -> Bits:
+        slice_of: Callable[[int], Bits] = lambda bit: self.pivot(bit_key(field, bit))  # noqa: E731
+        return or_all([_interval(slice_of, width, present, interval) for interval in intervals])
+
+
+def _membership_key(dimension: str, value: str) -> str:
+    if dimension == TAG:
+        return tag_key(value)
+    if dimension == "lifecycle":
+        raise ValueError("lifecycle is derived: expand it (store.facts.expand_derived) before compiling")
+    return value_key(dimension, value)
+
+
+def _interval(slice_of: Callable[[int], Bits], width: int, present: Bits, interval: Interval) -> Bits:
+    low, high = interval
+    top = (1 << width) - 1
+    low = max(low or 0, 0)
+    high = top if high is None else min(high, top)
+    if low > high:
+        return ZERO
+    if low == high:
+        return _equal(slice_of, width, present, low)
+    lower = _at_least(slice_of, width, present, low)
+    return lower if high == top else bitand(lower, bitnot(_at_least(slice_of, width, present, high + 1)))
+
+
+def _at_least(slice_of: Callable[[int], Bits], width: int, present: Bits, value: int) -> Bits:
+    """Members whose value is >= `value` (0 < value < 2^width): one operation per slice."""
+    if value <= 0:
+        return present
+    acc = present
+    for bit in range(width):
+        acc = bitand(slice_of(bit), acc) if value >> bit & 1 else bitor(slice_of(bit), acc)
+    return acc
+
+
+def _equal(slice_of: Callable[[int], Bits], width: int, present: Bits, value: int) -> Bits:
+    parts = [slice_of(bit) if value >> bit & 1 else bitnot(slice_of(bit)) for bit in range(width)]
+    return and_all([present, *parts])
+
+
+def _intervals(node: FieldCompare | FieldIn | FieldBetween | FieldWithin, today: date) -> list[Interval]:
+    """The term as closed intervals of the field's integers (fen, day offsets)."""
+    match node:
+        case FieldCompare(op=op, value=value):
+            return _compare(op, _number(value))
+        case FieldIn(values=values):
+            return [(_number(value), _number(value)) for value in values]
+        case FieldBetween(low=low, high=high):
+            return [(_number(low), _number(high))]
+        case FieldWithin(amount=amount, unit=unit):
+            return [(day_offset(window_start(today, amount, unit)), None)]
+
+
+def _compare(op: Op, value: int) -> list[Interval]:
+    match op:
+        case Op.EQ:
+            return [(value, value)]
+        case Op.NE:
+            return [(None, value - 1), (value + 1, None)]
+        case Op.LT:
+            return [(None, value - 1)]
+        case Op.LTE:
+            return [(None, value)]
+        case Op.GT:
+            return [(value + 1, None)]
+        case Op.GTE:
+            return [(value, None)]
+
+
+def _number(value: Scalar) -> int:
+    if isinstance(value, date):
+        return day_offset(value)
+    if isinstance(value, Decimal):
+        return fen(value)
+    return value
+
+
+def _days_ago(interval: Interval, today: int) -> Interval:
+    """days_since in [a, b]  <=>  last_purchase in [today - b, today - a]."""
+    low, high = interval
+    return (None if high is None else today - high, None if low is None else today - low)
+
+
+def _age_days(interval: Interval, today: date) -> Interval:
+    """age in [a, b]  <=>  birthday in [years_back(b + 1) + 1 day, years_back(a)]."""
+    low, high = interval
+    latest = None if low is None else day_offset(_years_back(today, low))
+    earliest = None if high is None else day_offset(_years_back(today, high + 1)) + 1
+    return (earliest, latest)
+
+
+def _years_back(today: date, years: int) -> date:
+    """The latest birthday that is `years` old today (02-29 clips to 02-28, as whole-year ages do)."""
+    years = max(min(years, today.year - 1), today.year - 9999)  # stay inside date's range
+    return window_start(today, 12 * years, Unit.MONTH) if years >= 0 else _years_ahead(today, -years)
+
+
+def _years_ahead(today: date, years: int) -> date:
+    year = today.year + years
+    day = today.day if (today.month, today.day) != (2, 29) or _leap(year) else 28
+    return date(year, today.month, day)
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
