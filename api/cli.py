@@ -142,5 +142,20 @@ def review_tiers(
     typer.echo(f"{changed} members changed tier")
 
 
+@cli.command("expire-tags")
+def expire_tags(
+    as_of: Annotated[
+        str | None, typer.Option(help="Delete assignments that expired by this time (ISO; default now).")
+    ] = None,
+) -> None:
+    """Delete expired tag assignments (reads already ignore them). Running it twice deletes nothing new."""
+    from store.tags import sweep
+
+    moment = _moment(as_of)
+    with database(Settings.from_env()) as url:
+        deleted = asyncio.run(sweep(url, moment))
+    typer.echo(f"deleted {deleted} expired tag assignments as of {moment.isoformat()}")
+
+
 def main() -> None:
     cli()

@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
-from store import history, members, merges
+from store import history, members, merges, tags
 from store.brands import BrandDirectory
 from store.sql import Row, group_by, index_by
 
@@ -79,6 +79,14 @@ class Loaders:
     def tier_changes_by_member(self) -> DataLoader[int, list[Row]]:
         return DataLoader(self._many(history.tier_changes_by_member, "member_id"))
 
+    @cached_property
+    def tags_by_member(self) -> DataLoader[int, list[Row]]:
+        return DataLoader(self._many(tags.tags_by_member, "member_id"))
+
+    @cached_property
+    def member_count_by_tag(self) -> DataLoader[int, int]:
+        return DataLoader(self._tag_counts)
+
     def _one(self, fetch: Fetch, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
         async def load(keys: list[Any]) -> list[Row | None]:
             async with self._pool.connection() as conn:
@@ -118,6 +126,11 @@ class Loaders:
                 return await fetch(conn, keys)
 
         return load
+
+    async def _tag_counts(self, keys: list[int]) -> list[int]:
+        async with self._pool.connection() as conn:
+            counts = {row["tag_id"]: row["members"] for row in await tags.live_counts(conn, keys)}
+        return [counts.get(key, 0) for key in keys]
 
     async def _people(self, keys: list[tuple[int, bytes]]) -> list[list[Row]]:
         """Live members per (group id, phone hash): one person's memberships across the group."""

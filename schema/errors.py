@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import strawberry
 from graphql import GraphQLError
 
+from store import tags
 from store.errors import DomainError
 from store.errors import ErrorCode as DomainCode
 
@@ -115,7 +116,43 @@ class InsufficientPoints(Error):
     available: int = strawberry.field(description="Points the member can spend now.")
 
 
+@strawberry.type(description="The brand has no tag with this code.")
+class UnknownTag(Error):
+    suggestion: str | None = strawberry.field(description="The brand's closest tag code, when one is close.")
+
+
+@strawberry.type(
+    description="Not a tag code: it must be one word of the tag language (letters of any script, digits, "
+    "'_', '-', '.'; not a keyword), so that `tag:<code>` always parses."
+)
+class InvalidTagCode(Error):
+    pass
+
+
+@strawberry.type(description="The brand already has a tag with this code.")
+class DuplicateTag(Error):
+    pass
+
+
+@strawberry.type(description="Some ids are not live members of the brand; nothing was changed.")
+class UnknownMembers(Error):
+    unknown_ids: list[strawberry.ID] = strawberry.field(
+        description=f"Ids that name no member of the brand, as sent (the first {tags.LISTED})."
+    )
+    merged_ids: list[strawberry.ID] = strawberry.field(
+        description=f"Ids of members merged away (the first {tags.LISTED}): act on their survivors."
+    )
+    count: int = strawberry.field(description="How many ids are at fault in all.")
+
+
+@strawberry.type(description="Too many ids in one call: split the list.")
+class TooManyIds(Error):
+    limit: int = strawberry.field(description="The most ids one call takes.")
+
+
 _BY_CODE: dict[DomainCode, type[Error]] = {
+    DomainCode.INVALID_TAG_CODE: InvalidTagCode,
+    DomainCode.DUPLICATE_TAG: DuplicateTag,
     DomainCode.DUPLICATE_REQUEST: DuplicateRequest,
     DomainCode.UNKNOWN_POSTING: UnknownPosting,
     DomainCode.UNKNOWN_ORDER: UnknownOrder,
@@ -147,7 +184,22 @@ def error_result(error: DomainError) -> Any:
         return InsufficientPoints(available=error.available or 0, **common)
     if error.code is DomainCode.ALREADY_MERGED:
         return AlreadyMerged(survivor_id=strawberry.ID(str(error.member_id)), **common)
-    return _BY_CODE[error.code](**common)
+    return _tag_error(error, common) or _BY_CODE[error.code](**common)
+
+
+def _tag_error(error: DomainError, common: dict[str, Any]) -> Error | None:
+    if isinstance(error, tags.UnknownTagError):
+        return UnknownTag(suggestion=error.suggestion, **common)
+    if isinstance(error, tags.UnknownMembersError):
+        return UnknownMembers(
+            unknown_ids=[strawberry.ID(i) for i in error.unknown[: tags.LISTED]],
+            merged_ids=[strawberry.ID(i) for i in error.merged[: tags.LISTED]],
+            count=len(error.unknown) + len(error.merged),
+            **common,
+        )
+    if isinstance(error, tags.TooManyIdsError):
+        return TooManyIds(limit=error.limit, **common)
+    return None
 
 
 T = TypeVar("T")

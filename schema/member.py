@@ -15,6 +15,7 @@ from schema.brand import Brand, Tier
 from schema.enums import Channel, Gender, MemberStatus
 from schema.errors import or_graphql_error
 from schema.points import ExpiringLot, ExpiringPoints, OrderConnection, PointsEntryConnection, TierChange
+from schema.tags import MemberTag, member_tags
 from store.sql import Row
 
 
@@ -93,6 +94,10 @@ class Member:
     async def identities(self, info: Info) -> list[Identity]:
         rows = await info.context.loaders.identities_by_member.load(int(self.id))
         return [Identity.from_row(row) for row in rows]
+
+    @strawberry.field(description="Tags the member carries, by category then code; expired ones are gone.")
+    async def tags(self, info: Info) -> list[MemberTag]:
+        return await member_tags(info, int(self.id))
 
     @strawberry.field(description="The member this one was merged into (null while it is live).")
     async def merged_into(self, info: Info) -> Member | None:

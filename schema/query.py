@@ -12,6 +12,7 @@ from schema.brand import Brand
 from schema.connection import MemberConnection
 from schema.errors import or_graphql_error
 from schema.member import Member, MemberMerge
+from schema.tags import TagCategory, TagDefinition, list_tags
 from store.sql import Row
 
 T = TypeVar("T")
@@ -21,7 +22,7 @@ def _member(row: Row | None) -> Member | None:
     return None if row is None else Member.from_row(row)
 
 
-@strawberry.type(description="Read member profiles.")
+@strawberry.type(description="Read member profiles and tag catalogs.")
 class Query:
     @strawberry.field(description="Every brand, oldest first.")
     async def brands(self, info: Info) -> list[Brand]:
@@ -75,6 +76,15 @@ class Query:
     ) -> MemberConnection:
         page = await or_graphql_error(members.list_members(info, brand=brand, first=first, after=after))
         return MemberConnection(page=page)
+
+    @strawberry.field(description="A brand's tag catalog, by category then code, with live member counts.")
+    async def tags(
+        self,
+        info: Info,
+        brand: Annotated[str, strawberry.argument(description="Brand code.")],
+        category: Annotated[TagCategory | None, strawberry.argument(description="Only tags of this category.")] = None,
+    ) -> list[TagDefinition]:
+        return await or_graphql_error(list_tags(info, brand, category))
 
     @strawberry.field(description="A recorded merge by id.")
     async def member_merge(

@@ -20,6 +20,7 @@ from schema.errors import Error
 from schema.mutation import MemberMutation
 from schema.points_mutation import PointsMutation
 from schema.query import Query
+from schema.tags import TagMutation
 
 log = logging.getLogger("omnimember.graphql")
 SDL_PATH = Path(__file__).with_name("schema.graphql")
@@ -41,8 +42,8 @@ def _is_unexpected(error: GraphQLError) -> bool:
     return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
 
 
-@strawberry.type(description="Change members, identities, brands, points and orders.")
-class Mutation(MemberMutation, PointsMutation):
+@strawberry.type(description="Change members, identities, brands, points, orders and tags.")
+class Mutation(MemberMutation, PointsMutation, TagMutation):
     pass
 
 

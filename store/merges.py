@@ -2,7 +2,8 @@
 
 A merge moves the merged member's identities to the survivor, fills the survivor's empty profile
 fields from the merged member, adds up purchase aggregates, takes the higher tier, moves the
-orders, and moves the points as TRANSFER postings with the open lots (expiry kept). It records
+orders and the tag assignments (where both hold a tag, the survivor's assignment stays: see
+store/tags.py), and moves the points as TRANSFER postings with the open lots (expiry kept). It records
 what moved and the survivor's columns before and after, so `unmerge` can put back every column the
 merge changed (a column changed again since keeps its newer value; counters subtract what was
 added, never below zero) and transfer the moved lots back with what is left in them: points the
@@ -19,7 +20,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from store import ledger, tiers
+from store import ledger, tags, tiers
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import brand_tiers, member_identities, member_merges, members, orders
@@ -258,11 +259,13 @@ async def merge(conn: AsyncConnection[Any], *, survivor_id: int, merged_id: int,
     await _combine.run(conn, survivor_id=survivor_id, merged_id=merged_id)
     identities = await _move_identities.all(conn, survivor_id=survivor_id, merged_id=merged_id)
     moved_orders = await _move_orders.all(conn, from_id=merged_id, to_id=survivor_id, ids=None)
+    moved_tags = await tags.move_on_merge(conn, survivor_id=survivor_id, merged_id=merged_id)
     after = await _json(conn, survivor_id)
     moved = {
         "identities": identities,
         "lots": lots,
         "orders": [row["id"] for row in moved_orders],
+        "tags": moved_tags,
         "survivor_before": before,
         "survivor_after": after,
     }
@@ -316,6 +319,14 @@ async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
         conn, ids=[i["id"] for i in moved["identities"]], survivor_id=survivor_id, merged_id=merged_id
     )
     await _move_orders.run(conn, from_id=survivor_id, to_id=merged_id, ids=moved["orders"])
+    if "tags" in moved:  # merges recorded before tags moved with them have nothing to give back
+        await tags.restore_on_unmerge(
+            conn,
+            brand_id=merge_row["brand_id"],
+            survivor_id=survivor_id,
+            merged_id=merged_id,
+            record=moved["tags"],
+        )
     await ledger.transfer(
         conn,
         brand_id=merge_row["brand_id"],

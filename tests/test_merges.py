@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -185,7 +186,50 @@ async def _rows(pool: AsyncConnectionPool[Any], *member_ids: str) -> tuple[Any, 
                 (ids,),
             )
         ).fetchall()
-    return tuple(members), tuple(identities)
+        tags = await (
+            await conn.execute(
+                "SELECT member_id, tag_id, brand_id, source, assigned_at, expires_at FROM member_tags"
+                " WHERE member_id = ANY(%s) ORDER BY member_id, tag_id",
+                (ids,),
+            )
+        ).fetchall()
+    return tuple(members), tuple(identities), tuple(tags)
+
+
+TAG_CODES = ["t0", "t1", "t2", "t3", "t4"]
+# Per tag code: carried live, carried but expired, or carried with an expiry still ahead.
+tag_sets = st.dictionaries(st.sampled_from(TAG_CODES), st.sampled_from(["live", "expired", "expiring"]), max_size=5)
+DEFINE_TAG = (
+    "mutation($b: String!, $c: String!) { defineTag(brand: $b, code: $c, name: $c, category: CUSTOM) { __typename } }"
+)
+TAG_MEMBER = """mutation($b: String!, $c: String!, $id: ID!, $at: DateTime) {
+  tagMembers(brand: $b, tag: $c, memberIds: [$id], expiresAt: $at) { __typename }
+}"""
+LIVE_TAGS = "query($id: ID!) { member(id: $id) { tags { code source } } }"
+
+
+async def _give_tags(
+    gql: GraphQL, pool: AsyncConnectionPool[Any], brand: str, member_id: str, tags: dict[str, str], source: str
+) -> None:
+    for code, state in tags.items():
+        at = None if state == "live" else (dt.datetime.now(dt.UTC) + dt.timedelta(days=9)).isoformat()
+        assert (await gql(TAG_MEMBER, b=brand, c=code, id=member_id, at=at))["tagMembers"]["__typename"] == (
+            "MembersTagged"
+        )
+    async with pool.connection() as conn:
+        # Sources tell the two members' rows apart; expired rows can only be made by backdating.
+        await conn.execute("UPDATE member_tags SET source = %s WHERE member_id = %s", (source, int(member_id)))
+        expired = [code for code, state in tags.items() if state == "expired"]
+        await conn.execute(
+            "UPDATE member_tags SET expires_at = now() - interval '1 hour' WHERE member_id = %s"
+            " AND tag_id IN (SELECT d.id FROM tag_definitions d JOIN brands b ON b.id = d.brand_id"
+            " WHERE b.code = %s AND d.code = ANY(%s))",
+            (int(member_id), brand, expired),
+        )
+
+
+async def _live_tags(gql: GraphQL, member_id: str) -> dict[str, str]:
+    return {t["code"]: t["source"] for t in (await gql(LIVE_TAGS, id=member_id))["member"]["tags"]}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -196,6 +240,8 @@ async def _rows(pool: AsyncConnectionPool[Any], *member_ids: str) -> tuple[Any, 
     right_profile=profiles,
     left_purchases=purchases,
     right_purchases=purchases,
+    left_tags=tag_sets,
+    right_tags=tag_sets,
 )
 async def test_merge_then_unmerge_restores_everything(
     gql: GraphQL,
@@ -206,6 +252,8 @@ async def test_merge_then_unmerge_restores_everything(
     right_profile: dict[str, str],
     left_purchases: tuple[int, int, int, int] | None,
     right_purchases: tuple[int, int, int, int] | None,
+    left_tags: dict[str, str],
+    right_tags: dict[str, str],
 ) -> None:
     brand = await new_brand(pool)
     if left_profile.get("phone") == right_profile.get("phone"):
@@ -215,6 +263,11 @@ async def test_merge_then_unmerge_restores_everything(
     merged_id = await _member_with(gql, brand, right, right_profile)
     await _set_purchases(pool, survivor_id, left_purchases)
     await _set_purchases(pool, merged_id, right_purchases)
+    for code in TAG_CODES:
+        assert (await gql(DEFINE_TAG, b=brand, c=code))["defineTag"]["__typename"] == "TagDefined"
+    await _give_tags(gql, pool, brand, survivor_id, left_tags, "left")
+    await _give_tags(gql, pool, brand, merged_id, right_tags, "right")
+    live_before = (await _live_tags(gql, survivor_id), await _live_tags(gql, merged_id))
     before = await _rows(pool, survivor_id, merged_id)
 
     merged = await merge(gql, survivor_id, merged_id)
@@ -224,6 +277,9 @@ async def test_merge_then_unmerge_restores_everything(
 
     survivor = merged["merge"]["survivor"]
     assert survivor["status"] == ("MEMBER" if left_purchases or right_purchases else "PROSPECT")
+    # The survivor carries every live tag of both; where both did, its own assignment.
+    assert await _live_tags(gql, survivor_id) == live_before[1] | live_before[0]
+    assert await _live_tags(gql, merged_id) == {}
 
     await unmerge(gql, merged["merge"]["id"])
     assert await _rows(pool, survivor_id, merged_id) == before
@@ -236,3 +292,37 @@ async def _member_with(gql: GraphQL, brand: str, identities: list[tuple[str, str
         result = await gql(BIND, brand=brand, channel=channel, externalId=external_id, memberId=member_id)
         assert result["bindIdentity"]["__typename"] == "IdentityBound"
     return member_id
+
+
+async def test_tags_move_to_the_survivor_and_back(gql: GraphQL, pool: AsyncConnectionPool[Any]) -> None:
+    brand = await new_brand(pool)
+    survivor = (await register(gql, brand, "tmall", "tb-t1"))["id"]
+    merged = (await register(gql, brand, "jd", "jd-t1"))["id"]
+    for code in ("both", "stale", "theirs", "gone"):
+        await gql(DEFINE_TAG, b=brand, c=code)
+    await _give_tags(gql, pool, brand, survivor, {"both": "live", "stale": "expired"}, "left")
+    await _give_tags(gql, pool, brand, merged, {"both": "expiring", "stale": "live", "theirs": "live"}, "right")
+    await _give_tags(gql, pool, brand, merged, {"gone": "expired"}, "right")
+    before = await _rows(pool, survivor, merged)
+
+    merge_id = (await merge(gql, survivor, merged))["merge"]["id"]
+    # The survivor keeps its own live "both"; its expired "stale" gives way to the merged member's live one.
+    assert await _live_tags(gql, survivor) == {"both": "left", "stale": "right", "theirs": "right"}
+    assert await _live_tags(gql, merged) == {}
+    async with pool.connection() as conn:
+        [[record]] = await (
+            await conn.execute("SELECT moved->'tags' FROM member_merges WHERE id = %s", (int(merge_id),))
+        ).fetchall()
+        codes = dict(await (await conn.execute("SELECT id, code FROM tag_definitions")).fetchall())
+    assert sorted(codes[i] for i in record["moved"]) == ["gone", "stale", "theirs"]
+    assert [(codes[r["tag_id"]], r["source"]) for r in record["kept"]] == [("both", "right")]
+    assert [(codes[r["tag_id"]], r["source"]) for r in record["replaced"]] == [("stale", "left")]
+    counts = {t["code"]: t["memberCount"] for t in (await gql(CATALOG, b=brand))["tags"]}
+    assert counts == {"both": 1, "stale": 1, "theirs": 1, "gone": 0}
+
+    await unmerge(gql, merge_id)
+    assert await _rows(pool, survivor, merged) == before
+    assert await _live_tags(gql, merged) == {"both": "right", "stale": "right", "theirs": "right"}
+
+
+CATALOG = "query($b: String!) { tags(brand: $b) { code memberCount } }"

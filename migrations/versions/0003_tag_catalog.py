@@ -50,9 +50,11 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('member_id', 'tag_id', name=op.f('pk_member_tags'))
     )
     op.create_index('ix_member_tags_expires_at', 'member_tags', ['expires_at'], unique=False, postgresql_where=sa.text('expires_at IS NOT NULL'))
+    op.create_index('ix_member_tags_tag_id_expires_at', 'member_tags', ['tag_id', 'expires_at'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_member_tags_tag_id_expires_at', table_name='member_tags')
     op.drop_index('ix_member_tags_expires_at', table_name='member_tags', postgresql_where=sa.text('expires_at IS NOT NULL'))
     op.drop_table('member_tags')
     op.drop_table('tag_definitions')

@@ -1,0 +1,101 @@
+"""The tag catalog and tag assignments."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from resolvers.context import Info
+from resolvers.cursors import parse_id
+from store import tags
+from store.sql import Row
+from store.transactions import transact
+
+
+@dataclass(frozen=True, slots=True)
+class Tagging:
+    tag: Row
+    tagged: int
+    added: int
+    expires_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Untagging:
+    tag: Row
+    removed: int
+
+
+def _member_ids(values: Sequence[str]) -> list[int]:
+    """Ids as numbers; UNKNOWN_MEMBERS naming those that cannot be ids. The cap is checked first."""
+    if len(values) > tags.MAX_MEMBER_IDS:
+        raise tags.TooManyIdsError(len(values))
+    parsed = [parse_id(value) for value in values]
+    bad = [value for value, member_id in zip(values, parsed, strict=True) if member_id is None]
+    if bad:
+        raise tags.UnknownMembersError(bad, [])
+    return [member_id for member_id in parsed if member_id is not None]
+
+
+async def _tag(info: Info, conn: AsyncConnection[Any], brand: str, code: str) -> Row:
+    brand_id: int = (await info.context.brands.get(conn, brand))["id"]
+    return await tags.definition(conn, brand_id=brand_id, code=code)
+
+
+def _forget_cached(info: Info) -> None:
+    """The request's cached assignments and counts are stale after a write."""
+    info.context.loaders.tags_by_member.clear_all()
+    info.context.loaders.member_count_by_tag.clear_all()
+
+
+async def define_tag(info: Info, *, brand: str, code: str, name: str, category: str, ttl_days: int | None) -> Row:
+    async def work(conn: AsyncConnection[Any]) -> Row:
+        brand_id: int = (await info.context.brands.get(conn, brand))["id"]
+        return await tags.define(conn, brand_id=brand_id, code=code, name=name, category=category, ttl_days=ttl_days)
+
+    return await transact(info.context.pool, work)
+
+
+async def tag_members(
+    info: Info, *, brand: str, tag: str, member_ids: Sequence[str], expires_at: dt.datetime | None
+) -> Tagging:
+    ids = _member_ids(member_ids)
+
+    async def work(conn: AsyncConnection[Any]) -> Tagging:
+        row = await _tag(info, conn, brand, tag)
+        done = await tags.tag_members(conn, tag=row, member_ids=ids, expires_at=expires_at)
+        return Tagging(row, done.tagged, done.added, done.expires_at)
+
+    result = await transact(info.context.pool, work)
+    _forget_cached(info)
+    return result
+
+
+async def untag_members(info: Info, *, brand: str, tag: str, member_ids: Sequence[str]) -> Untagging:
+    ids = _member_ids(member_ids)
+
+    async def work(conn: AsyncConnection[Any]) -> Untagging:
+        row = await _tag(info, conn, brand, tag)
+        return Untagging(row, await tags.untag_members(conn, tag=row, member_ids=ids))
+
+    result = await transact(info.context.pool, work)
+    _forget_cached(info)
+    return result
+
+
+async def list_tags(info: Info, *, brand: str, category: str | None) -> list[Row]:
+    brand_id = await info.context.brands.id_of(info.context.pool, brand)
+    async with info.context.pool.connection() as conn:
+        return await tags.definitions(conn, brand_id=brand_id, category=category)
+
+
+async def get_member_count(info: Info, *, tag_id: int) -> int:
+    return await info.context.loaders.member_count_by_tag.load(tag_id)
+
+
+async def get_member_tags(info: Info, *, member_id: int) -> list[Row]:
+    return await info.context.loaders.tags_by_member.load(member_id)

@@ -1,0 +1,225 @@
+"""Tags: the brand's catalog, what members carry, and the mutations that define and assign them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Annotated, Any, TypeVar
+
+import strawberry
+
+from resolvers import tags
+from resolvers.context import Info
+from schema.errors import (
+    DuplicateTag,
+    InvalidInput,
+    InvalidTagCode,
+    TooManyIds,
+    UnknownBrand,
+    UnknownMembers,
+    UnknownTag,
+    error_result,
+)
+from store.errors import DomainError
+from store.sql import Row
+from store.tags import MAX_MEMBER_IDS
+
+
+@strawberry.enum(description="What kind of fact a tag records.")
+class TagCategory(Enum):
+    BEHAVIOR = "behavior"
+    SURVEY = "survey"
+    CHANNEL = "channel"
+    LIFECYCLE = "lifecycle"
+    RFM = "rfm"
+    CAMPAIGN = "campaign"
+    CUSTOM = "custom"
+
+
+@strawberry.type(description="A tag of a brand's catalog.")
+class TagDefinition:
+    id: strawberry.ID = strawberry.field(description="Tag id.")
+    code: str = strawberry.field(description="Stable code, as written in expressions: `tag:<code>`.")
+    name: str = strawberry.field(description="Display name, e.g. 价格敏感.")
+    category: TagCategory = strawberry.field(description="What kind of fact the tag records.")
+    ttl_days: int | None = strawberry.field(
+        description="Assignments expire this many days after they are made, unless they say otherwise."
+    )
+    created_at: dt.datetime = strawberry.field(description="When the tag was defined.")
+
+    @classmethod
+    def from_row(cls, row: Row) -> TagDefinition:
+        return cls(
+            id=strawberry.ID(str(row["id"])),
+            code=row["code"],
+            name=row["name"],
+            category=TagCategory(row["category"]),
+            ttl_days=row["ttl_days"],
+            created_at=row["created_at"],
+        )
+
+    @strawberry.field(description="Members carrying the tag now; expired assignments do not count.")
+    async def member_count(self, info: Info) -> int:
+        return await tags.get_member_count(info, tag_id=int(self.id))
+
+
+@strawberry.type(description="A tag a member carries (expired assignments are never shown).")
+class MemberTag:
+    code: str = strawberry.field(description="The tag's code.")
+    name: str = strawberry.field(description="The tag's display name.")
+    category: TagCategory = strawberry.field(description="The tag's category.")
+    source: str = strawberry.field(description="Where the assignment came from: manual, rule, import, demo …")
+    assigned_at: dt.datetime = strawberry.field(description="When the member was (last) given the tag.")
+    expires_at: dt.datetime | None = strawberry.field(description="When the assignment lapses; null: never.")
+
+    @classmethod
+    def from_row(cls, row: Row) -> MemberTag:
+        return cls(
+            code=row["code"],
+            name=row["name"],
+            category=TagCategory(row["category"]),
+            source=row["source"],
+            assigned_at=row["assigned_at"],
+            expires_at=row["expires_at"],
+        )
+
+
+@strawberry.type(description="The tag was added to the brand's catalog.")
+class TagDefined:
+    tag: TagDefinition = strawberry.field(description="The new tag.")
+
+
+@strawberry.type(description="The members carry the tag now.")
+class MembersTagged:
+    tag: TagDefinition = strawberry.field(description="The tag.")
+    tagged: int = strawberry.field(description="Distinct members that carry the tag because of this call.")
+    added: int = strawberry.field(
+        description="Of them, members that did not carry it before (the others had their assignment refreshed)."
+    )
+    expires_at: dt.datetime | None = strawberry.field(description="When these assignments lapse; null: never.")
+
+
+@strawberry.type(description="The members no longer carry the tag.")
+class MembersUntagged:
+    tag: TagDefinition = strawberry.field(description="The tag.")
+    removed: int = strawberry.field(description="Members that carried the tag and no longer do.")
+
+
+DefineTagResult = Annotated[
+    TagDefined | UnknownBrand | InvalidTagCode | DuplicateTag | InvalidInput,
+    strawberry.union("DefineTagResult", description="Result of defineTag."),
+]
+TagMembersResult = Annotated[
+    MembersTagged | UnknownBrand | UnknownTag | UnknownMembers | TooManyIds | InvalidInput,
+    strawberry.union("TagMembersResult", description="Result of tagMembers."),
+]
+UntagMembersResult = Annotated[
+    MembersUntagged | UnknownBrand | UnknownTag | UnknownMembers | TooManyIds,
+    strawberry.union("UntagMembersResult", description="Result of untagMembers."),
+]
+
+BrandCode = Annotated[str, strawberry.argument(description="Brand code.")]
+TagCode = Annotated[str, strawberry.argument(description="The tag's code.")]
+MemberIds = Annotated[
+    list[strawberry.ID],
+    strawberry.argument(
+        description=f"Live members of the brand, at most {MAX_MEMBER_IDS:,} (repeats count once). One id that is "
+        "unknown or merged away fails the call (UnknownMembers lists them) and nothing is changed."
+    ),
+]
+
+
+def _aware(moment: dt.datetime | None) -> dt.datetime | None:
+    """A time without a zone is taken as UTC, as GraphQL DateTime recommends."""
+    return moment if moment is None or moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+@strawberry.type(description="Define tags and assign them.")
+class TagMutation:
+    @strawberry.mutation(description="Add a tag to a brand's catalog.")
+    async def define_tag(
+        self,
+        info: Info,
+        brand: BrandCode,
+        code: Annotated[
+            str,
+            strawberry.argument(
+                description="Stable code, 1-64 characters: letters of any script, digits, '_', '-', '.'; "
+                "not a keyword of the tag language. Unique in the brand."
+            ),
+        ],
+        name: Annotated[str, strawberry.argument(description="Display name, 1-100 characters.")],
+        category: Annotated[TagCategory, strawberry.argument(description="What kind of fact the tag records.")],
+        ttl_days: Annotated[
+            int | None,
+            strawberry.argument(description="Default life of an assignment in days (1-36500); null: no expiry."),
+        ] = None,
+    ) -> DefineTagResult:
+        try:
+            row = await tags.define_tag(
+                info, brand=brand, code=code, name=name, category=category.value, ttl_days=ttl_days
+            )
+        except DomainError as error:
+            return error_result(error)  # type: ignore[no-any-return]
+        return TagDefined(tag=TagDefinition.from_row(row))
+
+    @strawberry.mutation(
+        description="Give members a tag. Members who carry it already have it refreshed (assigned time, expiry, "
+        "source) rather than failing. All or nothing, in one transaction."
+    )
+    async def tag_members(
+        self,
+        info: Info,
+        brand: BrandCode,
+        tag: TagCode,
+        member_ids: MemberIds,
+        expires_at: Annotated[
+            dt.datetime | None,
+            strawberry.argument(
+                description="When the assignments lapse (in the future); default: the tag's ttlDays from now, "
+                "or never when it has none."
+            ),
+        ] = None,
+    ) -> TagMembersResult:
+        return await _result(  # type: ignore[no-any-return]
+            tags.tag_members(info, brand=brand, tag=tag, member_ids=member_ids, expires_at=_aware(expires_at)),
+            lambda done: MembersTagged(
+                tag=TagDefinition.from_row(done.tag),
+                tagged=done.tagged,
+                added=done.added,
+                expires_at=done.expires_at,
+            ),
+        )
+
+    @strawberry.mutation(description="Take a tag from members. All or nothing, in one transaction.")
+    async def untag_members(
+        self, info: Info, brand: BrandCode, tag: TagCode, member_ids: MemberIds
+    ) -> UntagMembersResult:
+        return await _result(  # type: ignore[no-any-return]
+            tags.untag_members(info, brand=brand, tag=tag, member_ids=member_ids),
+            lambda done: MembersUntagged(tag=TagDefinition.from_row(done.tag), removed=done.removed),
+        )
+
+
+T = TypeVar("T")
+
+
+async def _result(work: Awaitable[T], success: Callable[[T], Any]) -> Any:
+    """Run a tag write: its success type, or the typed error."""
+    try:
+        done = await work
+    except DomainError as error:
+        return error_result(error)
+    return success(done)
+
+
+async def list_tags(info: Info, brand: str, category: TagCategory | None) -> list[TagDefinition]:
+    """The `tags` query (wired in schema/query.py)."""
+    rows = await tags.list_tags(info, brand=brand, category=None if category is None else category.value)
+    return [TagDefinition.from_row(row) for row in rows]
+
+
+async def member_tags(info: Info, member_id: int) -> list[MemberTag]:
+    """The `Member.tags` field (wired in schema/member.py)."""
+    return [MemberTag.from_row(row) for row in await tags.get_member_tags(info, member_id=member_id)]
