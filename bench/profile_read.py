@@ -327,7 +327,7 @@ def scenarios(member_ids: Sequence[int], profile: str) -> list[Scenario]:
             "POST",
             "/graphql",
             tuple(graphql_body(profile, {"id": str(i)}) for i in member_ids),
-            '"identities":[{',
+            '"externalId"',  # only inside an identity: the profile came back with its identities
             profile,
         ),
         Scenario(
@@ -336,7 +336,7 @@ def scenarios(member_ids: Sequence[int], profile: str) -> list[Scenario]:
             "POST",
             "/graphql",
             (graphql_body(PAGE_QUERY, {"brand": PAGE_BRAND}),),
-            '"nodes":[{',
+            '"pointsBalance"',  # only inside a node: the page is not empty
             PAGE_QUERY,
         ),
     ]

@@ -43,9 +43,17 @@ def _optional_channel(channel: str | None) -> str | None:
     return None if channel is None else check_channel(channel)
 
 
-async def _post(info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[Posting]]) -> PostingOutcome:
-    posting = await transact(info.context.pool, work)
+async def _post(
+    info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[Posting]], *, transaction: bool = True
+) -> PostingOutcome:
+    posting = await transact(info.context.pool, work, transaction=transaction)
     _forget_cached(info)
+    # The write returned the posting and the member after it: answer from those, not a re-read.
+    loaders = info.context.loaders
+    if posting.row is not None:
+        loaders.posting_by_id.prime(posting.id, posting.row)
+    if posting.member is not None:
+        loaders.member_by_id.prime(posting.member_id, posting.member)
     return PostingOutcome(posting.id, posting.member_id, posting.replayed)
 
 
@@ -96,7 +104,7 @@ async def earn(
         )
         return await points.earn(conn, request, amount)
 
-    return await _post(info, work)
+    return await _post(info, work, transaction=False)
 
 
 async def redeem(

@@ -46,9 +46,18 @@ ChannelCode = Annotated[str | None, strawberry.argument(description="Channel the
 
 @strawberry.type(description="The posting was made (or, for a retried key, found).")
 class PointsPosted:
-    posting: PointsPosting = strawberry.field(description="The posting and its entries.")
-    member: Member = strawberry.field(description="The member after the posting.")
+    posting_id: strawberry.Private[int]
+    member_id: strawberry.Private[int]
     replayed: bool = strawberry.field(description="True when this answers a retry of an earlier request.")
+
+    # Resolved only when selected, from loaders the posting itself primed (no read-back).
+    @strawberry.field(description="The posting and its entries.")
+    async def posting(self, info: Info) -> PointsPosting:
+        return await _posting(info, self.posting_id)
+
+    @strawberry.field(description="The member after the posting.")
+    async def member(self, info: Info) -> Member:
+        return await _member(info, self.member_id)
 
 
 @strawberry.type(description="The order was recorded (or, when sent again, found).")
@@ -118,11 +127,7 @@ async def _posted(info: Info, post: Callable[[], Awaitable[points.PostingOutcome
         done = await post()
     except DomainError as error:
         return error_result(error)
-    return PointsPosted(
-        posting=await _posting(info, done.posting_id),
-        member=await _member(info, done.member_id),
-        replayed=done.replayed,
-    )
+    return PointsPosted(posting_id=done.posting_id, member_id=done.member_id, replayed=done.replayed)
 
 
 async def _order(info: Info, post: Callable[[], Awaitable[points.PostingOutcome]], result: type[Any]) -> Any:

@@ -17,20 +17,22 @@ commit leaves neither the key nor any entry.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, errors
+from psycopg.pq import TransactionStatus
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
 
 from store.errors import DomainError, ErrorCode
 from store.sql import ZERO, Query, Row
-from store.tables import brand_rules, lot_draws, members, points_entries, points_lots, points_postings
+from store.tables import brand_rules, brand_tiers, lot_draws, members, points_entries, points_lots, points_postings
 
 MAX_POINTS = 10**9  # per posting: far above any real basket, far below bigint overflow
 MAX_KEY = 200
@@ -66,6 +68,10 @@ class Posting:
     id: int
     member_id: int
     replayed: bool = False
+    # What the write itself returned, when it did: the posting row and the member row after it
+    # (with its tier's name and rank), so the API answers without reading them back.
+    row: Row | None = None
+    member: Row | None = None
 
 
 @dataclass(slots=True)
@@ -463,6 +469,213 @@ async def post_debit(
     if sum(row["amount"] for row in drawn) != amount:
         raise AssertionError(f"member {posting.member_id}: lots hold less than the balance; ledger invariant broken")
     return int(entry_id)
+
+
+# --- Whole postings in one statement (earn, redeem, adjust) ---------------------------------------
+# The claim, the balance change and the entry travel together, and the statement returns the
+# posting and the member after it: a posting costs one round trip (credits, outside a transaction)
+# or two (debits: the draw needs its own statement, see `_draw_soonest`), and the API answers
+# from what came back instead of reading it again.
+
+_KEY_CONSTRAINT = "uq_points_postings_brand_id_idempotency_key"
+_POSTING_VALUES = {name: param for name, param in _CLAIM_VALUES.items() if name != "member_id"}
+
+
+def _tiered(member: Any) -> list[sa.ColumnElement[Any]]:
+    """A member row as the member loaders return it: its columns, its tier's name and rank."""
+    return [*member.c, brand_tiers.c.name.label("tier_name"), brand_tiers.c.rank.label("tier_rank")]
+
+
+def _tier_of(member: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(brand_tiers.c.brand_id == member.c.brand_id, brand_tiers.c.code == member.c.tier)
+
+
+def _posting_columns(posting: Any) -> list[sa.ColumnElement[Any]]:
+    return [column.label(f"posting_{column.name}") for column in posting.c]
+
+
+# Credit first: the update locks the member row, then a plain INSERT claims the key. A key already
+# held fails the whole statement (unique violation) and nothing of it remains; a member that is not
+# live yields no row. Either way `_replay_or_refuse` explains.
+_credit_member = (
+    (sa.update(members).where(_live_member).values(points_balance=members.c.points_balance + _AMOUNT))
+    .returning(*members.c)
+    .cte("credit_member")
+)
+_credit_posting = (
+    sa.insert(points_postings)
+    .from_select(["member_id", *_POSTING_VALUES], sa.select(_credit_member.c.id, *_POSTING_VALUES.values()))
+    .returning(*points_postings.c)
+    .cte("credit_posting")
+)
+_credit_line = (
+    sa.insert(points_entries)
+    .from_select(
+        _ENTRY_COLUMNS,
+        sa.select(
+            _credit_posting.c.id,
+            _credit_posting.c.brand_id,
+            _credit_member.c.id,
+            sa.bindparam("kind", type_=sa.Text),
+            _AMOUNT,
+            _credit_member.c.points_balance,
+            sa.bindparam("note", type_=sa.Text),
+        ).select_from(_credit_posting.join(_credit_member, sa.true())),
+    )
+    .returning(points_entries.c.id, points_entries.c.member_id)
+    .cte("credit_line")
+)
+_credit_lot_opened = (
+    sa.insert(points_lots)
+    .from_select(
+        ["brand_id", "member_id", "entry_id", "amount", "remaining", "expires_at"],
+        sa.select(
+            sa.bindparam("brand_id", type_=sa.BigInteger),
+            _credit_line.c.member_id,
+            _credit_line.c.id,
+            _AMOUNT,
+            _AMOUNT,
+            _expiry,
+        ),
+    )
+    .cte("credit_lot_opened")
+)
+_credit_posted = Query(
+    sa.select(*_posting_columns(_credit_posting), *_tiered(_credit_member))
+    .select_from(_credit_posting.join(_credit_member, sa.true()).join(brand_tiers, _tier_of(_credit_member)))
+    .add_cte(_credit_member, _credit_posting, _credit_line, _credit_lot_opened)
+)
+
+# Claim first (as `_claim`), then the conditional debit and its entry. A row with no entry means the
+# balance did not cover it (or the member is merged): the caller's transaction undoes the claim.
+_debit_claim = (
+    insert(points_postings)
+    .from_select(
+        list(_CLAIM_VALUES),
+        sa.select(*_CLAIM_VALUES.values()).where(
+            sa.exists().where(
+                members.c.id == sa.bindparam("member_id", type_=sa.BigInteger),
+                members.c.brand_id == sa.bindparam("brand_id", type_=sa.BigInteger),
+            )
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=[points_postings.c.brand_id, points_postings.c.idempotency_key])
+    .returning(*points_postings.c)
+    .cte("debit_claim")
+)
+_debit_member = (
+    sa.update(members)
+    .where(_live_member, members.c.points_balance >= _AMOUNT, sa.exists(sa.select(_debit_claim.c.id)))
+    .values(points_balance=members.c.points_balance - _AMOUNT)
+    .returning(*members.c)
+    .cte("debit_member")
+)
+_debit_line = (
+    sa.insert(points_entries)
+    .from_select(
+        _ENTRY_COLUMNS,
+        sa.select(
+            _debit_claim.c.id,
+            _debit_claim.c.brand_id,
+            _debit_member.c.id,
+            sa.bindparam("kind", type_=sa.Text),
+            -_AMOUNT,
+            _debit_member.c.points_balance,
+            sa.bindparam("note", type_=sa.Text),
+        ).select_from(_debit_claim.join(_debit_member, sa.true())),
+    )
+    .returning(points_entries.c.id)
+    .cte("debit_line")
+)
+_debit_posted = Query(
+    sa.select(*_posting_columns(_debit_claim), _debit_line.c.id.label("entry_id"), *_tiered(_debit_member))
+    .select_from(
+        _debit_claim.outerjoin(
+            _debit_member.join(brand_tiers, _tier_of(_debit_member)).join(_debit_line, sa.true()), sa.true()
+        )
+    )
+    .add_cte(_debit_claim, _debit_member, _debit_line)
+)
+
+
+def _claim_params(request: Request) -> dict[str, Any]:
+    return {
+        "brand_id": request.brand_id,
+        "member_id": request.member_id,
+        "key": request.key,
+        "operation": request.operation,
+        "fingerprint": request.fingerprint(),
+        "channel": request.channel,
+        "reason": request.reason,
+        "actor": request.actor,
+        "reverses_posting_id": request.reverses_posting_id,
+    }
+
+
+def _split(row: Row, request: Request) -> Posting:
+    """The posting and member rows a one-statement posting returned, apart."""
+    posting = {name.removeprefix("posting_"): value for name, value in row.items() if name.startswith("posting_")}
+    member = {name: value for name, value in row.items() if not name.startswith("posting_")}
+    return Posting(posting["id"], request.member_id, row=posting, member=member)
+
+
+@contextlib.asynccontextmanager
+async def _savepoint_if_in_transaction(conn: AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A failed statement aborts an open transaction: fence it there; in autocommit it is its own."""
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        yield
+    else:
+        async with conn.transaction():
+            yield
+
+
+async def credit_posting(conn: AsyncConnection[Any], request: Request, *, kind: str, amount: int, note: str) -> Posting:
+    """Claim the key, credit the member, write the entry and open its lot: one statement, so it is
+    whole on its own (run it outside a transaction to save the BEGIN and COMMIT round trips)."""
+    try:
+        async with _savepoint_if_in_transaction(conn):
+            row = await _credit_posted.one(
+                conn, **_claim_params(request), amount=amount, kind=kind, note=note, earned_at=None
+            )
+    except errors.UniqueViolation as error:
+        if error.diag.constraint_name != _KEY_CONSTRAINT:
+            raise
+        row = None
+    return _split(row, request) if row is not None else await _replay_or_refuse(conn, request)
+
+
+async def debit_posting(
+    conn: AsyncConnection[Any], request: Request, *, kind: str, amount: int, note: str, preferred: Sequence[int] = ()
+) -> Posting:
+    """Claim the key, debit the member if the balance covers it, write the entry, draw the lots.
+    Two statements: run it in a transaction (a refusal raises after the claim, undoing it)."""
+    assert conn.info.transaction_status != TransactionStatus.IDLE, "debit_posting needs a transaction"
+    row = await _debit_posted.one(conn, **_claim_params(request), amount=amount, kind=kind, note=note)
+    if row is None:  # the key was taken, or no such member in the brand
+        return await _replay_or_refuse(conn, request)
+    if row["entry_id"] is None:
+        raise await _refuse_debit(conn, request.brand_id, request.member_id, amount)
+    drawn = await _draw_soonest.all(
+        conn, entry_id=row["entry_id"], member_id=request.member_id, amount=amount, preferred=list(preferred)
+    )
+    if sum(draw["amount"] for draw in drawn) != amount:
+        raise AssertionError(f"member {request.member_id}: lots hold less than the balance; ledger invariant broken")
+    del row["entry_id"]
+    return _split(row, request)
+
+
+async def _replay_or_refuse(conn: AsyncConnection[Any], request: Request) -> Posting:
+    """Nothing was posted: the key's earlier posting (a retry), DUPLICATE_REQUEST, or why not."""
+    held = await _claimed.one(conn, brand_id=request.brand_id, key=request.key)
+    if held is None:
+        raise await _refuse_debit(conn, request.brand_id, request.member_id, 0)
+    if bytes(held["fingerprint"]) != request.fingerprint():
+        raise DomainError(
+            ErrorCode.DUPLICATE_REQUEST,
+            f"idempotency key {request.key!r} was already used for a different request",
+            field="idempotencyKey",
+        )
+    return Posting(held["id"], held["member_id"], replayed=True)
 
 
 _lots_of = Query(

@@ -60,38 +60,25 @@ _members_with_expired_lots = Query(
 
 
 async def earn(conn: AsyncConnection[Any], request: Request, amount: int) -> Posting:
+    """One statement: whole without a transaction (see `ledger.credit_posting`)."""
     ledger.check_amount(amount)
-    posting = await ledger.claim(conn, request)
-    if posting.replayed:
-        return posting
-    note = request.reason or "earned"
-    await ledger.post_credit(conn, posting, request.brand_id, kind="earn", amount=amount, note=note)
-    return posting
+    return await ledger.credit_posting(conn, request, kind="earn", amount=amount, note=request.reason or "earned")
 
 
 async def redeem(conn: AsyncConnection[Any], request: Request, amount: int) -> Posting:
+    """Needs a transaction (see `ledger.debit_posting`)."""
     ledger.check_amount(amount)
-    posting = await ledger.claim(conn, request)
-    if posting.replayed:
-        return posting
-    note = request.reason or "redeemed"
-    await ledger.post_debit(conn, posting, request.brand_id, kind="redeem", amount=amount, note=note)
-    return posting
+    return await ledger.debit_posting(conn, request, kind="redeem", amount=amount, note=request.reason or "redeemed")
 
 
 async def adjust(conn: AsyncConnection[Any], request: Request, delta: int) -> Posting:
-    """A manual correction: positive opens a lot, negative draws like a redemption."""
+    """A manual correction: positive opens a lot, negative draws like a redemption. Needs a transaction."""
     ledger.check_amount(abs(delta), "delta")
     if not request.reason:
         raise DomainError(ErrorCode.INVALID_INPUT, "an adjustment needs a reason", field="reason")
-    posting = await ledger.claim(conn, request)
-    if posting.replayed:
-        return posting
     if delta < 0:
-        await ledger.post_debit(conn, posting, request.brand_id, kind="adjust", amount=-delta, note=request.reason)
-        return posting
-    await ledger.post_credit(conn, posting, request.brand_id, kind="adjust", amount=delta, note=request.reason)
-    return posting
+        return await ledger.debit_posting(conn, request, kind="adjust", amount=-delta, note=request.reason)
+    return await ledger.credit_posting(conn, request, kind="adjust", amount=delta, note=request.reason)
 
 
 async def cancel_redemption(
