@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -18,6 +19,7 @@ from api.health import healthz, readyz
 from api.settings import Settings
 from api.state import AppState, LifespanState
 from store import migrate
+from store.bitmap_deltas import run_applier
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
 from store.urls import libpq_url
@@ -52,7 +54,14 @@ def create_app(settings: Settings) -> Starlette:
                 # from walking it again and again (measured: fewer and shorter pauses under load).
                 gc.freeze()
                 state = AppState(pool=pool, vault=vault, brands=BrandDirectory(), head_revision=migrate.head_revision())
-                yield {"omnimember": state}
+                # Writes queue member ids; this applies them to the audience index every second.
+                applier = asyncio.create_task(run_applier(pool), name="audience-index-applier")
+                try:
+                    yield {"omnimember": state}
+                finally:
+                    applier.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await applier
             finally:
                 await pool.close()
         finally:

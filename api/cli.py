@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import typer
@@ -63,6 +63,31 @@ def migrate_command() -> None:
         if settings.database_url is not None:
             migrate.upgrade(url)
     typer.echo(f"database at revision {migrate.head_revision()}")
+
+
+@cli.command()
+def refresh(brand: Annotated[str | None, typer.Option(help="Brand code (default: every brand).")] = None) -> None:
+    """Rebuild the audience bitmap index from the system of record; readers never see it half-built."""
+    from rich.progress import Progress
+
+    from store.bitmaps import refresh as run
+    from store.errors import DomainError
+
+    with database(Settings.from_env()) as url, Progress() as bar:
+
+        def progress(code: str) -> Callable[[str, int, int], None]:
+            task = bar.add_task(code, total=None)
+            return lambda stage, done, total: bar.update(
+                task, description=f"{code}: {stage}", completed=done, total=total
+            )
+
+        try:
+            built = asyncio.run(run(url, brand, progress))
+        except DomainError as error:
+            typer.echo(f"error: {error.message}", err=True)
+            raise typer.Exit(1) from None
+    for report in built:
+        typer.echo(f"{report.brand}: {report.rows} bitmap rows in {report.seconds:.2f} s")
 
 
 @cli.command()

@@ -25,9 +25,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from store.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows, drain, lock_brand, rebuild
-from store.index_facts import load_index_facts
+from store.index_facts import Maintenance, load_index_facts
 from store.sql import Query
-from store.tables import audience_changes, audience_index_state, member_tags
+from store.tables import audience_index_state, member_tags
 from tagquery.bitmap_keys import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,10 @@ REBUILD_OVER = 100_000  # queued members beyond which a full rebuild is cheaper 
 _state = audience_index_state.c
 _ZERO = f"repeat('0', {CHUNK_SIZE})::varbit"
 
-_read_state = Query(sa.select(_state.applied_at, _state.widths).where(_state.brand_id == sa.bindparam("brand_id")))
-_expired = Query(
+_read_state = Maintenance(
+    sa.select(_state.applied_at, _state.widths).where(_state.brand_id == sa.bindparam("brand_id"))
+)
+_expired = Maintenance(
     sa.select(member_tags.c.member_id)
     .distinct()
     .where(
@@ -45,17 +47,29 @@ _expired = Query(
         member_tags.c.expires_at <= sa.func.now(),
     )
 )
-_mark_applied = Query(
+_mark_applied = Maintenance(
     sa.update(audience_index_state)
     .where(_state.brand_id == sa.bindparam("brand_id"))
     .values(applied_at=sa.func.now(), widths=sa.bindparam("widths"))
 )
-_brands = Query(sa.union(sa.select(_state.brand_id), sa.select(audience_changes.c.brand_id)))
+# Brands with queued changes, or with tags that expired since their last apply (no write marks those).
+_due = Maintenance(
+    sa.text("""
+SELECT DISTINCT brand_id FROM audience_changes
+UNION
+SELECT s.brand_id FROM audience_index_state s
+WHERE EXISTS (SELECT 1 FROM member_tags t
+              WHERE t.brand_id = s.brand_id AND t.expires_at > s.applied_at AND t.expires_at <= now())
+""")
+)
+# Behind by the oldest queued change or the earliest expiry not swept yet; else current.
 _freshness = Query(
     sa.text("""
 SELECT now() AS now, s.built_at AS built, s.applied_at AS applied,
        (SELECT min(queued_at) FROM audience_changes WHERE brand_id = :brand_id) AS oldest,
-       (SELECT count(*) FROM audience_changes WHERE brand_id = :brand_id) AS pending
+       (SELECT count(*) FROM audience_changes WHERE brand_id = :brand_id) AS pending,
+       (SELECT min(t.expires_at) FROM member_tags t
+        WHERE t.brand_id = :brand_id AND t.expires_at > s.applied_at AND t.expires_at <= now()) AS expired
 FROM (SELECT 1) AS one LEFT JOIN audience_index_state s ON s.brand_id = :brand_id
 """)
 )
@@ -65,7 +79,7 @@ _TEMP = [
     "CREATE TEMP TABLE IF NOT EXISTS audience_mask (chunk int PRIMARY KEY, bits varbit) ON COMMIT DELETE ROWS",
 ]
 # Rows of touched chunks whose bits for the changed members differ from the new ones.
-_rewrite = Query(
+_rewrite = Maintenance(
     sa.text(f"""
 WITH changed AS (
     SELECT b.key, b.chunk, bitor(bitand(b.bits, bitnot(m.bits)), coalesce(d.bits, {_ZERO})) AS bits
@@ -78,7 +92,7 @@ UPDATE audience_bitmaps b SET bits = changed.bits FROM changed
 WHERE b.brand_id = :brand_id AND b.key = changed.key AND b.chunk = changed.chunk
 """)  # noqa: S608 (constant text)
 )
-_add_new = Query(
+_add_new = Maintenance(
     sa.text(
         "INSERT INTO audience_bitmaps (brand_id, key, chunk, bits) "
         "SELECT :brand_id, key, chunk, bits FROM audience_delta ON CONFLICT DO NOTHING"
@@ -97,17 +111,19 @@ class Applied:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Freshness:
     as_of: datetime | None
-    """Every write committed before this instant is in the index (None: never built)."""
+    """Every write committed and every tag expired before this instant is in the index (now when
+    nothing is pending; None: never built)."""
     lag: timedelta | None
     pending: int
     """Queued member changes not applied yet."""
     built_at: datetime | None
 
 
-async def apply_brand(conn: AsyncConnection[Any], brand_id: int) -> Applied | None:
-    """Bring one brand's index up to date in one transaction; None if another process holds it."""
+async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool = False) -> Applied | None:
+    """Bring one brand's index up to date in one transaction; None if another process holds it
+    (unless `wait`)."""
     async with conn.transaction():
-        if not await lock_brand(conn, brand_id, wait=False):
+        if not await lock_brand(conn, brand_id, wait=wait) and not wait:
             return None
         queued = {row["member_id"] for row in await drain.all(conn, brand_id=brand_id)}
         state = await _read_state.one(conn, brand_id=brand_id)
@@ -148,9 +164,9 @@ def _rows(keys: Mapping[str, Any]) -> Iterator[tuple[str, int, bytes]]:
 
 
 async def apply_all(pool: AsyncConnectionPool[Any]) -> list[Applied]:
-    """One pass over every brand with an index or queued changes."""
+    """One pass over every brand with queued changes or unswept expiries."""
     async with pool.connection() as conn:
-        brands = [row[0] for row in await (await conn.execute(_brands.sql)).fetchall()]
+        brands = [row["brand_id"] for row in await _due.all(conn)]
         applied = [await apply_brand(conn, brand_id) for brand_id in brands]
     return [report for report in applied if report is not None]
 
@@ -170,12 +186,11 @@ async def run_applier(pool: AsyncConnectionPool[Any], interval: float = 1.0) -> 
 async def freshness(conn: AsyncConnection[Any], brand_id: int) -> Freshness:
     row = await _freshness.one(conn, brand_id=brand_id)
     assert row is not None
-    oldest, pending = row["oldest"], row["pending"]
-    applied: datetime | None = row["applied"]
-    as_of = applied if oldest is None or applied is None else min(applied, oldest)
+    behind = [moment for moment in (row["oldest"], row["expired"]) if moment is not None]
+    as_of = None if row["applied"] is None else min(behind, default=row["now"])
     return Freshness(
         as_of=as_of,
         lag=None if as_of is None else max(row["now"] - as_of, timedelta(0)),
-        pending=pending,
+        pending=row["pending"],
         built_at=row["built"],
     )

@@ -11,7 +11,9 @@ never a half-built one.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -20,9 +22,11 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
-from store.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, load_index_facts
+from store.brands import brand_by_code, list_brands
+from store.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, Maintenance, load_index_facts
 from store.sql import Query
 from store.tables import audience_bitmaps, audience_changes, audience_index_state
+from store.urls import libpq_url
 from tagquery.bitmap_keys import (
     CHUNK_BITS,
     CHUNK_SIZE,
@@ -41,20 +45,21 @@ Progress = Callable[[str, int, int], None]
 Row = tuple[str, int, bytes]
 """(key, chunk, packed bits)."""
 
+
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 _BITS_HEADER = struct.pack(">ii", 4 + CHUNK_SIZE // 8, CHUNK_SIZE)
 _COPY_BATCH = 1 << 20
 
-_lock = Query(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
-_try_lock = Query(sa.select(sa.func.pg_try_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
-drain = Query(
+_lock = Maintenance(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
+_try_lock = Maintenance(sa.select(sa.func.pg_try_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
+drain = Maintenance(
     sa.delete(audience_changes)
     .where(audience_changes.c.brand_id == sa.bindparam("brand_id"))
     .returning(audience_changes.c.member_id)
 )
-_clear = Query(sa.delete(audience_bitmaps).where(audience_bitmaps.c.brand_id == sa.bindparam("brand_id")))
-_upsert_state = Query(
+_clear = Maintenance(sa.delete(audience_bitmaps).where(audience_bitmaps.c.brand_id == sa.bindparam("brand_id")))
+_upsert_state = Maintenance(
     sa.text(
         "INSERT INTO audience_index_state (brand_id, built_at, applied_at, widths) "
         "VALUES (:brand_id, now(), now(), :widths) "
@@ -105,6 +110,8 @@ def _slices(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str
 def chunk_rows(key: str, ids: Ids) -> Iterator[Row]:
     """One row per chunk that holds any of `ids`: 2^16 bits, bit (id & 0xFFFF) set."""
     ids = np.unique(ids)
+    if not ids.size:
+        return
     chunks = ids >> CHUNK_BITS
     starts = np.flatnonzero(np.diff(chunks, prepend=-1))
     for start, end in zip(starts, [*starts[1:], ids.size], strict=True):
@@ -179,3 +186,23 @@ async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress 
 async def stored_widths(conn: AsyncConnection[Any], brand_id: int) -> Mapping[str, int]:
     widths: Mapping[str, int] | None = await _widths.scalar(conn, brand_id=brand_id)
     return widths or {}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refreshed:
+    brand: str
+    rows: int
+    seconds: float
+
+
+async def refresh(url: str, brand: str | None, progress: Callable[[str], Progress] | None = None) -> list[Refreshed]:
+    """Rebuild the index of one brand (by code) or of every brand, one transaction per brand."""
+    done: list[Refreshed] = []
+    async with await AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
+        chosen = [await brand_by_code(conn, brand)] if brand is not None else await list_brands(conn)
+        for row in chosen:
+            started = time.perf_counter()
+            async with conn.transaction():
+                rows = await rebuild(conn, row["id"], None if progress is None else progress(row["code"]))
+            done.append(Refreshed(row["code"], rows, time.perf_counter() - started))
+    return done

@@ -1,0 +1,140 @@
+"""The bitmap index's upkeep: packing, the change queue its triggers fill, deltas, freshness."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from store.audiences import decode_chunks
+from store.bitmap_deltas import apply_brand, freshness
+from store.bitmaps import chunk_rows
+from store.brands import brand_by_code
+from tagquery.bitmap_keys import CHUNK_SIZE
+from tests.conftest import new_brand
+
+
+def test_chunk_rows_and_decoding_round_trip() -> None:
+    ids = np.array([1, 2, 65_535, 65_536, 65_537, 3 * CHUNK_SIZE + 7, 2, 1], dtype=np.int64)
+    rows = list(chunk_rows("k", ids))
+    assert [chunk for _, chunk, _ in rows] == [0, 1, 3]
+    assert all(len(bits) == CHUNK_SIZE // 8 for _, _, bits in rows)
+    # What `int4send(chunk) || varbit_send(bits)` returns, one record per chunk.
+    data = b"".join(chunk.to_bytes(4, "big") + CHUNK_SIZE.to_bytes(4, "big") + bits for _, chunk, bits in rows)
+    assert decode_chunks(data).tolist() == sorted(set(ids.tolist()))
+    assert decode_chunks(None).size == 0
+
+
+async def _brand(pool: AsyncConnectionPool[Any], members: int) -> tuple[int, list[int]]:
+    async with pool.connection() as conn:
+        brand_id: int = (await brand_by_code(conn, await new_brand(pool)))["id"]
+        rows = await conn.execute(
+            "INSERT INTO members (brand_id, tier, city) SELECT %s, 'silver', '上海' FROM generate_series(1, %s)"
+            " RETURNING id",
+            (brand_id, members),
+        )
+        ids = [row[0] for row in await rows.fetchall()]
+        assert await apply_brand(conn, brand_id, wait=True) is not None
+    return brand_id, ids
+
+
+async def _queued(conn: AsyncConnection[Any], brand_id: int) -> list[int]:
+    rows = await conn.execute("SELECT member_id FROM audience_changes WHERE brand_id = %s ORDER BY 1", (brand_id,))
+    return [row[0] for row in await rows.fetchall()]
+
+
+async def _keys(conn: AsyncConnection[Any], brand_id: int) -> dict[str, int]:
+    rows = await conn.execute(
+        "SELECT key, sum(bit_count(bits))::int FROM audience_bitmaps WHERE brand_id = %s GROUP BY key", (brand_id,)
+    )
+    return {key: count for key, count in await rows.fetchall() if count}
+
+
+async def test_only_writes_that_change_a_fact_are_queued(pool: AsyncConnectionPool[Any]) -> None:
+    brand_id, (a, b, c) = await _brand(pool, 3)
+    async with pool.connection() as conn:
+        assert await _queued(conn, brand_id) == []
+        await conn.execute("UPDATE members SET display_name = 'x' WHERE id = %s", (a,))
+        assert await _queued(conn, brand_id) == []
+        await conn.execute("UPDATE members SET points_balance = 5 WHERE id = ANY(%s)", ([a, b],))
+        await conn.execute(
+            "INSERT INTO member_identities (brand_id, member_id, channel, external_id) VALUES (%s, %s, 'jd', 'j')",
+            (brand_id, c),
+        )
+        await conn.execute("UPDATE member_identities SET member_id = %s WHERE member_id = %s", (a, c))
+        assert await _queued(conn, brand_id) == [a, a, b, c, c]
+
+
+async def test_a_delta_rewrites_the_touched_rows_and_nothing_else(pool: AsyncConnectionPool[Any]) -> None:
+    brand_id, ids = await _brand(pool, 5)
+    async with pool.connection() as conn:
+        assert (await _keys(conn, brand_id))["city:上海"] == 5
+        before = await conn.execute(
+            "SELECT key, xmin::text FROM audience_bitmaps WHERE brand_id = %s ORDER BY 1, 2", (brand_id,)
+        )
+        versions = dict(await before.fetchall())
+        await conn.execute("UPDATE members SET city = '北京', points_balance = 300 WHERE id = %s", (ids[0],))
+        applied = await apply_brand(conn, brand_id, wait=True)
+        assert applied is not None
+        assert (applied.members, applied.rebuilt) == (1, False)
+        keys = await _keys(conn, brand_id)
+        assert (keys["city:上海"], keys["city:北京"]) == (4, 1)
+        assert {key for key in keys if key.startswith("bit:points:")} == {f"bit:points:{i}" for i in (2, 3, 5, 8)}
+        after = await conn.execute(
+            "SELECT key, xmin::text FROM audience_bitmaps WHERE brand_id = %s ORDER BY 1, 2", (brand_id,)
+        )
+        rewritten = {key for key, version in await after.fetchall() if versions.get(key) != version}
+        assert rewritten == {"city:上海", "city:北京", *(f"bit:points:{i}" for i in (2, 3, 5, 8))}
+        widths = await conn.execute("SELECT widths FROM audience_index_state WHERE brand_id = %s", (brand_id,))
+        assert ((await widths.fetchone()) or [{}])[0]["points"] == 9
+
+
+async def test_merged_and_erased_members_leave_the_universe(pool: AsyncConnectionPool[Any]) -> None:
+    brand_id, (a, b, c) = await _brand(pool, 3)
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE members SET merged_into = %s, merged_at = now() WHERE id = %s", (a, b))
+        await conn.execute("DELETE FROM members WHERE id = %s", (c,))
+        await apply_brand(conn, brand_id, wait=True)
+        assert (await _keys(conn, brand_id))["u"] == 1
+
+
+async def test_a_time_zone_change_rebuilds_the_brand(pool: AsyncConnectionPool[Any]) -> None:
+    brand_id, _ = await _brand(pool, 2)
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE brand_rules SET timezone = 'Europe/Paris' WHERE brand_id = %s", (brand_id,))
+        assert await _queued(conn, brand_id) == [0]
+        applied = await apply_brand(conn, brand_id, wait=True)
+        assert applied is not None
+        assert applied.rebuilt
+
+
+async def test_freshness_tracks_the_oldest_unapplied_change(pool: AsyncConnectionPool[Any]) -> None:
+    brand_id, ids = await _brand(pool, 2)
+    async with pool.connection() as conn:
+        current = await freshness(conn, brand_id)
+        assert current.pending == 0
+        assert current.lag is not None
+        assert current.lag < timedelta(seconds=1)
+        written = await (
+            await conn.execute("UPDATE members SET tier = 'gold' WHERE id = %s RETURNING now()", (ids[0],))
+        ).fetchone()
+        assert written is not None
+        behind = await freshness(conn, brand_id)
+        assert behind.pending == 1
+        assert behind.as_of is not None
+        assert behind.as_of <= written[0]
+        await apply_brand(conn, brand_id, wait=True)
+        caught_up = await freshness(conn, brand_id)
+        assert caught_up.pending == 0
+        assert caught_up.as_of is not None
+        assert caught_up.as_of > written[0]
+
+
+async def test_a_brand_never_indexed_has_no_freshness(pool: AsyncConnectionPool[Any]) -> None:
+    async with pool.connection() as conn:
+        brand_id: int = (await brand_by_code(conn, await new_brand(pool)))["id"]
+        state = await freshness(conn, brand_id)
+    assert (state.as_of, state.lag, state.pending, state.built_at) == (None, None, 0, None)
