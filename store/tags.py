@@ -1,6 +1,6 @@
 """The tag catalog and tag assignments: define, tag, untag, read, sweep what expired.
 
-An assignment whose ``expires_at`` has passed is gone for every read here (`_live`); `sweep_expired`
+An assignment whose ``expires_at`` has passed is gone for every read here (`unexpired`); `sweep_expired`
 deletes such rows so that whatever reads ``member_tags`` as is (the bitmap index rebuild) agrees.
 Writes are set-based: a call costs the same few statements for one member or for MAX_MEMBER_IDS.
 """
@@ -47,7 +47,7 @@ TAG_COLUMNS = (
 )
 
 
-def _live(table: sa.FromClause = member_tags) -> sa.ColumnElement[bool]:
+def unexpired(table: sa.FromClause = member_tags) -> sa.ColumnElement[bool]:
     """Not expired: the only assignments any read sees."""
     return sa.or_(table.c.expires_at.is_(None), table.c.expires_at > sa.func.now())
 
@@ -122,7 +122,7 @@ _definitions_in = Query(
 )
 _live_counts = Query(
     sa.select(member_tags.c.tag_id, sa.func.count().label("members"))
-    .where(member_tags.c.tag_id == sa.any_(_IDS), _live())
+    .where(member_tags.c.tag_id == sa.any_(_IDS), unexpired())
     .group_by(member_tags.c.tag_id)
 )
 
@@ -213,7 +213,7 @@ _expiry = sa.func.coalesce(
 )
 _prior = (
     sa.select(member_tags.c.member_id)
-    .where(member_tags.c.tag_id == sa.bindparam("tag_id"), member_tags.c.member_id == sa.any_(_IDS), _live())
+    .where(member_tags.c.tag_id == sa.bindparam("tag_id"), member_tags.c.member_id == sa.any_(_IDS), unexpired())
     .cte("prior")
 )
 _upsert = insert(member_tags).from_select(
@@ -253,7 +253,7 @@ _removed = (
     .returning(member_tags.c.expires_at)
     .cte("removed")
 )
-_untag = Query(sa.select(sa.func.count()).select_from(_removed).where(_live(_removed)))
+_untag = Query(sa.select(sa.func.count()).select_from(_removed).where(unexpired(_removed)))
 _tags_by_member = Query(
     sa.select(
         member_tags.c.member_id,
@@ -266,7 +266,7 @@ _tags_by_member = Query(
         member_tags.c.expires_at,
     )
     .join(tag_definitions, tag_definitions.c.id == member_tags.c.tag_id)
-    .where(member_tags.c.member_id == sa.any_(_IDS), _live())
+    .where(member_tags.c.member_id == sa.any_(_IDS), unexpired())
     .order_by(member_tags.c.member_id, tag_definitions.c.category, tag_definitions.c.code)
 )
 
@@ -394,7 +394,7 @@ _replace_expired = _as_json(
         member_tags.c.member_id == _SURVIVOR,
         member_tags.c.expires_at <= sa.func.now(),
         sa.exists().where(
-            _merged_row.c.member_id == _MERGED, _merged_row.c.tag_id == member_tags.c.tag_id, _live(_merged_row)
+            _merged_row.c.member_id == _MERGED, _merged_row.c.tag_id == member_tags.c.tag_id, unexpired(_merged_row)
         ),
     )
     .returning(*_RETURNED)

@@ -24,6 +24,10 @@ from store.sql import Query
 from tests.conftest import TEST_SECRET, GraphQL, new_brand, unique_code
 from tests.fragments import EARN, MERGE, RECORD_ORDER, REDEEM, REGISTER
 
+DEFINE_TAG = """mutation($brand: String!, $code: String!, $name: String!, $category: TagCategory!) {
+  defineTag(brand: $brand, code: $code, name: $name, category: $category) { __typename } }"""
+TAG_MEMBERS = """mutation($brand: String!, $tag: String!, $ids: [ID!]!, $expiresAt: DateTime) {
+  tagMembers(brand: $brand, tag: $tag, memberIds: $ids, expiresAt: $expiresAt) { __typename } }"""
 SCHEMA = build_schema()
 PLANS = Plans(SCHEMA._schema, LIMIT_RULES)
 
@@ -60,6 +64,7 @@ SMALL_MEMBER: Graph = {**SCALARS, "tier": TIER, "brand": BRAND}
 MEMBER: Graph = {
     **SMALL_MEMBER,
     "identities": {"channel": None, "externalId": None, "boundAt": None, "__typename": None},
+    "tags": dict.fromkeys(["code", "name", "category", "source", "assignedAt", "expiresAt", "__typename"]),
     "person": {"key": None, "memberships": SMALL_MEMBER, "__typename": None},
     "mergedInto": SMALL_MEMBER,
     "pointsHistory(first: 2)": {
@@ -132,6 +137,19 @@ async def world(client: Any, pool: AsyncConnectionPool[Any]) -> World:
                 paidAt="2026-05-01T08:00:00+08:00",
                 memberId=member_id,
             )
+    for code, name, category, expires in [
+        ("vip", "贵宾", "RFM", None),
+        ("app_user", "App user", "BEHAVIOR", "2099-01-01T00:00:00.5+08:00"),
+        ("lapsed", "Lapsed", "LIFECYCLE", None),
+    ]:
+        defined = await gql(DEFINE_TAG, brand=brand, code=code, name=name, category=category)
+        assert defined["defineTag"]["__typename"] == "TagDefined"
+        tagged = await gql(TAG_MEMBERS, brand=brand, tag=code, ids=ids[: 2 + len(code) % 4], expiresAt=expires)
+        assert tagged["tagMembers"]["__typename"] == "MembersTagged"
+    async with pool.connection() as conn:  # an expired assignment is read by neither path
+        await conn.execute(
+            "UPDATE member_tags SET expires_at = now() - interval '1 day' WHERE member_id = %s", [int(ids[0])]
+        )
     merged = await gql(MERGE, survivorId=ids[0], mergedId=ids[5], reason="same person")
     assert merged["mergeMembers"]["__typename"] == "MembersMerged"
     async with pool.connection() as conn:  # whole seconds print without a fraction: cover both forms
@@ -267,3 +285,13 @@ async def test_http_answers_both_paths_alike(gql: GraphQL, world: World) -> None
     error = await gql.raw('query { members(brand: "no_such_brand") { totalCount } }')
     assert error["data"] is None
     assert error["errors"][0]["extensions"]["code"] == "UNKNOWN_BRAND"
+
+
+async def test_tags_leave_out_expired_assignments(world: World, pool: AsyncConnectionPool[Any]) -> None:
+    query = "query($id: ID!) { member(id: $id) { tags { code category source assignedAt expiresAt } } }"
+    for member_id in world.member_ids[:2]:
+        compiled, general = await _both(query, {"id": member_id}, pool)
+        assert compiled == general
+    # Member 0's own assignments expired; it carries only what the merge brought from member 5 (none).
+    assert [t["code"] for t in compiled["member"]["tags"]] == ["app_user", "lapsed", "vip"]
+    assert (await _both(query, {"id": world.member_ids[0]}, pool))[0]["member"]["tags"] == []

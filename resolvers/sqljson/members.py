@@ -27,7 +27,17 @@ from resolvers.sqljson.json_sql import (
     text,
 )
 from resolvers.sqljson.selection import NotCompilable, Selected
-from store.tables import brand_tiers, brands, groups, member_identities, members, points_entries
+from store.tables import (
+    brand_tiers,
+    brands,
+    groups,
+    member_identities,
+    member_tags,
+    members,
+    points_entries,
+    tag_definitions,
+)
+from store.tags import unexpired
 
 Columns = Any  # an aliased table's column collection
 
@@ -84,6 +94,8 @@ def _member_field(c: Compiler, field: Selected, m: Any, t: Any) -> sa.ColumnElem
             return member_by_id(c, field.subselection(), m.c.merged_into)
         case "pointsHistory":
             return _points_history(c, field, m.c.id)
+        case "tags":
+            return _tags(c, field, m.c.id)
     raise NotCompilable(f"Member.{field.name}")
 
 
@@ -145,6 +157,28 @@ def _identities(c: Compiler, field: Selected, member_id: Any) -> sa.ColumnElemen
     element = json_object([(f.key, _pick(values, "Identity", f)) for f in c.subfields(field, "Identity")])
     listed = json_list(element, (i.c.bound_at, i.c.id))
     return sa.select(listed).where(i.c.member_id == member_id).correlate_except(i).scalar_subquery()
+
+
+def _tags(c: Compiler, field: Selected, member_id: Any) -> sa.ColumnElement[Any]:
+    """Unexpired assignments, by category then code (store.tags.tags_by_member)."""
+    mt, td = c.alias(member_tags), c.alias(tag_definitions)
+    values = {
+        "__typename": text("MemberTag"),
+        "code": td.c.code,
+        "name": td.c.name,
+        "category": enum_name(td.c.category),
+        "source": mt.c.source,
+        "assignedAt": iso_datetime(mt.c.assigned_at),
+        "expiresAt": iso_datetime(mt.c.expires_at),
+    }
+    element = json_object([(f.key, _pick(values, "MemberTag", f)) for f in c.subfields(field, "MemberTag")])
+    return (
+        sa.select(json_list(element, (td.c.category, td.c.code)))
+        .select_from(mt.join(td, td.c.id == mt.c.tag_id))
+        .where(mt.c.member_id == member_id, unexpired(mt))
+        .correlate_except(mt, td)
+        .scalar_subquery()
+    )
 
 
 def _person(c: Compiler, field: Selected, m: Columns) -> sa.ColumnElement[Any]:
