@@ -11,7 +11,8 @@ are decoded here with numpy (never unnested in SQL).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -27,7 +28,7 @@ from store.catalogs import BrandCatalog
 from store.errors import DomainError, ErrorCode
 from store.facts import LIFECYCLE, expand_derived, member_facts
 from store.sql import Query, Row
-from store.tables import audience_bitmaps, audience_index_state
+from store.tables import audience_index_state
 from tagquery.bitmap_keys import CHUNK_BITS, CHUNK_SIZE, value_key
 from tagquery.bound import Bound, BoundAnd, BoundNot, BoundOr
 from tagquery.compile_bitmap import BitmapCompiler, Bits, Encoding, bitand
@@ -58,12 +59,39 @@ def _count(bits: Bits) -> sa.ColumnElement[int]:
     return sa.func.coalesce(sa.func.sum(sa.func.bit_count(bits)), 0)
 
 
-async def _run(conn: AsyncConnection[Any], brand: BrandCatalog, today: date, statement: Statement) -> Row:
-    """Run a one-row statement; compile again if the index's widths moved since `brand` was loaded."""
+class _Compiled:
+    """Compiled statements by (what, query, day, widths): compiling a range term costs ~10 ms of
+    SQLAlchemy, an operator re-counting the same audience should not pay it again."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._queries: OrderedDict[Hashable, Query] = OrderedDict()
+
+    def get(self, key: Hashable, today: date, encoding: Encoding, statement: Statement) -> Query:
+        full = (key, today, tuple(sorted(encoding.widths.items())))
+        query = self._queries.get(full)
+        if query is None:
+            query = self._queries[full] = Query(statement(BitmapCompiler(encoding, today)).add_columns(_WIDTHS))
+            if len(self._queries) > self.size:
+                self._queries.popitem(last=False)
+        else:
+            self._queries.move_to_end(full)
+        return query
+
+
+_compiled = _Compiled()
+
+
+async def _run(
+    conn: AsyncConnection[Any], brand: BrandCatalog, today: date, key: Hashable, statement: Statement, **params: Any
+) -> Row:
+    """Run a one-row statement; compile again if the index's widths moved since `brand` was loaded.
+
+    `key` identifies `statement` (it must differ whenever the statement would)."""
     encoding = brand.encoding
     for _ in range(3):
-        query = Query(statement(BitmapCompiler(encoding, today)).add_columns(_WIDTHS))
-        row = await query.one(conn, brand_id=brand.brand_id)
+        query = _compiled.get(key, today, encoding, statement)
+        row = await query.one(conn, brand_id=brand.brand_id, **params)
         assert row is not None
         if (row["widths"] or {}) == encoding.widths:
             return row
@@ -83,7 +111,7 @@ async def count(conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, to
         pivot = compiler.pivot.select({"bits": audience(compiler)}).subquery()
         return sa.select(_count(pivot.c.bits).label("n"))
 
-    return int((await _run(conn, brand, today, statement))["n"])
+    return int((await _run(conn, brand, today, ("count", node), statement))["n"])
 
 
 async def member_ids(
@@ -93,13 +121,12 @@ async def member_ids(
     audience = _audience(node)
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
-        first_chunk: sa.BindParameter[int] = sa.bindparam("from_chunk", after >> CHUNK_BITS)
-        pivot = compiler.pivot.select({"bits": audience(compiler)}).where(audience_bitmaps.c.chunk >= first_chunk)
-        rows = pivot.subquery()
+        rows = compiler.pivot.select({"bits": audience(compiler)}).subquery()
         record = sa.func.int4send(rows.c.chunk).op("||")(sa.func.varbit_send(rows.c.bits))
         return sa.select(sa.func.string_agg(record, sa.literal_column("''::bytea")).label("chunks"))
 
-    ids = decode_chunks((await _run(conn, brand, today, statement))["chunks"])
+    row = await _run(conn, brand, today, ("ids", node), statement, from_chunk=after >> CHUNK_BITS)
+    ids = decode_chunks(row["chunks"])
     return ids[ids > after]
 
 
@@ -144,7 +171,7 @@ async def breakdown(
         total: Columns = [_count(pivot.c.bits).label("total")]
         return sa.select(*total, *counts)
 
-    row = await _run(conn, brand, today, statement)
+    row = await _run(conn, brand, today, ("breakdown", node, by, tuple(values)), statement)
     return int(row["total"]), {value: int(row[f"v{i}"]) for i, value in enumerate(values)}
 
 
@@ -163,7 +190,7 @@ async def funnel(conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, t
             steps.append(_count(acc).label(f"s{i}"))
         return sa.select(*[_count(pivot.c.u).label("u"), *steps])
 
-    row = await _run(conn, brand, today, statement)
+    row = await _run(conn, brand, today, ("funnel", node), statement)
     counts = [int(row["u"]), *(int(row[f"s{i}"]) for i in range(len(parts)))]
     steps = [FunnelStep(None, counts[0], 0)]
     steps += [FunnelStep(op, counts[i + 1], counts[i] - counts[i + 1]) for i, op in enumerate(operands)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,10 +25,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from store.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows, drain, lock_brand, rebuild
-from store.index_facts import Maintenance, load_index_facts
+from store.index_facts import Ids, Maintenance, load_index_facts
 from store.sql import Query
 from store.tables import audience_index_state, member_tags
-from tagquery.bitmap_keys import CHUNK_SIZE
+from tagquery.bitmap_keys import CHUNK_SIZE, FAMILIES, family_of, family_sql
 
 log = logging.getLogger(__name__)
 REBUILD_OVER = 100_000  # queued members beyond which a full rebuild is cheaper than a delta
@@ -76,17 +76,18 @@ FROM (SELECT 1) AS one LEFT JOIN audience_index_state s ON s.brand_id = :brand_i
 _TEMP = [
     'CREATE TEMP TABLE IF NOT EXISTS audience_delta (key text COLLATE "C", chunk int, bits varbit, '
     "PRIMARY KEY (key, chunk)) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS audience_mask (chunk int PRIMARY KEY, bits varbit) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS audience_mask (family text, chunk int, bits varbit, "
+    "PRIMARY KEY (family, chunk)) ON COMMIT DELETE ROWS",
 ]
-# Rows of touched chunks whose bits for the changed members differ from the new ones.
+# Rows of the touched families and chunks whose bits for the changed members differ from the new.
 _rewrite = Maintenance(
     sa.text(f"""
 WITH changed AS (
     SELECT b.key, b.chunk, bitor(bitand(b.bits, bitnot(m.bits)), coalesce(d.bits, {_ZERO})) AS bits
-    FROM audience_bitmaps b
-    JOIN audience_mask m ON m.chunk = b.chunk
+    FROM audience_mask m
+    JOIN audience_bitmaps b ON b.brand_id = :brand_id AND b.chunk = m.chunk AND {family_sql("b.key")} = m.family
     LEFT JOIN audience_delta d ON d.key = b.key AND d.chunk = b.chunk
-    WHERE b.brand_id = :brand_id AND bitand(b.bits, m.bits) <> coalesce(d.bits, {_ZERO})
+    WHERE bitand(b.bits, m.bits) <> coalesce(d.bits, {_ZERO})
 )
 UPDATE audience_bitmaps b SET bits = changed.bits FROM changed
 WHERE b.brand_id = :brand_id AND b.key = changed.key AND b.chunk = changed.chunk
@@ -125,42 +126,53 @@ async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool =
     async with conn.transaction():
         if not await lock_brand(conn, brand_id, wait=wait) and not wait:
             return None
-        queued = {row["member_id"] for row in await drain.all(conn, brand_id=brand_id)}
+        changed: dict[int, int] = {}  # member id -> families its changes can touch
+        for row in await drain.all(conn, brand_id=brand_id):
+            changed[row["member_id"]] = changed.get(row["member_id"], 0) | row["families"]
         state = await _read_state.one(conn, brand_id=brand_id)
-        if state is None or 0 in queued or len(queued) > REBUILD_OVER:
+        if state is None or 0 in changed or len(changed) > REBUILD_OVER:
             await rebuild(conn, brand_id)
-            return Applied(brand_id, len(queued), rebuilt=True)
-        expired = await _expired.all(conn, brand_id=brand_id, since=state["applied_at"])
-        changed = sorted(queued | {row["member_id"] for row in expired})
+            return Applied(brand_id, len(changed), rebuilt=True)
+        for row in await _expired.all(conn, brand_id=brand_id, since=state["applied_at"]):
+            changed[row["member_id"]] = changed.get(row["member_id"], 0) | FAMILIES["tag"]
         widths = await _apply_delta(conn, brand_id, changed, state["widths"]) if changed else state["widths"]
         await _mark_applied.run(conn, brand_id=brand_id, widths=Jsonb(widths))
         return Applied(brand_id, len(changed), rebuilt=False)
 
 
 async def _apply_delta(
-    conn: AsyncConnection[Any], brand_id: int, changed: Sequence[int], widths: Mapping[str, int]
+    conn: AsyncConnection[Any], brand_id: int, changed: Mapping[int, int], widths: Mapping[str, int]
 ) -> dict[str, int]:
-    facts = await load_index_facts(conn, brand_id, changed)
-    keys, needed = bit_sets(facts)
-    masks = chunk_rows("", np.asarray(changed, dtype=np.int64))
+    ids = np.fromiter(changed, dtype=np.int64, count=len(changed))
+    families = np.fromiter(changed.values(), dtype=np.int64, count=len(changed))
+    keys, needed = bit_sets(await load_index_facts(conn, brand_id, ids.tolist()))
     async with conn.cursor() as cur:
         for statement in _TEMP:
             await cur.execute(statement)
-        await copy_rows(cur, "COPY audience_mask (chunk, bits) FROM STDIN (FORMAT BINARY)", _masks(masks))
-        delta = binary_rows(_rows(keys), "tib")
+        masks = binary_rows(_masks(ids, families), "tib")
+        await copy_rows(cur, "COPY audience_mask (family, chunk, bits) FROM STDIN (FORMAT BINARY)", masks)
+        delta = binary_rows(_delta_rows(keys, ids, families), "tib")
         await copy_rows(cur, "COPY audience_delta (key, chunk, bits) FROM STDIN (FORMAT BINARY)", delta)
     await _rewrite.run(conn, brand_id=brand_id)
     await _add_new.run(conn, brand_id=brand_id)
     return {field: max(needed.get(field, 0), widths.get(field, 0)) for field in {*needed, *widths}}
 
 
-def _masks(rows: Iterator[tuple[str, int, bytes]]) -> Iterator[bytes]:
-    return binary_rows(((chunk, bits) for _, chunk, bits in rows), "ib")
+def _in_family(ids: Ids, families: Ids, family: str) -> Ids:
+    chosen: Ids = ids[(families & FAMILIES[family]) != 0]
+    return chosen
 
 
-def _rows(keys: Mapping[str, Any]) -> Iterator[tuple[str, int, bytes]]:
-    for key, ids in keys.items():
-        yield from chunk_rows(key, ids)
+def _masks(ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
+    """Per family and chunk, the changed members whose bits in that family are recomputed."""
+    for family in FAMILIES:
+        yield from chunk_rows(family, _in_family(ids, families, family))
+
+
+def _delta_rows(keys: Mapping[str, Ids], ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
+    """The new bits of those members, key by key."""
+    for key, members in keys.items():
+        yield from chunk_rows(key, np.intersect1d(members, _in_family(ids, families, family_of(key))))
 
 
 async def apply_all(pool: AsyncConnectionPool[Any]) -> list[Applied]:

@@ -56,7 +56,7 @@ _try_lock = Maintenance(sa.select(sa.func.pg_try_advisory_xact_lock(sa.literal(0
 drain = Maintenance(
     sa.delete(audience_changes)
     .where(audience_changes.c.brand_id == sa.bindparam("brand_id"))
-    .returning(audience_changes.c.member_id)
+    .returning(audience_changes.c.member_id, audience_changes.c.families)
 )
 _clear = Maintenance(sa.delete(audience_bitmaps).where(audience_bitmaps.c.brand_id == sa.bindparam("brand_id")))
 _upsert_state = Maintenance(
@@ -109,15 +109,16 @@ def _slices(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str
 
 def chunk_rows(key: str, ids: Ids) -> Iterator[Row]:
     """One row per chunk that holds any of `ids`: 2^16 bits, bit (id & 0xFFFF) set."""
-    ids = np.unique(ids)
     if not ids.size:
         return
-    chunks = ids >> CHUNK_BITS
-    starts = np.flatnonzero(np.diff(chunks, prepend=-1))
-    for start, end in zip(starts, [*starts[1:], ids.size], strict=True):
-        bits = np.zeros(CHUNK_SIZE, dtype=np.bool_)
-        bits[ids[start:end] & (CHUNK_SIZE - 1)] = True
-        yield key, int(chunks[start]), np.packbits(bits).tobytes()
+    ids = np.sort(ids)  # sort + diff: np.unique's hashing measured ~10x slower here
+    high = ids >> CHUNK_BITS
+    starts = np.flatnonzero(np.diff(high, prepend=-1))
+    chunks, row_of = high[starts], np.cumsum(np.diff(high, prepend=high[0]) != 0)
+    bits = np.zeros((chunks.size, CHUNK_SIZE), dtype=np.bool_)
+    bits[row_of, ids & (CHUNK_SIZE - 1)] = True
+    for chunk, packed in zip(chunks.tolist(), np.packbits(bits, axis=1), strict=True):
+        yield key, chunk, packed.tobytes()
 
 
 def binary_rows(rows: Iterator[tuple[Any, ...]], formats: str) -> Iterator[bytes]:

@@ -57,10 +57,10 @@ UNION ALL SELECT 'status:' || status, {_AGG.format("id")} FROM live GROUP BY sta
 UNION ALL SELECT 'gender:' || gender, {_AGG.format("id")} FROM live GROUP BY gender
 UNION ALL SELECT 'city:' || city, {_AGG.format("id")} FROM live WHERE city IS NOT NULL GROUP BY city
 UNION ALL SELECT 'channel:' || i.channel, {_AGG.format("i.member_id")}
-    FROM member_identities i JOIN live ON live.id = i.member_id GROUP BY i.channel
+    FROM member_identities i JOIN live ON live.id = i.member_id WHERE i.brand_id = :brand_id GROUP BY i.channel
 UNION ALL SELECT 'tag:' || d.code, {_AGG.format("t.member_id")}
     FROM member_tags t JOIN live ON live.id = t.member_id JOIN tag_definitions d ON d.id = t.tag_id
-    WHERE t.expires_at IS NULL OR t.expires_at > now() GROUP BY d.code
+    WHERE t.brand_id = :brand_id AND (t.expires_at IS NULL OR t.expires_at > now()) GROUP BY d.code
 """  # noqa: S608
 
 
@@ -85,7 +85,7 @@ _ORDERS = f"""
 SELECT {_AGG.format("member_id) || int8send(k) || int8send(day")} FROM (
     SELECT o.member_id, row_number() OVER (PARTITION BY o.member_id ORDER BY o.paid_at DESC) AS k,
            {_day("o.paid_at AT TIME ZONE tz.name")} AS day
-    FROM orders o JOIN live ON live.id = o.member_id, tz
+    FROM orders o JOIN live ON live.id = o.member_id, tz WHERE o.brand_id = :brand_id
 ) numbered
 """  # noqa: S608
 

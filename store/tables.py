@@ -383,6 +383,8 @@ audience_bitmaps = sa.Table(
     sa.Column("chunk", sa.Integer, primary_key=True),
     sa.Column("bits", BIT(varying=True), nullable=False),
     sa.CheckConstraint("length(bits) = 65536", name="chunk_length"),
+    # A delta reads the keys of the chunks it touches (queries read the primary key's order).
+    sa.Index("ix_audience_bitmaps_brand_id_chunk", "brand_id", "chunk", "key"),
 )
 
 # Members whose facts changed since the index last caught up, written by statement-level triggers
@@ -393,6 +395,8 @@ audience_changes = sa.Table(
     metadata,
     sa.Column("brand_id", sa.BigInteger, nullable=False),
     sa.Column("member_id", sa.BigInteger, nullable=False),
+    # The key families the change can touch (tagquery.bitmap_keys.FAMILIES); by default all.
+    sa.Column("families", sa.Integer, nullable=False, server_default="32767"),
     sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
 )
 

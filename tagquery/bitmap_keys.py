@@ -69,3 +69,43 @@ def clamp_day(offset: int) -> int:
 def fen(amount: Decimal) -> int:
     """Yuan with at most two decimals, as whole fen."""
     return int(amount * 100)
+
+
+# Families of keys, as bits: a queued change says which families it can touch (the migration 0004
+# triggers use these numbers), and a delta rewrites only those keys of the chunks it touches.
+FAMILIES = {
+    "u": 1,
+    "tag": 2,
+    "channel": 4,
+    "order": 8,
+    "tier": 16,
+    "city": 32,
+    "status": 64,
+    "gender": 128,
+    "points": 256,
+    "growth": 512,
+    "order_count": 1024,
+    "total_spend": 2048,
+    "registered": 4096,
+    "last_purchase": 8192,
+    "birthday": 16384,
+}
+ALL_FAMILIES = sum(FAMILIES.values())
+
+
+def family_of(key: str) -> str:
+    """The family of a key (`family_sql` is its SQL twin)."""
+    head, _, rest = key.partition(":")
+    if head in ("has", "bit"):
+        field = rest.partition(":")[0]
+        return "order" if field.startswith("order.") else field
+    return head
+
+
+def family_sql(key: str) -> str:
+    """`family_of` as an SQL expression over the key column `key` (fixed text)."""
+    return (
+        f"CASE WHEN {key} LIKE 'has:order.%' OR {key} LIKE 'bit:order.%' THEN 'order'"
+        f" WHEN {key} LIKE 'has:%' OR {key} LIKE 'bit:%' THEN split_part({key}, ':', 2)"
+        f" ELSE split_part({key}, ':', 1) END"
+    )

@@ -85,31 +85,53 @@ def or_all(parts: Sequence[Bits]) -> Bits:
 
 
 class Pivot:
-    """The keys a statement reads, each an aggregate column of the pivot, numbered in first use."""
+    """The keys a statement reads, each a column of the pivot, numbered in first use.
+
+    Two levels, measured: the inner one aggregates (`bit_or(bits) FILTER (WHERE key = :kN) AS kN`
+    per key, `GROUP BY chunk`); the outer one computes the caller's expressions over those columns,
+    reading a missing key as zeros from a one-row subquery. Coalescing inside the aggregate level
+    instead made the planner fold an 8 KB zero constant per use: 10-20 ms of planning for a range
+    term, against 1 ms of execution.
+    """
 
     def __init__(self) -> None:
-        self._columns: dict[str, Bits] = {}
+        self._keys: dict[str, Bits] = {}
+        self._zero: Bits = sa.column("zero", VARBIT)
 
     def __call__(self, key: str) -> Bits:
-        column = self._columns.get(key)
+        column = self._keys.get(key)
         if column is None:
-            param = sa.bindparam(f"k{len(self._columns)}", key, type_=sa.Text)
-            aggregate = sa.func.bit_or(_T.bits, type_=VARBIT).filter(_T.key == param)
-            column = self._columns[key] = sa.func.coalesce(aggregate, ZERO, type_=VARBIT)
+            column = self._keys[key] = sa.func.coalesce(sa.column(f"k{len(self._keys)}", VARBIT), self._zero)
         return column
 
     @property
     def keys(self) -> list[str]:
-        return list(self._columns)
+        return list(self._keys)
 
-    def select(self, columns: Mapping[str, Bits]) -> sa.Select[tuple[object, ...]]:
-        """`SELECT chunk, <columns> ... GROUP BY chunk` over this pivot's keys; `:brand_id` bound later."""
+    def select(self, columns: Mapping[str, Bits], *, from_chunk: int = 0) -> sa.Select[tuple[object, ...]]:
+        """`chunk` and `columns` per chunk (from `from_chunk` on); `:brand_id` is bound by the caller.
+
+        OFFSET 0 keeps the planner from inlining the expressions into every outer use of them."""
         keys = sa.bindparam("keys", self.keys, type_=ARRAY(sa.Text))
-        return (
-            sa.select(_T.chunk, *(expression.label(name) for name, expression in columns.items()))
-            .where(_T.brand_id == sa.bindparam("brand_id"), _T.key == sa.any_(keys))
+        aggregates = [
+            sa.func.bit_or(_T.bits, type_=VARBIT)
+            .filter(_T.key == sa.bindparam(f"k{i}", key, type_=sa.Text))
+            .label(f"k{i}")
+            for i, key in enumerate(self._keys)
+        ]
+        inner = (
+            sa.select(_T.chunk, *aggregates)
+            .where(
+                _T.brand_id == sa.bindparam("brand_id"),
+                _T.key == sa.any_(keys),
+                _T.chunk >= sa.bindparam("from_chunk", from_chunk),
+            )
             .group_by(_T.chunk)
+            .subquery("p")
         )
+        zero = sa.select(ZERO.label("zero")).offset(0).subquery("z")
+        named = (expression.label(name) for name, expression in columns.items())
+        return sa.select(inner.c.chunk, *named).select_from(inner.join(zero, sa.true())).offset(0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

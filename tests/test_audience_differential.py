@@ -94,6 +94,12 @@ def _birthday(rng: random.Random) -> date | None:
 
 
 async def _insert_members(conn: AsyncConnection[Any], brand_id: int, ids: range, rng: random.Random) -> None:
+    # Explicit ids: move the sequence past them so members created later never collide.
+    await conn.execute(
+        "SELECT setval(pg_get_serial_sequence('members', 'id'),"
+        " greatest(nextval(pg_get_serial_sequence('members', 'id')), %s))",
+        (ids[-1],),
+    )
     for member_id in ids:
         paid = sorted((_paid(rng) for _ in range(rng.choice([0, 0, 1, 2, 4, 4, 5, 7]))), reverse=True)
         last = paid[0] if paid else (_moment(rng, date(2024, 1, 1), TODAY) if rng.random() < 0.1 else None)

@@ -32,41 +32,63 @@ EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
 END $$
 """
 
-# Columns of members the index reads (status is generated from first_purchase_at).
-FACTS = (
-    "brand_id, tier, points_balance, growth_value, gender, birthday, city, registered_at, "
-    "first_purchase_at, last_purchase_at, order_count, total_spend, merged_into"
+# Which part of the index a change can touch, as bits (tagquery.bitmap_keys.FAMILIES), so a
+# points posting makes the applier look at the points slices only, not at every key.
+ALL = 32767
+_MEMBER_FAMILIES = {
+    "tier": 16,
+    "city": 32,
+    "first_purchase_at": 64,  # status
+    "gender": 128,
+    "points_balance": 256,
+    "growth_value": 512,
+    "order_count": 1024,
+    "total_spend": 2048,
+    "registered_at": 4096,
+    "last_purchase_at": 8192,
+    "birthday": 16384,
+}
+_changed = " | ".join(
+    f"CASE WHEN n.{column} IS DISTINCT FROM o.{column} THEN {bit} ELSE 0 END"
+    for column, bit in _MEMBER_FAMILIES.items()
 )
-_n = ", ".join(f"n.{c.strip()}" for c in FACTS.split(","))
-_o = ", ".join(f"o.{c.strip()}" for c in FACTS.split(","))
 
 MEMBERS = f"""
 CREATE FUNCTION audience_queue_members() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO audience_changes (brand_id, member_id) SELECT brand_id, id FROM new_rows;
+        INSERT INTO audience_changes (brand_id, member_id, families) SELECT brand_id, id, {ALL} FROM new_rows;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO audience_changes (brand_id, member_id) SELECT brand_id, id FROM old_rows;
+        INSERT INTO audience_changes (brand_id, member_id, families) SELECT brand_id, id, {ALL} FROM old_rows;
     ELSE
-        INSERT INTO audience_changes (brand_id, member_id)
-        SELECT n.brand_id, n.id FROM new_rows n JOIN old_rows o ON o.id = n.id
-        WHERE ({_n}) IS DISTINCT FROM ({_o});
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT brand_id, id, families FROM (
+            SELECT n.brand_id, n.id,
+                   CASE WHEN (n.merged_into, n.brand_id) IS DISTINCT FROM (o.merged_into, o.brand_id) THEN {ALL}
+                        ELSE {_changed} END AS families
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+        ) changed
+        WHERE families <> 0;
     END IF;
     RETURN NULL;
 END $$
 """
 
-# Rows that belong to a member (tags, identities): both sides of an update, since merges move them.
+# Rows that belong to a member (tags, identities, orders); the family is the trigger's argument.
+# Both sides of an update: merges move them from one member to another.
 OWNED = """
 CREATE FUNCTION audience_queue_owned() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO audience_changes (brand_id, member_id) SELECT DISTINCT brand_id, member_id FROM new_rows;
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT DISTINCT brand_id, member_id, TG_ARGV[0]::int FROM new_rows;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO audience_changes (brand_id, member_id) SELECT DISTINCT brand_id, member_id FROM old_rows;
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT DISTINCT brand_id, member_id, TG_ARGV[0]::int FROM old_rows;
     ELSE
-        INSERT INTO audience_changes (brand_id, member_id)
-        SELECT brand_id, member_id FROM new_rows UNION SELECT brand_id, member_id FROM old_rows;
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT brand_id, member_id, TG_ARGV[0]::int FROM new_rows
+        UNION SELECT brand_id, member_id, TG_ARGV[0]::int FROM old_rows;
     END IF;
     RETURN NULL;
 END $$
@@ -78,12 +100,14 @@ ORDERS = """
 CREATE FUNCTION audience_queue_orders() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO audience_changes (brand_id, member_id) SELECT DISTINCT brand_id, member_id FROM new_rows;
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT DISTINCT brand_id, member_id, 8 FROM new_rows;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO audience_changes (brand_id, member_id) SELECT DISTINCT brand_id, member_id FROM old_rows;
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT DISTINCT brand_id, member_id, 8 FROM old_rows;
     ELSE
-        INSERT INTO audience_changes (brand_id, member_id)
-        SELECT b.brand_id, b.member_id
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT b.brand_id, b.member_id, 8
         FROM new_rows n JOIN old_rows o ON o.id = n.id,
              LATERAL (VALUES (n.brand_id, n.member_id), (o.brand_id, o.member_id)) AS b (brand_id, member_id)
         WHERE (n.member_id, n.paid_at) IS DISTINCT FROM (o.member_id, o.paid_at);
@@ -97,12 +121,12 @@ REBUILD = """
 CREATE FUNCTION audience_queue_rebuild() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_TABLE_NAME = 'brand_rules' THEN
-        INSERT INTO audience_changes (brand_id, member_id)
-        SELECT DISTINCT n.brand_id, 0 FROM new_rows n JOIN old_rows o ON o.brand_id = n.brand_id
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT DISTINCT n.brand_id, 0, 32767 FROM new_rows n JOIN old_rows o ON o.brand_id = n.brand_id
         WHERE n.timezone IS DISTINCT FROM o.timezone;
     ELSE
-        INSERT INTO audience_changes (brand_id, member_id)
-        SELECT DISTINCT n.brand_id, 0 FROM new_rows n JOIN old_rows o ON o.id = n.id
+        INSERT INTO audience_changes (brand_id, member_id, families)
+        SELECT DISTINCT n.brand_id, 0, 32767 FROM new_rows n JOIN old_rows o ON o.id = n.id
         WHERE n.code IS DISTINCT FROM o.code;
     END IF;
     RETURN NULL;
@@ -111,6 +135,8 @@ END $$
 
 
 def _triggers(table: str, function: str, events: Sequence[str]) -> list[str]:
+    name, _, argument = function.partition("(")
+    argument = argument.rstrip(")")
     referencing = {
         "INSERT": "REFERENCING NEW TABLE AS new_rows",
         "UPDATE": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
@@ -118,7 +144,7 @@ def _triggers(table: str, function: str, events: Sequence[str]) -> list[str]:
     }
     return [
         f"CREATE TRIGGER audience_{table}_{event.lower()} AFTER {event} ON {table} {referencing[event]} "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {name}({argument})"
         for event in events
     ]
 
@@ -126,8 +152,8 @@ def _triggers(table: str, function: str, events: Sequence[str]) -> list[str]:
 _ALL = ("INSERT", "UPDATE", "DELETE")
 _ON = {
     "members": ("audience_queue_members", _ALL),
-    "member_tags": ("audience_queue_owned", _ALL),
-    "member_identities": ("audience_queue_owned", _ALL),
+    "member_tags": ("audience_queue_owned(2)", _ALL),
+    "member_identities": ("audience_queue_owned(4)", _ALL),
     "orders": ("audience_queue_orders", _ALL),
     "tag_definitions": ("audience_queue_rebuild", ("UPDATE",)),
     "brand_rules": ("audience_queue_rebuild", ("UPDATE",)),
@@ -155,10 +181,14 @@ def upgrade() -> None:
         sa.CheckConstraint("length(bits) = 65536", name=op.f("ck_audience_bitmaps_chunk_length")),
         sa.PrimaryKeyConstraint("brand_id", "key", "chunk", name=op.f("pk_audience_bitmaps")),
     )
+    op.create_index(
+        "ix_audience_bitmaps_brand_id_chunk", "audience_bitmaps", ["brand_id", "chunk", "key"], unique=False
+    )
     op.create_table(
         "audience_changes",
         sa.Column("brand_id", sa.BigInteger(), nullable=False),
         sa.Column("member_id", sa.BigInteger(), nullable=False),
+        sa.Column("families", sa.Integer(), server_default="32767", nullable=False),
         sa.Column("queued_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
     )
     op.create_table(
