@@ -109,6 +109,9 @@ def demo(
         bool,
         typer.Option(help="Also give buyers their orders, refunds, points and expired lots (about 4x slower)."),
     ] = False,
+    tags: Annotated[
+        bool, typer.Option(help="Also define ~200 tags per brand and give every member ~15 of them (slower).")
+    ] = False,
 ) -> None:
     """Build a realistic demo group: two brands, members across the seven channels."""
     from store.demo import DemoError, build_demo
@@ -118,7 +121,13 @@ def demo(
     with database(settings) as url:
         try:
             build_demo(
-                url, PhoneVault(settings.phone_secret()), members=members, seed=seed, replace=replace, points=points
+                url,
+                PhoneVault(settings.phone_secret()),
+                members=members,
+                seed=seed,
+                replace=replace,
+                points=points,
+                tags=tags,
             )
         except DemoError as error:
             typer.echo(f"error: {error}", err=True)

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from store import demo_ledger, tables
+from store import demo_ledger, demo_tags, tables
 from store.brands import brand_by_code, create_brand, groups_by_id, tiers_by_brand
 from store.errors import DomainError, ErrorCode
 from store.phones import PhoneVault, mask
@@ -83,6 +83,7 @@ class DemoSummary:
     orders: int
     seconds: float
     per_brand: tuple[tuple[str, int], ...]
+    tag_assignments: int = 0
 
     @property
     def prospect_share(self) -> float:
@@ -518,6 +519,7 @@ def _tokens(rand: _Random, stream: str, index: U64, prefix: str, length: int) ->
 # for the demo brands. lot_draws has no brand_id; its rows go with their entries and lots.
 _CLEARED = (
     tables.lot_draws,
+    tables.member_tags,
     tables.orders,
     tables.points_lots,
     tables.points_entries,
@@ -555,8 +557,17 @@ _referencing_tables = (
     "SELECT DISTINCT conrelid::regclass::text FROM pg_constraint"
     " WHERE contype = 'f' AND confrelid = ANY(%(tables)s::text[]::regclass[])"
 )
+# The audience index's queue triggers (migration 0004) are safe to skip: the load asks for a full
+# rebuild of the demo brands instead (`_queue_rebuild`), which is what 1M queued members lead to anyway.
 _user_triggers = (
     "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = ANY(%(tables)s::text[]::regclass[])"
+    " AND tgname NOT LIKE 'audience\\_%%'"
+)
+# Member 0 asks the audience index for a full rebuild of the brand (store/bitmap_deltas.py).
+_queue_rebuild = Query(
+    sa.insert(tables.audience_changes).from_select(
+        ["brand_id", "member_id"], sa.select(sa.func.unnest(_BRAND_IDS), sa.literal_column("0"))
+    )
 )
 _sequence = sql.SQL("pg_get_serial_sequence({}, 'id')").format(sql.Literal(tables.members.name))
 _COPY_MEMBERS = sql.SQL("COPY {} ({}) FROM STDIN").format(
@@ -594,7 +605,8 @@ _COPY_IDENTITIES = sql.SQL("COPY {} ({}) FROM STDIN").format(
 )
 _ANALYZE = sql.SQL("ANALYZE {}").format(
     sql.SQL(", ").join(
-        sql.Identifier(table.name) for table in (tables.members, tables.member_identities, *demo_ledger.TABLES)
+        sql.Identifier(table.name)
+        for table in (tables.members, tables.member_identities, tables.member_tags, *demo_ledger.TABLES)
     )
 )
 
@@ -697,6 +709,7 @@ class _Chunk:
     members: bytes
     identities: bytes
     ledger: demo_ledger.Copies | None
+    tags: demo_tags.Copy | None
     count: int
     prospects: int
     identity_count: int
@@ -712,10 +725,12 @@ class _Ledger:
     as_of: int  # epoch seconds: lots expired by then are expired
 
 
-def _chunk(plan: _Plan, start: int, stop: int, vault: PhoneVault, ledger: _Ledger | None) -> _Chunk:
+def _chunk(plan: _Plan, start: int, stop: int, vault: PhoneVault, ledger: _Ledger | None, tags: _Tags) -> _Chunk:
     block = _block(plan, start, stop)
     identities, identity_count = _identity_text(block)
     buyers = _buyers(block)
+    catalog = tags.get(plan.brand_id)
+    tag_copy = None if catalog is None else demo_tags.assign(catalog, buyers, block.registered, plan.today, start)
     copies = None
     if ledger is None:
         totals = demo_ledger.Totals.without_points(buyers)
@@ -727,6 +742,7 @@ def _chunk(plan: _Plan, start: int, stop: int, vault: PhoneVault, ledger: _Ledge
         members=_member_text(block, vault, totals),
         identities=identities,
         ledger=copies,
+        tags=tag_copy,
         count=len(block),
         prospects=int((block.first_purchase == _NONE).sum()),
         identity_count=identity_count,
@@ -775,18 +791,21 @@ def _blocks(plans: list[_Plan]) -> Iterator[tuple[_Plan, int, int]]:
             yield plan, start, min(start + BLOCK, plan.size)
 
 
-def _chunks(plans: list[_Plan], vault: PhoneVault, ledger: _Ledger | None) -> Iterator[_Chunk]:
+_Tags = dict[int, demo_tags.Catalog]  # by brand id; empty without --tags
+
+
+def _chunks(plans: list[_Plan], vault: PhoneVault, ledger: _Ledger | None, tags: _Tags) -> Iterator[_Chunk]:
     """Chunks in order, the next one formatted in a thread while the current one is copied: psycopg
     releases the GIL while it waits for the server, so client and server work in parallel. One chunk
     ahead is enough (the server is the slower side) and bounds the memory."""
     blocks = _blocks(plans)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo") as pool:
-        ahead = deque(pool.submit(_chunk, *block, vault, ledger) for block in itertools.islice(blocks, 1))
+        ahead = deque(pool.submit(_chunk, *block, vault, ledger, tags) for block in itertools.islice(blocks, 1))
         while ahead:
             chunk = ahead.popleft().result()
             following = next(blocks, None)
             if following is not None:
-                ahead.append(pool.submit(_chunk, *following, vault, ledger))
+                ahead.append(pool.submit(_chunk, *following, vault, ledger, tags))
             yield chunk
 
 
@@ -802,14 +821,22 @@ def _plans(brand_ids: list[int], first_id: int, total: int, seed: int) -> list[_
 
 
 def build_demo(
-    url: str, vault: PhoneVault, *, members: int, seed: int, replace: bool = False, points: bool = False
+    url: str,
+    vault: PhoneVault,
+    *,
+    members: int,
+    seed: int,
+    replace: bool = False,
+    points: bool = False,
+    tags: bool = False,
 ) -> DemoSummary:
     """Build the demo group (code ``demo``) with ``members`` members across its two brands.
 
     Raises DemoError when the demo brands already have members and ``replace`` is false; with
     ``replace`` their members and everything hanging off them are deleted in the transaction that
     loads the new ones. With ``points`` (the default) buyers get their orders, refunds, points and
-    expired lots (store/demo_ledger.py); without, only their profiles. Runs an event loop of its
+    expired lots (store/demo_ledger.py); without, only their profiles. With ``tags`` each brand gets
+    ~200 tags and every member ~15 of them (store/demo_tags.py). Runs an event loop of its
     own: call it where none is running (a thread).
     """
     if members < 1:
@@ -824,8 +851,9 @@ def build_demo(
             )
         plans = _plans(brand_ids, _reserve_member_ids(conn, members), members, seed)
         ledger = _ledger(conn, plans) if points else None
+        catalogs = {p.brand_id: demo_tags.define(conn, p.brand_id, p.brand.code, seed) for p in plans if tags}
         with _progress() as progress:
-            totals = _load(conn, plans, vault, ledger, progress, replace=existing > 0)
+            totals = _load(conn, plans, vault, ledger, catalogs, progress, replace=existing > 0)
             analyzing = progress.add_task("analyze", total=1)
             conn.execute(_ANALYZE)  # fresh statistics, or the first queries plan for empty tables
             progress.advance(analyzing)
@@ -837,6 +865,7 @@ def build_demo(
         orders=totals.orders,
         seconds=time.perf_counter() - started,
         per_brand=tuple((plan.brand.code, plan.size) for plan in plans),
+        tag_assignments=totals.tags,
     )
     _print_summary(summary)
     return summary
@@ -849,9 +878,11 @@ class _Totals:
     identity_count: int = 0
     shared: int = 0
     orders: int = 0
+    tags: int = 0
 
     def add(self, chunk: _Chunk) -> None:
         self.orders += chunk.ledger.order_count if chunk.ledger else 0
+        self.tags += chunk.tags.count if chunk.tags else 0
         self.count += chunk.count
         self.prospects += chunk.prospects
         self.identity_count += chunk.identity_count
@@ -863,6 +894,7 @@ def _load(
     plans: list[_Plan],
     vault: PhoneVault,
     ledger: _Ledger | None,
+    tags: _Tags,
     progress: Progress,
     *,
     replace: bool,
@@ -872,12 +904,13 @@ def _load(
     tasks = {plan.brand.code: _brand_tasks(progress, plan) for plan in plans}
     totals = _Totals()
     with conn.transaction():
-        if not _skip_row_triggers(conn):
+        skipped = _skip_row_triggers(conn)
+        if not skipped:
             progress.console.print("Checking foreign keys row by row (skipping them needs a superuser): slower")
         if deleting is not None:
             _delete_members(conn, [plan.brand_id for plan in plans])
             progress.advance(deleting)
-        for chunk in _chunks(plans, vault, ledger):
+        for chunk in _chunks(plans, vault, ledger, tags):
             member_task, identity_task = tasks[chunk.plan.brand.code]
             _copy(conn, _COPY_MEMBERS, chunk.members)
             progress.advance(member_task, chunk.count)
@@ -885,7 +918,11 @@ def _load(
             progress.advance(identity_task, chunk.identity_count)
             if chunk.ledger is not None:
                 demo_ledger.copy(conn, chunk.ledger)
+            if chunk.tags is not None:
+                demo_tags.copy(conn, chunk.tags)
             totals.add(chunk)
+        if skipped:  # the audience index's queue triggers did not see the load
+            conn.execute(_queue_rebuild.sql, {"brand_ids": [plan.brand_id for plan in plans]})
     return totals
 
 
@@ -915,5 +952,6 @@ def _print_summary(summary: DemoSummary) -> None:
     Console().print(
         f"Demo group [bold]{GROUP_CODE}[/]: {summary.members:,} members ({brands_text}), "
         f"{summary.prospect_share:.0%} prospects, {summary.identities:,} identities, "
-        f"{summary.shared_people:,} people in both brands, {summary.orders:,} orders, {summary.seconds:.1f} s"
+        f"{summary.shared_people:,} people in both brands, {summary.orders:,} orders, "
+        f"{summary.tag_assignments:,} tag assignments, {summary.seconds:.1f} s"
     )

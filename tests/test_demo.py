@@ -17,10 +17,11 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import demo, points
+from store import demo, demo_tags, points
 from store.demo import DemoError, DemoSummary, build_demo
 from store.phones import PhoneVault, mask, normalise
-from store.tables import CHANNELS, DEFAULT_TIERS
+from store.tables import CHANNELS, DEFAULT_TIERS, TAG_CATEGORIES
+from store.tags import check_code
 from tests.conftest import TEST_SECRET, GraphQL
 from tests.server import OMNIMEMBER
 
@@ -465,3 +466,173 @@ async def test_the_command_refuses_to_overwrite_without_replace(
     replaced = await asyncio.to_thread(_cli, database_url, tmp_path, "--members", "200", "--replace", "--seed", "3")
     assert replaced.returncode == 0, replaced.stderr
     assert "200 members (teahouse 120, orchard 80)" in " ".join(replaced.stdout.split())
+
+
+# --- tags (--tags) ----------------------------------------------------------------------------------------
+
+
+async def build_tagged(database_url: str, vault: PhoneVault, members: int, seed: int = 7) -> DemoSummary:
+    return await asyncio.to_thread(
+        build_demo, database_url, vault, members=members, seed=seed, replace=True, points=True, tags=True
+    )
+
+
+async def test_tags_define_two_hundred_words_of_the_tag_language_per_brand(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    await build_tagged(database_url, vault, 500)
+    per_brand = await rows(
+        pool,
+        "SELECT brand_id, count(*), array_agg(code), array_agg(DISTINCT category), bool_and(name <> '')"
+        " FROM tag_definitions WHERE brand_id = ANY(%(demo)s) GROUP BY brand_id",
+    )
+    assert len(per_brand) == 2
+    for _, count, codes, categories, named in per_brand:
+        assert count == len(set(codes)) == 200
+        assert all(check_code(code) == code for code in codes)
+        assert set(categories) == set(TAG_CATEGORIES)
+        assert named
+        assert {"app_user", "lc_at_risk", "rfm_champion", "src_tmall", "高潜客户"} <= set(codes)
+
+
+async def test_tags_are_skewed_like_real_catalogs(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    summary = await build_tagged(database_url, vault, 4000)
+    [(assignments, members)] = await rows(
+        pool,
+        "SELECT count(*), (SELECT count(*) FROM members WHERE brand_id = ANY(%(demo)s)) FROM member_tags"
+        " WHERE brand_id = ANY(%(demo)s)",
+    )
+    assert assignments == summary.tag_assignments
+    assert 13 <= assignments / members <= 17  # ~15 tags per member
+    shares = await rows(
+        pool,
+        "SELECT d.code, count(t.member_id)::float / (SELECT count(*) FROM members m WHERE m.brand_id = d.brand_id)"
+        " FROM tag_definitions d LEFT JOIN member_tags t ON t.tag_id = d.id"
+        " WHERE d.brand_id = (SELECT id FROM brands WHERE code = 'teahouse') GROUP BY d.id",
+    )
+    share: dict[str, float] = dict(shares)
+    bands = Counter(
+        "common" if p >= 0.3 else "medium" if p >= 0.01 else "rare" if p > 0 else "unseen" for _, p in shares
+    )
+    assert 6 <= bands["common"] <= 14  # a few on 30-60% of members
+    assert bands["medium"] >= 80  # many on 1-20%
+    assert bands["rare"] + bands["unseen"] >= 50  # many below 1%
+    assert max(share.values()) <= 0.65
+    # The independent tags land near their targets (sampling noise on 2,400 members aside).
+    targets = demo_tags.catalog("teahouse", 7)
+    for tag in targets:
+        if tag.share >= 0.01:
+            assert abs(share[tag.code] - tag.share) < 0.05, tag
+    # Per member: heavy and light members, almost nobody without a tag.
+    low, median, high = await value(
+        pool,
+        "SELECT percentile_disc(ARRAY[0.01, 0.5, 0.99]) WITHIN GROUP (ORDER BY n) FROM"
+        " (SELECT count(t.tag_id) AS n FROM members m LEFT JOIN member_tags t ON t.member_id = m.id"
+        "  WHERE m.brand_id = ANY(%(demo)s) GROUP BY m.id) AS per_member",
+    )
+    assert 1 <= low <= 6
+    assert 10 <= median <= 18
+    assert 28 <= high <= 50
+
+
+# Assignments that break an invariant: a row of another brand's member or tag, of a merged or missing
+# member (foreign keys are not checked during the load), expired, or assigned outside the member's life.
+BAD_ASSIGNMENTS = """
+SELECT t.member_id, t.tag_id FROM member_tags t
+LEFT JOIN members m ON m.id = t.member_id LEFT JOIN tag_definitions d ON d.id = t.tag_id
+WHERE t.brand_id = ANY(%(demo)s) AND (m.id IS NULL OR d.id IS NULL OR m.brand_id <> t.brand_id
+   OR d.brand_id <> t.brand_id OR m.merged_into IS NOT NULL OR t.source <> 'demo'
+   OR t.expires_at <= now() OR t.assigned_at < m.registered_at OR t.assigned_at > now()
+   OR (d.ttl_days IS NULL) <> (t.expires_at IS NULL)
+   OR t.expires_at <> t.assigned_at + make_interval(days => d.ttl_days))
+"""
+# Members whose derived tags disagree with their record: one lifecycle stage (introduction exactly for
+# prospects), one RFM segment for buyers and none for prospects, one source channel they hold.
+WRONG_DERIVED = """
+SELECT m.id FROM members m
+LEFT JOIN member_tags t ON t.member_id = m.id LEFT JOIN tag_definitions d ON d.id = t.tag_id
+WHERE m.brand_id = ANY(%(demo)s)
+GROUP BY m.id, m.status
+HAVING count(*) FILTER (WHERE d.category = 'lifecycle') <> 1
+    OR bool_or(d.code = 'lc_introduction') IS DISTINCT FROM (m.status = 'prospect')
+    OR count(*) FILTER (WHERE d.category = 'rfm') <> (CASE m.status WHEN 'member' THEN 1 ELSE 0 END)
+    OR count(*) FILTER (WHERE d.code LIKE 'src\\_%%') <> 1
+    OR NOT bool_or(d.code LIKE 'src\\_%%' AND substr(d.code, 5) IN
+           (SELECT channel FROM member_identities i WHERE i.member_id = m.id))
+"""
+
+
+async def test_tags_belong_to_live_members_of_the_same_brand_and_follow_their_records(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    await build_tagged(database_url, vault, 3000)
+    assert await rows(pool, BAD_ASSIGNMENTS) == []
+    assert await rows(pool, WRONG_DERIVED) == []
+    # The checks do catch a bad row: expire one assignment, take one member's lifecycle tag away.
+    [(member, tag)] = await rows(
+        pool,
+        "UPDATE member_tags SET expires_at = now() - interval '1 day' WHERE (member_id, tag_id) ="
+        " (SELECT member_id, tag_id FROM member_tags WHERE brand_id = ANY(%(demo)s) LIMIT 1)"
+        " RETURNING member_id, tag_id",
+    )
+    assert await rows(pool, BAD_ASSIGNMENTS) == [(member, tag)]
+    [(member,)] = await rows(
+        pool,
+        "DELETE FROM member_tags WHERE (member_id, tag_id) = (SELECT t.member_id, t.tag_id FROM member_tags t"
+        " JOIN tag_definitions d ON d.id = t.tag_id WHERE t.brand_id = ANY(%(demo)s) AND d.category = 'lifecycle'"
+        " LIMIT 1) RETURNING member_id",
+    )
+    assert await rows(pool, WRONG_DERIVED) == [(member,)]
+    assert (
+        await value(pool, "SELECT count(*) FROM member_tags WHERE brand_id = ANY(%(demo)s) AND expires_at IS NOT NULL")
+        > 0
+    )
+
+
+TAG_SNAPSHOT = """
+SELECT b.code, m.id - min(m.id) OVER (PARTITION BY m.brand_id), d.code, t.assigned_at, t.expires_at
+FROM member_tags t JOIN members m ON m.id = t.member_id JOIN tag_definitions d ON d.id = t.tag_id
+JOIN brands b ON b.id = t.brand_id WHERE t.brand_id = ANY(%(demo)s) ORDER BY 1, 2, 3
+"""
+
+
+async def test_the_same_seed_tags_the_same_members(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
+) -> None:
+    await build_tagged(database_url, vault, 1500, seed=5)
+    first = await rows(pool, TAG_SNAPSHOT)
+    await build_tagged(database_url, vault, 1500, seed=5)
+    assert await rows(pool, TAG_SNAPSHOT) == first
+    await build_tagged(database_url, vault, 1500, seed=6)
+    assert await rows(pool, TAG_SNAPSHOT) != first
+
+
+async def test_demo_tags_are_served_and_replaced(
+    database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any], gql: GraphQL
+) -> None:
+    await build_tagged(database_url, vault, 800)
+    [(member, count)] = await rows(
+        pool,
+        "SELECT member_id, count(*) FROM member_tags WHERE brand_id = ANY(%(demo)s)"
+        " GROUP BY member_id ORDER BY count(*) DESC, member_id LIMIT 1",
+    )
+    found = (await gql("query($id: ID!) { member(id: $id) { tags { code source } } }", id=str(member)))["member"]
+    assert len(found["tags"]) == count > 10
+    assert {tag["source"] for tag in found["tags"]} == {"demo"}
+    catalog = (await gql('{ tags(brand: "orchard") { code memberCount } }'))["tags"]
+    counted: dict[str, int] = dict(
+        await rows(
+            pool,
+            "SELECT d.code, count(*) FROM member_tags t JOIN tag_definitions d ON d.id = t.tag_id"
+            " WHERE d.brand_id = (SELECT id FROM brands WHERE code = 'orchard') GROUP BY d.code",
+        )
+    )
+    assert {tag["code"]: tag["memberCount"] for tag in catalog} == {
+        tag["code"]: counted.get(tag["code"], 0) for tag in catalog
+    }
+    # Replacing the demo without tags takes the assignments with the members (the catalog stays).
+    await asyncio.to_thread(build_demo, database_url, vault, members=300, seed=7, replace=True)
+    assert await value(pool, "SELECT count(*) FROM member_tags WHERE brand_id = ANY(%(demo)s)") == 0
+    assert await value(pool, "SELECT count(*) FROM tag_definitions WHERE brand_id = ANY(%(demo)s)") == 400
