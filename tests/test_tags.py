@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import tags
+from store import merges, tags
 from store.sql import Query
 from tagquery import parse
 from tagquery.ast import And, Not, Tag
@@ -421,3 +422,47 @@ async def test_one_call_tags_a_hundred_thousand_members(pool: AsyncConnectionPoo
     done = await tag(gql, brand, "campaign_list", ids)
     assert (done["tagged"], done["added"], done["tag"]["memberCount"]) == (100_000, 100_000, 100_000)
     assert (await untag(gql, brand, "campaign_list", ids[::2]))["removed"] == 50_000
+
+
+async def test_the_catalog_costs_two_statements_whatever_its_size(
+    gql: GraphQL, brand: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    ids = await new_members(pool, brand, 3)
+    for n in range(20):
+        await define(gql, brand, f"t{n:02}", category="RFM" if n < 2 else "CUSTOM")
+        await tag(gql, brand, f"t{n:02}", ids[: n % 4])
+
+    async def statements(category: str) -> int:
+        before = Query.executions
+        found = await catalog(gql, brand, category)
+        assert len(found) == (2 if category == "RFM" else 18)
+        return Query.executions - before
+
+    assert await statements("RFM") == await statements("CUSTOM") == 2
+    assert [t["memberCount"] for t in await catalog(gql, brand, "RFM")] == [0, 1]
+
+
+async def test_a_member_being_merged_cannot_be_tagged_meanwhile(
+    gql: GraphQL, brand: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """Tagging locks the members it checks: a concurrent merge either waits for the tagging (and then
+    moves the new tag) or makes it fail, never leaves a tag on a merged-away member."""
+    survivor, merged = await new_members(pool, brand, 2)
+    await define(gql, brand, "racy")
+    [(brand_id,)] = await execute(pool, "SELECT id FROM brands WHERE code = %s", brand)
+    async with pool.connection() as conn:
+        tag_row = await tags.definition(conn, brand_id=brand_id, code="racy")
+
+    async def tag_merged() -> tags.Tagged:
+        async with pool.connection() as conn, conn.transaction():
+            return await tags.tag_members(conn, tag=tag_row, member_ids=[merged])
+
+    async with pool.connection() as merging, merging.transaction():
+        await merges.merge(merging, survivor_id=survivor, merged_id=merged, reason="race")
+        pending = asyncio.create_task(tag_merged())
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # waiting for the merge's row lock
+    with pytest.raises(tags.UnknownMembersError) as failed:
+        await pending
+    assert failed.value.merged == [str(merged)]
+    assert await member_tags(gql, merged) == await member_tags(gql, survivor) == []
