@@ -7,7 +7,7 @@ and drives it with wrk at concurrency 1 and 16 through four scenarios:
 
 - GET /healthz, a bare Starlette route, and the GraphQL query `{ __typename }`: in-run baselines;
 - (a) one member by id with its brand, profile fields, tier, identities, person and, once the
-  schema has them, its last 10 points entries (tags when they land: see LATER_PROFILE_FIELDS);
+  schema has them, its last 10 points entries and its tags (see LATER_PROFILE_FIELDS);
 - (b) the first 100 members of a brand (id, tier, points).
 
 It prints req/s, p50 and p99 with each scenario's ratio to the baselines (these machines are
@@ -72,6 +72,7 @@ PROFILE_FIELDS = (
 )
 LATER_PROFILE_FIELDS = {
     "pointsHistory": "pointsHistory(first: 10) { nodes { id kind amount balanceAfter note createdAt } }",
+    "tags": "tags { code name category assignedAt }",
 }
 # Member fields (a) leaves out on purpose: other reads than the profile the issue names.
 NOT_PROFILE = {"mergedInto", "merges", "orders", "expiringPoints", "tierHistory"}
@@ -96,6 +97,7 @@ class DataSize:
     live_members: int
     identities: int
     points_entries: int = 0  # in the whole database (the demo's only)
+    member_tags: int = 0  # likewise
 
 
 def redact(url: str) -> str:
@@ -139,7 +141,8 @@ def demo_size(conn: psycopg.Connection[Any]) -> DataSize:
     if row is None:
         return DataSize(0, 0, 0, 0)
     brands, members, live, identities = row
-    return DataSize(brands, members, live, identities, count_if_exists(conn, "points_entries"))
+    entries, tags = count_if_exists(conn, "points_entries"), count_if_exists(conn, "member_tags")
+    return DataSize(brands, members, live, identities, entries, tags)
 
 
 def count_if_exists(conn: psycopg.Connection[Any], table: str) -> int:
@@ -163,7 +166,9 @@ def sample_member_ids(conn: psycopg.Connection[Any], seed: int) -> list[int]:
 
 
 def close_enough(size: DataSize, members: int) -> bool:
-    return abs(size.members - members) <= SIZE_TOLERANCE * members
+    """The demo holds about this many members, with the ledger and tags the profile reads."""
+    complete = size.points_entries > 0 and size.member_tags > 0
+    return complete and abs(size.members - members) <= SIZE_TOLERANCE * members
 
 
 def omnimember(*args: str, env: dict[str, str]) -> None:
@@ -199,8 +204,8 @@ def build_demo(url: str, members: int, seed: int, env: dict[str, str], *, replac
     if not (ROOT / "store" / "demo.py").exists():
         raise BenchError(f"no demo data of about {members} members, and `omnimember demo` is not there yet")
     flags = ["--replace"] if replace else []
-    # With the ledger, so that the profile's points history has entries to read.
-    omnimember("demo", "--members", str(members), "--seed", str(seed), "--points", *flags, env=env)
+    # With the ledger and tags, so that the profile's points history and tags have rows to read.
+    omnimember("demo", "--members", str(members), "--seed", str(seed), "--points", "--tags", *flags, env=env)
     with psycopg.connect(url) as conn:
         size = demo_size(conn)
     if not close_enough(size, members):
@@ -593,7 +598,8 @@ def section(
         f"- Connection pool: {env.pool}.",
         f"- Data: the demo group (`omnimember demo --members {args.members} --seed {args.seed}`): "
         f"{size.brands} brands, {size.members:,} members ({size.live_members:,} live), "
-        f"{size.identities:,} identities, {size.points_entries:,} points entries. "
+        f"{size.identities:,} identities, {size.points_entries:,} points entries, "
+        f"{size.member_tags:,} tag assignments. "
         f"(a) picks one of {ID_SAMPLE:,} member ids at random per request.",
         f"- Load: {env.driver}, {args.duration}s per run after a {args.warmup}s warm-up; every response is "
         "checked (HTTP 200, the expected data, no GraphQL `errors`).",
