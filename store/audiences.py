@@ -226,7 +226,7 @@ async def why_member(
     conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, today: date, member_id: int
 ) -> WhyMember:
     """Each node's truth value for one member, from its facts in the system of record."""
-    facts = await member_facts(conn, brand, member_id, today)
+    facts = await member_facts(conn, brand.brand_id, brand.timezone, member_id, today)
     if facts is None:
         raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no member {member_id} in this brand", field="id")
     tree = _why(node, facts, today)

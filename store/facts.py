@@ -190,9 +190,11 @@ _member = Query(
 )
 
 
-async def member_facts(conn: AsyncConnection[Any], brand: Any, member_id: int, today: date) -> dict[str, Any] | None:
+async def member_facts(
+    conn: AsyncConnection[Any], brand_id: int, timezone: str, member_id: int, today: date
+) -> dict[str, Any] | None:
     """One member's facts as tagquery.evaluate reads them (None: no such member in the brand)."""
-    row = await _member.one(conn, brand_id=brand.brand_id, member_id=member_id, today=today, tz=brand.timezone)
+    row = await _member.one(conn, brand_id=brand_id, member_id=member_id, today=today, tz=timezone)
     if row is None:
         return None
     facts: dict[str, Any] = {**row, "tag": frozenset(row.pop("tags")), "channel": frozenset(row.pop("channels"))}

@@ -4,6 +4,11 @@
     to_text(node)                    ->  canonical text        what a saved audience stores
     bind(node, catalog)              ->  Bound (tagquery.bound) names resolved, values typed
     evaluate(bound, facts, today)    ->  bool                  the reference implementation
+    compile_bitmap.BitmapCompiler    ->  bitwise SQL (pivot)   the engine, over the bitmap index
+    compile_rows.compile_rows        ->  WHERE clause          the reference, over the system of record
+
+The compilers are submodules, not exports: the bitmap compiler reads the index table of the data
+layer (store.tables), and callers expand derived dimensions first (store.facts.expand_derived).
 
 Grammar (EBNF; keywords and `tag` are case-insensitive, everything else case-sensitive)::
 

@@ -1,7 +1,7 @@
 """The row compiler: a bound query becomes a WHERE clause over the system of record (the reference).
 
-Slow on purpose-free plain SQL: memberships become whatever the caller's facts say (EXISTS for
-set-valued ones), scalar terms become comparisons on the fact's SQL expression. Every term is
+Plain SQL, obvious rather than fast: memberships become whatever the caller's facts say (EXISTS for
+set-valued ones), scalar terms comparisons on the fact's SQL expression. Every term is
 wrapped in `coalesce(..., false)`, so a term on a NULL fact is False and NOT is boolean negation:
 the NULL rule of `tagquery.bound`, exactly as `tagquery.evaluate` applies it. Values are bound
 parameters; identifiers come from the caller's facts only.
