@@ -328,7 +328,8 @@ def scenarios(member_ids: Sequence[int], profile: str) -> list[Scenario]:
         Scenario(
             "profile",
             "(a) member by id: profile, tier, brand, identities, person"
-            + (", points history" if "pointsHistory" in profile else ""),
+            + (", points history" if "pointsHistory" in profile else "")
+            + (", tags" if "tags {" in profile else ""),
             "POST",
             "/graphql",
             tuple(graphql_body(profile, {"id": str(i)}) for i in member_ids),
