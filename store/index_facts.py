@@ -50,17 +50,28 @@ def _live(ids: bool) -> str:
 
 
 _AGG = "string_agg(int8send({}), ''::bytea)"
-_SETS = f"""
+
+
+# Rows owned by members (identities, tags, orders) are read by brand alone, without joining the
+# live members (measured: the join was half the time of a build); load_index_facts drops the rows
+# of members outside the universe (merged away) in numpy.
+def _sets(ids: bool) -> str:
+    def only(alias: str) -> str:
+        return f" AND {alias}.member_id = ANY(:ids)" if ids else ""
+
+    return f"""
 SELECT '{UNIVERSE}' AS key, {_AGG.format("id")} AS ids FROM live
 UNION ALL SELECT 'tier:' || tier, {_AGG.format("id")} FROM live GROUP BY tier
 UNION ALL SELECT 'status:' || status, {_AGG.format("id")} FROM live GROUP BY status
 UNION ALL SELECT 'gender:' || gender, {_AGG.format("id")} FROM live GROUP BY gender
 UNION ALL SELECT 'city:' || city, {_AGG.format("id")} FROM live WHERE city IS NOT NULL GROUP BY city
 UNION ALL SELECT 'channel:' || i.channel, {_AGG.format("i.member_id")}
-    FROM member_identities i JOIN live ON live.id = i.member_id WHERE i.brand_id = :brand_id GROUP BY i.channel
-UNION ALL SELECT 'tag:' || d.code, {_AGG.format("t.member_id")}
-    FROM member_tags t JOIN live ON live.id = t.member_id JOIN tag_definitions d ON d.id = t.tag_id
-    WHERE t.brand_id = :brand_id AND (t.expires_at IS NULL OR t.expires_at > now()) GROUP BY d.code
+    FROM member_identities i WHERE i.brand_id = :brand_id{only("i")} GROUP BY i.channel
+UNION ALL SELECT 'tag:' || d.code, t.ids FROM (
+    SELECT t.tag_id, {_AGG.format("t.member_id")} AS ids FROM member_tags t
+    WHERE t.brand_id = :brand_id AND (t.expires_at IS NULL OR t.expires_at > now()){only("t")}
+    GROUP BY t.tag_id
+) t JOIN tag_definitions d ON d.id = t.tag_id
 """  # noqa: S608
 
 
@@ -80,19 +91,23 @@ SELECT {
 }
 FROM live, tz
 """  # noqa: S608
+
+
 # The day of each order, numbered from the most recent (k = 1).
-_ORDERS = f"""
+def _orders(ids: bool) -> str:
+    only = " AND o.member_id = ANY(:ids)" if ids else ""
+    return f"""
 SELECT {_AGG.format("member_id) || int8send(k) || int8send(day")} FROM (
     SELECT o.member_id, row_number() OVER (PARTITION BY o.member_id ORDER BY o.paid_at DESC) AS k,
            {_day("o.paid_at AT TIME ZONE tz.name")} AS day
-    FROM orders o JOIN live ON live.id = o.member_id, tz WHERE o.brand_id = :brand_id
+    FROM orders o, tz WHERE o.brand_id = :brand_id{only}
 ) numbered
 """  # noqa: S608
 
 
 def _queries(ids: bool) -> tuple[Maintenance, Maintenance, Maintenance]:
     head = f"WITH {_live(ids)}"
-    return tuple(Maintenance(sa.text(f"{head}{body}")) for body in (_SETS, _VALUES, _ORDERS))  # type: ignore[return-value]
+    return tuple(Maintenance(sa.text(f"{head}{body}")) for body in (_sets(ids), _VALUES, _orders(ids)))  # type: ignore[return-value]
 
 
 _ALL = _queries(ids=False)
@@ -113,10 +128,23 @@ async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Seque
     """The facts of every live member of the brand, or of those among `ids`."""
     sets_q, values_q, orders_q = _ALL if ids is None else _SOME
     params: dict[str, Any] = {"brand_id": brand_id} if ids is None else {"brand_id": brand_id, "ids": list(ids)}
-    sets = {row["key"]: _int8s(row["ids"]) for row in await sets_q.all(conn, **params) if row["ids"] is not None}
+    rows = await sets_q.all(conn, **params)
+    sets = {row["key"]: _int8s(row["ids"]) for row in rows if row["ids"] is not None}
+    universe = np.sort(sets.get(UNIVERSE, np.empty(0, dtype=np.int64)))
+    for key in [key for key in sets if key.startswith(_OWNED)]:
+        sets[key] = sets[key][_live_among(sets[key], universe)]
     values = _int8s(await values_q.scalar(conn, **params)).reshape(-1, len(VALUE_COLUMNS))
     order_days = _int8s(await orders_q.scalar(conn, **params)).reshape(-1, 3)
-    return IndexFacts(sets=sets, values=values, orders=order_days)
+    return IndexFacts(sets=sets, values=values, orders=order_days[_live_among(order_days[:, 0], universe)])
+
+
+_OWNED = ("channel:", "tag:")
+
+
+def _live_among(ids: Ids, universe: Ids) -> npt.NDArray[np.bool_]:
+    """Which of `ids` are live members (in the sorted `universe`)."""
+    at = np.minimum(np.searchsorted(universe, ids), max(universe.size - 1, 0))
+    return universe[at] == ids if universe.size else np.zeros(ids.size, dtype=np.bool_)
 
 
 def _int8s(data: bytes | None) -> Ids:
