@@ -184,15 +184,22 @@ async def apply_all(pool: AsyncConnectionPool[Any]) -> list[Applied]:
 
 
 async def run_applier(pool: AsyncConnectionPool[Any], interval: float = 1.0) -> None:
-    """Apply deltas every `interval` seconds until cancelled (the server's lifespan runs this)."""
+    """Apply deltas every `interval` seconds until cancelled (the server's lifespan runs this).
+
+    Failures are logged and retried, backing off to a minute while they persist (a database not
+    migrated yet should not fill the log every second)."""
+    delay = interval
     while True:
         try:
             for report in await apply_all(pool):
                 if report.members:
                     log.debug("audience index: %s", report)
+            delay = interval
         except Exception:
-            log.exception("audience index: applying deltas failed; retrying")
-        await asyncio.sleep(interval)
+            if delay == interval:
+                log.exception("audience index: applying deltas failed; retrying")
+            delay = min(delay * 2, 60.0)
+        await asyncio.sleep(delay)
 
 
 async def freshness(conn: AsyncConnection[Any], brand_id: int) -> Freshness:

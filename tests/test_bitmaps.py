@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +18,7 @@ from store.bitmaps import chunk_rows
 from store.brands import brand_by_code
 from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES
 from tests.conftest import new_brand
+from tests.server import OMNIMEMBER
 
 
 def test_chunk_rows_and_decoding_round_trip() -> None:
@@ -159,3 +163,26 @@ async def test_a_brand_never_indexed_has_no_freshness(pool: AsyncConnectionPool[
         brand_id: int = (await brand_by_code(conn, await new_brand(pool)))["id"]
         state = await freshness(conn, brand_id)
     assert (state.as_of, state.lag, state.pending, state.built_at) == (None, None, 0, None)
+
+
+async def _omnimember(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, [*OMNIMEMBER, *args], capture_output=True, text=True, env=env)
+
+
+async def test_refresh_command_rebuilds_a_brand(pool: AsyncConnectionPool[Any], database_url: str) -> None:
+    brand_id, _ = await _brand(pool, 3)
+    async with pool.connection() as conn:
+        code = (await (await conn.execute("SELECT code FROM brands WHERE id = %s", (brand_id,))).fetchone() or [""])[0]
+        built = (await freshness(conn, brand_id)).built_at
+    env = {**os.environ, "DATABASE_URL": database_url}
+    done = await _omnimember(env, "refresh", "--brand", code)
+    assert done.returncode == 0, done.stderr
+    assert f"{code}: " in done.stdout
+    async with pool.connection() as conn:
+        rebuilt = (await freshness(conn, brand_id)).built_at
+    assert built is not None
+    assert rebuilt is not None
+    assert rebuilt > built
+    unknown = await _omnimember(env, "refresh", "--brand", "no_such_brand")
+    assert unknown.returncode == 1
+    assert "no brand with code 'no_such_brand'" in unknown.stderr
