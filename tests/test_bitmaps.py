@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 from datetime import timedelta
@@ -13,7 +14,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from store.audiences import decode_chunks
-from store.bitmap_deltas import apply_brand, freshness
+from store.bitmap_deltas import apply_brand, freshness, run_applier
 from store.bitmaps import chunk_rows
 from store.brands import brand_by_code
 from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES
@@ -186,3 +187,20 @@ async def test_refresh_command_rebuilds_a_brand(pool: AsyncConnectionPool[Any], 
     unknown = await _omnimember(env, "refresh", "--brand", "no_such_brand")
     assert unknown.returncode == 1
     assert "no brand with code 'no_such_brand'" in unknown.stderr
+
+
+async def test_the_background_applier_catches_up_within_its_interval(pool: AsyncConnectionPool[Any]) -> None:
+    brand_id, ids = await _brand(pool, 2)
+    applier = asyncio.create_task(run_applier(pool, interval=0.05))
+    try:
+        async with pool.connection() as conn:
+            await conn.execute("UPDATE members SET city = '杭州' WHERE id = %s", (ids[0],))
+            for _ in range(200):
+                if (await freshness(conn, brand_id)).pending == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await _keys(conn, brand_id))["city:杭州"] == 1
+    finally:
+        applier.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await applier
