@@ -62,6 +62,9 @@ ORDERS_WINDOW_DAYS = 365  # orders_365d counts orders on or after today - 365 (a
 # A fixed literal: all zeros, for keys without a row in a chunk.
 ZERO: Bits = sa.literal_column(f"repeat('0', {CHUNK_SIZE})::varbit", VARBIT)
 _T = audience_bitmaps.c
+# A literal OFFSET 0: keeps a subquery from being pulled up into its parent (a fence), and as a
+# constant rather than a parameter it tells the planner nothing is skipped.
+_NO_OFFSET: sa.ColumnElement[int] = sa.literal_column("0", sa.Integer)
 
 
 def bitand(a: Bits, b: Bits) -> Bits:
@@ -129,9 +132,9 @@ class Pivot:
             .group_by(_T.chunk)
             .subquery("p")
         )
-        zero = sa.select(ZERO.label("zero")).offset(0).subquery("z")
+        zero = sa.select(ZERO.label("zero")).offset(_NO_OFFSET).subquery("z")
         named = (expression.label(name) for name, expression in columns.items())
-        return sa.select(inner.c.chunk, *named).select_from(inner.join(zero, sa.true())).offset(0)
+        return sa.select(inner.c.chunk, *named).select_from(inner.join(zero, sa.true())).offset(_NO_OFFSET)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
