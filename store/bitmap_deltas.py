@@ -170,9 +170,10 @@ def _masks(ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
 
 
 def _delta_rows(keys: Mapping[str, Ids], ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
-    """The new bits of those members, key by key."""
+    """The new bits of those members, key by key (only members whose change touches its family)."""
+    recomputed = {family: _in_family(ids, families, family) for family in FAMILIES}
     for key, members in keys.items():
-        yield from chunk_rows(key, np.intersect1d(members, _in_family(ids, families, family_of(key))))
+        yield from chunk_rows(key, np.intersect1d(members, recomputed[family_of(key)]))
 
 
 async def apply_all(pool: AsyncConnectionPool[Any]) -> list[Applied]:
