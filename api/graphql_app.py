@@ -1,4 +1,5 @@
-"""/graphql: compiled reads answered by one SQL statement, everything else by strawberry."""
+"""/graphql: compiled reads (one SQL statement), planned mutations (strawberry's resolvers without
+graphql-core's executor), everything else strawberry's full path."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from strawberry.types import ExecutionResult
 
 from api.state import AppState
 from resolvers.context import Context
+from resolvers.direct import DirectMutations
 from resolvers.sqljson import Needs, Plans
 from schema.root import LIMIT_RULES, build_schema, mask_unexpected
 
@@ -33,13 +35,20 @@ class GraphQLApp(GraphQL[Context, None]):
         return Context(pool=state.pool, vault=state.vault, brands=state.brands, request_id=request_id)
 
 
+def _context(state: AppState, scope: Scope) -> Context:
+    """The context strawberry's `get_context` would make for this request."""
+    request_id = next((v.decode() for k, v in scope["headers"] if k == b"x-request-id"), None) or uuid.uuid4().hex
+    return Context(pool=state.pool, vault=state.vault, brands=state.brands, request_id=request_id)
+
+
 class GraphQLEndpoint:
     """POST requests whose document has a plan (see resolvers.sqljson) are answered here; the rest,
     and any request a plan declines, go to strawberry with the body replayed."""
 
-    def __init__(self, general: GraphQLApp, plans: Plans) -> None:
+    def __init__(self, general: GraphQLApp, plans: Plans, mutations: DirectMutations) -> None:
         self._general = general
         self._plans = plans
+        self._mutations = mutations
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not _is_json(scope):
@@ -68,11 +77,14 @@ class GraphQLEndpoint:
             return None
         if not (variables is None or isinstance(variables, dict)):
             return None
-        plan = self._plans.plan(request["query"], operation_name)
-        if plan is None:
-            return None
         state: AppState = scope["state"]["omnimember"]
-        return await self._plans.answer(plan, variables, Needs(brands=state.brands, pool=state.pool))
+        plan = self._plans.plan(request["query"], operation_name)
+        if plan is not None:
+            return await self._plans.answer(plan, variables, Needs(brands=state.brands, pool=state.pool))
+        mutation = self._mutations.plan(request["query"], operation_name)
+        if mutation is not None:
+            return await self._mutations.answer(mutation, variables, _context(state, scope))
+        return None
 
 
 def _is_json(scope: Scope) -> bool:
@@ -110,4 +122,4 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 def graphql_app(ide: bool) -> GraphQLEndpoint:
     schema = build_schema()
     general = GraphQLApp(schema, graphql_ide="graphiql" if ide else None)
-    return GraphQLEndpoint(general, Plans(schema._schema, LIMIT_RULES))
+    return GraphQLEndpoint(general, Plans(schema._schema, LIMIT_RULES), DirectMutations(schema, LIMIT_RULES))

@@ -89,7 +89,7 @@ def selections(draw: st.DrawFn, graph: Graph, type_name: str, depth: int = 0) ->
         parts.append(f"{alias}{name}{sub}")
     body = " ".join(parts)
     if type_name and draw(st.booleans()):
-        return f"... on {type_name} {{ {body} }} id"
+        return f"... on {type_name} {{ {body} }} __typename"
     return body
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from graphql import (
@@ -34,19 +34,23 @@ class Selected:
         return [node.selection_set for node in self.nodes if node.selection_set is not None]
 
 
+Matches = Callable[[str, str], bool]  # (type condition, runtime type name) -> the fragment applies
+
+
 def collect(
     selection_sets: list[SelectionSetNode],
     type_name: str,
     fragments: Mapping[str, FragmentDefinitionNode],
+    matches: Matches | None = None,
 ) -> list[Selected]:
     """The fields selected on an object of ``type_name``, merged by response key as GraphQL does.
 
-    Directives (@include, @skip, ...) and type conditions naming anything but ``type_name`` are
-    left to the general path rather than evaluated here.
+    Directives (@include, @skip, ...) are left to the general path rather than evaluated here; so
+    are type conditions naming anything but ``type_name``, unless ``matches`` says which apply.
     """
     found: dict[str, list[FieldNode]] = {}
     for selection_set in selection_sets:
-        _walk(selection_set, type_name, fragments, found, depth=0)
+        _walk(selection_set, type_name, fragments, found, 0, matches)
     return [Selected(key, nodes[0].name.value, tuple(nodes)) for key, nodes in found.items()]
 
 
@@ -56,8 +60,9 @@ def _walk(
     fragments: Mapping[str, FragmentDefinitionNode],
     found: dict[str, list[FieldNode]],
     depth: int,
+    matches: Matches | None,
 ) -> None:
-    if depth > len(fragments) + 1:  # validation rejects fragment cycles; never loop regardless
+    if depth > len(fragments):  # spreads nested deeper than there are fragments form a cycle
         raise NotCompilable("fragment nesting")
     for selection in selection_set.selections:
         if selection.directives:
@@ -68,18 +73,21 @@ def _walk(
                 found.setdefault(key, []).append(selection)
             case InlineFragmentNode():
                 condition = selection.type_condition
-                _check_condition(condition.name.value if condition else None, type_name)
-                _walk(selection.selection_set, type_name, fragments, found, depth + 1)
+                if _applies(condition.name.value if condition else None, type_name, matches):
+                    _walk(selection.selection_set, type_name, fragments, found, depth, matches)
             case FragmentSpreadNode():
                 fragment = fragments[selection.name.value]
                 if fragment.directives:
                     raise NotCompilable("directives")
-                _check_condition(fragment.type_condition.name.value, type_name)
-                _walk(fragment.selection_set, type_name, fragments, found, depth + 1)
+                if _applies(fragment.type_condition.name.value, type_name, matches):
+                    _walk(fragment.selection_set, type_name, fragments, found, depth + 1, matches)
             case _:
                 raise NotCompilable(type(selection).__name__)
 
 
-def _check_condition(condition: str | None, type_name: str) -> None:
-    if condition is not None and condition != type_name:
+def _applies(condition: str | None, type_name: str, matches: Matches | None) -> bool:
+    if condition is None or condition == type_name:
+        return True
+    if matches is None:
         raise NotCompilable(f"fragment on {condition}")
+    return matches(condition, type_name)

@@ -1,0 +1,250 @@
+"""Mutations executed without graphql-core: strawberry's own resolvers and types, a lean walker.
+
+A posting spends most of its server time in GraphQL execution (info objects, middleware, value
+completion per field), not in its one or two statements. For a mutation document this module has
+planned (validated once, every field on every possible runtime type known to be resolvable, only
+scalar arguments), a request calls the same root resolvers strawberry would, serially and in
+order, and renders their results by walking the selection: attributes are read, field resolvers
+(which take only ``info``) awaited, leaves serialised by the schema's own scalars and enums. The
+answer is what graphql-core would produce (tests/test_direct.py compares the two), minus the
+machinery. Anything else, decided before anything runs, goes to the general path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLAbstractType,
+    GraphQLEnumType,
+    GraphQLError,
+    GraphQLField,
+    GraphQLInputType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLScalarType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    is_abstract_type,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.execution.values import get_argument_values, get_variable_values
+from graphql.validation import ASTValidationRule
+from strawberry.types.base import StrawberryObjectDefinition
+from strawberry.types.field import StrawberryField
+
+from resolvers.context import Context
+from resolvers.sqljson.selection import NotCompilable, Selected, collect
+
+log = logging.getLogger(__name__)
+MAX_PLANS = 1000
+UNEXPECTED = {"data": None, "errors": [{"message": "Unexpected error."}]}
+
+
+@dataclass(frozen=True, slots=True)
+class _Root:
+    key: str
+    field: GraphQLField
+    node: FieldNode
+    resolver: StrawberryField
+    python_names: Mapping[str, str]  # GraphQL argument name -> keyword
+
+
+@dataclass(frozen=True, slots=True)
+class MutationPlan:
+    operation: OperationDefinitionNode
+    roots: tuple[_Root, ...]
+    fragments: Mapping[str, FragmentDefinitionNode]
+
+
+@dataclass(frozen=True, slots=True)
+class _Info:
+    """What our resolvers read of strawberry's Info: the context, nothing else."""
+
+    context: Context
+
+
+class DirectMutations:
+    def __init__(self, strawberry_schema: Any, rules: list[type[ASTValidationRule]]) -> None:
+        self._strawberry = strawberry_schema
+        self._schema: GraphQLSchema = strawberry_schema._schema
+        self._rules = [*specified_rules, *rules]
+        self._known: dict[tuple[str, str | None], MutationPlan | None] = {}
+        self._fields: dict[str, dict[str, StrawberryField]] = {}
+
+    def plan(self, document: str, operation_name: str | None) -> MutationPlan | None:
+        key = (document, operation_name)
+        if key not in self._known:
+            if len(self._known) >= MAX_PLANS:
+                del self._known[next(iter(self._known))]
+            self._known[key] = self._compile(document, operation_name)
+        return self._known[key]
+
+    async def answer(self, plan: MutationPlan, variables: Mapping[str, Any] | None, context: Context) -> bytes | None:
+        """The response body; None (before anything ran) when the variables are not valid."""
+        coerced = get_variable_values(self._schema, plan.operation.variable_definitions or (), dict(variables or {}))
+        if isinstance(coerced, list):
+            return None
+        info = _Info(context)
+        data: dict[str, Any] = {}
+        try:
+            for root in plan.roots:
+                arguments = get_argument_values(root.field, root.node, coerced)
+                kwargs = {root.python_names[name]: value for name, value in arguments.items()}
+                result = await _resolve(root.resolver, None, info, kwargs)
+                data[root.key] = await self._complete(result, root.field.type, [root.node], plan, info)
+        except Exception:  # a bug: what the general path would mask, logged in full
+            log.exception("request %s: unexpected error in a mutation", context.request_id)
+            return json.dumps(UNEXPECTED).encode()
+        return json.dumps({"data": data}).encode()
+
+    # --- planning -------------------------------------------------------------------------------
+
+    def _compile(self, document: str, operation_name: str | None) -> MutationPlan | None:
+        try:
+            ast = parse(document)
+        except GraphQLError:
+            return None
+        if validate(self._schema, ast, self._rules):
+            return None
+        operations = [d for d in ast.definitions if isinstance(d, OperationDefinitionNode)]
+        fragments = {d.name.value: d for d in ast.definitions if isinstance(d, FragmentDefinitionNode)}
+        chosen = [op for op in operations if operation_name is None or (op.name and op.name.value == operation_name)]
+        if len(chosen) != 1 or chosen[0].operation is not OperationType.MUTATION or chosen[0].directives:
+            return None
+        operation = chosen[0]
+        mutation_type = self._schema.mutation_type
+        assert mutation_type is not None
+        try:
+            roots = []
+            for selected in collect([operation.selection_set], mutation_type.name, fragments):
+                roots.append(self._root(mutation_type, selected))
+                self._check(mutation_type.fields[selected.name].type, selected.subselection(), fragments)
+        except NotCompilable as reason:
+            log.debug("general path for a mutation: %s", reason)
+            return None
+        return MutationPlan(operation, tuple(roots), fragments)
+
+    def _root(self, mutation_type: GraphQLObjectType, selected: Selected) -> _Root:
+        if selected.name == "__typename":
+            raise NotCompilable("__typename at the mutation root")
+        field = self._strawberry_fields(mutation_type.name)[selected.name]
+        if field.base_resolver is None:
+            raise NotCompilable(f"{selected.name} has no resolver")
+        names = {}
+        for argument in field.arguments:
+            names[self._strawberry.config.name_converter.get_graphql_name(argument)] = argument.python_name
+        for name, graphql_argument in mutation_type.fields[selected.name].args.items():
+            if not _scalar_input(graphql_argument.type):
+                raise NotCompilable(f"argument {name} is not a scalar")
+        return _Root(selected.key, mutation_type.fields[selected.name], selected.node, field, names)
+
+    def _check(
+        self,
+        output: GraphQLOutputType,
+        selection_sets: list[SelectionSetNode],
+        fragments: Mapping[str, FragmentDefinitionNode],
+    ) -> None:
+        """Every field selectable on every runtime type can be rendered here, or NotCompilable."""
+        named = _unwrap(output)
+        if isinstance(named, GraphQLScalarType | GraphQLEnumType):
+            return
+        possible = self._schema.get_possible_types(named) if is_abstract_type(named) else [named]
+        for object_type in possible:
+            assert isinstance(object_type, GraphQLObjectType)
+            fields = self._strawberry_fields(object_type.name)
+            for selected in collect(selection_sets, object_type.name, fragments, self._condition_matches):
+                if selected.name == "__typename":
+                    continue
+                field = fields.get(selected.name)
+                if field is None or any(node.arguments for node in selected.nodes) or field.arguments:
+                    raise NotCompilable(f"{object_type.name}.{selected.name}")
+                self._check(object_type.fields[selected.name].type, selected.subselection(), fragments)
+
+    def _strawberry_fields(self, type_name: str) -> dict[str, StrawberryField]:
+        fields = self._fields.get(type_name)
+        if fields is None:
+            definition = self._strawberry.get_type_by_name(type_name)
+            if not isinstance(definition, StrawberryObjectDefinition):
+                raise NotCompilable(type_name)
+            convert = self._strawberry.config.name_converter.get_graphql_name
+            fields = self._fields[type_name] = {convert(field): field for field in definition.fields}
+        return fields
+
+    def _condition_matches(self, condition: str, type_name: str) -> bool:
+        if condition == type_name:
+            return True
+        abstract = self._schema.get_type(condition)
+        object_type = self._schema.get_type(type_name)
+        return (
+            isinstance(abstract, GraphQLAbstractType)
+            and isinstance(object_type, GraphQLObjectType)
+            and self._schema.is_sub_type(abstract, object_type)
+        )
+
+    # --- rendering ------------------------------------------------------------------------------
+
+    async def _complete(
+        self, value: Any, output: GraphQLOutputType, nodes: list[FieldNode], plan: MutationPlan, info: _Info
+    ) -> Any:
+        if isinstance(output, GraphQLNonNull):
+            if value is None:
+                raise ValueError(f"null for a non-null {output}")
+            return await self._complete(value, output.of_type, nodes, plan, info)
+        if value is None:
+            return None
+        if isinstance(output, GraphQLList):
+            return [await self._complete(item, output.of_type, nodes, plan, info) for item in value]
+        if isinstance(output, GraphQLScalarType | GraphQLEnumType):
+            return output.serialize(value)
+        definition: StrawberryObjectDefinition = value.__strawberry_definition__
+        object_type = self._schema.get_type(definition.name)
+        assert isinstance(object_type, GraphQLObjectType)
+        selection_sets = [node.selection_set for node in nodes if node.selection_set is not None]
+        fields = self._strawberry_fields(definition.name)
+        rendered: dict[str, Any] = {}
+        for selected in collect(selection_sets, definition.name, plan.fragments, self._condition_matches):
+            if selected.name == "__typename":
+                rendered[selected.key] = definition.name
+                continue
+            field = fields[selected.name]
+            if field.base_resolver is None:
+                field_value = getattr(value, field.python_name)
+            else:
+                field_value = await _resolve(field, value, info, {})
+            field_type = object_type.fields[selected.name].type
+            rendered[selected.key] = await self._complete(field_value, field_type, list(selected.nodes), plan, info)
+        return rendered
+
+
+async def _resolve(field: StrawberryField, parent: Any, info: _Info, arguments: dict[str, Any]) -> Any:
+    """Call a strawberry field's resolver as strawberry does: self, then info if it asks for it."""
+    resolver = field.base_resolver
+    assert resolver is not None
+    if resolver.info_parameter is not None:
+        arguments = {**arguments, resolver.info_parameter.name: info}
+    function: Any = resolver.wrapped_func
+    value = function(parent, **arguments)
+    return await value if resolver.is_async else value
+
+
+def _unwrap(output: Any) -> Any:
+    while isinstance(output, GraphQLNonNull | GraphQLList):
+        output = output.of_type
+    return output
+
+
+def _scalar_input(input_type: GraphQLInputType) -> bool:
+    return isinstance(_unwrap(input_type), GraphQLScalarType)
