@@ -107,8 +107,8 @@ class DirectMutations:
                 data[root.key] = await self._complete(result, root.field.type, [root.node], plan, info)
         except Exception:  # a bug: what the general path would mask, logged in full
             log.exception("request %s: unexpected error in a mutation", context.request_id)
-            return json.dumps(UNEXPECTED).encode()
-        return json.dumps({"data": data}).encode()
+            return _encode(UNEXPECTED)
+        return _encode({"data": data})
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -227,6 +227,10 @@ class DirectMutations:
             field_type = object_type.fields[selected.name].type
             rendered[selected.key] = await self._complete(field_value, field_type, list(selected.nodes), plan, info)
         return rendered
+
+
+def _encode(response: dict[str, Any]) -> bytes:
+    return json.dumps(response, separators=(",", ":")).encode()  # as strawberry's encode_json
 
 
 async def _resolve(field: StrawberryField, parent: Any, info: _Info, arguments: dict[str, Any]) -> Any:
