@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from resolvers import cursors
@@ -19,6 +20,8 @@ class Page:
     rows: list[Row]
     has_next_page: bool
     has_previous_page: bool
+    total: Callable[[], Awaitable[int]] | None = None
+    """The connection's size when it is not the brand's live members (an audience, a snapshot)."""
 
 
 def encode_cursor(member_id: int) -> str:

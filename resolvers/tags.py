@@ -9,9 +9,11 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from resolvers import audiences
 from resolvers.context import Info
 from resolvers.cursors import parse_id
 from store import tags
+from store.errors import DomainError, ErrorCode
 from store.sql import Row
 from store.transactions import transact
 
@@ -60,14 +62,36 @@ async def define_tag(info: Info, *, brand: str, code: str, name: str, category: 
     return await transact(info.context.pool, work)
 
 
+async def _chosen_ids(info: Info, brand: str, member_ids: Sequence[str] | None, where: str | None) -> list[int]:
+    """The ids given, or those the expression selects; exactly one of the two."""
+    if (member_ids is None) == (where is None):
+        raise DomainError(ErrorCode.INVALID_INPUT, "give exactly one of memberIds and where", field="memberIds")
+    if member_ids is not None:
+        return _member_ids(member_ids)
+    chosen = await audiences.selection(info, brand=brand, expression=where, filter=None, field="where")
+    return await audiences.capped_ids(info, chosen)
+
+
+async def _live(conn: AsyncConnection[Any], tag: Row, ids: list[int], where: str | None) -> list[int]:
+    """Ids an expression selected, less members merged away since the index read them."""
+    return ids if where is None else await tags.live_member_ids(conn, brand_id=tag["brand_id"], member_ids=ids)
+
+
 async def tag_members(
-    info: Info, *, brand: str, tag: str, member_ids: Sequence[str], expires_at: dt.datetime | None
+    info: Info,
+    *,
+    brand: str,
+    tag: str,
+    member_ids: Sequence[str] | None,
+    expires_at: dt.datetime | None,
+    where: str | None = None,
 ) -> Tagging:
-    ids = _member_ids(member_ids)
+    ids = await _chosen_ids(info, brand, member_ids, where)
 
     async def work(conn: AsyncConnection[Any]) -> Tagging:
         row = await _tag(info, conn, brand, tag)
-        done = await tags.tag_members(conn, tag=row, member_ids=ids, expires_at=expires_at)
+        chosen = await _live(conn, row, ids, where)
+        done = await tags.tag_members(conn, tag=row, member_ids=chosen, expires_at=expires_at)
         return Tagging(row, done.tagged, done.added, done.expires_at)
 
     result = await transact(info.context.pool, work)
@@ -75,12 +99,14 @@ async def tag_members(
     return result
 
 
-async def untag_members(info: Info, *, brand: str, tag: str, member_ids: Sequence[str]) -> Untagging:
-    ids = _member_ids(member_ids)
+async def untag_members(
+    info: Info, *, brand: str, tag: str, member_ids: Sequence[str] | None, where: str | None = None
+) -> Untagging:
+    ids = await _chosen_ids(info, brand, member_ids, where)
 
     async def work(conn: AsyncConnection[Any]) -> Untagging:
         row = await _tag(info, conn, brand, tag)
-        return Untagging(row, await tags.untag_members(conn, tag=row, member_ids=ids))
+        return Untagging(row, await tags.untag_members(conn, tag=row, member_ids=await _live(conn, row, ids, where)))
 
     result = await transact(info.context.pool, work)
     _forget_cached(info)

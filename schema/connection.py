@@ -45,6 +45,11 @@ class MemberConnection:
             end_cursor=members.encode_cursor(rows[-1]["id"]) if rows else None,
         )
 
-    @strawberry.field(description="Live members of the brand in the whole connection (one extra count query).")
+    @strawberry.field(
+        description="Members in the whole connection (one extra count query): the brand's live members, or the "
+        "audience's or snapshot's members when the connection selects some."
+    )
     async def total_count(self, info: Info) -> int:
+        if self.page.total is not None:
+            return await self.page.total()
         return await members.count_members(info, brand_id=self.page.brand_id)

@@ -8,6 +8,8 @@ import strawberry
 
 from resolvers import brands, cursors, members, merges
 from resolvers.context import Info
+from schema import audiences as audience_fields
+from schema.audiences import Audience, AudienceFilter, SavedAudience, SnapshotComparison
 from schema.brand import Brand
 from schema.connection import MemberConnection
 from schema.errors import or_graphql_error
@@ -73,9 +75,59 @@ class Query:
             str | None,
             strawberry.argument(description="`endCursor` of the previous page."),
         ] = None,
+        where: Annotated[
+            str | None,
+            strawberry.argument(
+                description="Only members this tag-language expression selects (answered from the audience index); "
+                "not with `filter`."
+            ),
+        ] = None,
+        filter: Annotated[
+            AudienceFilter | None,
+            strawberry.argument(description="Only members this structured filter selects; not with `where`."),
+        ] = None,
     ) -> MemberConnection:
+        if where is not None or filter is not None:
+            return await audience_fields.members_where(info, brand, where, filter, first, after)
         page = await or_graphql_error(members.list_members(info, brand=brand, first=first, after=after))
         return MemberConnection(page=page)
+
+    @strawberry.field(
+        description="The members an expression (or the same as a structured filter) selects: count, sample, "
+        "breakdown, explain, whyMember, freshness. Give exactly one of `expression` and `filter`; a bad one is "
+        "a GraphQL error with code INVALID_EXPRESSION and its position (README, Audiences)."
+    )
+    async def audience(
+        self,
+        info: Info,
+        brand: Annotated[str, strawberry.argument(description="Brand code.")],
+        expression: Annotated[str | None, strawberry.argument(description=audience_fields.EXPRESSION_HELP)] = None,
+        filter: Annotated[
+            AudienceFilter | None, strawberry.argument(description="The audience as a structured filter.")
+        ] = None,
+    ) -> Audience:
+        return await audience_fields.audience(info, brand, expression, filter)
+
+    @strawberry.field(description="A brand's saved audiences, oldest first.")
+    async def saved_audiences(
+        self, info: Info, brand: Annotated[str, strawberry.argument(description="Brand code.")]
+    ) -> list[SavedAudience]:
+        return await audience_fields.saved_audiences(info, brand)
+
+    @strawberry.field(description="A saved audience by id.")
+    async def saved_audience(
+        self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="Saved audience id.")]
+    ) -> SavedAudience | None:
+        return await audience_fields.saved_audience(info, id)
+
+    @strawberry.field(description="Who entered and who exited between two snapshots of a brand's audiences.")
+    async def compare_snapshots(
+        self,
+        info: Info,
+        before: Annotated[strawberry.ID, strawberry.argument(description="The earlier snapshot's id.")],
+        after: Annotated[strawberry.ID, strawberry.argument(description="The later snapshot's id.")],
+    ) -> SnapshotComparison:
+        return await audience_fields.compare_snapshots(info, before, after)
 
     @strawberry.field(description="A brand's tag catalog, by category then code, with live member counts.")
     async def tags(

@@ -16,6 +16,7 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext
 
+from schema.audiences import AudienceMutation
 from schema.errors import Error
 from schema.mutation import MemberMutation
 from schema.points_mutation import PointsMutation
@@ -42,8 +43,8 @@ def _is_unexpected(error: GraphQLError) -> bool:
     return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
 
 
-@strawberry.type(description="Change members, identities, brands, points, orders and tags.")
-class Mutation(MemberMutation, PointsMutation, TagMutation):
+@strawberry.type(description="Change members, identities, brands, points, orders, tags and saved audiences.")
+class Mutation(MemberMutation, PointsMutation, TagMutation, AudienceMutation):
     pass
 
 

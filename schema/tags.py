@@ -21,6 +21,7 @@ from schema.errors import (
     UnknownTag,
     error_result,
 )
+from schema.expression_errors import InvalidExpression, audience_error
 from store.errors import DomainError
 from store.sql import Row
 from store.tags import MAX_MEMBER_IDS
@@ -111,21 +112,29 @@ DefineTagResult = Annotated[
     strawberry.union("DefineTagResult", description="Result of defineTag."),
 ]
 TagMembersResult = Annotated[
-    MembersTagged | UnknownBrand | UnknownTag | UnknownMembers | TooManyIds | InvalidInput,
+    MembersTagged | UnknownBrand | UnknownTag | UnknownMembers | TooManyIds | InvalidInput | InvalidExpression,
     strawberry.union("TagMembersResult", description="Result of tagMembers."),
 ]
 UntagMembersResult = Annotated[
-    MembersUntagged | UnknownBrand | UnknownTag | UnknownMembers | TooManyIds,
+    MembersUntagged | UnknownBrand | UnknownTag | UnknownMembers | TooManyIds | InvalidInput | InvalidExpression,
     strawberry.union("UntagMembersResult", description="Result of untagMembers."),
 ]
 
 BrandCode = Annotated[str, strawberry.argument(description="Brand code.")]
 TagCode = Annotated[str, strawberry.argument(description="The tag's code.")]
 MemberIds = Annotated[
-    list[strawberry.ID],
+    list[strawberry.ID] | None,
     strawberry.argument(
         description=f"Live members of the brand, at most {MAX_MEMBER_IDS:,} (repeats count once). One id that is "
-        "unknown or merged away fails the call (UnknownMembers lists them) and nothing is changed."
+        "unknown or merged away fails the call (UnknownMembers lists them) and nothing is changed. Not with "
+        "`where`."
+    ),
+]
+Where = Annotated[
+    str | None,
+    strawberry.argument(
+        description="Instead of ids: the live members a tag-language expression selects (from the audience index), "
+        f"at most {MAX_MEMBER_IDS:,} (TooManyIds beyond). Not with `memberIds`."
     ),
 ]
 
@@ -173,7 +182,8 @@ class TagMutation:
         info: Info,
         brand: BrandCode,
         tag: TagCode,
-        member_ids: MemberIds,
+        member_ids: MemberIds = None,
+        where: Where = None,
         expires_at: Annotated[
             dt.datetime | None,
             strawberry.argument(
@@ -183,7 +193,9 @@ class TagMutation:
         ] = None,
     ) -> TagMembersResult:
         return await _result(  # type: ignore[no-any-return]
-            tags.tag_members(info, brand=brand, tag=tag, member_ids=member_ids, expires_at=_aware(expires_at)),
+            tags.tag_members(
+                info, brand=brand, tag=tag, member_ids=member_ids, where=where, expires_at=_aware(expires_at)
+            ),
             lambda done: MembersTagged(
                 tag=TagDefinition.from_row(done.tag),
                 tagged=done.tagged,
@@ -194,10 +206,10 @@ class TagMutation:
 
     @strawberry.mutation(description="Take a tag from members. All or nothing, in one transaction.")
     async def untag_members(
-        self, info: Info, brand: BrandCode, tag: TagCode, member_ids: MemberIds
+        self, info: Info, brand: BrandCode, tag: TagCode, member_ids: MemberIds = None, where: Where = None
     ) -> UntagMembersResult:
         return await _result(  # type: ignore[no-any-return]
-            tags.untag_members(info, brand=brand, tag=tag, member_ids=member_ids),
+            tags.untag_members(info, brand=brand, tag=tag, member_ids=member_ids, where=where),
             lambda done: MembersUntagged(tag=TagDefinition.from_row(done.tag), removed=done.removed),
         )
 
@@ -210,7 +222,7 @@ async def _result(work: Awaitable[T], success: Callable[[T], Any]) -> Any:
     try:
         done = await work
     except DomainError as error:
-        return error_result(error)
+        return audience_error(error)
     return success(done)
 
 

@@ -410,3 +410,38 @@ audience_index_state = sa.Table(
     # Slices per bit-sliced integer field ({"points": 17, ...}); only ever grows between rebuilds.
     sa.Column("widths", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
 )
+
+# Saved audiences (design §2): the canonical text of the expression with the grammar version it was
+# written in, never compiled SQL, so a later engine (or index encoding) runs it unchanged.
+saved_audiences = sa.Table(
+    "saved_audiences",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("expression", sa.Text, nullable=False),
+    sa.Column("grammar_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.UniqueConstraint("id", "brand_id"),
+    sa.CheckConstraint("length(name) BETWEEN 1 AND 200", name="name_length"),
+    sa.Index("ix_saved_audiences_brand_id", "brand_id"),
+)
+
+# A frozen result of a saved audience: its members as bitmap chunk records (chunk int4, bit count
+# int4, 2^16 bits; what store.audiences.decode_chunks reads), one bytea per snapshot rather than a
+# row per member: ~8 KB per 65,536 ids before TOAST compression, which shrinks sparse chunks.
+audience_snapshots = sa.Table(
+    "audience_snapshots",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("audience_id", sa.BigInteger, nullable=False),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    # The brand's day the expression was evaluated for (relative windows such as WITHIN 30d).
+    sa.Column("as_of_day", sa.Date, nullable=False),
+    sa.Column("member_count", sa.BigInteger, nullable=False),
+    sa.Column("members", BYTEA, nullable=False),
+    sa.ForeignKeyConstraint(["audience_id", "brand_id"], ["saved_audiences.id", "saved_audiences.brand_id"]),
+    sa.CheckConstraint("member_count >= 0", name="member_count_positive"),
+    sa.Index("ix_audience_snapshots_audience_id_id", "audience_id", "id"),
+)

@@ -282,6 +282,17 @@ async def check_live_members(conn: AsyncConnection[Any], *, brand_id: int, membe
     )
 
 
+_live_locked = Query(sa.select(_locked.c.id).order_by(_locked.c.id))
+
+
+async def live_member_ids(conn: AsyncConnection[Any], *, brand_id: int, member_ids: Sequence[int]) -> list[int]:
+    """The ids that are live members of the brand, locked against merges like `check_live_members`.
+
+    For ids an audience expression selected: the index may trail a merge by a moment, and a member
+    merged away since is simply no longer in the audience (rather than an error)."""
+    return [row["id"] for row in await _live_locked.all(conn, ids=list(member_ids), brand_id=brand_id)]
+
+
 def distinct_ids(member_ids: Sequence[int]) -> list[int]:
     """Sorted and without repeats (an upsert may touch a row once); TOO_MANY_IDS past the cap."""
     if len(member_ids) > MAX_MEMBER_IDS:

@@ -1,0 +1,72 @@
+"""Typed errors of the audience API: a bad expression, an unknown saved audience or snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import strawberry
+from graphql import GraphQLError
+
+from schema.errors import Error, error_result
+from store.errors import DomainError, ErrorCode
+from store.selections import InvalidExpressionError
+
+T = TypeVar("T")
+
+
+@strawberry.type(
+    description="The expression (or filter) does not parse, or names something the brand does not have. "
+    "Text errors carry the position and a caret snippet; filter errors the path of the bad member."
+)
+class InvalidExpression(Error):
+    reason: str = strawberry.field(
+        description="The tag language's code: SYNTAX, INVALID_FILTER, UNKNOWN_TAG, UNKNOWN_DIMENSION, "
+        "UNKNOWN_FIELD, UNKNOWN_VALUE, TYPE_MISMATCH, OUT_OF_RANGE, TOO_LONG, TOO_DEEP, TOO_MANY_TERMS."
+    )
+    line: int | None = strawberry.field(description="1-based line of the offending text.")
+    column: int | None = strawberry.field(description="1-based column (in characters) of the offending text.")
+    snippet: str | None = strawberry.field(description="The source line and a line of carets under the problem.")
+    suggestion: str | None = strawberry.field(description="The closest known name, for an unknown one.")
+    path: str | None = strawberry.field(description="Where in a structured filter, e.g. `filter.and[1].field.op`.")
+
+
+@strawberry.type(description="No saved audience has this id.")
+class UnknownAudience(Error):
+    pass
+
+
+@strawberry.type(description="No audience snapshot has this id.")
+class UnknownSnapshot(Error):
+    pass
+
+
+def audience_error(error: DomainError) -> Any:
+    """The typed result of an audience failure (other codes as schema.errors maps them)."""
+    common: dict[str, Any] = {"code": error.code, "message": error.message, "field": error.field}
+    if isinstance(error, InvalidExpressionError):
+        return InvalidExpression(
+            reason=error.reason,
+            line=error.line,
+            column=error.column,
+            snippet=error.snippet,
+            suggestion=error.suggestion,
+            path=error.path,
+            **common,
+        )
+    if error.code is ErrorCode.UNKNOWN_AUDIENCE:
+        return UnknownAudience(**common)
+    if error.code is ErrorCode.UNKNOWN_SNAPSHOT:
+        return UnknownSnapshot(**common)
+    return error_result(error)
+
+
+async def or_query_error(result: Awaitable[T]) -> T:
+    """Queries have no result unions: a failure becomes a GraphQL error whose extensions carry the
+    code and, for a bad expression, the same details InvalidExpression has."""
+    try:
+        return await result
+    except InvalidExpressionError as error:
+        raise GraphQLError(error.message, extensions={"code": error.code.value, **error.details()}) from None
+    except DomainError as error:
+        raise GraphQLError(error.message, extensions={"code": error.code.value, "field": error.field}) from None

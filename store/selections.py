@@ -1,0 +1,124 @@
+"""Choosing an audience: an expression (text or structured filter) checked against a brand's catalog.
+
+The GraphQL fields, the export endpoints and the CLI all start here, so an expression means the
+same everywhere and a bad one fails the same way: `InvalidExpressionError`, a DomainError with
+code INVALID_EXPRESSION that keeps the tag language's own code (`reason`), the position (line,
+column, caret snippet) for text, the path for a structured filter, and a suggestion for unknown
+names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from datetime import date
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from store.catalogs import BrandCatalog, CatalogCache
+from store.errors import DomainError, ErrorCode
+from tagquery import ErrorCode as QueryCode
+from tagquery import TagQueryError, bind, from_filter, parse, to_text
+from tagquery.ast import Node
+from tagquery.bound import Bound
+
+# One catalog cache per connection pool (the process has one pool; tests have several databases,
+# and brand ids of different databases must never share an entry).
+_caches: weakref.WeakKeyDictionary[object, CatalogCache] = weakref.WeakKeyDictionary()
+
+
+def catalog_cache(pool: object) -> CatalogCache:
+    cache = _caches.get(pool)
+    if cache is None:
+        cache = _caches[pool] = CatalogCache()
+    return cache
+
+
+class InvalidExpressionError(DomainError):
+    """The expression or filter does not parse, or names what the brand does not have."""
+
+    def __init__(self, error: TagQueryError, field: str) -> None:
+        # str(error) is the message with its position and suggestion, then the caret snippet.
+        super().__init__(ErrorCode.INVALID_EXPRESSION, str(error).split("\n", 1)[0], field=field)
+        self.reason = error.code.value
+        self.line = error.line
+        self.column = error.column
+        self.snippet = error.snippet or None
+        self.suggestion = error.suggestion
+        self.path = error.path
+
+    def details(self) -> dict[str, Any]:
+        """What clients get besides code and message (GraphQL extensions, the export's 400 body)."""
+        return {
+            "field": self.field,
+            "reason": self.reason,
+            "line": self.line,
+            "column": self.column,
+            "snippet": self.snippet,
+            "suggestion": self.suggestion,
+            "path": self.path,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Selection:
+    """A checked audience of one brand, for one day."""
+
+    brand_code: str
+    brand: BrandCatalog
+    node: Node
+    bound: Bound
+    today: date
+
+    @property
+    def text(self) -> str:
+        """The canonical expression (what a saved audience stores)."""
+        return to_text(self.node)
+
+
+def read_expression(expression: str | None, filter: object | None, *, field: str = "expression") -> Node:
+    """The syntax tree of exactly one of `expression` / `filter`; INVALID_INPUT naming `field` otherwise."""
+    if (expression is None) == (filter is None):
+        raise DomainError(ErrorCode.INVALID_INPUT, "give exactly one of expression and filter", field=field)
+    try:
+        return parse(expression) if expression is not None else from_filter(filter)
+    except TagQueryError as error:
+        raise InvalidExpressionError(error, field if expression is not None else "filter") from None
+
+
+async def select(
+    conn: AsyncConnection[Any],
+    cache: CatalogCache,
+    brand: dict[str, Any],
+    node: Node,
+    *,
+    source: str | None,
+    field: str = "expression",
+    today: date | None = None,
+) -> Selection:
+    """Bind `node` to the brand's catalog. An unknown name is checked once more against a freshly
+    loaded catalog: a tag defined (or a city indexed) after the cached copy was read must work."""
+    catalog = await cache.get(conn, brand["id"])
+    try:
+        bound = _bind(node, catalog, source, field)
+    except InvalidExpressionError as error:
+        if error.reason not in _NAME_CODES:
+            raise
+        cache.invalidate(brand["id"])
+        catalog = await cache.get(conn, brand["id"])
+        bound = _bind(node, catalog, source, field)
+    return Selection(brand["code"], catalog, node, bound, today or catalog.today())
+
+
+_NAME_CODES = {
+    code.value
+    for code in (QueryCode.UNKNOWN_TAG, QueryCode.UNKNOWN_DIMENSION, QueryCode.UNKNOWN_FIELD, QueryCode.UNKNOWN_VALUE)
+}
+
+
+def _bind(node: Node, catalog: BrandCatalog, source: str | None, field: str) -> Bound:
+    try:
+        return bind(node, catalog.catalog, source=source)
+    except TagQueryError as error:
+        raise InvalidExpressionError(error, field) from None
