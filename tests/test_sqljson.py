@@ -258,6 +258,7 @@ async def test_one_statement_answers_a_whole_profile(world: World, pool: AsyncCo
         ("query($id: ID!, $x: Boolean!) { member(id: $id) { id @include(if: $x) } }", {"id": "1", "x": True}),
         ("query { member(id: 1) { nope } }", {}),  # invalid: strawberry reports it
         ("query {", {}),  # syntax error
+        ('query { members(brand: "b", where: "tag:vip") { totalCount } }', {}),  # an audience: the engine's
     ],
 )
 def test_what_has_no_plan_takes_the_general_path(query: str, variables: dict[str, Any]) -> None:
