@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from api.embedded import EmbeddedPostgres
+from api.export import export_expression, export_saved
 from api.graphql_app import graphql_app
 from api.health import healthz, readyz
 from api.settings import Settings
@@ -74,6 +75,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/graphql", graphql_app(settings.graphql_ide)),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/audiences/export", export_expression, methods=["GET"]),
+            Route("/audiences/{id}/export", export_saved, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -1,0 +1,156 @@
+"""Audience export: CSV and NDJSON content, chosen fields, errors, and rows fetched in id batches."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import pytest
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from store import member_export
+from tests.audience_seed import Seeded, has_wechat, reference_ids, seed, tier_of
+from tests.conftest import GraphQL
+
+
+@pytest.fixture
+async def seeded(pool: AsyncConnectionPool[Any]) -> Seeded:
+    return await seed(pool)
+
+
+async def test_csv_of_an_expression_with_chosen_fields(
+    pool: AsyncConnectionPool[Any], client: httpx.AsyncClient, seeded: Seeded
+) -> None:
+    expression = "tag:vip AND NOT tag:churn_risk"
+    response = await client.get(
+        "/audiences/export",
+        params={"brand": seeded.code, "expression": expression, "fields": "id,brand,tier,maskedPhone,channel:wechat"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert rows[0] == ["id", "brand", "tier", "maskedPhone", "channel:wechat"]
+    expected = await reference_ids(pool, seeded.brand_id, expression)
+    assert [int(row[0]) for row in rows[1:]] == expected
+    assert response.headers["x-member-count"] == str(len(expected))
+    position = {member: i for i, member in enumerate(seeded.ids)}
+    for member, brand, tier, phone, wechat in rows[1:]:
+        i = position[int(member)]
+        assert (brand, tier, phone) == (seeded.code, tier_of(i), f"138****{i:04d}")
+        assert wechat == (f"wx_{member}" if has_wechat(i) else "")
+
+
+async def test_ndjson_of_an_expression(client: httpx.AsyncClient, seeded: Seeded) -> None:
+    response = await client.get(
+        "/audiences/export",
+        params={
+            "brand": seeded.code,
+            "expression": "channel:wechat",
+            "format": "ndjson",
+            "fields": "id,channel:wechat",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    records = [json.loads(line) for line in response.text.splitlines()]
+    expected = [m for i, m in enumerate(seeded.ids) if has_wechat(i)]
+    assert records == [{"id": m, "channel:wechat": [f"wx_{m}"]} for m in expected]
+
+
+async def test_a_saved_audience_exports_its_frozen_snapshot(
+    pool: AsyncConnectionPool[Any], client: httpx.AsyncClient, gql: GraphQL, seeded: Seeded
+) -> None:
+    save = """mutation ($b: String!) {
+      saveAudience(brand: $b, name: "vip", expression: "tag:vip") {
+        ... on AudienceSaved { audience { id } snapshot { id count } }
+      }
+    }"""
+    saved = (await gql(save, b=seeded.code))["saveAudience"]
+    audience_id = saved["audience"]["id"]
+    expected = await reference_ids(pool, seeded.brand_id, "tag:vip")
+    # Changed afterwards: the export still gives the snapshot's members.
+    async with pool.connection() as conn:
+        await conn.execute("DELETE FROM member_tags WHERE member_id = %s", (expected[0],))
+    response = await client.get(f"/audiences/{audience_id}/export", params={"format": "ndjson"})
+    assert response.status_code == 200, response.text
+    assert [json.loads(line)["id"] for line in response.text.splitlines()] == expected
+    assert set(json.loads(response.text.splitlines()[0])) == set(member_export.DEFAULT_FIELDS)
+    again = await client.get(f"/audiences/{audience_id}/export", params={"snapshot": saved["snapshot"]["id"]})
+    assert len(again.text.splitlines()) == 1 + len(expected)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "error"),
+    [
+        ("/audiences/export", {"expression": "tag:vip"}, 400, {"code": "INVALID_INPUT", "parameter": "brand"}),
+        ("/audiences/export", {"brand": "{brand}"}, 400, {"code": "INVALID_INPUT", "parameter": "expression"}),
+        (
+            "/audiences/export",
+            {"brand": "{brand}", "expression": "tag:vip AND tier:golld"},
+            400,
+            {"code": "INVALID_EXPRESSION", "reason": "UNKNOWN_VALUE", "line": 1, "column": 18, "suggestion": "gold"},
+        ),
+        (
+            "/audiences/export",
+            {"brand": "{brand}", "expression": "tag:vip", "format": "xml"},
+            400,
+            {"code": "INVALID_INPUT", "parameter": "format"},
+        ),
+        (
+            "/audiences/export",
+            {"brand": "{brand}", "expression": "tag:vip", "fields": "id,phone"},
+            400,
+            {"code": "INVALID_INPUT", "parameter": "fields"},
+        ),
+        (
+            "/audiences/export",
+            {"brand": "{brand}", "expression": "tag:vip", "fields": "id,channel:myspace"},
+            400,
+            {"code": "INVALID_INPUT", "parameter": "fields"},
+        ),
+        ("/audiences/export", {"brand": "no_such_brand", "expression": "tag:vip"}, 404, {"code": "UNKNOWN_BRAND"}),
+        ("/audiences/999999999/export", {}, 404, {"code": "UNKNOWN_AUDIENCE", "parameter": "id"}),
+        ("/audiences/abc/export", {}, 404, {"code": "UNKNOWN_AUDIENCE"}),
+    ],
+)
+async def test_bad_parameters(
+    client: httpx.AsyncClient, seeded: Seeded, path: str, params: dict[str, str], status: int, error: dict[str, Any]
+) -> None:
+    params = {key: value.replace("{brand}", seeded.code) for key, value in params.items()}
+    response = await client.get(path, params=params)
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert {key: body.get(key) for key in error} == error
+    assert body["message"]
+
+
+async def test_a_larger_audience_is_read_in_id_batches(
+    pool: AsyncConnectionPool[Any], client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    large = await seed(pool, count=3_000)
+    batches: list[int] = []
+    real = member_export.member_rows
+
+    async def counted(
+        conn: AsyncConnection[Any], brand_id: int, ids: Sequence[int], channels: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        batches.append(len(ids))
+        return await real(conn, brand_id, ids, channels)
+
+    monkeypatch.setattr(member_export, "BATCH", 400)
+    monkeypatch.setattr(member_export, "member_rows", counted)
+    response = await client.get(
+        "/audiences/export", params={"brand": large.code, "expression": "NOT tag:vip", "fields": "id,tier"}
+    )
+    assert response.status_code == 200, response.text
+    expected = [m for i, m in enumerate(large.ids) if i % 2 == 1]
+    lines = response.text.splitlines()
+    assert lines[0] == "id,tier"
+    assert [int(line.split(",")[0]) for line in lines[1:]] == expected
+    # 1,500 members in batches of at most 400: four statements, never one for the whole audience.
+    assert batches == [400, 400, 400, 300]
