@@ -191,5 +191,67 @@ def expire_tags(
     typer.echo(f"deleted {deleted} expired tag assignments as of {moment.isoformat()}")
 
 
+audience_cli = typer.Typer(help="Count and export audiences (tag-language expressions).", no_args_is_help=True)
+cli.add_typer(audience_cli, name="audience")
+Expression = Annotated[str, typer.Argument(help='An expression, e.g. "tag:vip AND NOT tag:churn_risk".')]
+BrandOption = Annotated[str, typer.Option(help="Brand code.")]
+
+
+def _audience_failed(error: Exception) -> typer.Exit:
+    from store.selections import InvalidExpressionError
+
+    typer.echo(f"error: {getattr(error, 'message', error)}", err=True)
+    if isinstance(error, InvalidExpressionError) and error.snippet:
+        typer.echo(error.snippet, err=True)
+    return typer.Exit(1)
+
+
+@audience_cli.command("count")
+def audience_count(expression: Expression, brand: BrandOption) -> None:
+    """Count the members an expression selects (the brand's index is caught up first)."""
+    from store.errors import DomainError
+    from store.offline_audiences import count
+
+    with database(Settings.from_env()) as url:
+        try:
+            chosen, found, fresh = asyncio.run(count(url, brand, expression))
+        except DomainError as error:
+            raise _audience_failed(error) from None
+    typer.echo(found)
+    typer.echo(f"{chosen.text} (index as of {fresh.as_of and fresh.as_of.isoformat()})", err=True)
+
+
+@audience_cli.command("export")
+def audience_export(
+    expression: Expression,
+    brand: BrandOption,
+    format: Annotated[str, typer.Option(help="csv or ndjson.")] = "csv",
+    fields: Annotated[
+        str,
+        typer.Option(help="Comma-separated: id, brand, tier, status, city, pointsBalance, maskedPhone, channel:<c>."),
+    ] = "id,tier,maskedPhone",
+    output: Annotated[str | None, typer.Option(help="Write to this file (default: standard output).")] = None,
+) -> None:
+    """Export the members an expression selects as CSV or NDJSON."""
+    import sys
+
+    from store.errors import DomainError
+    from store.member_export import layout
+    from store.offline_audiences import export
+
+    try:
+        chosen = layout(format, fields)
+    except DomainError as error:
+        raise _audience_failed(error) from None
+    with database(Settings.from_env()) as url, contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(output, "w", encoding="utf-8", newline="")) if output else sys.stdout
+        try:
+            written = asyncio.run(export(url, brand, expression, chosen, out.write))
+        except DomainError as error:
+            raise _audience_failed(error) from None
+    if output:
+        typer.echo(f"{written} members written to {output}", err=True)
+
+
 def main() -> None:
     cli()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import os
+import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from store import member_export
 from tests.audience_seed import Seeded, has_wechat, reference_ids, seed, tier_of
 from tests.conftest import GraphQL
+from tests.server import OMNIMEMBER
 
 
 @pytest.fixture
@@ -154,3 +159,41 @@ async def test_a_larger_audience_is_read_in_id_batches(
     assert [int(line.split(",")[0]) for line in lines[1:]] == expected
     # 1,500 members in batches of at most 400: four statements, never one for the whole audience.
     assert batches == [400, 400, 400, 300]
+
+
+def _cli(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run([*OMNIMEMBER, "audience", *arguments], capture_output=True, text=True, env=env, check=False)
+
+
+async def test_cli_count_and_export(
+    pool: AsyncConnectionPool[Any], database_url: str, seeded: Seeded, tmp_path: Path
+) -> None:
+    expression = "tag:vip AND NOT tag:churn_risk"
+    expected = await reference_ids(pool, seeded.brand_id, expression)
+    counted = await asyncio.to_thread(_cli, database_url, "count", expression, "--brand", seeded.code)
+    assert counted.returncode == 0, counted.stderr
+    assert counted.stdout == f"{len(expected)}\n"
+    assert "tag:vip AND NOT tag:churn_risk" in counted.stderr
+
+    target = tmp_path / "out.ndjson"
+    exported = await asyncio.to_thread(
+        _cli, database_url, "export", expression, "--brand", seeded.code,
+        "--format", "ndjson", "--fields", "id,tier", "--output", str(target),
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    position = {member: i for i, member in enumerate(seeded.ids)}
+    assert records == [{"id": m, "tier": tier_of(position[m])} for m in expected]
+
+    to_stdout = await asyncio.to_thread(_cli, database_url, "export", "channel:wechat", "--brand", seeded.code)
+    assert to_stdout.stdout.splitlines()[0] == "id,tier,maskedPhone"
+    assert len(to_stdout.stdout.splitlines()) == 1 + sum(1 for i in range(len(seeded.ids)) if has_wechat(i))
+
+
+async def test_cli_reports_a_bad_expression_with_its_caret(database_url: str, seeded: Seeded) -> None:
+    failed = await asyncio.to_thread(_cli, database_url, "count", "tag:vip AND tier:golld", "--brand", seeded.code)
+    assert failed.returncode == 1
+    assert failed.stderr == (
+        "error: unknown tier 'golld' at 1:18, did you mean 'gold'?\ntag:vip AND tier:golld\n                 ^^^^^\n"
+    )
