@@ -48,12 +48,7 @@ async def _post(
 ) -> PostingOutcome:
     posting = await transact(info.context.pool, work, transaction=transaction)
     _forget_cached(info)
-    # The write returned the posting and the member after it: answer from those, not a re-read.
-    loaders = info.context.loaders
-    if posting.row is not None:
-        loaders.posting_by_id.prime(posting.id, posting.row)
-    if posting.member is not None:
-        loaders.member_by_id.prime(posting.member_id, posting.member)
+    _prime(info, posting)
     return PostingOutcome(posting.id, posting.member_id, posting.replayed)
 
 
@@ -63,7 +58,20 @@ async def _post_order(
     result = await transact(info.context.pool, work)
     _forget_cached(info)
     posting = result.posting
+    _prime(info, posting)
+    if result.order is not None:
+        info.context.loaders.order_by_id.prime(result.order_id, result.order)
     return PostingOutcome(posting.id, posting.member_id, posting.replayed, result.order_id)
+
+
+def _prime(info: Info, posting: Posting) -> None:
+    """The write returned the posting (and for one-statement postings the member after it):
+    answer from those rather than reading them back."""
+    loaders = info.context.loaders
+    if posting.row is not None:
+        loaders.posting_by_id.prime(posting.id, posting.row)
+    if posting.member is not None:
+        loaders.member_by_id.prime(posting.member_id, posting.member)
 
 
 def _forget_cached(info: Info) -> None:

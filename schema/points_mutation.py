@@ -30,6 +30,7 @@ from schema.errors import (
 from schema.member import Member
 from schema.points import Order, PointsPosting
 from store.errors import DomainError, ErrorCode
+from store.sql import Row
 
 Key = Annotated[
     str,
@@ -62,18 +63,41 @@ class PointsPosted:
 
 @strawberry.type(description="The order was recorded (or, when sent again, found).")
 class OrderRecorded:
-    order: Order = strawberry.field(description="The order and what it earned.")
-    posting: PointsPosting = strawberry.field(description="The posting with its EARN entries.")
-    member: Member = strawberry.field(description="The member after the order.")
+    order_id: strawberry.Private[int]
+    posting_id: strawberry.Private[int]
     replayed: bool = strawberry.field(description="True when the order had been recorded before.")
+
+    # Resolved only when selected, from loaders the write primed where it could.
+    @strawberry.field(description="The order and what it earned.")
+    async def order(self, info: Info) -> Order:
+        return Order.from_row(await _order_row(info, self.order_id))
+
+    @strawberry.field(description="The posting with its EARN entries.")
+    async def posting(self, info: Info) -> PointsPosting:
+        return await _posting(info, self.posting_id)
+
+    @strawberry.field(description="The member after the order.")
+    async def member(self, info: Info) -> Member:
+        return await _member(info, (await _order_row(info, self.order_id))["member_id"])
 
 
 @strawberry.type(description="The refund was applied (or, for a retried key, found).")
 class OrderRefunded:
-    order: Order = strawberry.field(description="The order with its refund totals.")
-    posting: PointsPosting = strawberry.field(description="The posting with its REVERSE entry, if any.")
-    member: Member = strawberry.field(description="The member after the refund.")
+    order_id: strawberry.Private[int]
+    posting_id: strawberry.Private[int]
     replayed: bool = strawberry.field(description="True when this answers a retry of an earlier request.")
+
+    @strawberry.field(description="The order with its refund totals.")
+    async def order(self, info: Info) -> Order:
+        return Order.from_row(await _order_row(info, self.order_id))
+
+    @strawberry.field(description="The posting with its REVERSE entry, if any.")
+    async def posting(self, info: Info) -> PointsPosting:
+        return await _posting(info, self.posting_id)
+
+    @strawberry.field(description="The member after the refund.")
+    async def member(self, info: Info) -> Member:
+        return await _member(info, (await _order_row(info, self.order_id))["member_id"])
 
 
 _PostingErrors = UnknownBrand | UnknownChannel | UnknownMember | AlreadyMerged | InvalidInput | DuplicateRequest
@@ -136,14 +160,13 @@ async def _order(info: Info, post: Callable[[], Awaitable[points.PostingOutcome]
     except DomainError as error:
         return error_result(error)
     assert done.order_id is not None
-    order = await points.get_order(info, order_id=done.order_id)
-    assert order is not None
-    return result(
-        order=Order.from_row(order),
-        posting=await _posting(info, done.posting_id),
-        member=await _member(info, order["member_id"]),
-        replayed=done.replayed,
-    )
+    return result(order_id=done.order_id, posting_id=done.posting_id, replayed=done.replayed)
+
+
+async def _order_row(info: Info, order_id: int) -> Row:
+    row = await points.get_order(info, order_id=order_id)
+    assert row is not None
+    return row
 
 
 def _member_id(value: strawberry.ID) -> int:

@@ -115,7 +115,7 @@ _claim = Query(
         ),
     )
     .on_conflict_do_nothing(index_elements=[points_postings.c.brand_id, points_postings.c.idempotency_key])
-    .returning(points_postings.c.id)
+    .returning(*points_postings.c)
 )
 _claimed = Query(
     sa.select(points_postings.c.id, points_postings.c.member_id, points_postings.c.fingerprint).where(
@@ -328,7 +328,7 @@ def check_key(key: str) -> str:
 async def claim(conn: AsyncConnection[Any], request: Request) -> Posting:
     """Claim the request's key: a new posting, or the replay of the one that already holds it."""
     fingerprint = request.fingerprint()
-    posting_id = await _claim.scalar(
+    claimed = await _claim.one(
         conn,
         brand_id=request.brand_id,
         member_id=request.member_id,
@@ -340,8 +340,8 @@ async def claim(conn: AsyncConnection[Any], request: Request) -> Posting:
         actor=request.actor,
         reverses_posting_id=request.reverses_posting_id,
     )
-    if posting_id is not None:
-        return Posting(posting_id, request.member_id)
+    if claimed is not None:
+        return Posting(claimed["id"], request.member_id, row=claimed)
     held = await _claimed.one(conn, brand_id=request.brand_id, key=request.key)
     if held is None:  # nothing conflicted: the member is not one of the brand's
         raise await _refuse_debit(conn, request.brand_id, request.member_id, 0)

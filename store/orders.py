@@ -48,8 +48,27 @@ class OrderInput:
 class OrderResult:
     order_id: int
     posting: Posting
+    order: Row | None = None  # the order row as the write left it, when the write returned it
 
 
+ORDER_COLUMNS = (
+    orders.c.id,
+    orders.c.brand_id,
+    orders.c.member_id,
+    orders.c.channel,
+    orders.c.external_order_id,
+    orders.c.amount,
+    orders.c.refunded,
+    orders.c.paid_at,
+    orders.c.store,
+    orders.c.posting_id,
+    orders.c.points_earned,
+    orders.c.growth_earned,
+    orders.c.points_reversed,
+    orders.c.growth_reversed,
+    orders.c.points_unrecovered,
+    orders.c.created_at,
+)
 _lock_member = Query(
     sa.select(
         members.c.id, members.c.brand_id, members.c.merged_into, members.c.birthday, brand_tiers.c.points_multiplier
@@ -72,7 +91,7 @@ _insert_order = Query(
         points_earned=sa.bindparam("points_earned", type_=sa.BigInteger),
         growth_earned=sa.bindparam("growth_earned", type_=sa.BigInteger),
     )
-    .returning(orders.c.id)
+    .returning(*ORDER_COLUMNS)
 )
 _order_of_posting = Query(sa.select(orders.c.id).where(orders.c.posting_id == sa.bindparam("posting_id")))
 _purchase = Query(
@@ -90,24 +109,6 @@ _purchase = Query(
         growth_value=members.c.growth_value + sa.bindparam("growth", type_=sa.BigInteger),
         points_earned=members.c.points_earned + sa.bindparam("points", type_=sa.BigInteger),
     )
-)
-ORDER_COLUMNS = (
-    orders.c.id,
-    orders.c.brand_id,
-    orders.c.member_id,
-    orders.c.channel,
-    orders.c.external_order_id,
-    orders.c.amount,
-    orders.c.refunded,
-    orders.c.paid_at,
-    orders.c.store,
-    orders.c.posting_id,
-    orders.c.points_earned,
-    orders.c.growth_earned,
-    orders.c.points_reversed,
-    orders.c.growth_reversed,
-    orders.c.points_unrecovered,
-    orders.c.created_at,
 )
 _lock_order = Query(
     sa.select(*ORDER_COLUMNS)
@@ -213,7 +214,7 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
     )
     points = sum(p for p, _ in parts)
     growth = _floor(order.amount * rules["growth_per_yuan"])
-    order_id: int = await _insert_order.scalar(
+    inserted = await _insert_order.one(
         conn,
         brand_id=order.brand_id,
         member_id=order.member_id,
@@ -236,7 +237,8 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
     await tiers.upgrade(
         conn, order.member_id, dt.datetime.now(dt.UTC), cause=f"order {order.channel}:{order.external_order_id}"
     )
-    return OrderResult(order_id, posting)
+    assert inserted is not None
+    return OrderResult(inserted["id"], posting, order=inserted)
 
 
 async def find_for_refund(conn: AsyncConnection[Any], brand_id: int, channel: str, external_order_id: str) -> Row:

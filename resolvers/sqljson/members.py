@@ -253,7 +253,7 @@ def _points_history(c: Compiler, field: Selected, member_id: Any) -> sa.ColumnEl
 
 def members_page(c: Compiler, field: Selected) -> sa.ColumnElement[Any]:
     """Query.members: a brand's live members in id order (selections by audience take the general path)."""
-    given = {argument.name.value for node in field.nodes for argument in node.arguments}
+    given = {argument.name.value for node in field.nodes for argument in node.arguments or ()}
     if not given <= {"brand", "first", "after"}:
         raise NotCompilable(f"members({', '.join(sorted(given))})")
     m, t, rows = _member_rows(c)
