@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import resolvers.audiences
 from schema.root import build_schema
+from store.sql import Query
 from tests.audience_seed import (
     Seeded,
     catch_up,
@@ -381,3 +382,15 @@ async def test_tag_members_by_expression_errors(gql: GraphQL, seeded: Seeded, mo
     monkeypatch.setattr(resolvers.audiences, "MAX_MEMBER_IDS", 3)
     capped = (await gql(TAG_WHERE, brand=seeded.code, tag="churn_risk", where="tag:vip"))["tagMembers"]
     assert (capped["__typename"], capped["code"]) == ("TooManyIds", "TOO_MANY_IDS")
+
+
+async def test_a_sample_page_costs_the_same_statements_whatever_its_size(gql: GraphQL, seeded: Seeded) -> None:
+    async def statements(first: int) -> int:
+        await gql(AUDIENCE, brand=seeded.code, expression="tag:vip", first=first)  # warm the catalog cache
+        before = Query.executions
+        found = await gql(AUDIENCE, brand=seeded.code, expression="tag:vip", first=first)
+        assert len(found["audience"]["sample"]["edges"]) == first
+        return Query.executions - before
+
+    # count, the sample's ids, its members (one batch), totalCount (the count again)
+    assert await statements(2) == await statements(15) == 4

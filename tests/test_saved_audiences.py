@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from store.audiences import decode_chunks
 from store.saved_audiences import compare, encode_ids
+from store.sql import Query
 from tests.audience_seed import Seeded, catch_up, has_vip, reference_ids, seed
 from tests.conftest import GraphQL
 
@@ -170,3 +171,21 @@ async def test_expected_failures(gql: GraphQL, seeded: Seeded) -> None:
     assert missing == {"__typename": "UnknownAudience", "code": "UNKNOWN_AUDIENCE"}
     body = await gql.raw(COMPARE, before="999999998", after="999999999", first=1)
     assert body["errors"][0]["extensions"] == {"code": "UNKNOWN_SNAPSHOT", "field": "before"}
+
+
+async def test_statements_do_not_grow_with_the_number_of_audiences(gql: GraphQL, seeded: Seeded) -> None:
+    """N+1 guard: the brand's audiences and all their snapshots in a fixed number of statements."""
+    query = "query ($b: String!) { savedAudiences(brand: $b) { name snapshots { count } latestSnapshot { id } } }"
+
+    async def statements() -> int:
+        await gql(query, b=seeded.code)  # warm caches (brand directory)
+        before = Query.executions
+        await gql(query, b=seeded.code)
+        return Query.executions - before
+
+    await gql(SAVE, brand=seeded.code, name="one", expression="tag:vip")
+    one = await statements()
+    for name in ("two", "three"):
+        saved = (await gql(SAVE, brand=seeded.code, name=name, expression="city:上海"))["saveAudience"]
+        await gql(REFRESH, id=saved["audience"]["id"])
+    assert one == await statements() == 2
