@@ -37,24 +37,47 @@ _metric = (
     .where(orders.c.brand_id == sa.bindparam("brand_id"), orders.c.paid_at > _AS_OF - sa.text("interval '365 days'"))
     .group_by(orders.c.member_id)
 )
-_member_metric = Query(
+# Upgrade in one statement: the member's tier, its qualifying metric (orders written earlier in
+# the transaction included), the best tier that metric reaches, and the change if it is higher.
+_MEMBER = sa.bindparam("member_id", type_=sa.BigInteger)
+_current = brand_tiers.alias("current_tier")
+_now_in = (
+    sa.select(members.c.id, members.c.brand_id, members.c.tier, _current.c.rank)
+    .join(_current, sa.and_(_current.c.brand_id == members.c.brand_id, _current.c.code == members.c.tier))
+    .where(members.c.id == _MEMBER)
+    .cte("now_in")
+)
+_member_metric = (
     sa.select(sa.func.coalesce(sa.func.sum(_qualifying(brand_rules.c.tier_basis == "growth")), 0))
     .select_from(orders.join(brand_rules, brand_rules.c.brand_id == orders.c.brand_id))
-    .where(orders.c.member_id == sa.bindparam("member_id"), orders.c.paid_at > _AS_OF - sa.text("interval '365 days'"))
+    .where(orders.c.member_id == _MEMBER, orders.c.paid_at > _AS_OF - sa.text("interval '365 days'"))
+    .scalar_subquery()
 )
-_current = brand_tiers.alias("current_tier")
-_member_tier = Query(
-    sa.select(members.c.brand_id, members.c.tier, _current.c.rank)
-    .join(_current, sa.and_(_current.c.brand_id == members.c.brand_id, _current.c.code == members.c.tier))
-    .where(members.c.id == sa.bindparam("member_id"))
-)
-_best_tier = Query(
+_reaches = (
     sa.select(brand_tiers.c.code, brand_tiers.c.rank)
-    .where(brand_tiers.c.brand_id == sa.bindparam("brand_id"), brand_tiers.c.threshold <= sa.bindparam("metric"))
+    .where(brand_tiers.c.brand_id == _now_in.c.brand_id, brand_tiers.c.threshold <= _member_metric)
     .order_by(brand_tiers.c.rank.desc())
     .limit(1)
+    .lateral("reaches")
 )
-_set_tier = Query(sa.update(members).where(members.c.id == sa.bindparam("member_id")).values(tier=sa.bindparam("tier")))
+_raise = (
+    sa.update(members)
+    .where(members.c.id == _now_in.c.id, _reaches.c.rank > _now_in.c.rank)
+    .values(tier=_reaches.c.code)
+    .returning(members.c.id, members.c.brand_id, _now_in.c.tier.label("from_tier"), _reaches.c.code.label("to_tier"))
+    .cte("raised")
+)
+_upgrade = Query(
+    sa.insert(tier_changes)
+    .from_select(
+        ["brand_id", "member_id", "from_tier", "to_tier", "cause"],
+        sa.select(
+            _raise.c.brand_id, _raise.c.id, _raise.c.from_tier, _raise.c.to_tier, sa.bindparam("cause", type_=sa.Text)
+        ),
+    )
+    .returning(tier_changes.c.to_tier)
+    .add_cte(_now_in, _raise)
+)
 _record = Query(
     sa.insert(tier_changes).values(
         brand_id=sa.bindparam("brand_id"),
@@ -117,22 +140,8 @@ async def record_change(
 
 async def upgrade(conn: AsyncConnection[Any], member_id: int, as_of: dt.datetime, cause: str) -> str | None:
     """Raise the member to the best tier it qualifies for, never lower; returns the new tier if any."""
-    member = await _member_tier.one(conn, member_id=member_id)
-    assert member is not None
-    metric = await _member_metric.scalar(conn, member_id=member_id, as_of=as_of)
-    best = await _best_tier.one(conn, brand_id=member["brand_id"], metric=int(metric))
-    if best is None or best["rank"] <= member["rank"]:
-        return None
-    await _set_tier.run(conn, member_id=member_id, tier=best["code"])
-    await record_change(
-        conn,
-        brand_id=member["brand_id"],
-        member_id=member_id,
-        from_tier=member["tier"],
-        to_tier=best["code"],
-        cause=cause,
-    )
-    return str(best["code"])
+    to_tier: str | None = await _upgrade.scalar(conn, member_id=member_id, as_of=as_of, cause=cause)
+    return to_tier
 
 
 async def review(conn: AsyncConnection[Any], brand_id: int, as_of: dt.datetime) -> int:
