@@ -136,9 +136,16 @@ def decode_chunks(data: bytes | None) -> npt.NDArray[np.int64]:
         return np.empty(0, dtype=np.int64)
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, _RECORD)
     chunks = records[:, :4].copy().view(">i4").astype(np.int64).ravel()
-    rows, positions = np.nonzero(np.unpackbits(records[:, 8:], axis=1))
-    ids = (chunks[rows] << CHUNK_BITS) | positions
-    ids.sort()
+    ordered = bool(np.all(chunks[1:] > chunks[:-1]))
+    if not ordered:  # string_agg promises no order; one argsort of the records, not of the ids
+        order = np.argsort(chunks, kind="stable")
+        records, chunks = records[order], chunks[order]
+    # Flat over the records, booleans: nonzero of a 2-D uint8 array took 10-20x longer (280k ids:
+    # ~20 ms against ~1 ms), and ids come out ascending without a sort.
+    flat = np.flatnonzero(np.unpackbits(records[:, 8:]).view(np.bool_))
+    ids: npt.NDArray[np.int64] = flat + ((chunks - np.arange(chunks.size)) << CHUNK_BITS)[flat >> CHUNK_BITS]
+    if not ordered and bool(np.any(chunks[1:] == chunks[:-1])):
+        ids.sort()  # a chunk in two records
     return ids
 
 
