@@ -1,7 +1,7 @@
 """SQL expressions that render GraphQL values exactly as strawberry serialises them.
 
-Every helper here has a Python twin on the general path, and tests/test_sqljson.py compares the
-two responses byte for byte (after JSON parsing) over random selections.
+Every helper here has a Python twin on the general path, and tests/test_sqljson.py requires the
+two responses to parse to equal JSON over random selections.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ _QUOTE = sa.Text().literal_processor(DIALECT)  # type: ignore[no-untyped-call]
 def text(value: str) -> sa.ColumnElement[str]:
     """A constant of the plan (a response key, a format) rendered by SQLAlchemy's own quoting.
 
-    Not a bound parameter: a profile plan holds ~80 of them, and binding them on every request
-    cost more than the rest of it. They never come from request values: keys are GraphQL names
+    Not a bound parameter: a profile plan holds ~80 of them, which would otherwise be adapted and
+    sent with every request. They never come from request values: keys are GraphQL names
     (``[_A-Za-z][_0-9A-Za-z]*``, enforced by the parser), the rest are written here.
     """
     return sa.literal_column(_QUOTE(value), sa.Text)
