@@ -103,7 +103,7 @@ _CLAIM_VALUES: dict[str, sa.BindParameter[Any]] = {
     "actor": sa.bindparam("actor", type_=sa.Text),
     "reverses_posting_id": sa.bindparam("reverses_posting_id", type_=sa.BigInteger),
 }
-_claim = Query(
+_claim_insert = (
     insert(points_postings)
     .from_select(
         list(_CLAIM_VALUES),
@@ -117,6 +117,7 @@ _claim = Query(
     .on_conflict_do_nothing(index_elements=[points_postings.c.brand_id, points_postings.c.idempotency_key])
     .returning(*points_postings.c)
 )
+_claim = Query(_claim_insert)
 _claimed = Query(
     sa.select(points_postings.c.id, points_postings.c.member_id, points_postings.c.fingerprint).where(
         points_postings.c.brand_id == sa.bindparam("brand_id"),
@@ -548,21 +549,7 @@ _credit_posted = Query(
 
 # Claim first (as `_claim`), then the conditional debit and its entry. A row with no entry means the
 # balance did not cover it (or the member is merged): the caller's transaction undoes the claim.
-_debit_claim = (
-    insert(points_postings)
-    .from_select(
-        list(_CLAIM_VALUES),
-        sa.select(*_CLAIM_VALUES.values()).where(
-            sa.exists().where(
-                members.c.id == sa.bindparam("member_id", type_=sa.BigInteger),
-                members.c.brand_id == sa.bindparam("brand_id", type_=sa.BigInteger),
-            )
-        ),
-    )
-    .on_conflict_do_nothing(index_elements=[points_postings.c.brand_id, points_postings.c.idempotency_key])
-    .returning(*points_postings.c)
-    .cte("debit_claim")
-)
+_debit_claim = _claim_insert.cte("debit_claim")
 _debit_member = (
     sa.update(members)
     .where(_live_member, members.c.points_balance >= _AMOUNT, sa.exists(sa.select(_debit_claim.c.id)))
