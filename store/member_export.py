@@ -28,6 +28,10 @@ from store.sql import Query, Row
 from store.tables import CHANNELS, member_identities, members
 
 BATCH = 10_000
+ROWLESS_BATCH = 262_144  # ids per chunk when the fields need no member row (id, brand)
+_ROWLESS = {"id", "brand"}
+_SENTINEL = -123456789  # stands for the id while a line template is rendered
+_POWERS = 10 ** np.arange(19, dtype=np.int64)
 FORMATS = ("csv", "ndjson")
 DEFAULT_FIELDS = ("id", "tier", "maskedPhone")
 _CHANNEL = "channel:"
@@ -120,6 +124,11 @@ async def lines(
     render = _csv if chosen.format == "csv" else _ndjson
     if chosen.format == "csv":
         yield _csv_line(list(chosen.fields))
+    template = _rowless_template(chosen, brand["code"])
+    if template is not None:  # nothing to read: lines straight from the ids
+        for start in range(0, ids.size, ROWLESS_BATCH):
+            yield rowless_lines(np.sort(ids[start : start + ROWLESS_BATCH]), *template)
+        return
     for start in range(0, ids.size, size):
         async with connect() as conn:
             rows = await member_rows(conn, brand["id"], ids[start : start + size].tolist(), chosen.channels)
@@ -153,3 +162,40 @@ def _csv_line(values: list[Any]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow(values)
     return out.getvalue()
+
+
+def _rowless_template(chosen: Layout, brand_code: str) -> tuple[str, str | None] | None:
+    """For fields that need no member row, a line as (text before the id, text after it; None
+    without an id), rendered by the row path's own renderer so both paths write the same bytes."""
+    if not set(chosen.fields) <= _ROWLESS:
+        return None
+    row = {"id": _SENTINEL}
+    line = (_csv if chosen.format == "csv" else _ndjson)(_record(row, brand_code, chosen))
+    before, found, after = line.partition(str(_SENTINEL))
+    return (before, after) if found else (line, None)
+
+
+def rowless_lines(ids: npt.NDArray[np.int64], before: str, after: str | None) -> str:
+    """``before + str(id) + after`` for every id, built with numpy: 4M ids in tens of milliseconds,
+    where formatting them one by one takes a second. Ids are ascending, so the ids of each decimal
+    width form one run and become one block of fixed-width rows."""
+    if after is None:  # the same line for every member
+        return before * ids.size
+    if not before.isascii() or not after.isascii():
+        return "".join(f"{before}{member_id}{after}" for member_id in ids.tolist())
+    head, tail = np.frombuffer(before.encode(), np.uint8), np.frombuffer(after.encode(), np.uint8)
+    bounds = np.searchsorted(ids, _POWERS[1:])  # where each width starts
+    blocks = []
+    start = 0
+    for width, end in enumerate([*bounds.tolist(), ids.size], start=1):
+        run = ids[start:end]
+        start = end
+        if run.size == 0:
+            continue
+        digits = (run[:, None] // _POWERS[width - 1 :: -1]) % 10 + ord("0")
+        block = np.empty((run.size, head.size + width + tail.size), np.uint8)
+        block[:, : head.size] = head
+        block[:, head.size : head.size + width] = digits
+        block[:, head.size + width :] = tail
+        blocks.append(block.tobytes())
+    return b"".join(blocks).decode("ascii")

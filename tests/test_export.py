@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -197,3 +198,19 @@ async def test_cli_reports_a_bad_expression_with_its_caret(database_url: str, se
     assert failed.stderr == (
         "error: unknown tier 'golld' at 1:18, did you mean 'gold'?\ntag:vip AND tier:golld\n                 ^^^^^\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("format", "fields"), [("csv", "id"), ("csv", "brand,id"), ("ndjson", "id,brand"), ("ndjson", "brand")]
+)
+def test_rowless_exports_write_what_the_row_path_writes(format: str, fields: str) -> None:
+    """Fields that need no member row are rendered from the ids alone, byte for byte as rows would be."""
+    rng = np.random.default_rng(7)
+    ids = np.unique(np.concatenate([np.arange(12), rng.integers(0, 10**12, 5_000)])).astype(np.int64)
+    layout = member_export.layout(format, fields)
+    template = member_export._rowless_template(layout, "teahouse")
+    assert template is not None
+    render = member_export._csv if format == "csv" else member_export._ndjson
+    by_rows = "".join(render(member_export._record({"id": i}, "teahouse", layout)) for i in ids.tolist())
+    assert member_export.rowless_lines(ids, *template) == by_rows
+    assert member_export._rowless_template(member_export.layout(format, "id,tier"), "teahouse") is None
