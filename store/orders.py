@@ -27,7 +27,7 @@ from store import ledger, tiers
 from store.errors import DomainError, ErrorCode
 from store.ledger import Posting, Request
 from store.sql import Query, Row
-from store.tables import brand_tiers, members, orders, points_entries, points_lots
+from store.tables import brand_rules, brand_tiers, members, orders, points_entries, points_lots
 
 MAX_AMOUNT = Decimal("100000000")  # 100 million yuan: larger is a data error, not a basket
 CENT = Decimal("0.01")
@@ -69,11 +69,18 @@ ORDER_COLUMNS = (
     orders.c.points_unrecovered,
     orders.c.created_at,
 )
+# The member, locked, with its tier's multiplier and its brand's rules: one round trip.
 _lock_member = Query(
     sa.select(
-        members.c.id, members.c.brand_id, members.c.merged_into, members.c.birthday, brand_tiers.c.points_multiplier
+        members.c.id,
+        members.c.brand_id,
+        members.c.merged_into,
+        members.c.birthday,
+        brand_tiers.c.points_multiplier,
+        *(column for column in brand_rules.c if column.name != "brand_id"),
     )
     .join(brand_tiers, sa.and_(brand_tiers.c.brand_id == members.c.brand_id, brand_tiers.c.code == members.c.tier))
+    .join(brand_rules, brand_rules.c.brand_id == members.c.brand_id)
     .where(members.c.id == sa.bindparam("member_id"))
     .with_for_update(of=members)
 )
@@ -203,17 +210,16 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
     member = await _lock_member.one(conn, member_id=order.member_id)
     if member is None or member["brand_id"] != order.brand_id or member["merged_into"] is not None:
         raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no live member {order.member_id} in this brand", field="memberId")
-    rules = await ledger.rules(conn, order.brand_id)
-    zone_paid = order.paid_at.astimezone(ZoneInfo(rules["timezone"]))
+    zone_paid = order.paid_at.astimezone(ZoneInfo(member["timezone"]))
     birthday = member["birthday"]
     parts = earnings(
         order.amount,
-        rules,
+        member,  # carries the brand's rules
         birthday_month=birthday is not None and birthday.month == zone_paid.month,
         tier_multiplier=member["points_multiplier"],
     )
     points = sum(p for p, _ in parts)
-    growth = _floor(order.amount * rules["growth_per_yuan"])
+    growth = _floor(order.amount * member["growth_per_yuan"])
     inserted = await _insert_order.one(
         conn,
         brand_id=order.brand_id,
