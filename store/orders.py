@@ -84,6 +84,24 @@ _lock_member = Query(
     .where(members.c.id == sa.bindparam("member_id"))
     .with_for_update(of=members)
 )
+# The member's purchase aggregates move with the order, in the order's statement.
+_purchase = (
+    sa.update(members)
+    .where(members.c.id == sa.bindparam("member_id"))
+    .values(
+        first_purchase_at=sa.func.least(
+            members.c.first_purchase_at, sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
+        ),
+        last_purchase_at=sa.func.greatest(
+            members.c.last_purchase_at, sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
+        ),
+        order_count=members.c.order_count + 1,
+        total_spend=members.c.total_spend + sa.bindparam("amount", type_=sa.Numeric(14, 2)),
+        growth_value=members.c.growth_value + sa.bindparam("growth", type_=sa.BigInteger),
+        points_earned=members.c.points_earned + sa.bindparam("points", type_=sa.BigInteger),
+    )
+    .cte("purchase")
+)
 _insert_order = Query(
     insert(orders)
     .values(
@@ -99,24 +117,9 @@ _insert_order = Query(
         growth_earned=sa.bindparam("growth_earned", type_=sa.BigInteger),
     )
     .returning(*ORDER_COLUMNS)
+    .add_cte(_purchase)
 )
 _order_of_posting = Query(sa.select(orders.c.id).where(orders.c.posting_id == sa.bindparam("posting_id")))
-_purchase = Query(
-    sa.update(members)
-    .where(members.c.id == sa.bindparam("member_id"))
-    .values(
-        first_purchase_at=sa.func.least(
-            members.c.first_purchase_at, sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
-        ),
-        last_purchase_at=sa.func.greatest(
-            members.c.last_purchase_at, sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
-        ),
-        order_count=members.c.order_count + 1,
-        total_spend=members.c.total_spend + sa.bindparam("amount", type_=sa.Numeric(14, 2)),
-        growth_value=members.c.growth_value + sa.bindparam("growth", type_=sa.BigInteger),
-        points_earned=members.c.points_earned + sa.bindparam("points", type_=sa.BigInteger),
-    )
-)
 _lock_order = Query(
     sa.select(*ORDER_COLUMNS)
     .where(
@@ -232,14 +235,13 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
         posting_id=posting.id,
         points_earned=points,
         growth_earned=growth,
+        growth=growth,
+        points=points,
     )
     for amount, note in parts:
         await ledger.post_credit(
             conn, posting, order.brand_id, kind="earn", amount=amount, note=note, earned_at=order.paid_at
         )
-    await _purchase.run(
-        conn, member_id=order.member_id, paid_at=order.paid_at, amount=order.amount, growth=growth, points=points
-    )
     await tiers.upgrade(
         conn, order.member_id, dt.datetime.now(dt.UTC), cause=f"order {order.channel}:{order.external_order_id}"
     )
