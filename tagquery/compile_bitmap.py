@@ -12,6 +12,14 @@ one operation per slice. Derived fields are rewritten onto the stored dates firs
 `birthday`, `days_since_last_purchase` onto `last_purchase`, and `orders_365d >= k` onto "the
 k-th most recent order is within 365 days". NULL rule: every chain starts from the field's
 presence, so a term on a missing fact is empty, and NOT is `universe & ~x`.
+
+Two savings rest on what the index holds (store.bitmaps; the differential tests check it): every
+row holds live members only, and a field's slices only members where the field is present. So
+every compiled bitmap lies within the universe, and `a AND NOT b` is `a & ~b` (the universe is read
+only for an AND without a positive operand); and a chain starts at the lowest 1 bit of c with that
+bit's slice (below it, `B_i | present` is `present`; then `B_low & present` is `B_low`). Each saves
+reading a row and one 8 KB operation per chunk, which is what a COUNT costs (measured in
+docs/benchmarks.md, section Audiences).
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from tagquery.bound import (
 
 Bits = sa.ColumnElement[str]
 Interval = tuple[int | None, int | None]  # closed; None is unbounded
+Present = Callable[[], Bits]  # the field's presence, read only if a chain needs it (a pivot key is read once named)
 VARBIT = BIT(varying=True)
 ORDERS_WINDOW_DAYS = 365  # orders_365d counts orders on or after today - 365 (as WITHIN 365d)
 # A fixed literal: all zeros, for keys without a row in a chunk.
@@ -159,7 +168,7 @@ class BitmapCompiler:
     def bitmap(self, node: Bound) -> Bits:
         match node:
             case BoundAnd(operands):
-                return and_all(self.bitmap(operand) for operand in operands)
+                return self._and(operands)
             case BoundOr(operands):
                 return or_all([self.bitmap(operand) for operand in operands])
             case BoundNot(operand):
@@ -167,6 +176,12 @@ class BitmapCompiler:
             case Membership(dimension, values):
                 return or_all([self.pivot(_membership_key(dimension, value)) for value in values])
         return self._field(node)
+
+    def _and(self, operands: Sequence[Bound]) -> Bits:
+        """`a AND NOT b` as `a & ~b`: every bitmap lies within the universe (module docstring)."""
+        positive = [self.bitmap(operand) for operand in operands if not isinstance(operand, BoundNot)]
+        negated = [bitnot(self.bitmap(operand.operand)) for operand in operands if isinstance(operand, BoundNot)]
+        return and_all([*(positive or [self.universe]), *negated])
 
     def _field(self, node: FieldCompare | FieldIn | FieldBetween | FieldWithin) -> Bits:
         intervals = _intervals(node, self.today)
@@ -180,10 +195,10 @@ class BitmapCompiler:
                 return self._on_date("last_purchase", [_days_ago(interval, today) for interval in intervals])
             case name if name in DATE_FIELDS:
                 return self._on_date(name, intervals)
-        return self._sliced(node.field, self.encoding.widths.get(node.field, 0), self.universe, intervals)
+        return self._sliced(node.field, self.encoding.widths.get(node.field, 0), lambda: self.universe, intervals)
 
     def _on_date(self, field: str, intervals: Sequence[Interval]) -> Bits:
-        present = self.pivot(has_key(field)) if field in NULLABLE else self.universe
+        present: Present = (lambda: self.pivot(has_key(field))) if field in NULLABLE else (lambda: self.universe)
         return self._sliced(field, DATE_WIDTH, present, intervals)
 
     def _orders_365d(self, interval: Interval) -> Bits:
@@ -196,9 +211,9 @@ class BitmapCompiler:
         if k <= 0:
             return self.universe
         field = order_field(k)
-        return self._sliced(field, DATE_WIDTH, self.pivot(has_key(field)), [(since, None)])
+        return self._sliced(field, DATE_WIDTH, lambda: self.pivot(has_key(field)), [(since, None)])
 
-    def _sliced(self, field: str, width: int, present: Bits, intervals: Sequence[Interval]) -> Bits:
+    def _sliced(self, field: str, width: int, present: Present, intervals: Sequence[Interval]) -> Bits:
         slice_of: Callable[[int], Bits] = lambda bit: self.pivot(bit_key(field, bit))  # noqa: E731
         return or_all([_interval(slice_of, width, present, interval) for interval in intervals])
 
@@ -211,7 +226,7 @@ def _membership_key(dimension: str, value: str) -> str:
     return value_key(dimension, value)
 
 
-def _interval(slice_of: Callable[[int], Bits], width: int, present: Bits, interval: Interval) -> Bits:
+def _interval(slice_of: Callable[[int], Bits], width: int, present: Present, interval: Interval) -> Bits:
     low, high = interval
     top = (1 << width) - 1
     low = max(low or 0, 0)
@@ -224,19 +239,21 @@ def _interval(slice_of: Callable[[int], Bits], width: int, present: Bits, interv
     return lower if high == top else bitand(lower, bitnot(_at_least(slice_of, width, present, high + 1)))
 
 
-def _at_least(slice_of: Callable[[int], Bits], width: int, present: Bits, value: int) -> Bits:
-    """Members whose value is >= `value` (0 < value < 2^width): one operation per slice."""
+def _at_least(slice_of: Callable[[int], Bits], width: int, present: Present, value: int) -> Bits:
+    """Members whose value is >= `value` (0 < value < 2^width): one operation per slice from the
+    lowest 1 bit of `value` up (slices hold present members only: module docstring)."""
     if value <= 0:
-        return present
-    acc = present
-    for bit in range(width):
+        return present()
+    lowest = (value & -value).bit_length() - 1
+    acc = slice_of(lowest)
+    for bit in range(lowest + 1, width):
         acc = bitand(slice_of(bit), acc) if value >> bit & 1 else bitor(slice_of(bit), acc)
     return acc
 
 
-def _equal(slice_of: Callable[[int], Bits], width: int, present: Bits, value: int) -> Bits:
+def _equal(slice_of: Callable[[int], Bits], width: int, present: Present, value: int) -> Bits:
     parts = [slice_of(bit) if value >> bit & 1 else bitnot(slice_of(bit)) for bit in range(width)]
-    return and_all([present, *parts])
+    return and_all([present(), *parts])
 
 
 def _intervals(node: FieldCompare | FieldIn | FieldBetween | FieldWithin, today: date) -> list[Interval]:
