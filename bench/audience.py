@@ -18,8 +18,16 @@ robin over the queries; row COUNTs (tagquery.compile_rows over the system of rec
 each under a statement timeout. Every query's members are checked equal between the two: count,
 sum of ids and a sum of squares. Then the ids of Q6 (~45% of the brand) are exported into the
 process (store.audiences.member_ids) and, when `omnimember serve` has the export endpoint, as CSV
-over HTTP. Prints p50/p95, the speed-up of bitmap over row and the issue's floors, and writes a
-section of docs/benchmarks.md.
+over HTTP. Prints p50/p95, the speed-up of bitmap over row and the issue's floors, and writes its
+size's subsection of docs/benchmarks.md (other sizes and hand-written notes there stay).
+
+Two experiments run in rolled-back transactions, so the index is left as it was: Q5 with its range
+terms read from pre-made bitmaps (what range-encoded keys would give), and, with `--scale-to N`,
+the bitmap side on the brand's index rows repeated to N members' worth of chunks (an index-only
+estimate for a size whose demo takes too long to build; counts checked, no row compiler).
+`--reuse-index` skips the rebuild when the brand's index is current.
+
+The measured brand is one of the demo's two (teahouse: 60% of `--members`).
 """
 
 from __future__ import annotations
