@@ -9,6 +9,7 @@ compared as they are.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from typing import Any
 
@@ -22,7 +23,7 @@ from resolvers.direct import DirectMutations
 from schema.root import LIMIT_RULES, build_schema
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
-from tests.conftest import TEST_SECRET, GraphQL, new_brand
+from tests.conftest import ROOT, TEST_SECRET, GraphQL, new_brand
 from tests.fragments import EARN, REGISTER
 from tests.test_sqljson import SMALL_MEMBER, Graph, selections
 
@@ -138,3 +139,14 @@ async def test_bad_variables_run_nothing(member: tuple[str, str], pool: AsyncCon
     plan = DIRECT.plan(query, None)
     assert plan is not None
     assert await DIRECT.answer(plan, {"amount": "many"}, _context(pool)) is None
+
+
+def test_resolvers_read_nothing_of_info_but_its_context() -> None:
+    """Planned mutations hand resolvers an Info with only `context` (resolvers.direct._Info)."""
+    uses = [
+        f"{path.relative_to(ROOT)}: {match.group(0)}"
+        for folder in ("schema", "resolvers")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for match in re.finditer(r"\binfo\.(?!context\b)\w+", path.read_text())
+    ]
+    assert uses == []
