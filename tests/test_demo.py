@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import demo, demo_tags, points
+from store import demo, demo_people, demo_tags, points
 from store.demo import DemoError, DemoSummary, build_demo
 from store.phones import PhoneVault, mask, normalise
 from store.tables import CHANNELS, DEFAULT_TIERS, TAG_CATEGORIES
@@ -293,13 +293,13 @@ def test_the_fast_path_clears_every_table_that_references_members(database_url: 
 
 
 def test_permutations_give_distinct_values_inside_the_domain() -> None:
-    rand = demo._Random(3, "test")
+    rand = demo_people._Random(3, "test")
     for domain in (1, 2, 1000, 4099, 10**10):
         size = min(domain, 5000)
         values = rand.permute("p", np.arange(size, dtype=np.uint64), domain)
         assert len(set(values.tolist())) == size
         assert int(values.max()) < domain
-    tokens = demo._tokens(rand, "t", np.arange(100_000, dtype=np.uint64), "o", 27)
+    tokens = demo_people._tokens(rand, "t", np.arange(100_000, dtype=np.uint64), "o", 27)
     assert len(set(tokens.tolist())) == 100_000
 
 
