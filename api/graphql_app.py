@@ -30,15 +30,12 @@ class GraphQLApp(GraphQL[Context, None]):
         return process_result(result)
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
-        state: AppState = request.state.omnimember
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        return Context(pool=state.pool, vault=state.vault, brands=state.brands, request_id=request_id)
+        return _context(request.state.omnimember, request.headers.get("x-request-id"))
 
 
-def _context(state: AppState, scope: Scope) -> Context:
-    """The context strawberry's `get_context` would make for this request."""
-    request_id = next((v.decode() for k, v in scope["headers"] if k == b"x-request-id"), None) or uuid.uuid4().hex
-    return Context(pool=state.pool, vault=state.vault, brands=state.brands, request_id=request_id)
+def _context(state: AppState, request_id: str | None) -> Context:
+    """One request's context, for strawberry and for planned mutations alike."""
+    return Context(pool=state.pool, vault=state.vault, brands=state.brands, request_id=request_id or uuid.uuid4().hex)
 
 
 class GraphQLEndpoint:
@@ -83,15 +80,17 @@ class GraphQLEndpoint:
             return await self._plans.answer(plan, variables, Needs(brands=state.brands, pool=state.pool))
         mutation = self._mutations.plan(request["query"], operation_name)
         if mutation is not None:
-            return await self._mutations.answer(mutation, variables, _context(state, scope))
+            return await self._mutations.answer(mutation, variables, _context(state, _header(scope, b"x-request-id")))
         return None
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    return next((value.decode("latin-1") for key, value in scope["headers"] if key == name), None)
+
+
 def _is_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return bool(value.split(b";")[0].strip().lower() == b"application/json")
-    return False
+    content_type = _header(scope, b"content-type") or ""
+    return content_type.split(";")[0].strip().lower() == "application/json"
 
 
 async def _read_body(receive: Receive) -> bytes | None:

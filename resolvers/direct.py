@@ -23,7 +23,6 @@ from graphql import (
     FragmentDefinitionNode,
     GraphQLAbstractType,
     GraphQLEnumType,
-    GraphQLError,
     GraphQLField,
     GraphQLInputType,
     GraphQLList,
@@ -36,9 +35,6 @@ from graphql import (
     OperationType,
     SelectionSetNode,
     is_abstract_type,
-    parse,
-    specified_rules,
-    validate,
 )
 from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.validation import ASTValidationRule
@@ -46,11 +42,12 @@ from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.field import StrawberryField
 
 from resolvers.context import Context
+from resolvers.sqljson.documents import Memo, valid_operation
 from resolvers.sqljson.selection import NotCompilable, Selected, collect
+from schema.root import UNEXPECTED
 
 log = logging.getLogger(__name__)
-MAX_PLANS = 1000
-UNEXPECTED = {"data": None, "errors": [{"message": "Unexpected error."}]}
+UNEXPECTED_RESPONSE = {"data": None, "errors": [{"message": UNEXPECTED}]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +77,12 @@ class DirectMutations:
     def __init__(self, strawberry_schema: Any, rules: list[type[ASTValidationRule]]) -> None:
         self._strawberry = strawberry_schema
         self._schema: GraphQLSchema = strawberry_schema._schema
-        self._rules = [*specified_rules, *rules]
-        self._known: dict[tuple[str, str | None], MutationPlan | None] = {}
+        self._rules = rules
+        self._known = Memo(self._compile)
         self._fields: dict[str, dict[str, StrawberryField]] = {}
 
     def plan(self, document: str, operation_name: str | None) -> MutationPlan | None:
-        key = (document, operation_name)
-        if key not in self._known:
-            if len(self._known) >= MAX_PLANS:
-                del self._known[next(iter(self._known))]
-            self._known[key] = self._compile(document, operation_name)
-        return self._known[key]
+        return self._known.get(document, operation_name)
 
     async def answer(self, plan: MutationPlan, variables: Mapping[str, Any] | None, context: Context) -> bytes | None:
         """The response body; None (before anything ran) when the variables are not valid."""
@@ -107,24 +99,16 @@ class DirectMutations:
                 data[root.key] = await self._complete(result, root.field.type, [root.node], plan, info)
         except Exception:  # a bug: what the general path would mask, logged in full
             log.exception("request %s: unexpected error in a mutation", context.request_id)
-            return _encode(UNEXPECTED)
+            return _encode(UNEXPECTED_RESPONSE)
         return _encode({"data": data})
 
     # --- planning -------------------------------------------------------------------------------
 
     def _compile(self, document: str, operation_name: str | None) -> MutationPlan | None:
-        try:
-            ast = parse(document)
-        except GraphQLError:
+        found = valid_operation(self._schema, self._rules, document, operation_name, OperationType.MUTATION)
+        if found is None:
             return None
-        if validate(self._schema, ast, self._rules):
-            return None
-        operations = [d for d in ast.definitions if isinstance(d, OperationDefinitionNode)]
-        fragments = {d.name.value: d for d in ast.definitions if isinstance(d, FragmentDefinitionNode)}
-        chosen = [op for op in operations if operation_name is None or (op.name and op.name.value == operation_name)]
-        if len(chosen) != 1 or chosen[0].operation is not OperationType.MUTATION or chosen[0].directives:
-            return None
-        operation = chosen[0]
+        operation, fragments = found.node, found.fragments
         mutation_type = self._schema.mutation_type
         assert mutation_type is not None
         try:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from resolvers.context import Context
-from resolvers.direct import DirectMutations
+from resolvers.direct import DirectMutations, MutationPlan
 from schema.root import LIMIT_RULES, build_schema
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
@@ -139,6 +139,9 @@ async def test_bad_variables_run_nothing(member: tuple[str, str], pool: AsyncCon
     plan = DIRECT.plan(query, None)
     assert plan is not None
     assert await DIRECT.answer(plan, {"amount": "many"}, _context(pool)) is None
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT count(*) FROM points_postings WHERE idempotency_key = 'v'")
+        assert await cursor.fetchone() == (0,)
 
 
 def test_resolvers_read_nothing_of_info_but_its_context() -> None:
@@ -150,3 +153,23 @@ def test_resolvers_read_nothing_of_info_but_its_context() -> None:
         for match in re.finditer(r"\binfo\.(?!context\b)\w+", path.read_text())
     ]
     assert uses == []
+
+
+async def test_http_plans_mutations(gql: GraphQL, member: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint answers a planned mutation itself and leaves the rest to strawberry."""
+    brand, member_id = member
+    answered: list[bytes | None] = []
+    real = DirectMutations.answer
+
+    async def counted(self: DirectMutations, plan: MutationPlan, variables: Any, context: Context) -> bytes | None:
+        answered.append(await real(self, plan, variables, context))
+        return answered[-1]
+
+    monkeypatch.setattr(DirectMutations, "answer", counted)
+    posted = await gql(EARN, brand=brand, memberId=member_id, amount=1, key="http-planned", reason="test")
+    assert posted["earnPoints"]["__typename"] == "PointsPosted"
+    assert len(answered) == 1
+    assert answered[0] is not None
+    registered = await gql(REGISTER, brand=brand, channel="pos", externalId="card-http", gender="MALE")
+    assert registered["registerMember"]["__typename"] == "MemberRegistered"
+    assert len(answered) == 1  # an enum argument: strawberry's path

@@ -161,6 +161,15 @@ async def test_a_larger_audience_is_read_in_id_batches(
     # 1,500 members in batches of at most 400: four statements, never one for the whole audience.
     assert batches == [400, 400, 400, 300]
 
+    # Ids alone need no member row: the same export of `id` reads none and writes the same ids.
+    batches.clear()
+    response = await client.get(
+        "/audiences/export", params={"brand": large.code, "expression": "NOT tag:vip", "fields": "id"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.text.splitlines() == ["id", *map(str, expected)]
+    assert batches == []
+
 
 def _cli(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": database_url}

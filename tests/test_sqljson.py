@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from resolvers.context import Context
-from resolvers.sqljson import Needs, Plans
+from resolvers.sqljson import Needs, Plan, Plans
 from schema.root import LIMIT_RULES, build_schema
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
@@ -280,12 +280,23 @@ async def test_arguments_the_general_path_rejects_are_left_to_it(world: World, p
         assert await PLANS.answer(plan, variables, needs) is None, variables
 
 
-async def test_http_answers_both_paths_alike(gql: GraphQL, world: World) -> None:
+async def test_http_answers_both_paths_alike(gql: GraphQL, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    answered: list[bytes | None] = []
+    real = Plans.answer
+
+    async def counted(self: Plans, plan: Plan, variables: Any, needs: Needs) -> bytes | None:
+        answered.append(await real(self, plan, variables, needs))
+        return answered[-1]
+
+    monkeypatch.setattr(Plans, "answer", counted)
     compiled = await gql.raw("query($id: ID!) { member(id: $id) { id tier { code } } }", id=world.member_ids[1])
     assert compiled == {"data": {"member": {"id": world.member_ids[1], "tier": {"code": "silver"}}}}
+    assert len(answered) == 1  # the endpoint took the compiled path
+    assert answered[0] is not None
     error = await gql.raw('query { members(brand: "no_such_brand") { totalCount } }')
     assert error["data"] is None
     assert error["errors"][0]["extensions"]["code"] == "UNKNOWN_BRAND"
+    assert answered[1] is None  # declined, and strawberry reported the error
 
 
 async def test_tags_leave_out_expired_assignments(world: World, pool: AsyncConnectionPool[Any]) -> None:

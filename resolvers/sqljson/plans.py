@@ -9,20 +9,12 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from graphql import (
-    FragmentDefinitionNode,
-    GraphQLError,
-    GraphQLSchema,
-    OperationDefinitionNode,
-    OperationType,
-    parse,
-    specified_rules,
-    validate,
-)
+from graphql import GraphQLSchema, OperationDefinitionNode, OperationType
 from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.validation import ASTValidationRule
 
 from resolvers.sqljson.compiler import Binding, Compiler, Needs
+from resolvers.sqljson.documents import Memo, valid_operation
 from resolvers.sqljson.json_sql import json_object, text
 from resolvers.sqljson.members import member_root, members_page
 from resolvers.sqljson.selection import NotCompilable
@@ -30,7 +22,6 @@ from store.errors import DomainError
 from store.sql import Query
 
 log = logging.getLogger(__name__)
-MAX_PLANS = 1000  # distinct documents remembered per process, compiled or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +36,11 @@ class Plans:
 
     def __init__(self, schema: GraphQLSchema, rules: list[type[ASTValidationRule]]) -> None:
         self._schema = schema
-        self._rules = [*specified_rules, *rules]
-        self._known: dict[tuple[str, str | None], Plan | None] = {}
+        self._rules = rules
+        self._known = Memo(self._compile)
 
     def plan(self, document: str, operation_name: str | None) -> Plan | None:
-        key = (document, operation_name)
-        try:
-            return self._known[key]
-        except KeyError:
-            pass
-        plan = self._compile(document, operation_name)
-        if len(self._known) >= MAX_PLANS:
-            del self._known[next(iter(self._known))]  # oldest first: a bounded memory of documents
-        self._known[key] = plan
-        return plan
+        return self._known.get(document, operation_name)
 
     async def answer(self, plan: Plan, variables: Mapping[str, Any] | None, needs: Needs) -> bytes | None:
         """The response body, or None when the request must take the general path (bad variables,
@@ -81,18 +63,10 @@ class Plans:
         return b'{"data":' + data.encode() + b"}"
 
     def _compile(self, document: str, operation_name: str | None) -> Plan | None:
-        try:
-            ast = parse(document)
-        except GraphQLError:
+        found = valid_operation(self._schema, self._rules, document, operation_name, OperationType.QUERY)
+        if found is None:
             return None
-        if validate(self._schema, ast, self._rules):
-            return None
-        operations = [d for d in ast.definitions if isinstance(d, OperationDefinitionNode)]
-        fragments = {d.name.value: d for d in ast.definitions if isinstance(d, FragmentDefinitionNode)}
-        chosen = [op for op in operations if operation_name is None or (op.name and op.name.value == operation_name)]
-        if len(chosen) != 1 or chosen[0].operation is not OperationType.QUERY or chosen[0].directives:
-            return None
-        operation = chosen[0]
+        operation, fragments = found.node, found.fragments
         compiler = Compiler(self._schema, fragments)
         try:
             fields = compiler.fields([operation.selection_set], "Query")

@@ -1,0 +1,76 @@
+"""What compiled reads and planned mutations share: a valid operation from a document, and a
+bounded per-process memory of the documents seen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from graphql import (
+    FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.validation import ASTValidationRule
+
+T = TypeVar("T")
+MAX_DOCUMENTS = 1000  # distinct documents remembered per process, planned or not
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    node: OperationDefinitionNode
+    fragments: Mapping[str, FragmentDefinitionNode]
+
+
+def valid_operation(
+    schema: GraphQLSchema,
+    rules: list[type[ASTValidationRule]],
+    document: str,
+    operation_name: str | None,
+    kind: OperationType,
+) -> Operation | None:
+    """The one operation of ``kind`` the request names, if the document parses and validates
+    (with the schema's extra rules) and the operation carries no directives; else None, and
+    strawberry's general path reports whatever is wrong."""
+    try:
+        ast = parse(document)
+    except GraphQLError:
+        return None
+    if validate(schema, ast, [*specified_rules, *rules]):
+        return None
+    named = [
+        d
+        for d in ast.definitions
+        if isinstance(d, OperationDefinitionNode)
+        and (operation_name is None or (d.name is not None and d.name.value == operation_name))
+    ]
+    if len(named) != 1 or named[0].operation is not kind or named[0].directives:
+        return None
+    fragments = {d.name.value: d for d in ast.definitions if isinstance(d, FragmentDefinitionNode)}
+    return Operation(named[0], fragments)
+
+
+class Memo(Generic[T]):
+    """The plan (or None) of each (document, operation name), computed once, oldest forgotten first."""
+
+    def __init__(self, compute: Callable[[str, str | None], T | None]) -> None:
+        self._compute = compute
+        self._known: dict[tuple[str, str | None], T | None] = {}
+
+    def get(self, document: str, operation_name: str | None) -> T | None:
+        key = (document, operation_name)
+        try:
+            return self._known[key]
+        except KeyError:
+            pass
+        if len(self._known) >= MAX_DOCUMENTS:
+            del self._known[next(iter(self._known))]
+        found = self._known[key] = self._compute(document, operation_name)
+        return found
