@@ -43,10 +43,8 @@ import platform
 import re
 import resource
 import shlex
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -929,21 +927,12 @@ def write_section(path: Path, text: str, members: int) -> None:
     `### ` subsections (kept after the sizes) and other sections stay."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    end = start
-    if start is not None:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    sizes, notes = _subsections(lines[start + 1 : end] if start is not None and end is not None else [])
+    bounds = common.section_bounds(lines, SECTION)
+    sizes, notes = _subsections(lines[bounds[0] + 1 : bounds[1]] if bounds else [])
     sizes[members] = text
     blocks = [sizes[size] for size in sorted(sizes)] + notes
     body = "\n".join(block.rstrip("\n") + "\n" for block in blocks)
-    section = f"{SECTION}\n\n{INTRO}\n\n{body}"
-    if start is None or end is None:
-        new = old.rstrip("\n") + "\n\n" + section
-    else:
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-    path.write_text(new)
+    common.write_section(path, f"{SECTION}\n\n{INTRO}\n\n{body}", SECTION)
 
 
 def _subsections(lines: Sequence[str]) -> tuple[dict[int, str], list[str]]:
@@ -1168,14 +1157,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the server gets stopped
-    args = parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="audience-") as tmp:
-            return run(args, Path(tmp))
-    except (BenchError, psycopg.Error) as error:
-        print(f"\nBENCHMARK FAILED: {error}", file=sys.stderr)
-        return 1
+    return common.bench_main(run, parse_args(argv), "audience-", (BenchError, psycopg.Error))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,8 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -699,20 +697,6 @@ def section(findings: Findings, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of the file (up to the next `## ` heading), keep the rest."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
-    path.write_text(new)
-
-
 def reproduce_command(args: argparse.Namespace) -> str:
     argv = [".venv/bin/python", "bench/points.py", "--members", str(args.members), "--workers", str(args.workers)]
     argv += ["--pool-max", str(args.pool_max), "--duration", str(args.duration), "--warmup", str(args.warmup)]
@@ -841,19 +825,12 @@ def report(findings: Findings, args: argparse.Namespace) -> None:
     for problem in findings.check.problems:
         print(f"  {problem}")
     if not args.no_write:
-        write_section(DOCS, text)
+        common.write_section(DOCS, text, SECTION)
         print(f"wrote {DOCS.relative_to(ROOT)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the server gets stopped
-    args = parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="points-bench-") as tmp:
-            return run(args, Path(tmp))
-    except (BenchError, LoadError, psycopg.Error) as error:
-        print(f"\nBENCHMARK FAILED: {error}", file=sys.stderr)
-        return 1
+    return common.bench_main(run, parse_args(argv), "points-bench-", (BenchError, LoadError, psycopg.Error))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -632,17 +632,24 @@ def query_of(results: Sequence[Measurement], key: str) -> str:
     return next(m.scenario.query for m in results if m.scenario.key == key)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of the file (up to the next `## ` heading), keep the rest."""
+def section_bounds(lines: list[str], title: str) -> tuple[int, int] | None:
+    """Where the `## ` section titled `title` starts, and where the next one starts."""
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
+    if start is None:
+        return None
+    return start, next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+
+
+def write_section(path: Path, text: str, title: str = SECTION) -> None:
+    """Replace a benchmark's section of the file (up to the next `## ` heading), keep the rest."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
+    bounds = section_bounds(lines, title)
+    if bounds is None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
+        rest = "".join(lines[bounds[1] :])
+        new = "".join(lines[: bounds[0]]) + text + ("\n" + rest if rest else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
 
@@ -793,15 +800,19 @@ def report(
         print(f"\nwrote {DOCS.relative_to(ROOT)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def bench_main(run: Callable[[Any, Path], int], args: Any, prefix: str, failures: tuple[type[Exception], ...]) -> int:
+    """Run a benchmark in a temporary directory; a failure is a message and exit status 1."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the server gets stopped
-    args = parse_args(argv)
     try:
-        with tempfile.TemporaryDirectory(prefix="profile_read-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
             return run(args, Path(tmp))
-    except (BenchError, LoadError, psycopg.Error) as error:
+    except failures as error:
         print(f"\nBENCHMARK FAILED: {error}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return bench_main(run, parse_args(argv), "profile_read-", (BenchError, LoadError, psycopg.Error))
 
 
 if __name__ == "__main__":
