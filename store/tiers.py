@@ -37,6 +37,22 @@ _metric = (
     .where(orders.c.brand_id == sa.bindparam("brand_id"), orders.c.paid_at > _AS_OF - sa.text("interval '365 days'"))
     .group_by(orders.c.member_id)
 )
+
+
+def _recorded(changed: Any) -> sa.Insert:
+    """Tier changes, one per row of ``changed`` (id, brand_id, from_tier, to_tier), with the cause."""
+    return sa.insert(tier_changes).from_select(
+        ["brand_id", "member_id", "from_tier", "to_tier", "cause"],
+        sa.select(
+            changed.c.brand_id,
+            changed.c.id,
+            changed.c.from_tier,
+            changed.c.to_tier,
+            sa.bindparam("cause", type_=sa.Text),
+        ),
+    )
+
+
 # Upgrade in one statement: the member's tier, its qualifying metric (orders written earlier in
 # the transaction included), the best tier that metric reaches, and the change if it is higher.
 _MEMBER = sa.bindparam("member_id", type_=sa.BigInteger)
@@ -67,17 +83,7 @@ _raise = (
     .returning(members.c.id, members.c.brand_id, _now_in.c.tier.label("from_tier"), _reaches.c.code.label("to_tier"))
     .cte("raised")
 )
-_upgrade = Query(
-    sa.insert(tier_changes)
-    .from_select(
-        ["brand_id", "member_id", "from_tier", "to_tier", "cause"],
-        sa.select(
-            _raise.c.brand_id, _raise.c.id, _raise.c.from_tier, _raise.c.to_tier, sa.bindparam("cause", type_=sa.Text)
-        ),
-    )
-    .returning(tier_changes.c.to_tier)
-    .add_cte(_now_in, _raise)
-)
+_upgrade = Query(_recorded(_raise).returning(tier_changes.c.to_tier).add_cte(_now_in, _raise))
 _record = Query(
     sa.insert(tier_changes).values(
         brand_id=sa.bindparam("brand_id"),
@@ -116,20 +122,7 @@ _changed = (
     .returning(members.c.id, members.c.brand_id, _targets.c.from_tier, _targets.c.to_tier)
     .cte("changed")
 )
-_review = Query(
-    sa.insert(tier_changes)
-    .from_select(
-        ["brand_id", "member_id", "from_tier", "to_tier", "cause"],
-        sa.select(
-            _changed.c.brand_id,
-            _changed.c.id,
-            _changed.c.from_tier,
-            _changed.c.to_tier,
-            sa.bindparam("cause", type_=sa.Text),
-        ),
-    )
-    .returning(tier_changes.c.id)
-)
+_review = Query(_recorded(_changed).returning(tier_changes.c.id))
 
 
 async def record_change(
