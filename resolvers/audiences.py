@@ -29,7 +29,6 @@ from store.tags import MAX_MEMBER_IDS, TooManyIdsError
 from store.transactions import transact
 from tagquery import GRAMMAR_VERSION, to_text
 from tagquery.ast import And, Node, Not, Or
-from tagquery.bound import BoundNot
 from tagquery.compile_bitmap import BitmapCompiler
 
 Ids = npt.NDArray[np.int64]
@@ -139,7 +138,7 @@ async def explain(info: Info, chosen: Selection) -> Explanation:
     clauses = chosen.node.operands if isinstance(chosen.node, And) else (chosen.node,)
     steps = [Step(None, funnel[0].count, 0, False)]
     steps += [
-        Step(to_text(clause), step.count, step.removed, isinstance(step.operand, BoundNot))
+        Step(to_text(clause), step.count, step.removed, audiences.is_exclusion(step))
         for clause, step in zip(clauses, funnel[1:], strict=True)
     ]
     return Explanation(chosen.text, PLAN, compiler.pivot.keys, steps)

@@ -226,7 +226,6 @@ _give_back_to_lots = Query(
     .where(points_lots.c.id == _draw_rows.c.lot_id)
     .values(remaining=points_lots.c.remaining + _draw_rows.c.amount)
 )
-_rules = Query(sa.select(brand_rules).where(brand_rules.c.brand_id == sa.bindparam("brand_id")))
 
 # End of the year `expiry_years` after the year of earning, in the brand's time zone: the one
 # definition of a lot's expiry, evaluated where the lot is written.
@@ -353,12 +352,6 @@ async def claim(conn: AsyncConnection[Any], request: Request) -> Posting:
             field="idempotencyKey",
         )
     return Posting(held["id"], held["member_id"], replayed=True)
-
-
-async def rules(conn: AsyncConnection[Any], brand_id: int) -> Row:
-    row = await _rules.one(conn, brand_id=brand_id)
-    assert row is not None, f"brand {brand_id} has no rules"
-    return row
 
 
 async def _refuse_debit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amount: int) -> DomainError:

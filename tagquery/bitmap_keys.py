@@ -61,11 +61,6 @@ def day_offset(day: date) -> int:
     return (day - EPOCH).days
 
 
-def clamp_day(offset: int) -> int:
-    """A day offset as the index stores it: dates before 1900 (and after 2079) are clamped."""
-    return min(max(offset, 0), MAX_DAY)
-
-
 def fen(amount: Decimal) -> int:
     """Yuan with at most two decimals, as whole fen."""
     return int(amount * 100)
