@@ -53,9 +53,9 @@ async def _post(
 
 
 async def _post_order(
-    info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[orders.OrderResult]]
+    info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[orders.OrderResult]], *, transaction: bool = True
 ) -> PostingOutcome:
-    result = await transact(info.context.pool, work)
+    result = await transact(info.context.pool, work, transaction=transaction)
     _forget_cached(info)
     posting = result.posting
     _prime(info, posting)
@@ -178,7 +178,7 @@ async def record_order(
         )
         return await orders.record(conn, order, ACTOR)
 
-    return await _post_order(info, work)
+    return await _post_order(info, work, transaction=False)  # orders.record is whole on its own
 
 
 async def _buyer(conn: AsyncConnection[Any], brand_id: int, channel: str, buyer_id: str) -> int:

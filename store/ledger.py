@@ -124,20 +124,20 @@ _claimed = Query(
         points_postings.c.idempotency_key == sa.bindparam("key"),
     )
 )
-_live_member = sa.and_(
+LIVE_MEMBER = sa.and_(
     members.c.id == sa.bindparam("member_id"),
     members.c.brand_id == sa.bindparam("brand_id"),
     members.c.merged_into.is_(None),
 )
 _credit = Query(
     sa.update(members)
-    .where(_live_member)
+    .where(LIVE_MEMBER)
     .values(points_balance=members.c.points_balance + sa.bindparam("amount", type_=sa.BigInteger))
     .returning(members.c.points_balance)
 )
 _debit = Query(
     sa.update(members)
-    .where(_live_member, members.c.points_balance >= sa.bindparam("amount", type_=sa.BigInteger))
+    .where(LIVE_MEMBER, members.c.points_balance >= sa.bindparam("amount", type_=sa.BigInteger))
     .values(points_balance=members.c.points_balance - sa.bindparam("amount", type_=sa.BigInteger))
     .returning(members.c.points_balance)
 )
@@ -230,7 +230,7 @@ _give_back_to_lots = Query(
 # End of the year `expiry_years` after the year of earning, in the brand's time zone: the one
 # definition of a lot's expiry, evaluated where the lot is written.
 _EARNED_AT = sa.func.coalesce(sa.bindparam("earned_at", type_=sa.DateTime(timezone=True)), sa.func.now())
-_expiry = (
+LOT_EXPIRY = (
     sa.select(
         sa.func.make_timestamptz(
             sa.cast(sa.extract("year", sa.func.timezone(brand_rules.c.timezone, _EARNED_AT)), sa.Integer)
@@ -261,17 +261,17 @@ def _entry_values(balance: sa.ColumnElement[Any], member: sa.ColumnElement[Any],
     )
 
 
-_ENTRY_COLUMNS = ["posting_id", "brand_id", "member_id", "kind", "amount", "balance_after", "note"]
+ENTRY_COLUMNS = ["posting_id", "brand_id", "member_id", "kind", "amount", "balance_after", "note"]
 _credited = (
     sa.update(members)
-    .where(_live_member)
+    .where(LIVE_MEMBER)
     .values(points_balance=members.c.points_balance + sa.bindparam("amount", type_=sa.BigInteger))
     .returning(members.c.id, members.c.points_balance)
     .cte("credited")
 )
 _credit_entry = (
     sa.insert(points_entries)
-    .from_select(_ENTRY_COLUMNS, _entry_values(_credited.c.points_balance, _credited.c.id, 1))
+    .from_select(ENTRY_COLUMNS, _entry_values(_credited.c.points_balance, _credited.c.id, 1))
     .returning(points_entries.c.id, points_entries.c.member_id)
     .cte("credit_entry")
 )
@@ -285,7 +285,7 @@ _credit_lot = (
             _credit_entry.c.id,
             sa.bindparam("amount", type_=sa.BigInteger),
             sa.bindparam("amount", type_=sa.BigInteger),
-            _expiry,
+            LOT_EXPIRY,
         ),
     )
     .cte("credit_lot")
@@ -294,14 +294,14 @@ _credit_lot = (
 _credit_with_lot = Query(sa.select(_credit_entry.c.id).add_cte(_credited, _credit_entry, _credit_lot))
 _debited = (
     sa.update(members)
-    .where(_live_member, members.c.points_balance >= sa.bindparam("amount", type_=sa.BigInteger))
+    .where(LIVE_MEMBER, members.c.points_balance >= sa.bindparam("amount", type_=sa.BigInteger))
     .values(points_balance=members.c.points_balance - sa.bindparam("amount", type_=sa.BigInteger))
     .returning(members.c.id, members.c.points_balance)
     .cte("debited")
 )
 _debit_entry = (
     sa.insert(points_entries)
-    .from_select(_ENTRY_COLUMNS, _entry_values(_debited.c.points_balance, _debited.c.id, -1))
+    .from_select(ENTRY_COLUMNS, _entry_values(_debited.c.points_balance, _debited.c.id, -1))
     .returning(points_entries.c.id)
     .cte("debit_entry")
 )
@@ -471,20 +471,20 @@ async def post_debit(
 # or two (debits: the draw needs its own statement, see `_draw_soonest`), and the API answers
 # from what came back instead of reading it again.
 
-_KEY_CONSTRAINT = "uq_points_postings_brand_id_idempotency_key"
-_POSTING_VALUES = {name: param for name, param in _CLAIM_VALUES.items() if name != "member_id"}
+KEY_CONSTRAINT = "uq_points_postings_brand_id_idempotency_key"
+POSTING_VALUES = {name: param for name, param in _CLAIM_VALUES.items() if name != "member_id"}
 
 
-def _tiered(member: Any) -> list[sa.ColumnElement[Any]]:
+def tiered(member: Any) -> list[sa.ColumnElement[Any]]:
     """A member row as the member loaders return it: its columns, its tier's name and rank."""
     return [*member.c, brand_tiers.c.name.label("tier_name"), brand_tiers.c.rank.label("tier_rank")]
 
 
-def _tier_of(member: Any) -> sa.ColumnElement[bool]:
+def tier_of(member: Any) -> sa.ColumnElement[bool]:
     return sa.and_(brand_tiers.c.brand_id == member.c.brand_id, brand_tiers.c.code == member.c.tier)
 
 
-def _posting_columns(posting: Any) -> list[sa.ColumnElement[Any]]:
+def posting_columns(posting: Any) -> list[sa.ColumnElement[Any]]:
     return [column.label(f"posting_{column.name}") for column in posting.c]
 
 
@@ -492,20 +492,20 @@ def _posting_columns(posting: Any) -> list[sa.ColumnElement[Any]]:
 # held fails the whole statement (unique violation) and nothing of it remains; a member that is not
 # live yields no row. Either way `_replay_or_refuse` explains.
 _credit_member = (
-    (sa.update(members).where(_live_member).values(points_balance=members.c.points_balance + _AMOUNT))
+    (sa.update(members).where(LIVE_MEMBER).values(points_balance=members.c.points_balance + _AMOUNT))
     .returning(*members.c)
     .cte("credit_member")
 )
 _credit_posting = (
     sa.insert(points_postings)
-    .from_select(["member_id", *_POSTING_VALUES], sa.select(_credit_member.c.id, *_POSTING_VALUES.values()))
+    .from_select(["member_id", *POSTING_VALUES], sa.select(_credit_member.c.id, *POSTING_VALUES.values()))
     .returning(*points_postings.c)
     .cte("credit_posting")
 )
 _credit_line = (
     sa.insert(points_entries)
     .from_select(
-        _ENTRY_COLUMNS,
+        ENTRY_COLUMNS,
         sa.select(
             _credit_posting.c.id,
             _credit_posting.c.brand_id,
@@ -529,14 +529,14 @@ _credit_lot_opened = (
             _credit_line.c.id,
             _AMOUNT,
             _AMOUNT,
-            _expiry,
+            LOT_EXPIRY,
         ),
     )
     .cte("credit_lot_opened")
 )
 _credit_posted = Query(
-    sa.select(*_posting_columns(_credit_posting), *_tiered(_credit_member))
-    .select_from(_credit_posting.join(_credit_member, sa.true()).join(brand_tiers, _tier_of(_credit_member)))
+    sa.select(*posting_columns(_credit_posting), *tiered(_credit_member))
+    .select_from(_credit_posting.join(_credit_member, sa.true()).join(brand_tiers, tier_of(_credit_member)))
     .add_cte(_credit_member, _credit_posting, _credit_line, _credit_lot_opened)
 )
 
@@ -545,7 +545,7 @@ _credit_posted = Query(
 _debit_claim = _claim_insert.cte("debit_claim")
 _debit_member = (
     sa.update(members)
-    .where(_live_member, members.c.points_balance >= _AMOUNT, sa.exists(sa.select(_debit_claim.c.id)))
+    .where(LIVE_MEMBER, members.c.points_balance >= _AMOUNT, sa.exists(sa.select(_debit_claim.c.id)))
     .values(points_balance=members.c.points_balance - _AMOUNT)
     .returning(*members.c)
     .cte("debit_member")
@@ -553,7 +553,7 @@ _debit_member = (
 _debit_line = (
     sa.insert(points_entries)
     .from_select(
-        _ENTRY_COLUMNS,
+        ENTRY_COLUMNS,
         sa.select(
             _debit_claim.c.id,
             _debit_claim.c.brand_id,
@@ -568,17 +568,17 @@ _debit_line = (
     .cte("debit_line")
 )
 _debit_posted = Query(
-    sa.select(*_posting_columns(_debit_claim), _debit_line.c.id.label("entry_id"), *_tiered(_debit_member))
+    sa.select(*posting_columns(_debit_claim), _debit_line.c.id.label("entry_id"), *tiered(_debit_member))
     .select_from(
         _debit_claim.outerjoin(
-            _debit_member.join(brand_tiers, _tier_of(_debit_member)).join(_debit_line, sa.true()), sa.true()
+            _debit_member.join(brand_tiers, tier_of(_debit_member)).join(_debit_line, sa.true()), sa.true()
         )
     )
     .add_cte(_debit_claim, _debit_member, _debit_line)
 )
 
 
-def _claim_params(request: Request) -> dict[str, Any]:
+def claim_params(request: Request) -> dict[str, Any]:
     return {
         "brand_id": request.brand_id,
         "member_id": request.member_id,
@@ -592,7 +592,7 @@ def _claim_params(request: Request) -> dict[str, Any]:
     }
 
 
-def _split(row: Row, request: Request) -> Posting:
+def split_posting(row: Row, request: Request) -> Posting:
     """The posting and member rows a one-statement posting returned, apart."""
     posting = {name.removeprefix("posting_"): value for name, value in row.items() if name.startswith("posting_")}
     member = {name: value for name, value in row.items() if not name.startswith("posting_")}
@@ -600,7 +600,7 @@ def _split(row: Row, request: Request) -> Posting:
 
 
 @contextlib.asynccontextmanager
-async def _savepoint_if_in_transaction(conn: AsyncConnection[Any]) -> AsyncIterator[None]:
+async def statement_fence(conn: AsyncConnection[Any]) -> AsyncIterator[None]:
     """A failed statement aborts an open transaction: fence it there; in autocommit it is its own."""
     if conn.info.transaction_status == TransactionStatus.IDLE:
         yield
@@ -613,15 +613,15 @@ async def credit_posting(conn: AsyncConnection[Any], request: Request, *, kind: 
     """Claim the key, credit the member, write the entry and open its lot: one statement, so it is
     whole on its own (run it outside a transaction to save the BEGIN and COMMIT round trips)."""
     try:
-        async with _savepoint_if_in_transaction(conn):
+        async with statement_fence(conn):
             row = await _credit_posted.one(
-                conn, **_claim_params(request), amount=amount, kind=kind, note=note, earned_at=None
+                conn, **claim_params(request), amount=amount, kind=kind, note=note, earned_at=None
             )
     except errors.UniqueViolation as error:
-        if error.diag.constraint_name != _KEY_CONSTRAINT:
+        if error.diag.constraint_name != KEY_CONSTRAINT:
             raise
         row = None
-    return _split(row, request) if row is not None else await _replay_or_refuse(conn, request)
+    return split_posting(row, request) if row is not None else await _replay_or_refuse(conn, request)
 
 
 async def debit_posting(
@@ -630,7 +630,7 @@ async def debit_posting(
     """Claim the key, debit the member if the balance covers it, write the entry, draw the lots.
     Two statements: run it in a transaction (a refusal raises after the claim, undoing it)."""
     assert conn.info.transaction_status != TransactionStatus.IDLE, "debit_posting needs a transaction"
-    row = await _debit_posted.one(conn, **_claim_params(request), amount=amount, kind=kind, note=note)
+    row = await _debit_posted.one(conn, **claim_params(request), amount=amount, kind=kind, note=note)
     if row is None:  # the key was taken, or no such member in the brand
         return await _replay_or_refuse(conn, request)
     if row["entry_id"] is None:
@@ -641,14 +641,23 @@ async def debit_posting(
     if sum(draw["amount"] for draw in drawn) != amount:
         raise AssertionError(f"member {request.member_id}: lots hold less than the balance; ledger invariant broken")
     del row["entry_id"]
-    return _split(row, request)
+    return split_posting(row, request)
 
 
 async def _replay_or_refuse(conn: AsyncConnection[Any], request: Request) -> Posting:
     """Nothing was posted: the key's earlier posting (a retry), DUPLICATE_REQUEST, or why not."""
-    held = await _claimed.one(conn, brand_id=request.brand_id, key=request.key)
+    held = await held_posting(conn, request)
     if held is None:
         raise await _refuse_debit(conn, request.brand_id, request.member_id, 0)
+    return held
+
+
+async def held_posting(conn: AsyncConnection[Any], request: Request) -> Posting | None:
+    """The posting that already holds the request's key (to replay), None when the key is free;
+    DUPLICATE_REQUEST when it holds a different request."""
+    held = await _claimed.one(conn, brand_id=request.brand_id, key=request.key)
+    if held is None:
+        return None
     if bytes(held["fingerprint"]) != request.fingerprint():
         raise DomainError(
             ErrorCode.DUPLICATE_REQUEST,

@@ -20,14 +20,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from psycopg import AsyncConnection
-from sqlalchemy.dialects.postgresql import insert
+from psycopg import AsyncConnection, errors
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from store import ledger, tiers
 from store.errors import DomainError, ErrorCode
 from store.ledger import Posting, Request
 from store.sql import Query, Row
-from store.tables import brand_rules, brand_tiers, members, orders, points_entries, points_lots
+from store.tables import brand_rules, brand_tiers, members, orders, points_entries, points_lots, points_postings
 
 MAX_AMOUNT = Decimal("100000000")  # 100 million yuan: larger is a data error, not a basket
 CENT = Decimal("0.01")
@@ -69,56 +69,166 @@ ORDER_COLUMNS = (
     orders.c.points_unrecovered,
     orders.c.created_at,
 )
-# The member, locked, with its tier's multiplier and its brand's rules: one round trip.
-_lock_member = Query(
+# What an order's earnings depend on: the member (live, of the brand?), its birthday and tier's
+# multiplier, its order count, and the brand's rules. Read without a lock first: the posting
+# statement below only applies if the member's tier, birthday and order count are still what was
+# read (another order in between could have lifted the tier or moved the tier metric).
+_basis = (
     sa.select(
         members.c.id,
         members.c.brand_id,
         members.c.merged_into,
         members.c.birthday,
+        members.c.tier,
+        members.c.order_count,
         brand_tiers.c.points_multiplier,
         *(column for column in brand_rules.c if column.name != "brand_id"),
     )
     .join(brand_tiers, sa.and_(brand_tiers.c.brand_id == members.c.brand_id, brand_tiers.c.code == members.c.tier))
     .join(brand_rules, brand_rules.c.brand_id == members.c.brand_id)
     .where(members.c.id == sa.bindparam("member_id"))
-    .with_for_update(of=members)
 )
-# The member's purchase aggregates move with the order, in the order's statement.
-_purchase = (
+_earning_basis = Query(_basis)
+_locked_basis = Query(_basis.with_for_update(of=members))
+
+# The whole order in one statement, like `ledger.credit_posting`: the member row first (balance,
+# purchase aggregates, growth, tier upgrade; this locks it), then a plain INSERT of the posting
+# (a key already held fails the statement and nothing remains), the order, one EARN entry per
+# part with its lot, and the tier change. No row when the member is not live or its tier or
+# birthday or order count moved since `_earning_basis` (the earnings would be stale).
+_PAID_AT = sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
+_POINTS = sa.bindparam("points", type_=sa.BigInteger)
+_GROWTH = sa.bindparam("growth", type_=sa.BigInteger)
+_YUAN = sa.bindparam("amount", type_=sa.Numeric(14, 2))
+_current_tier = brand_tiers.alias("current_tier")
+_buyer = (
     sa.update(members)
-    .where(members.c.id == sa.bindparam("member_id"))
-    .values(
-        first_purchase_at=sa.func.least(
-            members.c.first_purchase_at, sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
-        ),
-        last_purchase_at=sa.func.greatest(
-            members.c.last_purchase_at, sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
-        ),
-        order_count=members.c.order_count + 1,
-        total_spend=members.c.total_spend + sa.bindparam("amount", type_=sa.Numeric(14, 2)),
-        growth_value=members.c.growth_value + sa.bindparam("growth", type_=sa.BigInteger),
-        points_earned=members.c.points_earned + sa.bindparam("points", type_=sa.BigInteger),
+    .where(
+        ledger.LIVE_MEMBER,
+        members.c.tier == sa.bindparam("tier_seen", type_=sa.Text),
+        members.c.birthday.is_not_distinct_from(sa.bindparam("birthday_seen", type_=sa.Date)),
+        members.c.order_count == sa.bindparam("order_count_seen", type_=sa.Integer),
+        _current_tier.c.brand_id == members.c.brand_id,
+        _current_tier.c.code == members.c.tier,
+        brand_rules.c.brand_id == members.c.brand_id,
     )
-    .cte("purchase")
-)
-_insert_order = Query(
-    insert(orders)
     .values(
-        brand_id=sa.bindparam("brand_id"),
-        member_id=sa.bindparam("member_id"),
-        channel=sa.bindparam("channel"),
-        external_order_id=sa.bindparam("external_order_id"),
-        amount=sa.bindparam("amount", type_=sa.Numeric(14, 2)),
-        paid_at=sa.bindparam("paid_at", type_=sa.DateTime(timezone=True)),
-        store=sa.bindparam("store", type_=sa.Text),
-        posting_id=sa.bindparam("posting_id"),
-        points_earned=sa.bindparam("points_earned", type_=sa.BigInteger),
-        growth_earned=sa.bindparam("growth_earned", type_=sa.BigInteger),
+        points_balance=members.c.points_balance + _POINTS,
+        points_earned=members.c.points_earned + _POINTS,
+        growth_value=members.c.growth_value + _GROWTH,
+        first_purchase_at=sa.func.least(members.c.first_purchase_at, _PAID_AT),
+        last_purchase_at=sa.func.greatest(members.c.last_purchase_at, _PAID_AT),
+        order_count=members.c.order_count + 1,
+        total_spend=members.c.total_spend + _YUAN,
+        tier=tiers.upgraded_tier(_current_tier, _GROWTH, _POINTS, _PAID_AT),
+    )
+    .returning(*members.c, _current_tier.c.code.label("from_tier"))
+    .cte("buyer")
+)
+_order_posting = (
+    sa.insert(points_postings)
+    .from_select(["member_id", *ledger.POSTING_VALUES], sa.select(_buyer.c.id, *ledger.POSTING_VALUES.values()))
+    .returning(*points_postings.c)
+    .cte("order_posting")
+)
+_order_row = (
+    sa.insert(orders)
+    .from_select(
+        [
+            "brand_id",
+            "member_id",
+            "channel",
+            "external_order_id",
+            "amount",
+            "paid_at",
+            "store",
+            "posting_id",
+            "points_earned",
+            "growth_earned",
+        ],
+        sa.select(
+            _order_posting.c.brand_id,
+            _order_posting.c.member_id,
+            _order_posting.c.channel,
+            sa.bindparam("external_order_id", type_=sa.Text),
+            _YUAN,
+            _PAID_AT,
+            sa.bindparam("store", type_=sa.Text),
+            _order_posting.c.id,
+            _POINTS,
+            _GROWTH,
+        ),
     )
     .returning(*ORDER_COLUMNS)
-    .add_cte(_purchase)
+    .cte("order_row")
 )
+_parts = (
+    sa.func.unnest(
+        sa.bindparam("part_points", type_=ARRAY(sa.BigInteger)), sa.bindparam("part_notes", type_=ARRAY(sa.Text))
+    )
+    .table_valued("amount", "note", with_ordinality="n")
+    .render_derived(name="parts")
+)
+_order_entries = (
+    sa.insert(points_entries)
+    .from_select(
+        ledger.ENTRY_COLUMNS,
+        sa.select(
+            _order_posting.c.id,
+            _order_posting.c.brand_id,
+            _buyer.c.id,
+            sa.literal("earn"),
+            _parts.c.amount,
+            # each entry's balance after it, as if the parts were posted one after the other
+            _buyer.c.points_balance - _POINTS + sa.func.sum(_parts.c.amount).over(order_by=_parts.c.n),
+            _parts.c.note,
+        )
+        .select_from(_order_posting.join(_buyer, sa.true()).join(_parts, sa.true()))
+        .order_by(_parts.c.n),
+    )
+    .returning(points_entries.c.id, points_entries.c.member_id, points_entries.c.amount)
+    .cte("order_entries")
+)
+_lots_opened = (
+    sa.insert(points_lots)
+    .from_select(
+        ["brand_id", "member_id", "entry_id", "amount", "remaining", "expires_at"],
+        sa.select(
+            sa.bindparam("brand_id", type_=sa.BigInteger),
+            _order_entries.c.member_id,
+            _order_entries.c.id,
+            _order_entries.c.amount,
+            _order_entries.c.amount,
+            ledger.LOT_EXPIRY,
+        ),
+    )
+    .cte("order_lots")
+)
+_upgraded = (
+    sa.select(_buyer.c.id, _buyer.c.brand_id, _buyer.c.from_tier, _buyer.c.tier.label("to_tier"))
+    .where(_buyer.c.tier != _buyer.c.from_tier)
+    .cte("upgraded")
+)
+_tier_change = tiers.recorded_changes(_upgraded).cte("tier_change")
+_ORDER_PREFIX = "order_row_"  # apart from the member's order_count
+_member_after = [column for column in _buyer.c if column.name != "from_tier"]
+_order_posted = Query(
+    sa.select(
+        *ledger.posting_columns(_order_posting),
+        *(column.label(f"{_ORDER_PREFIX}{column.name}") for column in _order_row.c),
+        *_member_after,
+        brand_tiers.c.name.label("tier_name"),
+        brand_tiers.c.rank.label("tier_rank"),
+    )
+    .select_from(
+        _order_posting.join(_order_row, sa.true())
+        .join(_buyer, sa.true())
+        .join(brand_tiers, sa.and_(brand_tiers.c.brand_id == _buyer.c.brand_id, brand_tiers.c.code == _buyer.c.tier))
+    )
+    .add_cte(_buyer, _order_posting, _order_row, _order_entries, _lots_opened, _upgraded, _tier_change)
+)
+# A retried order fails the statement on one of these (which one first is the server's choice).
+_ORDER_KEYS = frozenset({ledger.KEY_CONSTRAINT, "uq_orders_brand_id_channel_external_order_id"})
 _order_of_posting = Query(sa.select(orders.c.id).where(orders.c.posting_id == sa.bindparam("posting_id")))
 _lock_order = Query(
     sa.select(*ORDER_COLUMNS)
@@ -189,7 +299,9 @@ def earnings(amount: Decimal, rules: Row, *, birthday_month: bool, tier_multipli
 
 
 async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> OrderResult:
-    """Record an order once per (brand, channel, external id): earn points and growth, update the profile."""
+    """Record an order once per (brand, channel, external id): earn points and growth, update the
+    profile, upgrade the tier. One read and one statement, so it is whole on its own (run it
+    outside a transaction to save the BEGIN and COMMIT round trips)."""
     check_amount(order.amount)
     if order.paid_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
         raise DomainError(ErrorCode.INVALID_INPUT, "paidAt is in the future", field="paidAt")
@@ -207,12 +319,33 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
             "store": order.store,
         },
     )
-    posting = await ledger.claim(conn, request)
-    if posting.replayed:
-        return OrderResult(await _order_of_posting.scalar(conn, posting_id=posting.id), posting)
-    member = await _lock_member.one(conn, member_id=order.member_id)
+    result = await _attempt(conn, order, request, _earning_basis)
+    if result is None:  # the member changed in between: again, holding its row from the read on
+        async with conn.transaction():
+            result = await _attempt(conn, order, request, _locked_basis)
+    assert result is not None, "the member's row is locked: it cannot change under the statement"
+    return result
+
+
+async def _attempt(conn: AsyncConnection[Any], order: OrderInput, request: Request, basis: Query) -> OrderResult | None:
+    member = await basis.one(conn, member_id=order.member_id)
     if member is None or member["brand_id"] != order.brand_id or member["merged_into"] is not None:
+        held = await ledger.held_posting(conn, request)
+        if held is not None:
+            return await _replayed(conn, held)
         raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no live member {order.member_id} in this brand", field="memberId")
+    row = await _post(conn, order, request, member)
+    if row is not None:
+        order_row = {
+            name.removeprefix(_ORDER_PREFIX): row.pop(name) for name in list(row) if name.startswith(_ORDER_PREFIX)
+        }
+        return OrderResult(order_row["id"], ledger.split_posting(row, request), order=order_row)
+    held = await ledger.held_posting(conn, request)
+    return None if held is None else await _replayed(conn, held)
+
+
+async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request, member: Row) -> Row | None:
+    """The order's statement; None when it did not apply (see `_order_posted`) or the key is held."""
     zone_paid = order.paid_at.astimezone(ZoneInfo(member["timezone"]))
     birthday = member["birthday"]
     parts = earnings(
@@ -221,32 +354,33 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
         birthday_month=birthday is not None and birthday.month == zone_paid.month,
         tier_multiplier=member["points_multiplier"],
     )
-    points = sum(p for p, _ in parts)
-    growth = _floor(order.amount * member["growth_per_yuan"])
-    inserted = await _insert_order.one(
-        conn,
-        brand_id=order.brand_id,
-        member_id=order.member_id,
-        channel=order.channel,
-        external_order_id=order.external_order_id,
-        amount=order.amount,
-        paid_at=order.paid_at,
-        store=order.store,
-        posting_id=posting.id,
-        points_earned=points,
-        growth_earned=growth,
-        growth=growth,
-        points=points,
-    )
-    for amount, note in parts:
-        await ledger.post_credit(
-            conn, posting, order.brand_id, kind="earn", amount=amount, note=note, earned_at=order.paid_at
-        )
-    await tiers.upgrade(
-        conn, order.member_id, dt.datetime.now(dt.UTC), cause=f"order {order.channel}:{order.external_order_id}"
-    )
-    assert inserted is not None
-    return OrderResult(inserted["id"], posting, order=inserted)
+    try:
+        async with ledger.statement_fence(conn):
+            return await _order_posted.one(
+                conn,
+                **ledger.claim_params(request),
+                tier_seen=member["tier"],
+                birthday_seen=birthday,
+                order_count_seen=member["order_count"],
+                external_order_id=order.external_order_id,
+                amount=order.amount,
+                paid_at=order.paid_at,
+                earned_at=order.paid_at,
+                store=order.store,
+                points=sum(points for points, _ in parts),
+                growth=_floor(order.amount * member["growth_per_yuan"]),
+                part_points=[points for points, _ in parts],
+                part_notes=[note for _, note in parts],
+                cause=f"order {order.channel}:{order.external_order_id}",
+            )
+    except errors.UniqueViolation as error:
+        if error.diag.constraint_name not in _ORDER_KEYS:
+            raise
+        return None
+
+
+async def _replayed(conn: AsyncConnection[Any], posting: Posting) -> OrderResult:
+    return OrderResult(await _order_of_posting.scalar(conn, posting_id=posting.id), posting)
 
 
 async def find_for_refund(conn: AsyncConnection[Any], brand_id: int, channel: str, external_order_id: str) -> Row:

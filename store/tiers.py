@@ -39,7 +39,7 @@ _metric = (
 )
 
 
-def _recorded(changed: Any) -> sa.Insert:
+def recorded_changes(changed: Any) -> sa.Insert:
     """Tier changes, one per row of ``changed`` (id, brand_id, from_tier, to_tier), with the cause."""
     return sa.insert(tier_changes).from_select(
         ["brand_id", "member_id", "from_tier", "to_tier", "cause"],
@@ -53,37 +53,43 @@ def _recorded(changed: Any) -> sa.Insert:
     )
 
 
-# Upgrade in one statement: the member's tier, its qualifying metric (orders written earlier in
-# the transaction included), the best tier that metric reaches, and the change if it is higher.
-_MEMBER = sa.bindparam("member_id", type_=sa.BigInteger)
-_current = brand_tiers.alias("current_tier")
-_now_in = (
-    sa.select(members.c.id, members.c.brand_id, members.c.tier, _current.c.rank)
-    .join(_current, sa.and_(_current.c.brand_id == members.c.brand_id, _current.c.code == members.c.tier))
-    .where(members.c.id == _MEMBER)
-    .cte("now_in")
-)
-_member_metric = (
-    sa.select(sa.func.coalesce(sa.func.sum(_qualifying(brand_rules.c.tier_basis == "growth")), 0))
-    .select_from(orders.join(brand_rules, brand_rules.c.brand_id == orders.c.brand_id))
-    .where(orders.c.member_id == _MEMBER, orders.c.paid_at > _AS_OF - sa.text("interval '365 days'"))
-    .scalar_subquery()
-)
-_reaches = (
-    sa.select(brand_tiers.c.code, brand_tiers.c.rank)
-    .where(brand_tiers.c.brand_id == _now_in.c.brand_id, brand_tiers.c.threshold <= _member_metric)
-    .order_by(brand_tiers.c.rank.desc())
-    .limit(1)
-    .lateral("reaches")
-)
-_raise = (
-    sa.update(members)
-    .where(members.c.id == _now_in.c.id, _reaches.c.rank > _now_in.c.rank)
-    .values(tier=_reaches.c.code)
-    .returning(members.c.id, members.c.brand_id, _now_in.c.tier.label("from_tier"), _reaches.c.code.label("to_tier"))
-    .cte("raised")
-)
-_upgrade = Query(_recorded(_raise).returning(tier_changes.c.to_tier).add_cte(_now_in, _raise))
+_WINDOW_START = sa.func.now() - sa.text("interval '365 days'")
+
+
+def upgraded_tier(
+    current: Any,
+    order_growth: sa.ColumnElement[int],
+    order_points: sa.ColumnElement[int],
+    paid_at: sa.ColumnElement[dt.datetime],
+) -> sa.ColumnElement[str]:
+    """The tier to SET in an UPDATE of ``members`` (FROM ``current``, the member's tier row, and
+    ``brand_rules``) that records an order: the best tier the member's qualifying metric reaches
+    with the order counted (its earlier orders are read from ``orders``, this one is not there
+    yet), if it ranks above the current one; else the tier it has. Upgrades only."""
+    growth_basis = brand_rules.c.tier_basis == "growth"
+    earlier = (
+        sa.select(sa.func.coalesce(sa.func.sum(_qualifying(growth_basis)), 0))
+        .where(orders.c.member_id == members.c.id, orders.c.paid_at > _WINDOW_START)
+        .correlate(members, brand_rules)
+        .scalar_subquery()
+    )
+    this_order = sa.case((paid_at <= _WINDOW_START, 0), (growth_basis, order_growth), else_=order_points)
+    target = brand_tiers.alias("target_tier")
+    best = (
+        sa.select(target.c.code)
+        .where(
+            target.c.brand_id == members.c.brand_id,
+            target.c.threshold <= earlier + this_order,
+            target.c.rank > current.c.rank,
+        )
+        .order_by(target.c.rank.desc())
+        .limit(1)
+        .correlate(members, current, brand_rules)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(best, members.c.tier)
+
+
 _record = Query(
     sa.insert(tier_changes).values(
         brand_id=sa.bindparam("brand_id"),
@@ -122,19 +128,13 @@ _changed = (
     .returning(members.c.id, members.c.brand_id, _targets.c.from_tier, _targets.c.to_tier)
     .cte("changed")
 )
-_review = Query(_recorded(_changed).returning(tier_changes.c.id))
+_review = Query(recorded_changes(_changed).returning(tier_changes.c.id))
 
 
 async def record_change(
     conn: AsyncConnection[Any], *, brand_id: int, member_id: int, from_tier: str, to_tier: str, cause: str
 ) -> None:
     await _record.run(conn, brand_id=brand_id, member_id=member_id, from_tier=from_tier, to_tier=to_tier, cause=cause)
-
-
-async def upgrade(conn: AsyncConnection[Any], member_id: int, as_of: dt.datetime, cause: str) -> str | None:
-    """Raise the member to the best tier it qualifies for, never lower; returns the new tier if any."""
-    to_tier: str | None = await _upgrade.scalar(conn, member_id=member_id, as_of=as_of, cause=cause)
-    return to_tier
 
 
 async def review(conn: AsyncConnection[Any], brand_id: int, as_of: dt.datetime) -> int:

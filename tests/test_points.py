@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -226,6 +227,79 @@ async def test_crossing_a_threshold_upgrades_at_once(gql: GraphQL, brand: str) -
     assert result["recordOrder"]["member"]["tier"] == {"code": "gold"}
     history = await gql("query($id: ID!) { member(id: $id) { tierHistory { fromTier toTier cause } } }", id=member)
     assert history["member"]["tierHistory"] == [{"fromTier": "silver", "toTier": "gold", "cause": "order jd:J1"}]
+
+
+async def _blocked_on_locks(pool: AsyncConnectionPool[Any], count: int) -> None:
+    """Wait until ``count`` backends of this database wait for a lock."""
+    for _ in range(500):
+        async with pool.connection() as conn:
+            waiting = await (
+                await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).fetchone()
+        if waiting is not None and waiting[0] >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{count} backends never waited for the member's row")
+
+
+async def test_orders_that_cross_a_threshold_together_upgrade(
+    gql: GraphQL, brand: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """Two orders of 150 yuan (1,500 growth each; gold from 3,000) computed side by side: the one
+    that applies second must count the first, although both read the member before either wrote."""
+    member = await new_member(gql, brand)
+    async with pool.connection() as holder:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM members WHERE id = %s FOR UPDATE", (int(member),))
+            orders = [
+                asyncio.create_task(
+                    gql(
+                        RECORD_ORDER,
+                        brand=brand,
+                        channel="jd",
+                        orderId=order_id,
+                        amount="150",
+                        paidAt=NOW.isoformat(),
+                        memberId=member,
+                    )
+                )
+                for order_id in ("J1", "J2")
+            ]
+            await _blocked_on_locks(pool, 2)
+        results = [(await order)["recordOrder"] for order in orders]
+    assert sorted(result["member"]["orderCount"] for result in results) == [1, 2]
+    last = max(results, key=lambda result: result["member"]["orderCount"])
+    assert last["member"]["tier"] == {"code": "gold"}
+    assert last["member"]["growthValue"] == 3000
+    history = await gql("query($id: ID!) { member(id: $id) { tierHistory { fromTier toTier } } }", id=member)
+    assert history["member"]["tierHistory"] == [{"fromTier": "silver", "toTier": "gold"}]
+    assert await balance_check(pool, member) == 300
+
+
+async def test_many_orders_of_one_member_at_once_all_count(
+    gql: GraphQL, brand: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    member = await new_member(gql, brand)
+    results = await asyncio.gather(
+        *(
+            gql(
+                RECORD_ORDER,
+                brand=brand,
+                channel="pos",
+                orderId=f"P{n}",
+                amount="10",
+                paidAt=NOW.isoformat(),
+                memberId=member,
+            )
+            for n in range(16)
+        )
+    )
+    assert all(result["recordOrder"]["__typename"] == "OrderRecorded" for result in results), results
+    assert sorted(result["recordOrder"]["member"]["orderCount"] for result in results) == list(range(1, 17))
+    assert await balance_check(pool, member) == 160
 
 
 async def test_a_partial_then_full_refund_takes_points_back_pro_rata(
