@@ -132,7 +132,7 @@ async def redeem(
         )
         return await points.redeem(conn, request, amount)
 
-    return await _post(info, work)
+    return await _post(info, work, transaction=False)
 
 
 async def adjust(info: Info, *, brand: str, member_id: int, delta: int, key: str, reason: str) -> PostingOutcome:
@@ -140,7 +140,7 @@ async def adjust(info: Info, *, brand: str, member_id: int, delta: int, key: str
         request = await _request(info, conn, brand, member_id, key, "adjust", {"delta": delta}, reason=reason.strip())
         return await points.adjust(conn, request, delta)
 
-    return await _post(info, work)
+    return await _post(info, work, transaction=False)
 
 
 async def cancel_redemption(info: Info, *, brand: str, posting_id: int, key: str, reason: str | None) -> PostingOutcome:

@@ -578,6 +578,72 @@ _debit_posted = Query(
 )
 
 
+# The whole debit in one statement, for autocommit: the member's conditional debit (locks the row),
+# then a plain INSERT of the posting (a held key fails the statement), the entry, and the draw
+# planned from the lots as the statement's snapshot saw them. That plan is only sound if no
+# posting for the member committed between the snapshot and the lock; every change to a member's
+# open lots changes its member row in the same transaction, so the debit applies only to the row
+# version the snapshot saw (same xmin: optimistic concurrency on PostgreSQL's row version) and
+# otherwise yields no row; `debit_posting` then takes the two-statement path.
+_row_version: sa.ColumnElement[Any] = sa.literal_column("members.xmin")
+_seen = members.alias("seen")
+_at_once_member = (
+    sa.update(members)
+    .where(
+        LIVE_MEMBER,
+        members.c.points_balance >= _AMOUNT,
+        _row_version == sa.select(sa.literal_column("seen.xmin")).where(_seen.c.id == members.c.id).scalar_subquery(),
+    )
+    .values(points_balance=members.c.points_balance - _AMOUNT)
+    .returning(*members.c)
+    .cte("at_once_member")
+)
+_at_once_posting = (
+    sa.insert(points_postings)
+    .from_select(["member_id", *POSTING_VALUES], sa.select(_at_once_member.c.id, *POSTING_VALUES.values()))
+    .returning(*points_postings.c)
+    .cte("at_once_posting")
+)
+_at_once_line = (
+    sa.insert(points_entries)
+    .from_select(
+        ENTRY_COLUMNS,
+        sa.select(
+            _at_once_posting.c.id,
+            _at_once_posting.c.brand_id,
+            _at_once_member.c.id,
+            sa.bindparam("kind", type_=sa.Text),
+            -_AMOUNT,
+            _at_once_member.c.points_balance,
+            sa.bindparam("note", type_=sa.Text),
+        ).select_from(_at_once_posting.join(_at_once_member, sa.true())),
+    )
+    .returning(points_entries.c.id)
+    .cte("at_once_line")
+)
+# Joined to the entry, so lots are only touched once the member row is locked (lock order).
+_at_once_drawn = (
+    sa.update(points_lots)
+    .where(points_lots.c.id == _planned.c.lot_id, _at_once_line.c.id.is_not(None))
+    .values(remaining=points_lots.c.remaining - _planned.c.amount)
+    .returning(points_lots.c.id, _planned.c.amount, _at_once_line.c.id.label("entry_id"))
+    .cte("at_once_drawn")
+)
+_at_once_draws = (
+    sa.insert(lot_draws)
+    .from_select(
+        ["entry_id", "lot_id", "amount"],
+        sa.select(_at_once_drawn.c.entry_id, _at_once_drawn.c.id, _at_once_drawn.c.amount),
+    )
+    .cte("at_once_draws")
+)
+_debited_at_once = Query(
+    sa.select(*posting_columns(_at_once_posting), *tiered(_at_once_member))
+    .select_from(_at_once_posting.join(_at_once_member, sa.true()).join(brand_tiers, tier_of(_at_once_member)))
+    .add_cte(_at_once_member, _at_once_posting, _at_once_line, _open_lots_cte, _planned, _at_once_drawn, _at_once_draws)
+)
+
+
 def claim_params(request: Request) -> dict[str, Any]:
     return {
         "brand_id": request.brand_id,
@@ -624,19 +690,34 @@ async def credit_posting(conn: AsyncConnection[Any], request: Request, *, kind: 
     return split_posting(row, request) if row is not None else await _replay_or_refuse(conn, request)
 
 
-async def debit_posting(
-    conn: AsyncConnection[Any], request: Request, *, kind: str, amount: int, note: str, preferred: Sequence[int] = ()
-) -> Posting:
-    """Claim the key, debit the member if the balance covers it, write the entry, draw the lots.
-    Two statements: run it in a transaction (a refusal raises after the claim, undoing it)."""
-    assert conn.info.transaction_status != TransactionStatus.IDLE, "debit_posting needs a transaction"
-    row = await _debit_posted.one(conn, **claim_params(request), amount=amount, kind=kind, note=note)
+async def debit_posting(conn: AsyncConnection[Any], request: Request, *, kind: str, amount: int, note: str) -> Posting:
+    """Claim the key, debit the member if the balance covers it, write the entry, draw the lots
+    soonest-expiring first. One statement when no other posting for the member got in its way
+    (whole on its own: run it outside a transaction to save BEGIN and COMMIT); else two, in a
+    transaction (a refusal raises after the claim, undoing it)."""
+    params = {**claim_params(request), "amount": amount, "kind": kind, "note": note, "preferred": []}
+    try:
+        async with statement_fence(conn):
+            row = await _debited_at_once.one(conn, **params)
+    except errors.UniqueViolation as error:
+        if error.diag.constraint_name != KEY_CONSTRAINT:
+            raise
+        return await _replay_or_refuse(conn, request)
+    if row is not None:
+        return split_posting(row, request)
+    async with conn.transaction():  # a savepoint when the caller has a transaction open
+        return await _debit_in_two(conn, request, params)
+
+
+async def _debit_in_two(conn: AsyncConnection[Any], request: Request, params: dict[str, Any]) -> Posting:
+    row = await _debit_posted.one(conn, **params)
     if row is None:  # the key was taken, or no such member in the brand
         return await _replay_or_refuse(conn, request)
+    amount = params["amount"]
     if row["entry_id"] is None:
         raise await _refuse_debit(conn, request.brand_id, request.member_id, amount)
     drawn = await _draw_soonest.all(
-        conn, entry_id=row["entry_id"], member_id=request.member_id, amount=amount, preferred=list(preferred)
+        conn, entry_id=row["entry_id"], member_id=request.member_id, amount=amount, preferred=[]
     )
     if sum(draw["amount"] for draw in drawn) != amount:
         raise AssertionError(f"member {request.member_id}: lots hold less than the balance; ledger invariant broken")

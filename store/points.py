@@ -1,6 +1,7 @@
 """Points operations a client asks for: earn, redeem, cancel a redemption, adjust, expire.
 
-Each runs inside the caller's transaction and either posts everything or raises (nothing posted).
+Each posts everything or raises (nothing posted); earn, redeem and adjust are whole on their own,
+the others run inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -66,13 +67,13 @@ async def earn(conn: AsyncConnection[Any], request: Request, amount: int) -> Pos
 
 
 async def redeem(conn: AsyncConnection[Any], request: Request, amount: int) -> Posting:
-    """Needs a transaction (see `ledger.debit_posting`)."""
+    """Whole on its own, in or outside a transaction (see `ledger.debit_posting`)."""
     ledger.check_amount(amount)
     return await ledger.debit_posting(conn, request, kind="redeem", amount=amount, note=request.reason or "redeemed")
 
 
 async def adjust(conn: AsyncConnection[Any], request: Request, delta: int) -> Posting:
-    """A manual correction: positive opens a lot, negative draws like a redemption. Needs a transaction."""
+    """A manual correction: positive opens a lot, negative draws like a redemption. Whole on its own."""
     ledger.check_amount(abs(delta), "delta")
     if not request.reason:
         raise DomainError(ErrorCode.INVALID_INPUT, "an adjustment needs a reason", field="reason")

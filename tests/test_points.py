@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from store import ledger
+from store.ledger import Request
 from store.points import expire_member
 from tests.conftest import GraphQL
 from tests.fragments import ADJUST, CANCEL, EARN, RECORD_ORDER, REDEEM, REFUND_ORDER, REGISTER
@@ -115,6 +117,33 @@ async def test_redemptions_draw_the_soonest_expiring_lots(
             )
         ).fetchall()
     assert [r[0] for r in rows] == [0, 50]
+
+
+async def test_a_redemption_waiting_on_another_draws_from_the_lots_that_one_left(
+    gql: GraphQL, brand: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A one-statement redemption plans its draw from the lots its snapshot saw; if another posting
+    for the member commits while it waits for the row, that plan is stale and must not be used."""
+    member = await new_member(gql, brand)
+    await gql(EARN, brand=brand, memberId=member, amount=100, key="e1")
+    await gql(EARN, brand=brand, memberId=member, amount=100, key="e2")
+    async with pool.connection() as holder:
+        brand_id = (await (await holder.execute("SELECT id FROM brands WHERE code = %s", (brand,))).fetchone() or [0])[
+            0
+        ]
+        async with holder.transaction():
+            request = Request(brand_id, int(member), "first", "redeem", {"amount": 100})
+            await ledger.debit_posting(holder, request, kind="redeem", amount=100, note="first")  # all of lot 1
+            second = asyncio.create_task(gql(REDEEM, brand=brand, memberId=member, amount=50, key="second"))
+            await _blocked_on_locks(pool, 1)
+        result = (await second)["redeemPoints"]
+    assert result["member"]["pointsBalance"] == 50, result
+    async with pool.connection() as conn:
+        rows = await (
+            await conn.execute("SELECT remaining FROM points_lots WHERE member_id = %s ORDER BY id", (int(member),))
+        ).fetchall()
+    assert [row[0] for row in rows] == [0, 50]
+    assert await balance_check(pool, member) == 50
 
 
 async def test_cancelling_a_redemption_restores_exactly_its_lots(
