@@ -11,55 +11,68 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import dict_row
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 Row = dict[str, Any]
 # A literal zero rather than a bound parameter: partial indexes ("WHERE remaining > 0") stay usable
 # by prepared statements only when the predicate is a constant.
 ZERO: sa.ColumnClause[int] = sa.literal_column("0")
 DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+_NUMBERED = psycopg_dialect.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 
 
 class Query:
     """A Core statement compiled once for the psycopg dialect."""
 
-    __slots__ = ("_constants", "sql")
+    __slots__ = ("_constants", "_names", "_numbered", "sql")
     # Statements executed by this process: tests use it to prove loaders batch (no N+1).
     executions: ClassVar[int] = 0
 
     def __init__(self, statement: ClauseElement) -> None:
         compiled = statement.compile(dialect=DIALECT)
-        self.sql = str(compiled)
+        self.sql = str(compiled)  # %(name)s placeholders, for callers with their own cursor
         # Values SQLAlchemy bound itself (literals in the statement); callers supply the rest.
         self._constants = {k: v for k, v in compiled.params.items() if v is not None}
+        # What the methods below run: the same statement with $n placeholders, on psycopg's raw
+        # cursors, which send it as it is. A %(name)s query is re-parsed on every execution once it
+        # is longer than 4 KB (psycopg caches only shorter ones): 0.7 ms of CPU per recorded order.
+        numbered = statement.compile(dialect=_NUMBERED)
+        assert isinstance(numbered, SQLCompiler)
+        self._numbered = str(numbered)
+        self._names = tuple(numbered.positiontup or ())
+
+    def _values(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        merged = self._params(params)
+        return tuple(merged[name] for name in self._names)
 
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         Query.executions += 1
         return {**self._constants, **params} if self._constants else params
 
     async def all(self, conn: AsyncConnection[Any], **params: Any) -> list[Row]:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(self.sql, self._params(params))
+        async with AsyncRawCursor(conn, row_factory=dict_row) as cur:
+            await cur.execute(self._numbered, self._values(params))
             return await cur.fetchall()
 
     async def one(self, conn: AsyncConnection[Any], **params: Any) -> Row | None:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(self.sql, self._params(params))
+        async with AsyncRawCursor(conn, row_factory=dict_row) as cur:
+            await cur.execute(self._numbered, self._values(params))
             return await cur.fetchone()
 
     async def scalar(self, conn: AsyncConnection[Any], **params: Any) -> Any:
-        async with conn.cursor() as cur:
-            await cur.execute(self.sql, self._params(params))
+        async with AsyncRawCursor(conn) as cur:
+            await cur.execute(self._numbered, self._values(params))
             row = await cur.fetchone()
             return None if row is None else row[0]
 
     async def run(self, conn: AsyncConnection[Any], **params: Any) -> int:
         """Execute for effect; return the number of rows touched."""
-        async with conn.cursor() as cur:
-            await cur.execute(self.sql, self._params(params))
+        async with AsyncRawCursor(conn) as cur:
+            await cur.execute(self._numbered, self._values(params))
             return cur.rowcount
 
 
