@@ -7,7 +7,10 @@ How they hold under concurrency: every write to a member's points first changes 
 with a single conditional UPDATE (`... WHERE points_balance >= :x RETURNING`), which locks it for
 the rest of the transaction; lots and entries of that member are only touched after that, so two
 postings for one member serialise on the row and never read stale lots. No balance is ever read,
-changed in Python and written back.
+changed in Python and written back. A one-statement debit plans its lot draw from its snapshot and
+applies only if the member row is still the version that snapshot saw (see `_at_once_member`),
+which is sound because of the same rule: whatever changes a member's open lots also updates its
+member row, in the same transaction. Keep it so.
 
 Idempotency: each request claims its key with `INSERT ... ON CONFLICT DO NOTHING` in the same
 transaction as its entries. A retry finds the key taken with the same fingerprint and replays the
