@@ -28,6 +28,9 @@ from store.sql import Query
 from store.tables import audience_bitmaps, audience_changes, audience_index_state
 from store.urls import libpq_url
 from tagquery.bitmap_keys import (
+    BANDS,
+    BANDS_STATE,
+    BANDS_VERSION,
     CHUNK_BITS,
     CHUNK_SIZE,
     DATE_FIELDS,
@@ -35,6 +38,7 @@ from tagquery.bitmap_keys import (
     INTEGER_FIELDS,
     MAX_DAY,
     NULLABLE,
+    band_key,
     bit_key,
     has_key,
     order_field,
@@ -86,6 +90,7 @@ def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
         column = np.maximum(values[:, VALUE_COLUMNS.index(field)], 0)
         widths[field] = max(1, int(column.max(initial=0)).bit_length())
         keys.update(_slices(field, ids, column, widths[field]))
+        keys.update(_bands(field, ids, column))
     for field in DATE_FIELDS:
         column = values[:, VALUE_COLUMNS.index(field)]
         present = column != NULL
@@ -98,6 +103,13 @@ def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
         keys[has_key(field)] = nth[:, 0]
         keys.update(_slices(field, nth[:, 0], np.clip(nth[:, 2], 0, MAX_DAY), DATE_WIDTH))
     return keys, widths
+
+
+def _bands(field: str, ids: Ids, values: Ids) -> Iterator[tuple[str, Ids]]:
+    for boundary in BANDS.get(field, ()):
+        chosen = ids[values >= boundary]
+        if chosen.size:
+            yield band_key(field, boundary), chosen
 
 
 def _slices(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str, Ids]]:
@@ -180,7 +192,8 @@ async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress 
     async with conn.cursor() as cur:
         copy = "COPY audience_bitmaps (brand_id, key, chunk, bits) FROM STDIN (FORMAT BINARY)"
         await copy_rows(cur, copy, binary_rows(rows(), "qtib"))
-    await _upsert_state.run(conn, brand_id=brand_id, widths=Jsonb(widths))
+    # Only a full build writes every band key: deltas keep this marker, never set it.
+    await _upsert_state.run(conn, brand_id=brand_id, widths=Jsonb({**widths, BANDS_STATE: BANDS_VERSION}))
     return written
 
 

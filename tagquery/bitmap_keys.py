@@ -8,6 +8,7 @@ member, so every row is exactly 2^16 bits. A key that has no row for a chunk has
     <dimension>:<value>       tier, city, status, gender (one value each), channel (any number)
     has:<field>               the field is not NULL (only for fields that can be NULL)
     bit:<field>:<i>           bit i of the field's encoded value (bit-sliced, LSB = 0)
+    ge:<field>:<b>            the field's value is >= b, for the band boundaries b in BANDS
 
 Encoded values are non-negative integers: integers as they are (points, growth, order_count),
 money in fen (total_spend), dates as days since 1900-01-01 in the brand's time zone (registered,
@@ -15,6 +16,11 @@ last_purchase, birthday, and `order.<k>`: the day of the member's k-th most rece
 take DATE_WIDTH slices; integer fields as many as their largest value needs (kept per brand).
 Lifecycle, age, days_since_last_purchase and orders_365d are not stored: they are computed at
 query time from the dates (see store.facts), so they are exact on the day the query runs.
+
+Bands: a threshold over bit slices costs one key and one operation per slice (18 for points
+around 100k). The thresholds operators actually use for points (1,000, 5,000 ...) are also kept
+range-encoded, one key each, so `points >= 1000` reads one key and `points BETWEEN 1000 AND 4999`
+two. An index built before bands existed has none: its state says which (BANDS_VERSION).
 """
 
 from __future__ import annotations
@@ -35,12 +41,25 @@ DATE_FIELDS = ("registered", "last_purchase", "birthday")
 NULLABLE = frozenset({"last_purchase", "birthday"})
 
 
+# Band boundaries per integer field, in its encoded unit. Changing them needs a new BANDS_VERSION
+# (indexes built with other boundaries fall back to the slices until `omnimember refresh`).
+BANDS: dict[str, tuple[int, ...]] = {
+    "points": (100, 200, 300, 500, 1000, 2000, 3000, 5000, 10000, 20000, 50000, 100000),
+}
+BANDS_VERSION = 1
+BANDS_STATE = "bands"  # where an index's state (its widths) records the bands version it holds
+
+
 def tag_key(code: str) -> str:
     return f"tag:{code}"
 
 
 def value_key(dimension: str, value: str) -> str:
     return f"{dimension}:{value}"
+
+
+def band_key(field: str, boundary: int) -> str:
+    return f"ge:{field}:{boundary}"
 
 
 def has_key(field: str) -> str:
@@ -91,7 +110,7 @@ ALL_FAMILIES = sum(FAMILIES.values())
 def family_of(key: str) -> str:
     """The family of a key (`family_sql` is its SQL twin)."""
     head, _, rest = key.partition(":")
-    if head in ("has", "bit"):
+    if head in ("has", "bit", "ge"):
         field = rest.partition(":")[0]
         return "order" if field.startswith("order.") else field
     return head
@@ -101,6 +120,6 @@ def family_sql(key: str) -> str:
     """`family_of` as an SQL expression over the key column `key` (fixed text)."""
     return (
         f"CASE WHEN {key} LIKE 'has:order.%' OR {key} LIKE 'bit:order.%' THEN 'order'"
-        f" WHEN {key} LIKE 'has:%' OR {key} LIKE 'bit:%' THEN split_part({key}, ':', 2)"
+        f" WHEN {key} LIKE 'has:%' OR {key} LIKE 'bit:%' OR {key} LIKE 'ge:%' THEN split_part({key}, ':', 2)"
         f" ELSE split_part({key}, ':', 1) END"
     )

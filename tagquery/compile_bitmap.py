@@ -13,6 +13,9 @@ one operation per slice. Derived fields are rewritten onto the stored dates firs
 k-th most recent order is within 365 days". NULL rule: every chain starts from the field's
 presence, so a term on a missing fact is empty, and NOT is `universe & ~x`.
 
+Where the index holds a band key for an end of an interval (`ge:points:1000`: tagquery.bitmap_keys,
+BANDS), that end is one key instead of a chain.
+
 Two savings rest on what the index holds (store.bitmaps; the differential tests check it): every
 row holds live members only, and a field's slices only members where the field is present. So
 every compiled bitmap lies within the universe, and `a AND NOT b` is `a & ~b` (the universe is read
@@ -36,11 +39,15 @@ from sqlalchemy.dialects.postgresql import ARRAY, BIT
 from store.tables import audience_bitmaps
 from tagquery.ast import TAG, Op, Unit
 from tagquery.bitmap_keys import (
+    BANDS,
+    BANDS_STATE,
+    BANDS_VERSION,
     CHUNK_SIZE,
     DATE_FIELDS,
     DATE_WIDTH,
     NULLABLE,
     UNIVERSE,
+    band_key,
     bit_key,
     day_offset,
     fen,
@@ -66,6 +73,7 @@ from tagquery.bound import (
 Bits = sa.ColumnElement[str]
 Interval = tuple[int | None, int | None]  # closed; None is unbounded
 Present = Callable[[], Bits]  # the field's presence, read only if a chain needs it (a pivot key is read once named)
+Band = Callable[[int], Bits | None]  # `field >= value` from one band key, if the index has it
 VARBIT = BIT(varying=True)
 ORDERS_WINDOW_DAYS = 365  # orders_365d counts orders on or after today - 365 (as WITHIN 365d)
 # A fixed literal: all zeros, for keys without a row in a chunk.
@@ -148,9 +156,14 @@ class Pivot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Encoding:
-    """What a brand's index looks like: slices per integer field (only ever grows)."""
+    """What a brand's index looks like: slices per integer field (only ever grows), and which
+    band keys it holds (tagquery.bitmap_keys: BANDS)."""
 
     widths: Mapping[str, int]
+
+    @property
+    def banded(self) -> bool:
+        return self.widths.get(BANDS_STATE) == BANDS_VERSION
 
 
 class BitmapCompiler:
@@ -195,7 +208,13 @@ class BitmapCompiler:
                 return self._on_date("last_purchase", [_days_ago(interval, today) for interval in intervals])
             case name if name in DATE_FIELDS:
                 return self._on_date(name, intervals)
-        return self._sliced(node.field, self.encoding.widths.get(node.field, 0), lambda: self.universe, intervals)
+        width = self.encoding.widths.get(node.field, 0)
+        return self._sliced(node.field, width, lambda: self.universe, intervals, self._band(node.field))
+
+    def _band(self, field: str) -> Band:
+        """The band key for `field >= value` when the index holds one, else None."""
+        boundaries = BANDS.get(field, ()) if self.encoding.banded else ()
+        return lambda value: self.pivot(band_key(field, value)) if value in boundaries else None
 
     def _on_date(self, field: str, intervals: Sequence[Interval]) -> Bits:
         present: Present = (lambda: self.pivot(has_key(field))) if field in NULLABLE else (lambda: self.universe)
@@ -213,9 +232,11 @@ class BitmapCompiler:
         field = order_field(k)
         return self._sliced(field, DATE_WIDTH, lambda: self.pivot(has_key(field)), [(since, None)])
 
-    def _sliced(self, field: str, width: int, present: Present, intervals: Sequence[Interval]) -> Bits:
+    def _sliced(
+        self, field: str, width: int, present: Present, intervals: Sequence[Interval], band: Band = lambda value: None
+    ) -> Bits:
         slice_of: Callable[[int], Bits] = lambda bit: self.pivot(bit_key(field, bit))  # noqa: E731
-        return or_all([_interval(slice_of, width, present, interval) for interval in intervals])
+        return or_all([_banded(slice_of, width, present, interval, band) for interval in intervals])
 
 
 def _membership_key(dimension: str, value: str) -> str:
@@ -224,6 +245,24 @@ def _membership_key(dimension: str, value: str) -> str:
     if dimension == "lifecycle":
         raise ValueError("lifecycle is derived: expand it (store.facts.expand_derived) before compiling")
     return value_key(dimension, value)
+
+
+def _banded(slice_of: Callable[[int], Bits], width: int, present: Present, interval: Interval, band: Band) -> Bits:
+    """An interval with its ends read from band keys where there are some, else from the slices."""
+    low, high = interval
+    low = max(low or 0, 0)
+    lower = band(low) if low > 0 else None
+    upper = band(high + 1) if high is not None else None
+    if lower is None and upper is None:
+        return _interval(slice_of, width, present, interval)
+    if high is not None and low > high:
+        return ZERO
+    at_least = lower if lower is not None else _interval(slice_of, width, present, (low, None))
+    if high is None:
+        return at_least
+    return bitand(
+        at_least, bitnot(upper if upper is not None else _interval(slice_of, width, present, (high + 1, None)))
+    )
 
 
 def _interval(slice_of: Callable[[int], Bits], width: int, present: Present, interval: Interval) -> Bits:

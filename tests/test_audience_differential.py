@@ -36,6 +36,7 @@ from store.sql import Query
 from store.tables import CHANNELS, members
 from tagquery import bind, evaluate, parse
 from tagquery.ast import Node
+from tagquery.bitmap_keys import BANDS
 from tagquery.bound import Bound, BoundAnd
 from tagquery.compile_bitmap import Encoding
 from tagquery.compile_rows import compile_rows
@@ -60,6 +61,17 @@ class Indexed:
     brand: BrandCatalog
     facts: dict[int, dict[str, Any]]
     """Independently loaded facts of every member (merged-away ones included)."""
+
+
+def _points(rng: random.Random) -> int:
+    """Small balances (the expressions' own range), balances at and beside the band boundaries
+    (one key answers `points >= b` there), and large ones."""
+    kind = rng.random()
+    if kind < 0.6:
+        return rng.randrange(81)
+    if kind < 0.85:
+        return max(0, rng.choice(BANDS["points"]) + rng.choice((-1, 0, 1)))
+    return rng.randrange(200_000)
 
 
 def _moment(rng: random.Random, start: date, end: date) -> datetime:
@@ -111,7 +123,7 @@ async def _insert_members(conn: AsyncConnection[Any], brand_id: int, ids: range,
                 member_id,
                 brand_id,
                 rng.choice(TIERS),
-                rng.randrange(81),
+                _points(rng),
                 rng.randrange(81),
                 rng.choice(["male", "female", "unknown"]),
                 _birthday(rng),
@@ -291,7 +303,7 @@ async def _change_everything(conn: AsyncConnection[Any], brand_id: int, rng: ran
     for member_id in rng.sample(ids, 30):
         await conn.execute(
             "UPDATE members SET points_balance = %s, tier = %s, city = %s WHERE id = %s",
-            (rng.randrange(200_000), rng.choice(TIERS), rng.choice(CITIES), member_id),
+            (_points(rng), rng.choice(TIERS), rng.choice(CITIES), member_id),
         )
     for member_id in rng.sample(ids, 20):
         await _insert_orders(conn, brand_id, member_id, [_moment(rng, TODAY - timedelta(days=100), TODAY)])
@@ -395,6 +407,25 @@ _EDGE_TERMS = [
 @pytest.mark.parametrize("text", _EDGE_TERMS)
 async def test_edges_of_derived_fields(pool: AsyncConnectionPool[Any], built: Indexed, text: str) -> None:
     await _three_ways(pool, built, parse(text))
+
+
+_BAND_TERMS = [
+    *(f"points {op} {b}" for op in (">=", ">", "<", "<=", "=") for b in (100, 1000, 100000)),
+    "points BETWEEN 1000 AND 4999",
+    "points BETWEEN 200 AND 300 OR points IN (99, 5000)",
+    "NOT points >= 500 AND points >= 100",
+]
+
+
+@pytest.mark.parametrize("text", _BAND_TERMS)
+async def test_band_boundaries_on_a_build_and_after_deltas(
+    pool: AsyncConnectionPool[Any], built: Indexed, changed: Indexed, text: str
+) -> None:
+    """Thresholds at the band boundaries read band keys (tests/test_compile_bitmap_keys.py)."""
+    assert built.brand.encoding.banded
+    assert changed.brand.encoding.banded
+    await _three_ways(pool, built, parse(text))
+    await _three_ways(pool, changed, parse(text))
 
 
 def _expected(indexed: Indexed, bound: Bound) -> set[int]:

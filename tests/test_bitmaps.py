@@ -108,7 +108,8 @@ async def test_a_delta_rewrites_the_touched_rows_and_nothing_else(pool: AsyncCon
             "SELECT key, xmin::text FROM audience_bitmaps WHERE brand_id = %s ORDER BY 1, 2", (brand_id,)
         )
         rewritten = {key for key, version in await after.fetchall() if versions.get(key) != version}
-        assert rewritten == {"city:上海", "city:北京", *(f"bit:points:{i}" for i in (2, 3, 5, 8))}
+        bands = {"ge:points:100", "ge:points:200", "ge:points:300"}  # 300 points reach these boundaries
+        assert rewritten == {"city:上海", "city:北京", *(f"bit:points:{i}" for i in (2, 3, 5, 8)), *bands}
         widths = await conn.execute("SELECT widths FROM audience_index_state WHERE brand_id = %s", (brand_id,))
         assert ((await widths.fetchone()) or [{}])[0]["points"] == 9
 

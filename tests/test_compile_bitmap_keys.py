@@ -12,6 +12,7 @@ from datetime import date
 import pytest
 
 from tagquery import bind, member_catalog, parse
+from tagquery.bitmap_keys import BANDS_STATE, BANDS_VERSION
 from tagquery.compile_bitmap import BitmapCompiler, Encoding
 
 CATALOG = member_catalog(
@@ -26,8 +27,9 @@ CATALOG = member_catalog(
 TODAY = date(2025, 3, 31)
 
 
-def _keys(text: str) -> list[str]:
-    compiler = BitmapCompiler(Encoding({"points": 12}), TODAY)
+def _keys(text: str, *, banded: bool = False) -> list[str]:
+    widths = {"points": 12, BANDS_STATE: BANDS_VERSION} if banded else {"points": 12}
+    compiler = BitmapCompiler(Encoding(widths), TODAY)
     compiler.bitmap(bind(parse(text), CATALOG))
     return compiler.pivot.keys
 
@@ -53,3 +55,22 @@ def test_keys_read(text: str, keys: list[str]) -> None:
 def test_a_date_threshold_reads_no_presence_but_equality_does() -> None:
     assert "has:last_purchase" not in _keys("last_purchase WITHIN 30d")
     assert "has:last_purchase" in _keys("last_purchase = 2025-03-01")
+
+
+@pytest.mark.parametrize(
+    ("text", "keys"),
+    [
+        ("points >= 1000", ["ge:points:1000"]),
+        ("points > 999", ["ge:points:1000"]),
+        ("points < 5000", ["u", "ge:points:5000"]),
+        ("points BETWEEN 1000 AND 4999", ["ge:points:1000", "ge:points:5000"]),
+        ("points >= 1001", [f"bit:points:{bit}" for bit in range(12)]),  # not a boundary: the slices
+        ("points BETWEEN 1000 AND 1000", ["ge:points:1000", *(f"bit:points:{bit}" for bit in range(12))]),
+    ],
+)
+def test_band_boundaries_read_one_key_each(text: str, keys: list[str]) -> None:
+    assert sorted(_keys(text, banded=True)) == sorted(keys)
+
+
+def test_an_index_built_without_bands_is_read_through_its_slices() -> None:
+    assert not any(key.startswith("ge:") for key in _keys("points >= 1000"))

@@ -28,6 +28,7 @@ from tagquery.ast import (
     disjoin,
     is_name,
 )
+from tagquery.bitmap_keys import BANDS
 from tagquery.catalog import FieldType
 
 TAGS = {
@@ -88,7 +89,10 @@ syntax_trees = trees(syntax_terms)
 
 # Valid against CATALOG, with values close to the members' facts so that terms hit and miss.
 
-_INTEGERS = st.integers(-2, 80).map(str)
+# Small values, and the band boundaries with their neighbours (where a threshold reads one band key).
+_INTEGERS = st.one_of(
+    st.integers(-2, 80), st.sampled_from(BANDS["points"]).flatmap(lambda b: st.sampled_from((b - 1, b, b + 1)))
+).map(str)
 _MONEY = st.decimals(0, 100, places=2).map(str)
 _DATES = st.dates(date(2024, 1, 1), date(2025, 4, 30))
 _TYPED: dict[FieldType, st.SearchStrategy[str]] = {
