@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from tagquery.bitmap_keys import (
     BANDS_VERSION,
     CHUNK_BITS,
     CHUNK_SIZE,
+    DATE_BANDED,
     DATE_FIELDS,
     DATE_WIDTH,
     INTEGER_FIELDS,
@@ -40,6 +41,7 @@ from tagquery.bitmap_keys import (
     NULLABLE,
     band_key,
     bit_key,
+    date_band_boundaries,
     has_key,
     order_field,
 )
@@ -90,13 +92,16 @@ def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
         column = np.maximum(values[:, VALUE_COLUMNS.index(field)], 0)
         widths[field] = max(1, int(column.max(initial=0)).bit_length())
         keys.update(_slices(field, ids, column, widths[field]))
-        keys.update(_bands(field, ids, column))
+        keys.update(_bands(field, ids, column, BANDS.get(field, ())))
     for field in DATE_FIELDS:
         column = values[:, VALUE_COLUMNS.index(field)]
         present = column != NULL
         if field in NULLABLE:
             keys[has_key(field)] = ids[present]
-        keys.update(_slices(field, ids[present], np.clip(column[present], 0, MAX_DAY), DATE_WIDTH))
+        days = np.clip(column[present], 0, MAX_DAY)
+        keys.update(_slices(field, ids[present], days, DATE_WIDTH))
+        if field in DATE_BANDED:
+            keys.update(_bands(field, ids[present], days, date_band_boundaries()))
     for k in np.unique(facts.orders[:, 1]):
         nth = facts.orders[facts.orders[:, 1] == k]
         field = order_field(int(k))
@@ -105,8 +110,8 @@ def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
     return keys, widths
 
 
-def _bands(field: str, ids: Ids, values: Ids) -> Iterator[tuple[str, Ids]]:
-    for boundary in BANDS.get(field, ()):
+def _bands(field: str, ids: Ids, values: Ids, boundaries: Iterable[int]) -> Iterator[tuple[str, Ids]]:
+    for boundary in boundaries:
         chosen = ids[values >= boundary]
         if chosen.size:
             yield band_key(field, boundary), chosen

@@ -20,7 +20,8 @@ query time from the dates (see store.facts), so they are exact on the day the qu
 Bands: a threshold over bit slices costs one key and one operation per slice (18 for points
 around 100k). The thresholds operators actually use for points (1,000, 5,000 ...) are also kept
 range-encoded, one key each, so `points >= 1000` reads one key and `points BETWEEN 1000 AND 4999`
-two. An index built before bands existed has none: its state says which (BANDS_VERSION).
+two; `last_purchase` has a band key every DATE_BAND days (see there). An index built before bands
+existed, or with other ones, has none that count: its state says which (BANDS_VERSION).
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ NULLABLE = frozenset({"last_purchase", "birthday"})
 BANDS: dict[str, tuple[int, ...]] = {
     "points": (100, 200, 300, 500, 1000, 2000, 3000, 5000, 10000, 20000, 50000, 100000),
 }
-BANDS_VERSION = 1
+# Dates: a band key every DATE_BAND days (absolute days since EPOCH, multiples of it) inside
+# DATE_BAND_SPAN. `last_purchase >= d` is then ge(block start) when d starts a block, else
+# ge(next block) | (ge(this block) & the low log2(DATE_BAND) slices >= d's offset in the block):
+# at most 2 + 6 keys instead of 16 slices. Days outside the span use the slices.
+DATE_BAND = 64
+DATE_BANDED = ("last_purchase",)
+BANDS_VERSION = 2
 BANDS_STATE = "bands"  # where an index's state (its widths) records the bands version it holds
 
 
@@ -56,6 +63,12 @@ def tag_key(code: str) -> str:
 
 def value_key(dimension: str, value: str) -> str:
     return f"{dimension}:{value}"
+
+
+def date_band_boundaries() -> range:
+    """The days (offsets) that have a date band key: multiples of DATE_BAND within the span."""
+    first, last = DATE_BAND_SPAN
+    return range(-(-first // DATE_BAND) * DATE_BAND, last + 1, DATE_BAND)
 
 
 def band_key(field: str, boundary: int) -> str:
@@ -78,6 +91,9 @@ def order_field(k: int) -> str:
 def day_offset(day: date) -> int:
     """Days since EPOCH (negative before it): the domain date comparisons are compiled in."""
     return (day - EPOCH).days
+
+
+DATE_BAND_SPAN = (day_offset(date(2020, 1, 1)), day_offset(date(2036, 1, 1)))
 
 
 def fen(amount: Decimal) -> int:

@@ -43,12 +43,15 @@ from tagquery.bitmap_keys import (
     BANDS_STATE,
     BANDS_VERSION,
     CHUNK_SIZE,
+    DATE_BAND,
+    DATE_BANDED,
     DATE_FIELDS,
     DATE_WIDTH,
     NULLABLE,
     UNIVERSE,
     band_key,
     bit_key,
+    date_band_boundaries,
     day_offset,
     fen,
     has_key,
@@ -218,7 +221,27 @@ class BitmapCompiler:
 
     def _on_date(self, field: str, intervals: Sequence[Interval]) -> Bits:
         present: Present = (lambda: self.pivot(has_key(field))) if field in NULLABLE else (lambda: self.universe)
-        return self._sliced(field, DATE_WIDTH, present, intervals)
+        return self._sliced(field, DATE_WIDTH, present, intervals, self._date_band(field, present))
+
+    def _date_band(self, field: str, present: Present) -> Band:
+        """`field >= day` from the block band keys around `day` and the slices inside its block."""
+        boundaries = date_band_boundaries() if self.encoding.banded and field in DATE_BANDED else range(0)
+        slice_of: Callable[[int], Bits] = lambda bit: self.pivot(bit_key(field, bit))  # noqa: E731
+
+        def at_least(day: int) -> Bits | None:
+            start = day - day % DATE_BAND
+            if start not in boundaries:
+                return None
+            if day == start:
+                return self.pivot(band_key(field, start))
+            if start + DATE_BAND not in boundaries:
+                return None
+            within = _at_least(slice_of, DATE_BAND.bit_length() - 1, present, day - start)
+            return bitor(
+                self.pivot(band_key(field, start + DATE_BAND)), bitand(self.pivot(band_key(field, start)), within)
+            )
+
+        return at_least
 
     def _orders_365d(self, interval: Interval) -> Bits:
         low, high = interval

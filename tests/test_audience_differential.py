@@ -36,7 +36,7 @@ from store.sql import Query
 from store.tables import CHANNELS, members
 from tagquery import bind, evaluate, parse
 from tagquery.ast import Node
-from tagquery.bitmap_keys import BANDS
+from tagquery.bitmap_keys import BANDS, EPOCH, date_band_boundaries
 from tagquery.bound import Bound, BoundAnd
 from tagquery.compile_bitmap import Encoding
 from tagquery.compile_rows import compile_rows
@@ -414,6 +414,14 @@ _BAND_TERMS = [
     "points BETWEEN 1000 AND 4999",
     "points BETWEEN 200 AND 300 OR points IN (99, 5000)",
     "NOT points >= 500 AND points >= 100",
+    # last_purchase: days that start a date band block, and their neighbours
+    *(
+        f"last_purchase {op} {(EPOCH + timedelta(days=start + shift)).isoformat()}"
+        for start in date_band_boundaries()
+        if date(2024, 3, 1) <= EPOCH + timedelta(days=start) <= date(2025, 4, 1)
+        for shift in (-1, 0, 1)
+        for op in (">=", "<")
+    ),
 ]
 
 

@@ -7,12 +7,12 @@ is held by the differential tests (tests/test_audience_differential.py); this pi
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
 from tagquery import bind, member_catalog, parse
-from tagquery.bitmap_keys import BANDS_STATE, BANDS_VERSION
+from tagquery.bitmap_keys import BANDS_STATE, BANDS_VERSION, DATE_BAND, EPOCH, day_offset
 from tagquery.compile_bitmap import BitmapCompiler, Encoding
 
 CATALOG = member_catalog(
@@ -74,3 +74,21 @@ def test_band_boundaries_read_one_key_each(text: str, keys: list[str]) -> None:
 
 def test_an_index_built_without_bands_is_read_through_its_slices() -> None:
     assert not any(key.startswith("ge:") for key in _keys("points >= 1000"))
+
+
+def test_a_recent_purchase_window_reads_its_block_bands_and_the_low_slices() -> None:
+    keys = _keys("last_purchase WITHIN 30d", banded=True)  # on or after 2025-03-01
+    start = day_offset(date(2025, 3, 1)) // DATE_BAND * DATE_BAND
+    bands = {f"ge:last_purchase:{start}", f"ge:last_purchase:{start + DATE_BAND}"}
+    assert bands <= set(keys)
+    assert set(keys) - bands <= {f"bit:last_purchase:{bit}" for bit in range(6)}
+
+
+def test_a_day_that_starts_a_block_is_one_key() -> None:
+    start = day_offset(date(2025, 3, 1)) // DATE_BAND * DATE_BAND
+    day = EPOCH + timedelta(days=start)
+    assert _keys(f"last_purchase >= {day.isoformat()}", banded=True) == [f"ge:last_purchase:{start}"]
+
+
+def test_days_outside_the_band_span_use_the_slices() -> None:
+    assert not any(key.startswith("ge:") for key in _keys("last_purchase >= 2019-05-05", banded=True))
