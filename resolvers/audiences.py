@@ -55,7 +55,7 @@ async def _select(
 
 async def count(info: Info, chosen: Selection) -> int:
     async with info.context.pool.connection() as conn:
-        return await audiences.count(conn, chosen.brand, chosen.bound, chosen.today)
+        return await audiences.count(conn, chosen.brand, chosen.bound, chosen.today, pool=info.context.pool)
 
 
 async def member_ids(info: Info, chosen: Selection) -> Ids:

@@ -22,6 +22,7 @@ from store.facts import LIFECYCLE, brand_timezone
 from store.sql import Query
 from store.tables import CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
 from tagquery import Catalog, member_catalog
+from tagquery.bitmap_keys import UNIVERSE
 from tagquery.compile_bitmap import Encoding
 
 STATUSES = ("prospect", "member")
@@ -45,6 +46,11 @@ _cities = Query(
     )
 )
 _timezone = Query(sa.select(brand_timezone()))
+_chunks = Query(
+    sa.select(
+        sa.func.min(audience_bitmaps.c.chunk).label("first"), sa.func.max(audience_bitmaps.c.chunk).label("last")
+    ).where(audience_bitmaps.c.brand_id == sa.bindparam("brand_id"), audience_bitmaps.c.key == UNIVERSE)
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,6 +61,8 @@ class BrandCatalog:
     timezone: str
     catalog: Catalog
     encoding: Encoding
+    chunks: tuple[int, int] = (0, 0)
+    """The first and last chunk of the brand's universe when loaded (new members may add more)."""
 
     def today(self, now: datetime | None = None) -> date:
         """The brand's calendar day (its time zone) at `now` (default: now)."""
@@ -75,7 +83,9 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
     )
     timezone: str = await _timezone.scalar(conn, brand_id=brand_id)
     encoding = Encoding(dict(await stored_widths(conn, brand_id)))
-    return BrandCatalog(brand_id=brand_id, timezone=timezone, catalog=catalog, encoding=encoding)
+    span = await _chunks.one(conn, brand_id=brand_id)
+    chunks = (0, 0) if span is None or span["first"] is None else (span["first"], span["last"])
+    return BrandCatalog(brand_id=brand_id, timezone=timezone, catalog=catalog, encoding=encoding, chunks=chunks)
 
 
 class CatalogCache:

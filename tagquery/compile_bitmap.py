@@ -76,6 +76,7 @@ from tagquery.bound import (
 Bits = sa.ColumnElement[str]
 Interval = tuple[int | None, int | None]  # closed; None is unbounded
 Present = Callable[[], Bits]  # the field's presence, read only if a chain needs it (a pivot key is read once named)
+NO_CHUNK_LIMIT = 2**31 - 1  # `:to_chunk` when a statement reads every chunk on from `from_chunk`
 Band = Callable[[int], Bits | None]  # `field >= value` from one band key, if the index has it
 VARBIT = BIT(varying=True)
 ORDERS_WINDOW_DAYS = 365  # orders_365d counts orders on or after today - 365 (as WITHIN 365d)
@@ -132,7 +133,8 @@ class Pivot:
         return list(self._keys)
 
     def select(self, columns: Mapping[str, Bits], *, from_chunk: int = 0) -> sa.Select[tuple[object, ...]]:
-        """`chunk` and `columns` per chunk (from `from_chunk` on); `:brand_id` is bound by the caller.
+        """`chunk` and `columns` per chunk (from `from_chunk`, below `:to_chunk` if given); `:brand_id`
+        is bound by the caller.
 
         OFFSET 0 keeps the planner from inlining the expressions into every outer use of them."""
         keys = sa.bindparam("keys", self.keys, type_=ARRAY(sa.Text))
@@ -148,6 +150,7 @@ class Pivot:
                 _T.brand_id == sa.bindparam("brand_id"),
                 _T.key == sa.any_(keys),
                 _T.chunk >= sa.bindparam("from_chunk", from_chunk),
+                _T.chunk < sa.bindparam("to_chunk", NO_CHUNK_LIMIT),
             )
             .group_by(_T.chunk)
             .subquery("p")

@@ -436,6 +436,28 @@ async def test_band_boundaries_on_a_build_and_after_deltas(
     await _three_ways(pool, changed, parse(text))
 
 
+async def test_a_count_in_two_halves_adds_up(
+    pool: AsyncConnectionPool[Any], changed: Indexed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large brands count their chunks in two halves on two connections (store.audiences.count);
+    this brand spans chunks 50 and 51, so split it from two chunks on."""
+    monkeypatch.setattr(audiences, "SPLIT_CHUNKS", 2)
+    halves: list[dict[str, int]] = []
+    run = audiences._run
+
+    async def spy(*args: Any, **chunks: Any) -> Any:
+        halves.append(chunks)
+        return await run(*args, **chunks)
+
+    monkeypatch.setattr(audiences, "_run", spy)
+    assert changed.brand.chunks == (50, 51)
+    for text in ("tag:price_sensitive OR points >= 40", "NOT tag:churn_risk", "points >= 1000 AND age >= 30"):
+        bound = bind(parse(text), changed.brand.catalog)
+        async with pool.connection() as conn:
+            assert await audiences.count(conn, changed.brand, bound, TODAY, pool=pool) == len(_expected(changed, bound))
+    assert halves == [{"to_chunk": 51}, {"from_chunk": 51}] * 3
+
+
 def _expected(indexed: Indexed, bound: Bound) -> set[int]:
     return {i for i, facts in indexed.facts.items() if facts["live"] and evaluate(bound, facts, TODAY)}
 
