@@ -21,7 +21,6 @@ commit leaves neither the key nor any entry.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -265,36 +264,6 @@ def _entry_values(balance: sa.ColumnElement[Any], member: sa.ColumnElement[Any],
 
 
 ENTRY_COLUMNS = ["posting_id", "brand_id", "member_id", "kind", "amount", "balance_after", "note"]
-_credited = (
-    sa.update(members)
-    .where(LIVE_MEMBER)
-    .values(points_balance=members.c.points_balance + sa.bindparam("amount", type_=sa.BigInteger))
-    .returning(members.c.id, members.c.points_balance)
-    .cte("credited")
-)
-_credit_entry = (
-    sa.insert(points_entries)
-    .from_select(ENTRY_COLUMNS, _entry_values(_credited.c.points_balance, _credited.c.id, 1))
-    .returning(points_entries.c.id, points_entries.c.member_id)
-    .cte("credit_entry")
-)
-_credit_lot = (
-    sa.insert(points_lots)
-    .from_select(
-        ["brand_id", "member_id", "entry_id", "amount", "remaining", "expires_at"],
-        sa.select(
-            sa.bindparam("brand_id", type_=sa.BigInteger),
-            _credit_entry.c.member_id,
-            _credit_entry.c.id,
-            sa.bindparam("amount", type_=sa.BigInteger),
-            sa.bindparam("amount", type_=sa.BigInteger),
-            LOT_EXPIRY,
-        ),
-    )
-    .cte("credit_lot")
-)
-# Balance, entry and lot in one round trip; no row when the member is not a live member of the brand.
-_credit_with_lot = Query(sa.select(_credit_entry.c.id).add_cte(_credited, _credit_entry, _credit_lot))
 _debited = (
     sa.update(members)
     .where(LIVE_MEMBER, members.c.points_balance >= sa.bindparam("amount", type_=sa.BigInteger))
@@ -416,32 +385,6 @@ async def take(conn: AsyncConnection[Any], entry_id: int, draws: Draws) -> None:
 async def give_back(conn: AsyncConnection[Any], draws: Draws) -> None:
     """Return drawn points to the lots they came from (a cancelled redemption)."""
     await _give_back_to_lots.run(conn, ids=draws.lot_ids, amounts=draws.amounts)
-
-
-async def post_credit(
-    conn: AsyncConnection[Any],
-    posting: Posting,
-    brand_id: int,
-    *,
-    kind: str,
-    amount: int,
-    note: str,
-    earned_at: dt.datetime | None = None,
-) -> int:
-    """Credit the posting's member, write the entry and open its lot: one statement. Returns the entry id."""
-    entry_id = await _credit_with_lot.scalar(
-        conn,
-        posting_id=posting.id,
-        brand_id=brand_id,
-        member_id=posting.member_id,
-        kind=kind,
-        amount=amount,
-        note=note,
-        earned_at=earned_at,
-    )
-    if entry_id is None:
-        raise await _refuse_debit(conn, brand_id, posting.member_id, 0)
-    return int(entry_id)
 
 
 async def post_debit(
