@@ -128,7 +128,7 @@ def upper_bounds(orders: int, members: int) -> Ids:
 
 
 @dataclass(frozen=True, slots=True)
-class _Orders:
+class Orders:
     owner: I64  # index of the member in the block
     number: I64  # 0-based within the member, in paid order
     key: U64  # random stream index
@@ -141,7 +141,7 @@ class _Orders:
     refund_at: I64
 
 
-def _orders(buyers: Buyers, rand: Randomness, rules: Rules, as_of: int) -> _Orders:
+def _orders(buyers: Buyers, rand: Randomness, rules: Rules, as_of: int) -> Orders:
     counts = buyers.orders
     owner = np.repeat(np.arange(len(counts)), counts)
     number = np.arange(len(owner)) - (np.cumsum(counts) - counts)[owner]
@@ -152,7 +152,7 @@ def _orders(buyers: Buyers, rand: Randomness, rules: Rules, as_of: int) -> _Orde
     refunded = rand.uniform("order/refund", key) < REFUND_SHARE
     paid = _paid_times(buyers, owner, number, rand.uniform("order/paid", key))
     delay = 3600 + (rand.uniform("order/refund-delay", key) * _REFUND_DELAY).astype(np.int64)
-    return _Orders(
+    return Orders(
         owner=owner,
         number=number,
         key=key,
@@ -202,7 +202,7 @@ class _Entries:
     id_of: dict[int, I64]  # per kind: entry ids by ref position in that kind's source
 
 
-def _entries(orders: _Orders, earning: I64, expired: Bools, as_of: int) -> tuple[_Entries, I64, I64]:
+def _entries(orders: Orders, earning: I64, expired: Bools, as_of: int) -> tuple[_Entries, I64, I64]:
     """Entries sorted per member by time; also the expiring members and their expired points."""
     reversing = earning[orders.refunded[earning]]
     lost = np.bincount(orders.owner[earning][expired], orders.points[earning][expired]).astype(np.int64)
@@ -229,17 +229,17 @@ def _entries(orders: _Orders, earning: I64, expired: Bools, as_of: int) -> tuple
 # --- COPY text ---------------------------------------------------------------------------------------------
 
 
-def _timestamps(seconds: I64) -> list[str]:
+def timestamps(seconds: I64) -> list[str]:
     text: list[str] = np.datetime_as_string(seconds.astype("datetime64[s]"), unit="s", timezone="UTC").tolist()
     return text
 
 
-def _text(values: npt.NDArray[Any]) -> list[str]:
+def text(values: npt.NDArray[Any]) -> list[str]:
     out: list[str] = values.astype(str).tolist()
     return out
 
 
-def _lines(columns: Sequence[Sequence[str]]) -> bytes:
+def lines(columns: Sequence[Sequence[str]]) -> bytes:
     if not columns or not len(columns[0]):
         return b""
     return ("\n".join(map("\t".join, zip(*columns, strict=True))) + "\n").encode()
@@ -250,7 +250,7 @@ def _yuan(cents: I64) -> Strings:
     return np.strings.add(np.strings.add(whole, "."), np.strings.zfill((cents % 100).astype(str), 2))
 
 
-def _fingerprints(rand: Randomness, index: U64) -> list[str]:
+def fingerprints(rand: Randomness, index: U64) -> list[str]:
     """32 random bytes per posting (a stand-in for the request's SHA-256), as COPY text bytea."""
     words = np.stack([rand.bits(f"fingerprint/{w}", index) for w in range(4)], axis=1)
     raw = np.ascontiguousarray(words).view(np.uint8).reshape(len(index), 32)
@@ -258,7 +258,7 @@ def _fingerprints(rand: Randomness, index: U64) -> list[str]:
     chars[:, 0::2] = _HEX[raw >> 4]
     chars[:, 1::2] = _HEX[raw & 15]
     hexes = chars.view("S64").ravel().astype(str)
-    return _text(np.strings.add("\\\\x", hexes)) if len(index) else []
+    return text(np.strings.add("\\\\x", hexes)) if len(index) else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +267,7 @@ class _Posted:
 
     buyers: Buyers
     ids: Ids
-    orders: _Orders
+    orders: Orders
     external: Strings
     channel: Strings
     earning: I64  # orders with points: one entry and one lot each
@@ -280,26 +280,43 @@ class _Posted:
     expire_posting: I64
 
 
-def post(buyers: Buyers, ids: Ids, rand: Randomness, rules: Rules, as_of: int) -> tuple[Totals, Copies]:
-    """A block's orders, refunds and expiry: the members' totals and the rows to copy."""
+@dataclass(frozen=True, slots=True)
+class Earnings:
+    """A block's orders and the lots they opened, before any ledger row is laid out."""
+
+    orders: Orders
+    earning: I64  # orders with points: one lot each
+    expires: I64  # per earning order
+    expired: Bools  # per earning order: emptied by the expiry (refunded lots are emptied by their refund)
+
+    def remaining(self) -> I64:
+        """Points left in each earning order's lot."""
+        left: I64 = np.where(self.expired | self.orders.refunded[self.earning], 0, self.orders.points[self.earning])
+        return left
+
+
+def earnings(buyers: Buyers, rand: Randomness, rules: Rules, as_of: int) -> Earnings:
     orders = _orders(buyers, rand, rules, as_of)
     earning = np.flatnonzero(orders.points > 0)
     starts = rules.year_starts()
     year = np.searchsorted(starts, orders.paid[earning], side="right") - 1
     expires = starts[year + rules.expiry_years + 1]
-    expired = (expires <= as_of) & ~orders.refunded[earning]
+    return Earnings(orders, earning, expires, (expires <= as_of) & ~orders.refunded[earning])
+
+
+def post(buyers: Buyers, ids: Ids, rand: Randomness, rules: Rules, as_of: int) -> tuple[Totals, Copies]:
+    """A block's orders, refunds and expiry: the members' totals and the rows to copy."""
+    earned = earnings(buyers, rand, rules, as_of)
+    orders, earning, expires, expired = earned.orders, earned.earning, earned.expires, earned.expired
     entries, expiring, _ = _entries(orders, earning, expired, as_of)
     refunds = np.flatnonzero(orders.refunded)
-    member_ids = buyers.member_id[orders.owner].astype(str)
-    channel = np.asarray(CHANNELS)[orders.channel]
+    external, channel = order_labels(buyers, orders)
     count = len(orders.owner)
     posted = _Posted(
         buyers=buyers,
         ids=ids,
         orders=orders,
-        external=np.strings.add(
-            np.strings.add(np.strings.add("DEMO", member_ids), "-"), (orders.number + 1).astype(str)
-        ),
+        external=external,
         channel=channel,
         earning=earning,
         expires=expires,
@@ -311,21 +328,29 @@ def post(buyers: Buyers, ids: Ids, rand: Randomness, rules: Rules, as_of: int) -
         expire_posting=ids.posting + count + len(refunds) + np.arange(len(expiring)),
     )
     posted.refund_posting[refunds] = ids.posting + count + np.arange(len(refunds))
-    return _totals(posted), _copies(posted, rand, rules, as_of)
+    return totals(buyers, earned), _copies(posted, rand, rules, as_of)
 
 
-def _totals(posted: _Posted) -> Totals:
-    orders, n = posted.orders, len(posted.buyers.member_id)
+def order_labels(buyers: Buyers, orders: Orders) -> tuple[Strings, Strings]:
+    """Each order's external id (``DEMO<member>-<n>``) and channel name."""
+    member_ids = buyers.member_id[orders.owner].astype(str)
+    external = np.strings.add(np.strings.add(np.strings.add("DEMO", member_ids), "-"), (orders.number + 1).astype(str))
+    channel: Strings = np.asarray(CHANNELS)[orders.channel]
+    return external, channel
+
+
+def totals(buyers: Buyers, earned: Earnings) -> Totals:
+    """What the members rows say after the block's orders, refunds and expiry (both ledger modes)."""
+    orders, n = earned.orders, len(buyers.member_id)
     refunded = orders.refunded
 
     def per_member(values: I64, owner: I64 = orders.owner) -> I64:
         summed: I64 = np.bincount(owner, values, minlength=n).astype(np.int64)
         return summed
 
-    remaining = np.where(posted.expired | refunded[posted.earning], 0, orders.points[posted.earning])
     return Totals(
-        spend_cents=posted.buyers.spend_cents - per_member(orders.cents * refunded),
-        points_balance=per_member(remaining, orders.owner[posted.earning]),
+        spend_cents=buyers.spend_cents - per_member(orders.cents * refunded),
+        points_balance=per_member(earned.remaining(), orders.owner[earned.earning]),
         growth_value=per_member(orders.growth * ~refunded),
         points_earned=per_member(orders.points),
     )
@@ -337,7 +362,9 @@ def _copies(posted: _Posted, rand: Randomness, rules: Rules, as_of: int) -> Copi
         entries=_entry_text(posted, rules),
         lots=_lot_text(posted),
         draws=_draw_text(posted),
-        orders=_order_text(posted),
+        orders=order_text(
+            posted.buyers, posted.ids.order, posted.orders, posted.external, posted.channel, posted.order_posting
+        ),
         order_count=len(posted.orders.owner),
     )
 
@@ -352,16 +379,16 @@ def _posting_text(posted: _Posted, rand: Randomness, as_of: int) -> bytes:
     count = n_orders + n_refunds + n_expiring
     members = np.concatenate([orders.owner, orders.owner[refunds], posted.expiring])
     columns: list[Sequence[str]] = [
-        _text(np.concatenate([posted.order_posting, posted.refund_posting[refunds], posted.expire_posting])),
+        text(np.concatenate([posted.order_posting, posted.refund_posting[refunds], posted.expire_posting])),
         [str(buyers.brand_id)] * count,
-        _text(buyers.member_id[members]),
+        text(buyers.member_id[members]),
         [
-            *_text(np.strings.add("order:", refs)),
-            *_text(np.strings.add("refund:", refs[refunds])),
-            *_text(np.strings.add("demo-expire:", buyers.member_id[posted.expiring].astype(str))),
+            *text(np.strings.add("order:", refs)),
+            *text(np.strings.add("refund:", refs[refunds])),
+            *text(np.strings.add("demo-expire:", buyers.member_id[posted.expiring].astype(str))),
         ],
         ["order"] * n_orders + ["refund"] * n_refunds + ["expire"] * n_expiring,
-        _fingerprints(
+        fingerprints(
             rand,
             np.concatenate(
                 [
@@ -371,13 +398,13 @@ def _posting_text(posted: _Posted, rand: Randomness, as_of: int) -> bytes:
                 ]
             ),
         ),
-        [*_text(posted.channel), *_text(posted.channel[refunds]), *[_NULL] * n_expiring],
+        [*text(posted.channel), *text(posted.channel[refunds]), *[_NULL] * n_expiring],
         [_NULL] * n_orders + ["demo refund"] * n_refunds + [f"expired by {_iso(as_of)}"] * n_expiring,
         ["demo"] * count,
         [_NULL] * count,
-        _timestamps(np.concatenate([orders.paid, orders.refund_at[refunds], np.full(n_expiring, as_of)])),
+        timestamps(np.concatenate([orders.paid, orders.refund_at[refunds], np.full(n_expiring, as_of)])),
     ]
-    return _lines(columns)
+    return lines(columns)
 
 
 def _iso(seconds: int) -> str:
@@ -405,17 +432,17 @@ def _entry_text(posted: _Posted, rules: Rules) -> bytes:
     )
     notes = np.where(is_expire, "points expired", notes)
     columns: list[Sequence[str]] = [
-        _text(posted.ids.entry + np.arange(len(kind))),
-        _text(postings),
+        text(posted.ids.entry + np.arange(len(kind))),
+        text(postings),
         [str(posted.buyers.brand_id)] * len(kind),
-        _text(posted.buyers.member_id[entries.owner]),
-        _text(np.asarray(_KINDS)[kind]),
-        _text(entries.amount),
-        _text(entries.balance),
-        _text(notes),
-        _timestamps(entries.at),
+        text(posted.buyers.member_id[entries.owner]),
+        text(np.asarray(_KINDS)[kind]),
+        text(entries.amount),
+        text(entries.balance),
+        text(notes),
+        timestamps(entries.at),
     ]
-    return _lines(columns)
+    return lines(columns)
 
 
 def _lot_ids(posted: _Posted) -> I64:
@@ -428,15 +455,15 @@ def _lot_text(posted: _Posted) -> bytes:
     points = orders.points[earning]
     remaining = np.where(posted.expired | orders.refunded[earning], 0, points)
     columns: list[Sequence[str]] = [
-        _text(_lot_ids(posted)),
+        text(_lot_ids(posted)),
         [str(posted.buyers.brand_id)] * len(earning),
-        _text(posted.buyers.member_id[orders.owner[earning]]),
-        _text(posted.ids.entry + posted.entries.id_of[_EARN]),
-        _text(points),
-        _text(remaining),
-        _timestamps(posted.expires),
+        text(posted.buyers.member_id[orders.owner[earning]]),
+        text(posted.ids.entry + posted.entries.id_of[_EARN]),
+        text(points),
+        text(remaining),
+        timestamps(posted.expires),
     ]
-    return _lines(columns)
+    return lines(columns)
 
 
 def _draw_text(posted: _Posted) -> bytes:
@@ -447,38 +474,40 @@ def _draw_text(posted: _Posted) -> bytes:
     expire_entry[posted.expiring] = entries.id_of[_EXPIRE]
     lot_ids = _lot_ids(posted)
     columns: list[Sequence[str]] = [
-        _text(
+        text(
             posted.ids.entry
             + np.concatenate([entries.id_of[_REVERSE], expire_entry[orders.owner[earning][posted.expired]]])
         ),
-        _text(np.concatenate([lot_ids[refunded], lot_ids[posted.expired]])),
-        _text(np.concatenate([orders.points[earning][refunded], orders.points[earning][posted.expired]])),
+        text(np.concatenate([lot_ids[refunded], lot_ids[posted.expired]])),
+        text(np.concatenate([orders.points[earning][refunded], orders.points[earning][posted.expired]])),
     ]
-    return _lines(columns)
+    return lines(columns)
 
 
-def _order_text(posted: _Posted) -> bytes:
-    orders = posted.orders
+def order_text(
+    buyers: Buyers, first_id: int, orders: Orders, external: Strings, channel: Strings, posting: I64
+) -> bytes:
+    """The orders rows, ids from ``first_id``, each pointing at the posting given for it."""
     count = len(orders.owner)
     refunded = orders.refunded
     columns: list[Sequence[str]] = [
-        _text(posted.ids.order + np.arange(count)),
-        [str(posted.buyers.brand_id)] * count,
-        _text(posted.buyers.member_id[orders.owner]),
-        _text(posted.channel),
-        _text(posted.external),
-        _text(_yuan(orders.cents)),
-        _text(_yuan(orders.cents * refunded)),
-        _timestamps(orders.paid),
+        text(first_id + np.arange(count)),
+        [str(buyers.brand_id)] * count,
+        text(buyers.member_id[orders.owner]),
+        text(channel),
+        text(external),
+        text(_yuan(orders.cents)),
+        text(_yuan(orders.cents * refunded)),
+        timestamps(orders.paid),
         [_NULL] * count,
-        _text(posted.order_posting),
-        _text(orders.points),
-        _text(orders.growth),
-        _text(orders.points * refunded),
-        _text(orders.growth * refunded),
-        _timestamps(orders.paid),
+        text(posting),
+        text(orders.points),
+        text(orders.growth),
+        text(orders.points * refunded),
+        text(orders.growth * refunded),
+        timestamps(orders.paid),
     ]
-    return _lines(columns)
+    return lines(columns)
 
 
 # --- the database ------------------------------------------------------------------------------------------
