@@ -109,14 +109,26 @@ def demo(
         bool,
         typer.Option(help="Also give buyers their orders, refunds, points and expired lots (about 4x slower)."),
     ] = False,
+    ledger: Annotated[
+        str | None,
+        typer.Option(
+            help="How much points ledger to write: none; full (the same as --points); opening (the same orders and "
+            "totals, each balance imported as one posting: about half the rows of full, for large benchmark data)."
+        ),
+    ] = None,
     tags: Annotated[
         bool, typer.Option(help="Also define ~200 tags per brand and give every member ~15 of them (slower).")
     ] = False,
 ) -> None:
     """Build a realistic demo group: two brands, members across the seven channels."""
-    from store.demo import DemoError, build_demo
+    from store.demo import DemoError, Ledger, build_demo
     from store.phones import PhoneVault
 
+    modes = [mode.value for mode in Ledger]
+    if ledger is not None and ledger not in modes:
+        raise typer.BadParameter(f"one of {', '.join(modes)}", param_hint="--ledger")
+    if points and ledger not in (None, Ledger.FULL):
+        raise typer.BadParameter(f"--points writes the full ledger, not {ledger}", param_hint="--ledger")
     settings = Settings.from_env()
     with database(settings) as url:
         try:
@@ -126,7 +138,7 @@ def demo(
                 members=members,
                 seed=seed,
                 replace=replace,
-                points=points,
+                ledger=Ledger(ledger) if ledger else Ledger.FULL if points else Ledger.NONE,
                 tags=tags,
             )
         except DemoError as error:

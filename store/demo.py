@@ -12,13 +12,16 @@ phones differ between two runs with the same seed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -29,7 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from store import demo_ledger, demo_tags, tables
+from store import demo_ledger, demo_opening, demo_tags, tables
 from store.brands import brand_by_code, create_brand, groups_by_id, tiers_by_brand
 from store.demo_people import (
     DAY,
@@ -51,6 +54,15 @@ from store.tables import DEFAULT_TIERS
 GROUP_CODE = "demo"
 GROUP_NAME = "Demo Group 示范集团"
 BLOCK = 100_000  # members generated, formatted and copied at a time
+LOADERS = 2  # connections copying blocks at once (a fresh load; a replacement uses one)
+
+
+class Ledger(StrEnum):
+    """How much of the buyers' points ledger the demo writes."""
+
+    NONE = "none"  # profiles only: spend and order counts, no orders, points or growth
+    FULL = "full"  # every order, refund and expiry with its postings, entries, lots and draws
+    OPENING = "opening"  # the same orders and totals; the balance as one imported posting (demo_opening)
 
 
 DEMO_BRANDS = (
@@ -165,10 +177,11 @@ _COPY_MEMBERS = sql.SQL("COPY {} ({}) FROM STDIN").format(
         )
     ),
 )
-# Identity ids come from the column default.
+# Identity ids are reserved per block like the ledger's, so that blocks copied in parallel get the
+# same ids as in a serial load.
 _COPY_IDENTITIES = sql.SQL("COPY {} ({}) FROM STDIN").format(
     sql.Identifier(tables.member_identities.name),
-    sql.SQL(", ").join(map(sql.Identifier, ("brand_id", "member_id", "channel", "external_id", "bound_at"))),
+    sql.SQL(", ").join(map(sql.Identifier, ("id", "brand_id", "member_id", "channel", "external_id", "bound_at"))),
 )
 _ANALYZE = sql.SQL("ANALYZE {}").format(
     sql.SQL(", ").join(
@@ -287,14 +300,20 @@ class _Chunk:
 class _Ledger:
     """What posting the demo's orders needs: each brand's rules, each block's reserved ids, the moment."""
 
+    mode: Ledger  # FULL or OPENING
     rules: dict[int, demo_ledger.Rules]  # by brand id
     ids: dict[tuple[int, int], demo_ledger.Ids]  # by (brand id, block start)
     as_of: int  # epoch seconds: lots expired by then are expired
 
 
-def _chunk(plan: Plan, start: int, stop: int, vault: PhoneVault, ledger: _Ledger | None, tags: _Tags) -> _Chunk:
+_Identities = dict[tuple[int, int], int]  # the first identity id reserved for each (brand id, block start)
+
+
+def _chunk(
+    plan: Plan, start: int, stop: int, vault: PhoneVault, identity_ids: _Identities, ledger: _Ledger | None, tags: _Tags
+) -> _Chunk:
     block = member_block(plan, start, stop)
-    identities, identity_count = identity_text(block)
+    identities, identity_count = identity_text(block, identity_ids[plan.brand_id, start])
     buyers = _buyers(block)
     catalog = tags.get(plan.brand_id)
     tag_copy = None if catalog is None else demo_tags.assign(catalog, buyers, block.registered, plan.today, start)
@@ -303,7 +322,8 @@ def _chunk(plan: Plan, start: int, stop: int, vault: PhoneVault, ledger: _Ledger
         totals = demo_ledger.Totals.without_points(buyers)
     else:
         ids, rules = ledger.ids[plan.brand_id, start], ledger.rules[plan.brand_id]
-        totals, copies = demo_ledger.post(buyers, ids, plan.rand, rules, ledger.as_of)
+        post = demo_opening.open_balances if ledger.mode is Ledger.OPENING else demo_ledger.post
+        totals, copies = post(buyers, ids, plan.rand, rules, ledger.as_of)
     return _Chunk(
         plan=plan,
         members=member_text(block, vault, totals),
@@ -330,7 +350,7 @@ def _buyers(block: Block) -> demo_ledger.Buyers:
     )
 
 
-def _ledger(conn: Connection, plans: list[Plan]) -> _Ledger:
+def _ledger(conn: Connection, plans: list[Plan], mode: Ledger) -> _Ledger:
     """Reserves ids for every block's ledger rows (an upper bound: gaps are harmless) and reads the rules."""
     bounds = {
         (plan.brand_id, start): demo_ledger.upper_bounds(
@@ -346,7 +366,17 @@ def _ledger(conn: Connection, plans: list[Plan]) -> _Ledger:
         ids[key] = demo_ledger.Ids(**first)
         first = {name: first[name] + getattr(bound, name) for name in _ID_FIELDS}
     rules = {plan.brand_id: demo_ledger.rules(conn, plan.brand_id) for plan in plans}
-    return _Ledger(rules, ids, int(time.time()))
+    return _Ledger(mode, rules, ids, int(time.time()))
+
+
+def _identity_ids(conn: Connection, plans: list[Plan]) -> _Identities:
+    counts = {
+        (plan.brand_id, start): int(identity_counts(plan.rand, np.arange(start, stop, dtype=np.uint64)).sum())
+        for plan, start, stop in _blocks(plans)
+    }
+    first = demo_ledger.reserve(conn, tables.member_identities.name, sum(counts.values()))
+    starts = itertools.accumulate(counts.values(), initial=first)
+    return dict(zip(counts, starts, strict=False))
 
 
 _ID_FIELDS = ("posting", "entry", "lot", "order")
@@ -361,18 +391,22 @@ def _blocks(plans: list[Plan]) -> Iterator[tuple[Plan, int, int]]:
 _Tags = dict[int, demo_tags.Catalog]  # by brand id; empty without --tags
 
 
-def _chunks(plans: list[Plan], vault: PhoneVault, ledger: _Ledger | None, tags: _Tags) -> Iterator[_Chunk]:
-    """Chunks in order, the next one formatted in a thread while the current one is copied: psycopg
-    releases the GIL while it waits for the server, so client and server work in parallel. One chunk
-    ahead is enough (the server is the slower side) and bounds the memory."""
+def _chunks(
+    plans: list[Plan], vault: PhoneVault, identity_ids: _Identities, ledger: _Ledger | None, tags: _Tags, ahead: int
+) -> Generator[_Chunk]:
+    """Chunks in order, the next ``ahead`` formatted in threads while the current ones are copied:
+    psycopg releases the GIL while it waits for the server, so client and server work in parallel.
+    One chunk ahead per loader is enough (the server is the slower side) and bounds the memory."""
     blocks = _blocks(plans)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo") as pool:
-        ahead = deque(pool.submit(_chunk, *block, vault, ledger, tags) for block in itertools.islice(blocks, 1))
-        while ahead:
-            chunk = ahead.popleft().result()
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="demo") as pool:
+        waiting = deque(
+            pool.submit(_chunk, *block, vault, identity_ids, ledger, tags) for block in itertools.islice(blocks, ahead)
+        )
+        while waiting:
+            chunk = waiting.popleft().result()
             following = next(blocks, None)
             if following is not None:
-                ahead.append(pool.submit(_chunk, *following, vault, ledger, tags))
+                waiting.append(pool.submit(_chunk, *following, vault, identity_ids, ledger, tags))
             yield chunk
 
 
@@ -394,17 +428,18 @@ def build_demo(
     members: int,
     seed: int,
     replace: bool = False,
-    points: bool = False,
+    ledger: Ledger = Ledger.NONE,
     tags: bool = False,
 ) -> DemoSummary:
     """Build the demo group (code ``demo``) with ``members`` members across its two brands.
 
     Raises DemoError when the demo brands already have members and ``replace`` is false; with
     ``replace`` their members and everything hanging off them are deleted in the transaction that
-    loads the new ones. With ``points`` (the default) buyers get their orders, refunds, points and
-    expired lots (store/demo_ledger.py); without, only their profiles. With ``tags`` each brand gets
-    ~200 tags and every member ~15 of them (store/demo_tags.py). Runs an event loop of its
-    own: call it where none is running (a thread).
+    loads the new ones. ``ledger``: FULL gives buyers their orders, refunds, points and expired lots
+    (store/demo_ledger.py); OPENING the same orders and totals with the balance imported as one
+    posting (store/demo_opening.py); NONE only their profiles. With ``tags`` each brand gets ~200
+    tags and every member ~15 of them (store/demo_tags.py). Runs an event loop of its own: call it
+    where none is running (a thread).
     """
     if members < 1:
         raise ValueError("members must be at least 1")
@@ -417,10 +452,12 @@ def build_demo(
                 f"the demo brands already have {existing:,} members: pass --replace (replace=True) to rebuild them"
             )
         plans = _plans(brand_ids, _reserve_member_ids(conn, members), members, seed)
-        ledger = _ledger(conn, plans) if points else None
+        identity_ids = _identity_ids(conn, plans)
+        posting = None if ledger is Ledger.NONE else _ledger(conn, plans, ledger)
         catalogs = {p.brand_id: demo_tags.define(conn, p.brand_id, p.brand.code, seed) for p in plans if tags}
+        source = _Source(plans, vault, identity_ids, posting, catalogs)
         with _progress() as progress:
-            totals = _load(conn, plans, vault, ledger, catalogs, progress, replace=existing > 0)
+            totals = _load(conn, url, source, progress, replace=existing > 0)
             analyzing = progress.add_task("analyze", total=1)
             conn.execute(_ANALYZE)  # fresh statistics, or the first queries plan for empty tables
             progress.advance(analyzing)
@@ -456,41 +493,94 @@ class _Totals:
         self.shared += chunk.shared
 
 
-def _load(
-    conn: Connection,
-    plans: list[Plan],
-    vault: PhoneVault,
-    ledger: _Ledger | None,
-    tags: _Tags,
-    progress: Progress,
-    *,
-    replace: bool,
-) -> _Totals:
-    """Delete (with ``replace``) and copy in one transaction: readers see the old demo or the new one."""
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Everything the blocks are made from."""
+
+    plans: list[Plan]
+    vault: PhoneVault
+    identity_ids: _Identities
+    ledger: _Ledger | None
+    tags: _Tags
+
+    def chunks(self, ahead: int) -> Generator[_Chunk]:
+        return _chunks(self.plans, self.vault, self.identity_ids, self.ledger, self.tags, ahead)
+
+
+def _load(conn: Connection, url: str, source: _Source, progress: Progress, *, replace: bool) -> _Totals:
+    """Delete (with ``replace``) and copy, in one transaction per connection.
+
+    A replacement runs on ``conn`` alone, so readers see the old demo or the new one: the new rows
+    have the old ones' unique keys (phones, channel ids), which a second connection could not insert
+    before the delete commits. A fresh load copies on LOADERS connections at once (the server side
+    of a COPY takes most of a core); their transactions commit one after the other once every block
+    is in, so readers may see part of the new demo for that moment, and an error before it rolls
+    every connection back. Blocks get the same ids either way (reserved per block).
+    """
+    brand_ids = [plan.brand_id for plan in source.plans]
     deleting = progress.add_task("delete the old demo", total=1) if replace else None
-    tasks = {plan.brand.code: _brand_tasks(progress, plan) for plan in plans}
-    totals = _Totals()
-    with conn.transaction():
-        skipped = _skip_row_triggers(conn)
-        if not skipped:
+    tasks = {plan.brand.code: _brand_tasks(progress, plan) for plan in source.plans}
+    with contextlib.ExitStack() as stack:
+        others = (
+            [] if replace else [stack.enter_context(psycopg.connect(url, autocommit=True)) for _ in range(1, LOADERS)]
+        )
+        loaders = [conn, *others]
+        for loader in loaders:  # entered in order, so they commit in reverse: conn, with the delete, last
+            stack.enter_context(loader.transaction())
+        skips = [_skip_row_triggers(loader) for loader in loaders]
+        if not all(skips):
             progress.console.print("Checking foreign keys row by row (skipping them needs a superuser): slower")
         if deleting is not None:
-            _delete_members(conn, [plan.brand_id for plan in plans])
+            _delete_members(conn, brand_ids)
             progress.advance(deleting)
-        for chunk in _chunks(plans, vault, ledger, tags):
-            member_task, identity_task = tasks[chunk.plan.brand.code]
-            _copy(conn, _COPY_MEMBERS, chunk.members)
-            progress.advance(member_task, chunk.count)
-            _copy(conn, _COPY_IDENTITIES, chunk.identities)
-            progress.advance(identity_task, chunk.identity_count)
-            if chunk.ledger is not None:
-                demo_ledger.copy(conn, chunk.ledger)
-            if chunk.tags is not None:
-                demo_tags.copy(conn, chunk.tags)
-            totals.add(chunk)
-        if skipped:  # the audience index's queue triggers did not see the load
-            conn.execute(_queue_rebuild.sql, {"brand_ids": [plan.brand_id for plan in plans]})
+        totals = _copy_blocks(loaders, source, progress, tasks)
+        if any(skips):  # the audience index's queue triggers did not see (all of) the load
+            conn.execute(_queue_rebuild.sql, {"brand_ids": brand_ids})
     return totals
+
+
+def _copy_blocks(
+    loaders: list[Connection], source: _Source, progress: Progress, tasks: dict[str, tuple[TaskID, TaskID]]
+) -> _Totals:
+    """Every block copied by whichever loader is free; the first error stops the others."""
+    totals = _Totals()
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def load(conn: Connection, chunks: Iterator[_Chunk]) -> None:
+        try:
+            while not failed.is_set():
+                with lock:  # a generator cannot be advanced by two threads at once
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    return
+                _copy_chunk(conn, chunk)
+                with lock:
+                    totals.add(chunk)
+                    member_task, identity_task = tasks[chunk.plan.brand.code]
+                    progress.advance(member_task, chunk.count)
+                    progress.advance(identity_task, chunk.identity_count)
+        except BaseException:
+            failed.set()
+            raise
+
+    with contextlib.closing(source.chunks(ahead=len(loaders))) as chunks:
+        if len(loaders) == 1:
+            load(loaders[0], chunks)
+        else:
+            with ThreadPoolExecutor(max_workers=len(loaders), thread_name_prefix="demo-copy") as pool:
+                for done in [pool.submit(load, conn, chunks) for conn in loaders]:
+                    done.result()
+    return totals
+
+
+def _copy_chunk(conn: Connection, chunk: _Chunk) -> None:
+    _copy(conn, _COPY_MEMBERS, chunk.members)
+    _copy(conn, _COPY_IDENTITIES, chunk.identities)
+    if chunk.ledger is not None:
+        demo_ledger.copy(conn, chunk.ledger)
+    if chunk.tags is not None:
+        demo_tags.copy(conn, chunk.tags)
 
 
 def _brand_tasks(progress: Progress, plan: Plan) -> tuple[TaskID, TaskID]:

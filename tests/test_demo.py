@@ -18,7 +18,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from store import demo, demo_people, demo_tags, points
-from store.demo import DemoError, DemoSummary, build_demo
+from store.demo import DemoError, DemoSummary, Ledger, build_demo
 from store.phones import PhoneVault, mask, normalise
 from store.tables import CHANNELS, DEFAULT_TIERS, TAG_CATEGORIES
 from store.tags import check_code
@@ -31,7 +31,7 @@ Rows = list[tuple[Any, ...]]
 async def build(database_url: str, vault: PhoneVault, members: int, seed: int = 7, replace: bool = True) -> DemoSummary:
     """The demo with its ledger (`--points`). build_demo runs an event loop of its own: keep it off the test's."""
     return await asyncio.to_thread(
-        build_demo, database_url, vault, members=members, seed=seed, replace=replace, points=True
+        build_demo, database_url, vault, members=members, seed=seed, replace=replace, ledger=Ledger.FULL
     )
 
 
@@ -435,7 +435,7 @@ async def test_a_demo_members_points_history_is_served(
 async def test_without_points_buyers_have_profiles_only(
     database_url: str, vault: PhoneVault, pool: AsyncConnectionPool[Any]
 ) -> None:
-    summary = await asyncio.to_thread(build_demo, database_url, vault, members=800, seed=7, replace=True, points=False)
+    summary = await asyncio.to_thread(build_demo, database_url, vault, members=800, seed=7, replace=True)
     assert summary.orders == 0
     assert await value(pool, "SELECT count(*) FROM orders WHERE brand_id = ANY(%(demo)s)") == 0
     assert await rows(
@@ -473,7 +473,7 @@ async def test_the_command_refuses_to_overwrite_without_replace(
 
 async def build_tagged(database_url: str, vault: PhoneVault, members: int, seed: int = 7) -> DemoSummary:
     return await asyncio.to_thread(
-        build_demo, database_url, vault, members=members, seed=seed, replace=True, points=True, tags=True
+        build_demo, database_url, vault, members=members, seed=seed, replace=True, ledger=Ledger.FULL, tags=True
     )
 
 
