@@ -28,6 +28,16 @@ estimate for a size whose demo takes too long to build; counts checked, no row c
 `--reuse-index` skips the rebuild when the brand's index is current.
 
 The measured brand is one of the demo's two (teahouse: 60% of `--members`).
+
+Ledger of the data (`--ledger`): up to OPENING_FROM members the demo writes the full points ledger
+(`--points`: every order's posting, entry and lot, refunds, expiries); above it, by default, the
+opening-balance ledger (`omnimember demo --ledger opening`): the same orders, member totals and open
+points per expiry date, for the same seed, with each balance imported as one posting. Audiences
+read only members, identities, tags and the orders' days, which both write alike, so the queries
+and their counts are the same; the full ledger's history rows are half the bytes of a 10M demo and
+took it past the time a run has (~50 min). `--ledger full` or `opening` forces one; data already
+built is reused whatever its ledger unless one is forced, and the report says which it has.
+`--prepare-only` builds the data and the index, prints how long each took, and stops.
 """
 
 from __future__ import annotations
@@ -88,6 +98,8 @@ EXPORT_FLOOR_MS = 70.0
 CSV_FLOOR_MS = 1500.0
 ISSUE_EXPORT_IDS = 4_200_000
 EXPORT_FIELDS = "id"
+OPENING_FROM = 2_000_000  # larger demos get the opening-balance ledger unless --ledger says otherwise
+LEDGERS = ("full", "opening")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,8 +109,10 @@ EXPORT_FIELDS = "id"
 @dataclasses.dataclass(frozen=True, slots=True)
 class Prepared:
     size: common.DataSize
+    ledger: str  # of the data: full, opening or none (`omnimember demo --ledger`)
     built_seconds: float | None  # the demo build, when this run built it
     refresh_seconds: float | None  # the index rebuild, when this run did it
+    vacuum_seconds: float = 0.0
 
 
 def timed_omnimember(*args: str, env: dict[str, str]) -> float:
@@ -114,22 +128,53 @@ def prepare(args: argparse.Namespace, env: dict[str, str]) -> Prepared:
     common.omnimember("migrate", env=env)
     with psycopg.connect(url) as conn:
         size = common.demo_size(conn)
+        ledger = ledger_of(conn)
     built = None
     if common.close_enough(size, args.members):
-        print(f"reusing the demo data: {size.members:,} members, {size.member_tags:,} tag assignments")
+        print(f"reusing the demo data: {size.members:,} members, {size.member_tags:,} tag assignments, {ledger} ledger")
+        if args.ledger != "auto" and ledger != args.ledger:
+            raise BenchError(
+                f"the demo data has the {ledger} ledger, not the {args.ledger} one asked for: drop the database "
+                f"{urlsplit(url).path.lstrip('/')} (a --replace of that size takes longer) or leave out --ledger"
+            )
     else:
+        ledger = wanted_ledger(args)
         started = time.perf_counter()
-        size = common.build_demo(url, args.members, args.seed, env, replace=size.brands > 0)
+        size = common.build_demo(url, args.members, args.seed, env, replace=size.brands > 0, ledger=ledger)
         built = time.perf_counter() - started
+        print(f"  demo built in {built:,.1f} s", flush=True)
     started = time.perf_counter()
     common.vacuum_analyze(url)
-    print(f"  {time.perf_counter() - started:,.1f} s", flush=True)
+    vacuumed = time.perf_counter() - started
+    print(f"  {vacuumed:,.1f} s", flush=True)
     refreshed = None
     if not (args.reuse_index and index_is_current(url, args.brand)):
         refreshed = timed_omnimember("refresh", "--brand", args.brand, env=env)
+        print(f"  {refreshed:,.1f} s", flush=True)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM (ANALYZE) audience_bitmaps")
-    return Prepared(size, built, refreshed)
+    return Prepared(size, ledger, built, refreshed, vacuumed)
+
+
+def wanted_ledger(args: argparse.Namespace) -> str:
+    if args.ledger != "auto":
+        return str(args.ledger)
+    return "opening" if args.members > OPENING_FROM else "full"
+
+
+def ledger_of(conn: psycopg.Connection[Any]) -> str:
+    """The ledger the demo data was built with: full, opening (one `demo-opening:` posting per buyer)
+    or none, read from one buyer's postings."""
+    if not common.count_if_exists(conn, "groups"):
+        return "none"
+    row = conn.execute(
+        """SELECT p.idempotency_key FROM members m JOIN brands b ON b.id = m.brand_id
+           JOIN groups g ON g.id = b.group_id JOIN points_postings p ON p.member_id = m.id
+           WHERE g.code = 'demo' AND m.order_count > 0 LIMIT 1"""
+    ).fetchone()
+    if row is None:
+        return "none"
+    return "opening" if str(row[0]).startswith("demo-opening:") else "full"
 
 
 def index_is_current(url: str, brand: str) -> bool:
@@ -848,14 +893,21 @@ def export_table(f: Findings) -> list[str]:
 def data_line(f: Findings, args: argparse.Namespace) -> str:
     size, stats, prep = f.prepared.size, f.stats, f.prepared
     built = "" if prep.built_seconds is None else f" (built in this run in {prep.built_seconds / 60:,.1f} min)"
+    flag = "--points" if prep.ledger == "full" else f"--ledger {prep.ledger}"
+    ledger = {
+        "full": "the full points ledger",
+        "opening": "the opening-balance ledger (the same orders and member totals; each balance one imported "
+        "posting, see `--ledger` in the script's docstring)",
+    }.get(prep.ledger, "no points ledger")
     refresh = (
         "the index was current and reused"
         if prep.refresh_seconds is None
         else f"`omnimember refresh --brand {args.brand}` took {prep.refresh_seconds:,.1f} s"
     )
     return (
-        f"- Data: the demo group (`omnimember demo --members {args.members} --seed {args.seed} --points --tags`)"
-        f"{built}: {size.members:,} members in {size.brands} brands, {size.member_tags:,} tag assignments. "
+        f"- Data: the demo group (`omnimember demo --members {args.members} --seed {args.seed} {flag} --tags`)"
+        f"{built}: {size.members:,} members in {size.brands} brands, {size.member_tags:,} tag assignments, "
+        f"{ledger}. "
         f"Measured brand `{args.brand}`: {stats.live_members:,} live members, {stats.assignments:,} live tag "
         f"assignments ({stats.assignments / max(stats.live_members, 1):.1f} per member), {len(stats.tags)} tags, "
         f"{len(stats.cities)} cities; its index: {stats.rows:,} rows of 2^16 bits ({refresh}; "
@@ -972,6 +1024,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
         "export_repeat",
         "http_repeat",
         "scale_to",
+        "ledger",
     )
     for name in names:
         if getattr(args, name) != getattr(defaults, name):
@@ -1006,6 +1059,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="",
         help="also time the bitmap side on the brand's index rows repeated to these many members' worth of chunks "
         "(comma-separated, rolled back; e.g. 1000000,10000000)",
+    )
+    parser.add_argument(
+        "--ledger",
+        choices=("auto", *LEDGERS),
+        default="auto",
+        help=f"the demo's points ledger: full, opening, or auto (default: opening above {OPENING_FROM:,} members)",
+    )
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="build the data and the index, print their times, measure nothing"
     )
     parser.add_argument("--reuse-index", action="store_true", help="skip the rebuild when the index is current")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
@@ -1129,6 +1191,21 @@ async def run_scaled(bench: Bench, queries: Sequence[BenchQuery], args: argparse
     return Scaled(members, total, counts, Timings(export_ms), expected[EXPORT_QUERY], premade)
 
 
+def prepared_summary(prepared: Prepared, args: argparse.Namespace) -> str:
+    with psycopg.connect(args.database_url) as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    size_gb = int(row[0]) / 1e9 if row else 0.0
+
+    def minutes(seconds: float | None) -> str:
+        return "reused" if seconds is None else f"{seconds / 60:,.1f} min"
+
+    return (
+        f"{urlsplit(args.database_url).path.lstrip('/')}: {prepared.size.members:,} members, {prepared.ledger} ledger, "
+        f"{size_gb:,.1f} GB; demo {minutes(prepared.built_seconds)}, VACUUM (ANALYZE) "
+        f"{minutes(prepared.vacuum_seconds)}, refresh --brand {args.brand} {minutes(prepared.refresh_seconds)}"
+    )
+
+
 def brand_id_of(conn: psycopg.Connection[Any], code: str) -> int:
     row = conn.execute("SELECT id FROM brands WHERE code = %s", (code,)).fetchone()
     if row is None:
@@ -1139,6 +1216,9 @@ def brand_id_of(conn: psycopg.Connection[Any], code: str) -> int:
 def run(args: argparse.Namespace, workdir: Path) -> int:
     env = bench_env(args.database_url, workdir / "home")
     prepared = prepare(args, env)
+    if args.prepare_only:
+        print(prepared_summary(prepared, args))
+        return 0
     with psycopg.connect(args.database_url) as conn:
         brand_id = brand_id_of(conn, args.brand)
         stats = index_stats(conn, brand_id)

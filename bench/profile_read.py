@@ -199,13 +199,17 @@ def prepare_data(url: str, members: int, seed: int, env: dict[str, str]) -> Data
     return size
 
 
-def build_demo(url: str, members: int, seed: int, env: dict[str, str], *, replace: bool) -> DataSize:
-    """`omnimember demo`: the group `demo` with brands teahouse and orchard."""
+def build_demo(
+    url: str, members: int, seed: int, env: dict[str, str], *, replace: bool, ledger: str = "full"
+) -> DataSize:
+    """`omnimember demo`: the group `demo` with brands teahouse and orchard, with tags and the points
+    ledger (`ledger`: full, the default, or opening; see `omnimember demo --help`)."""
     if not (ROOT / "store" / "demo.py").exists():
         raise BenchError(f"no demo data of about {members} members, and `omnimember demo` is not there yet")
     flags = ["--replace"] if replace else []
     # With the ledger and tags, so that the profile's points history and tags have rows to read.
-    omnimember("demo", "--members", str(members), "--seed", str(seed), "--points", "--tags", *flags, env=env)
+    ledger_flags = ["--points"] if ledger == "full" else ["--ledger", ledger]
+    omnimember("demo", "--members", str(members), "--seed", str(seed), *ledger_flags, "--tags", *flags, env=env)
     with psycopg.connect(url) as conn:
         size = demo_size(conn)
     if not close_enough(size, members):
