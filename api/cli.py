@@ -113,7 +113,7 @@ def demo(
         str | None,
         typer.Option(
             help="How much points ledger to write: none; full (the same as --points); opening (the same orders and "
-            "totals, each balance imported as one posting: about half the rows of full, for large benchmark data)."
+            "totals, each balance imported as one posting: half the ledger's bytes, for large benchmark data)."
         ),
     ] = None,
     tags: Annotated[
