@@ -17,11 +17,10 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection, errors
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects import postgresql
 
 from store import ledger, tiers
 from store.errors import DomainError, ErrorCode
@@ -69,58 +68,77 @@ ORDER_COLUMNS = (
     orders.c.points_unrecovered,
     orders.c.created_at,
 )
-# What an order's earnings depend on: the member (live, of the brand?), its birthday and tier's
-# multiplier, its order count, and the brand's rules. Read without a lock first: the posting
-# statement below only applies if the member's tier, birthday and order count are still what was
-# read (another order in between could have lifted the tier or moved the tier metric).
-_basis = (
+# The whole order in one statement, like `ledger.credit_posting`. `earning` reads the member, its
+# tier's multiplier and the brand's rules from the statement's snapshot and works out the order's
+# parts (base points, birthday-month and tier bonuses, each its own EARN entry) and growth. Then
+# the member row (balance, purchase aggregates, growth, tier upgrade; this locks it), a plain
+# INSERT of the posting (a key already held fails the statement and nothing remains), the order,
+# the entries with their lots, and the tier change. The member UPDATE applies only if the row's
+# tier, birthday and order count are still those `earning` saw (another order committed in
+# between could have lifted the tier or moved the tier metric, and the upgrade reads earlier
+# orders from the snapshot); otherwise, or when the member is not live, there is no row.
+_PAID_AT = sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
+_YUAN = sa.bindparam("amount", type_=sa.Numeric(14, 2))
+_YUAN_TEXT = sa.bindparam("amount_text", type_=sa.Text)  # as the client wrote it, for the note
+
+
+def _points(value: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    return sa.cast(sa.func.floor(value), sa.BigInteger)
+
+
+def _text(value: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    return sa.cast(value, sa.Text)
+
+
+_base = _points(_YUAN * brand_rules.c.points_per_yuan)
+_paid_month = sa.extract("month", sa.func.timezone(brand_rules.c.timezone, _PAID_AT))
+_birthday_bonus = sa.case(
+    (sa.extract("month", members.c.birthday) == _paid_month, _points(_base * (brand_rules.c.birthday_multiplier - 1))),
+    else_=0,
+)
+_tier_bonus = _points(_base * (brand_tiers.c.points_multiplier - 1))
+_earning = (
     sa.select(
         members.c.id,
-        members.c.brand_id,
-        members.c.merged_into,
-        members.c.birthday,
         members.c.tier,
+        members.c.birthday,
         members.c.order_count,
-        brand_tiers.c.points_multiplier,
-        *(column for column in brand_rules.c if column.name != "brand_id"),
+        _base.label("base"),
+        _birthday_bonus.label("birthday_bonus"),
+        _tier_bonus.label("tier_bonus"),
+        (_base + _birthday_bonus + _tier_bonus).label("points"),
+        _points(_YUAN * brand_rules.c.growth_per_yuan).label("growth"),
+        (sa.literal("order: ") + _YUAN_TEXT + " yuan x " + _text(brand_rules.c.points_per_yuan)).label("base_note"),
+        ("birthday month x" + _text(brand_rules.c.birthday_multiplier)).label("birthday_note"),
+        ("tier bonus x" + _text(brand_tiers.c.points_multiplier)).label("tier_note"),
     )
-    .join(brand_tiers, sa.and_(brand_tiers.c.brand_id == members.c.brand_id, brand_tiers.c.code == members.c.tier))
+    .join(brand_tiers, ledger.tier_of(members))
     .join(brand_rules, brand_rules.c.brand_id == members.c.brand_id)
-    .where(members.c.id == sa.bindparam("member_id"))
+    .where(ledger.LIVE_MEMBER)
+    .cte("earning")
 )
-_earning_basis = Query(_basis)
-_locked_basis = Query(_basis.with_for_update(of=members))
-
-# The whole order in one statement, like `ledger.credit_posting`: the member row first (balance,
-# purchase aggregates, growth, tier upgrade; this locks it), then a plain INSERT of the posting
-# (a key already held fails the statement and nothing remains), the order, one EARN entry per
-# part with its lot, and the tier change. No row when the member is not live or its tier or
-# birthday or order count moved since `_earning_basis` (the earnings would be stale).
-_PAID_AT = sa.bindparam("paid_at", type_=sa.DateTime(timezone=True))
-_POINTS = sa.bindparam("points", type_=sa.BigInteger)
-_GROWTH = sa.bindparam("growth", type_=sa.BigInteger)
-_YUAN = sa.bindparam("amount", type_=sa.Numeric(14, 2))
 _current_tier = brand_tiers.alias("current_tier")
 _buyer = (
     sa.update(members)
     .where(
         ledger.LIVE_MEMBER,
-        members.c.tier == sa.bindparam("tier_seen", type_=sa.Text),
-        members.c.birthday.is_not_distinct_from(sa.bindparam("birthday_seen", type_=sa.Date)),
-        members.c.order_count == sa.bindparam("order_count_seen", type_=sa.Integer),
+        members.c.id == _earning.c.id,
+        members.c.tier == _earning.c.tier,
+        members.c.birthday.is_not_distinct_from(_earning.c.birthday),
+        members.c.order_count == _earning.c.order_count,
         _current_tier.c.brand_id == members.c.brand_id,
         _current_tier.c.code == members.c.tier,
         brand_rules.c.brand_id == members.c.brand_id,
     )
     .values(
-        points_balance=members.c.points_balance + _POINTS,
-        points_earned=members.c.points_earned + _POINTS,
-        growth_value=members.c.growth_value + _GROWTH,
+        points_balance=members.c.points_balance + _earning.c.points,
+        points_earned=members.c.points_earned + _earning.c.points,
+        growth_value=members.c.growth_value + _earning.c.growth,
         first_purchase_at=sa.func.least(members.c.first_purchase_at, _PAID_AT),
         last_purchase_at=sa.func.greatest(members.c.last_purchase_at, _PAID_AT),
         order_count=members.c.order_count + 1,
         total_spend=members.c.total_spend + _YUAN,
-        tier=tiers.upgraded_tier(_current_tier, _GROWTH, _POINTS, _PAID_AT),
+        tier=tiers.upgraded_tier(_current_tier, _earning.c.growth, _earning.c.points, _PAID_AT),
     )
     .returning(*members.c, _current_tier.c.code.label("from_tier"))
     .cte("buyer")
@@ -155,16 +173,17 @@ _order_row = (
             _PAID_AT,
             sa.bindparam("store", type_=sa.Text),
             _order_posting.c.id,
-            _POINTS,
-            _GROWTH,
-        ),
+            _earning.c.points,
+            _earning.c.growth,
+        ).select_from(_order_posting.join(_earning, sa.true())),
     )
     .returning(*ORDER_COLUMNS)
     .cte("order_row")
 )
 _parts = (
     sa.func.unnest(
-        sa.bindparam("part_points", type_=ARRAY(sa.BigInteger)), sa.bindparam("part_notes", type_=ARRAY(sa.Text))
+        postgresql.array([_earning.c.base, _earning.c.birthday_bonus, _earning.c.tier_bonus]),
+        postgresql.array([_earning.c.base_note, _earning.c.birthday_note, _earning.c.tier_note]),
     )
     .table_valued("amount", "note", with_ordinality="n")
     .render_derived(name="parts")
@@ -180,10 +199,10 @@ _order_entries = (
             sa.literal("earn"),
             _parts.c.amount,
             # each entry's balance after it, as if the parts were posted one after the other
-            _buyer.c.points_balance - _POINTS + sa.func.sum(_parts.c.amount).over(order_by=_parts.c.n),
+            _buyer.c.points_balance - _earning.c.points + sa.func.sum(_parts.c.amount).over(order_by=_parts.c.n),
             _parts.c.note,
         )
-        .select_from(_order_posting.join(_buyer, sa.true()).join(_parts, sa.true()))
+        .select_from(_order_posting.join(_buyer, sa.true()).join(_earning, sa.true()).join(_parts, _parts.c.amount > 0))
         .order_by(_parts.c.n),
     )
     .returning(points_entries.c.id, points_entries.c.member_id, points_entries.c.amount)
@@ -225,10 +244,15 @@ _order_posted = Query(
         .join(_buyer, sa.true())
         .join(brand_tiers, sa.and_(brand_tiers.c.brand_id == _buyer.c.brand_id, brand_tiers.c.code == _buyer.c.tier))
     )
-    .add_cte(_buyer, _order_posting, _order_row, _order_entries, _lots_opened, _upgraded, _tier_change)
+    .add_cte(_earning, _buyer, _order_posting, _order_row, _order_entries, _lots_opened, _upgraded, _tier_change)
 )
 # A retried order fails the statement on one of these (which one first is the server's choice).
 _ORDER_KEYS = frozenset({ledger.KEY_CONSTRAINT, "uq_orders_brand_id_channel_external_order_id"})
+_lock_member = Query(
+    sa.select(members.c.brand_id, members.c.merged_into)
+    .where(members.c.id == sa.bindparam("member_id"))
+    .with_for_update()
+)
 _order_of_posting = Query(sa.select(orders.c.id).where(orders.c.posting_id == sa.bindparam("posting_id")))
 _lock_order = Query(
     sa.select(*ORDER_COLUMNS)
@@ -286,22 +310,10 @@ def _pro_rata(earned: int, refunded: Decimal, amount: Decimal) -> int:
     return earned * int(refunded / CENT) // int(amount / CENT)
 
 
-def earnings(amount: Decimal, rules: Row, *, birthday_month: bool, tier_multiplier: Decimal) -> list[tuple[int, str]]:
-    """The EARN entries an order makes: (points, note), zero amounts left out."""
-    base = _floor(amount * rules["points_per_yuan"])
-    parts = [(base, f"order: {amount} yuan x {rules['points_per_yuan']}")]
-    if birthday_month:
-        multiplier = rules["birthday_multiplier"]
-        parts.append((_floor(base * (multiplier - 1)), f"birthday month x{multiplier}"))
-    if tier_multiplier > 1:
-        parts.append((_floor(base * (tier_multiplier - 1)), f"tier bonus x{tier_multiplier}"))
-    return [(points, note) for points, note in parts if points > 0]
-
-
 async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> OrderResult:
     """Record an order once per (brand, channel, external id): earn points and growth, update the
-    profile, upgrade the tier. One read and one statement, so it is whole on its own (run it
-    outside a transaction to save the BEGIN and COMMIT round trips)."""
+    profile, upgrade the tier. One statement, so it is whole on its own (run it outside a
+    transaction to save the BEGIN and COMMIT round trips)."""
     check_amount(order.amount)
     if order.paid_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
         raise DomainError(ErrorCode.INVALID_INPUT, "paidAt is in the future", field="paidAt")
@@ -319,64 +331,52 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
             "store": order.store,
         },
     )
-    result = await _attempt(conn, order, request, _earning_basis)
-    if result is None:  # the member changed in between: again, holding its row from the read on
-        async with conn.transaction():
-            result = await _attempt(conn, order, request, _locked_basis)
-    assert result is not None, "the member's row is locked: it cannot change under the statement"
-    return result
-
-
-async def _attempt(conn: AsyncConnection[Any], order: OrderInput, request: Request, basis: Query) -> OrderResult | None:
-    member = await basis.one(conn, member_id=order.member_id)
-    if member is None or member["brand_id"] != order.brand_id or member["merged_into"] is not None:
-        held = await ledger.held_posting(conn, request)
-        if held is not None:
-            return await _replayed(conn, held)
-        raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no live member {order.member_id} in this brand", field="memberId")
-    row = await _post(conn, order, request, member)
-    if row is not None:
-        order_row = {
-            name.removeprefix(_ORDER_PREFIX): row.pop(name) for name in list(row) if name.startswith(_ORDER_PREFIX)
-        }
-        return OrderResult(order_row["id"], ledger.split_posting(row, request), order=order_row)
+    result = await _post(conn, order, request)
+    if result is not None:
+        return result
+    # Nothing posted: a retry, a member that is not live, or one that changed under the statement.
     held = await ledger.held_posting(conn, request)
-    return None if held is None else await _replayed(conn, held)
+    if held is not None:
+        return await _replayed(conn, held)
+    async with conn.transaction():  # again, with the member's row held from before the statement
+        member = await _lock_member.one(conn, member_id=order.member_id)
+        if member is None or member["brand_id"] != order.brand_id or member["merged_into"] is not None:
+            raise DomainError(
+                ErrorCode.UNKNOWN_MEMBER, f"no live member {order.member_id} in this brand", field="memberId"
+            )
+        result = await _post(conn, order, request)
+        if result is not None:
+            return result
+    held = await ledger.held_posting(conn, request)  # a retry of this order committed in between
+    assert held is not None, "the member's row was locked: the statement cannot have missed it"
+    return await _replayed(conn, held)
 
 
-async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request, member: Row) -> Row | None:
+async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request) -> OrderResult | None:
     """The order's statement; None when it did not apply (see `_order_posted`) or the key is held."""
-    zone_paid = order.paid_at.astimezone(ZoneInfo(member["timezone"]))
-    birthday = member["birthday"]
-    parts = earnings(
-        order.amount,
-        member,  # carries the brand's rules
-        birthday_month=birthday is not None and birthday.month == zone_paid.month,
-        tier_multiplier=member["points_multiplier"],
-    )
     try:
         async with ledger.statement_fence(conn):
-            return await _order_posted.one(
+            row = await _order_posted.one(
                 conn,
                 **ledger.claim_params(request),
-                tier_seen=member["tier"],
-                birthday_seen=birthday,
-                order_count_seen=member["order_count"],
                 external_order_id=order.external_order_id,
                 amount=order.amount,
+                amount_text=str(order.amount),
                 paid_at=order.paid_at,
                 earned_at=order.paid_at,
                 store=order.store,
-                points=sum(points for points, _ in parts),
-                growth=_floor(order.amount * member["growth_per_yuan"]),
-                part_points=[points for points, _ in parts],
-                part_notes=[note for _, note in parts],
                 cause=f"order {order.channel}:{order.external_order_id}",
             )
     except errors.UniqueViolation as error:
         if error.diag.constraint_name not in _ORDER_KEYS:
             raise
         return None
+    if row is None:
+        return None
+    order_row = {
+        name.removeprefix(_ORDER_PREFIX): row.pop(name) for name in list(row) if name.startswith(_ORDER_PREFIX)
+    }
+    return OrderResult(order_row["id"], ledger.split_posting(row, request), order=order_row)
 
 
 async def _replayed(conn: AsyncConnection[Any], posting: Posting) -> OrderResult:
