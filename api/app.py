@@ -20,6 +20,7 @@ from api.health import healthz, readyz
 from api.settings import Settings
 from api.state import AppState, LifespanState
 from store import migrate
+from store.batched import Postings
 from store.bitmap_deltas import run_applier
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
@@ -54,7 +55,13 @@ def create_app(settings: Settings) -> Starlette:
                 # Everything built at start-up lives as long as the process: keep the collector
                 # from walking it again and again (measured: fewer and shorter pauses under load).
                 gc.freeze()
-                state = AppState(pool=pool, vault=vault, brands=BrandDirectory(), head_revision=migrate.head_revision())
+                state = AppState(
+                    pool=pool,
+                    vault=vault,
+                    brands=BrandDirectory(),
+                    postings=Postings(pool),
+                    head_revision=migrate.head_revision(),
+                )
                 # Writes queue member ids; this applies them to the audience index every second.
                 applier = asyncio.create_task(run_applier(pool), name="audience-index-applier")
                 try:

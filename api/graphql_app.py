@@ -35,7 +35,13 @@ class GraphQLApp(GraphQL[Context, None]):
 
 def _context(state: AppState, request_id: str | None) -> Context:
     """One request's context, for strawberry and for planned mutations alike."""
-    return Context(pool=state.pool, vault=state.vault, brands=state.brands, request_id=request_id or uuid.uuid4().hex)
+    return Context(
+        pool=state.pool,
+        vault=state.vault,
+        brands=state.brands,
+        postings=state.postings,
+        request_id=request_id or uuid.uuid4().hex,
+    )
 
 
 class GraphQLEndpoint:

@@ -7,6 +7,7 @@ from typing import Any, TypedDict
 
 from psycopg_pool import AsyncConnectionPool
 
+from store.batched import Postings
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
 
@@ -16,6 +17,7 @@ class AppState:
     pool: AsyncConnectionPool[Any]
     vault: PhoneVault
     brands: BrandDirectory
+    postings: Postings
     head_revision: str
 
 

@@ -9,6 +9,7 @@ from psycopg_pool import AsyncConnectionPool
 from strawberry import Info as _Info
 
 from resolvers.loaders import Loaders
+from store.batched import Postings
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
 
@@ -18,6 +19,7 @@ class Context:
     pool: AsyncConnectionPool[Any]
     vault: PhoneVault
     brands: BrandDirectory
+    postings: Postings
     request_id: str
     loaders: Loaders = field(init=False)
 

@@ -13,6 +13,7 @@ from psycopg import AsyncConnection
 from resolvers import cursors
 from resolvers.context import Info
 from store import history, members, orders, points
+from store.batched import Change
 from store.errors import DomainError, ErrorCode
 from store.ledger import Posting, Request, check_key
 from store.sql import Row
@@ -82,65 +83,41 @@ def _forget_cached(info: Info) -> None:
 
 
 async def _request(
-    info: Info,
-    conn: AsyncConnection[Any],
-    brand: str,
-    member_id: int,
-    key: str,
-    operation: str,
-    payload: dict[str, Any],
-    **extra: Any,
+    info: Info, brand: str, member_id: int, key: str, operation: str, payload: dict[str, Any], **extra: Any
 ) -> Request:
-    brand_id: int = (await info.context.brands.get(conn, brand))["id"]
+    brand_id = await info.context.brands.id_of(info.context.pool, brand)
     return Request(brand_id, member_id, check_key(key), operation, payload, actor=ACTOR, **extra)
+
+
+async def _post_change(info: Info, change: Change) -> PostingOutcome:
+    """Earn, redeem and adjust go through the process's batches (see store.batching)."""
+    posting = await info.context.postings.post(change)
+    _forget_cached(info)
+    _prime(info, posting)
+    return PostingOutcome(posting.id, posting.member_id, posting.replayed)
 
 
 async def earn(
     info: Info, *, brand: str, member_id: int, amount: int, key: str, reason: str | None, channel: str | None
 ) -> PostingOutcome:
-    async def work(conn: AsyncConnection[Any]) -> Posting:
-        request = await _request(
-            info,
-            conn,
-            brand,
-            member_id,
-            key,
-            "earn",
-            {"amount": amount},
-            reason=reason,
-            channel=_optional_channel(channel),
-        )
-        return await points.earn(conn, request, amount)
-
-    return await _post(info, work, transaction=False)
+    request = await _request(
+        info, brand, member_id, key, "earn", {"amount": amount}, reason=reason, channel=_optional_channel(channel)
+    )
+    return await _post_change(info, points.earning(request, amount))
 
 
 async def redeem(
     info: Info, *, brand: str, member_id: int, amount: int, key: str, reason: str | None, channel: str | None
 ) -> PostingOutcome:
-    async def work(conn: AsyncConnection[Any]) -> Posting:
-        request = await _request(
-            info,
-            conn,
-            brand,
-            member_id,
-            key,
-            "redeem",
-            {"amount": amount},
-            reason=reason,
-            channel=_optional_channel(channel),
-        )
-        return await points.redeem(conn, request, amount)
-
-    return await _post(info, work, transaction=False)
+    request = await _request(
+        info, brand, member_id, key, "redeem", {"amount": amount}, reason=reason, channel=_optional_channel(channel)
+    )
+    return await _post_change(info, points.redemption(request, amount))
 
 
 async def adjust(info: Info, *, brand: str, member_id: int, delta: int, key: str, reason: str) -> PostingOutcome:
-    async def work(conn: AsyncConnection[Any]) -> Posting:
-        request = await _request(info, conn, brand, member_id, key, "adjust", {"delta": delta}, reason=reason.strip())
-        return await points.adjust(conn, request, delta)
-
-    return await _post(info, work, transaction=False)
+    request = await _request(info, brand, member_id, key, "adjust", {"delta": delta}, reason=reason.strip())
+    return await _post_change(info, points.adjustment(request, delta))
 
 
 async def cancel_redemption(info: Info, *, brand: str, posting_id: int, key: str, reason: str | None) -> PostingOutcome:

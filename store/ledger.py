@@ -229,25 +229,26 @@ _give_back_to_lots = Query(
     .values(remaining=points_lots.c.remaining + _draw_rows.c.amount)
 )
 
+
 # End of the year `expiry_years` after the year of earning, in the brand's time zone: the one
-# definition of a lot's expiry, evaluated where the lot is written.
+# definition of a lot's expiry, evaluated where the lot is written (with `brand_rules` in FROM).
+def expiry_at(earned_at: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    return sa.func.make_timestamptz(
+        sa.cast(sa.extract("year", sa.func.timezone(brand_rules.c.timezone, earned_at)), sa.Integer)
+        + brand_rules.c.expiry_years
+        + 1,
+        1,
+        1,
+        0,
+        0,
+        0,
+        brand_rules.c.timezone,
+    )
+
+
 _EARNED_AT = sa.func.coalesce(sa.bindparam("earned_at", type_=sa.DateTime(timezone=True)), sa.func.now())
 LOT_EXPIRY = (
-    sa.select(
-        sa.func.make_timestamptz(
-            sa.cast(sa.extract("year", sa.func.timezone(brand_rules.c.timezone, _EARNED_AT)), sa.Integer)
-            + brand_rules.c.expiry_years
-            + 1,
-            1,
-            1,
-            0,
-            0,
-            0,
-            brand_rules.c.timezone,
-        )
-    )
-    .where(brand_rules.c.brand_id == sa.bindparam("brand_id"))
-    .scalar_subquery()
+    sa.select(expiry_at(_EARNED_AT)).where(brand_rules.c.brand_id == sa.bindparam("brand_id")).scalar_subquery()
 )
 
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 
 from store import ledger
+from store.batched import Change, post_alone
 from store.errors import DomainError, ErrorCode
 from store.ledger import Draws, Posting, Request
 from store.sql import ZERO, Query
@@ -60,26 +61,35 @@ _members_with_expired_lots = Query(
 )
 
 
-async def earn(conn: AsyncConnection[Any], request: Request, amount: int) -> Posting:
-    """One statement: whole without a transaction (see `ledger.credit_posting`)."""
+def earning(request: Request, amount: int) -> Change:
     ledger.check_amount(amount)
-    return await ledger.credit_posting(conn, request, kind="earn", amount=amount, note=request.reason or "earned")
+    return Change(request, "earn", amount, request.reason or "earned")
 
 
-async def redeem(conn: AsyncConnection[Any], request: Request, amount: int) -> Posting:
-    """Whole on its own, in or outside a transaction (see `ledger.debit_posting`)."""
+def redemption(request: Request, amount: int) -> Change:
     ledger.check_amount(amount)
-    return await ledger.debit_posting(conn, request, kind="redeem", amount=amount, note=request.reason or "redeemed")
+    return Change(request, "redeem", amount, request.reason or "redeemed", debit=True)
 
 
-async def adjust(conn: AsyncConnection[Any], request: Request, delta: int) -> Posting:
-    """A manual correction: positive opens a lot, negative draws like a redemption. Whole on its own."""
+def adjustment(request: Request, delta: int) -> Change:
+    """A manual correction: positive opens a lot, negative draws like a redemption."""
     ledger.check_amount(abs(delta), "delta")
     if not request.reason:
         raise DomainError(ErrorCode.INVALID_INPUT, "an adjustment needs a reason", field="reason")
-    if delta < 0:
-        return await ledger.debit_posting(conn, request, kind="adjust", amount=-delta, note=request.reason)
-    return await ledger.credit_posting(conn, request, kind="adjust", amount=delta, note=request.reason)
+    return Change(request, "adjust", abs(delta), request.reason, debit=delta < 0)
+
+
+# Earn, redeem and adjust one at a time, whole without a transaction (the API batches them).
+async def earn(conn: AsyncConnection[Any], request: Request, amount: int) -> Posting:
+    return await post_alone(conn, earning(request, amount))
+
+
+async def redeem(conn: AsyncConnection[Any], request: Request, amount: int) -> Posting:
+    return await post_alone(conn, redemption(request, amount))
+
+
+async def adjust(conn: AsyncConnection[Any], request: Request, delta: int) -> Posting:
+    return await post_alone(conn, adjustment(request, delta))
 
 
 async def cancel_redemption(

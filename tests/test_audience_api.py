@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import resolvers.audiences
 from schema.root import build_schema
+from store.batched import Postings
 from store.sql import Query
 from tests.audience_seed import (
     Seeded,
@@ -300,7 +301,13 @@ async def test_members_where_selects_through_the_engine(
     from tests.conftest import TEST_SECRET
 
     async def execute(query: str, **variables: Any) -> dict[str, Any]:
-        context = Context(pool=pool, vault=PhoneVault(TEST_SECRET.encode()), brands=BrandDirectory(), request_id="t")
+        context = Context(
+            pool=pool,
+            vault=PhoneVault(TEST_SECRET.encode()),
+            brands=BrandDirectory(),
+            postings=Postings(pool),
+            request_id="t",
+        )
         result = await schema.execute(query, variable_values=variables, context_value=context)
         assert result.errors is None, result.errors
         assert result.data is not None

@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from resolvers.context import Context
 from resolvers.direct import DirectMutations, MutationPlan
 from schema.root import LIMIT_RULES, build_schema
+from store.batched import Postings
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
 from tests.conftest import ROOT, TEST_SECRET, GraphQL, new_brand
@@ -48,7 +49,13 @@ BRANDS = BrandDirectory()
 
 
 def _context(pool: AsyncConnectionPool[Any]) -> Context:
-    return Context(pool=pool, vault=PhoneVault(TEST_SECRET.encode()), brands=BRANDS, request_id="test")
+    return Context(
+        pool=pool,
+        vault=PhoneVault(TEST_SECRET.encode()),
+        brands=BRANDS,
+        postings=Postings(pool),
+        request_id="test",
+    )
 
 
 async def _direct(query: str, variables: dict[str, Any], pool: AsyncConnectionPool[Any]) -> Any:

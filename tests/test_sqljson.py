@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from resolvers.context import Context
 from resolvers.sqljson import Needs, Plan, Plans
 from schema.root import LIMIT_RULES, build_schema
+from store.batched import Postings
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
 from store.sql import Query
@@ -165,7 +166,13 @@ async def _both(query: str, variables: dict[str, Any], pool: AsyncConnectionPool
     brands = BrandDirectory()
     body = await PLANS.answer(plan, variables, Needs(brands=brands, pool=pool))
     assert body is not None
-    context = Context(pool=pool, vault=PhoneVault(TEST_SECRET.encode()), brands=brands, request_id="test")
+    context = Context(
+        pool=pool,
+        vault=PhoneVault(TEST_SECRET.encode()),
+        brands=brands,
+        postings=Postings(pool),
+        request_id="test",
+    )
     general = await SCHEMA.execute(query, variable_values=variables, context_value=context)
     assert general.errors is None, general.errors
     return json.loads(body)["data"], general.data

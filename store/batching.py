@@ -1,0 +1,137 @@
+"""Postings that arrive together go to the database together.
+
+Under load, every posting paid for its own statement: a round trip, PostgreSQL's executor
+start-up, its constraint and trigger set-up, and the commit's WAL flush; together more CPU than
+the rows themselves. A `Batcher` sends the postings that queued while its previous batch was in
+the database as one transaction of set-based statements (`store.batched`), which costs little
+more than one posting. Nobody waits for a timer: a lone request goes straight through, and
+batches grow only as fast as requests queue behind the one in flight.
+
+A batch is an optimisation only, never a second set of rules. An item it cannot apply cleanly
+(its key already held, its member not live or changed under it, a balance that does not cover it)
+posts nothing in it and goes down the single-posting path, which replays, refuses or posts it
+exactly as it would have without batching. A batch that fails as a whole (a lost connection, a
+deadlock) commits nothing, and each of its items takes the single path too. Two items of one
+batch never touch the same member or idempotency key: such an item waits for the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from psycopg import AsyncConnection, Error
+from psycopg_pool import AsyncConnectionPool
+
+from store.transactions import transact
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+MAX_BATCH = 64
+
+# Applies a batch inside its transaction: one result per item, None for an item to post alone.
+BatchRun = Callable[[AsyncConnection[Any], Sequence[Item]], Awaitable[list[Result | None]]]
+# Posts one item on its own (whole without a transaction), as if there were no batching.
+SingleRun = Callable[[AsyncConnection[Any], Item], Awaitable[Result]]
+# What two items of one batch must not share (their member, their key).
+Claims = Callable[[Item], Sequence[Hashable]]
+
+
+class Unbatchable(Exception):
+    """The batch cannot be applied as it stands: roll it back and post every item alone."""
+
+
+@dataclass(slots=True)
+class _Waiting(Generic[Item, Result]):
+    item: Item
+    result: asyncio.Future[Result]
+
+
+class Batcher(Generic[Item, Result]):
+    """One kind of posting, batched per process (see the module docstring)."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        batch: BatchRun[Item, Result],
+        single: SingleRun[Item, Result],
+        claims: Claims[Item],
+        *,
+        max_size: int = MAX_BATCH,
+    ) -> None:
+        self._pool = pool
+        self._batch = batch
+        self._single = single
+        self._claims = claims
+        self._max_size = max_size
+        self._queue: list[_Waiting[Item, Result]] = []
+        self._drain: asyncio.Task[None] | None = None
+        self._alone: set[asyncio.Task[None]] = set()
+        self.batched = 0  # items posted by batches of two or more (tests and benchmarks read it)
+
+    async def submit(self, item: Item) -> Result:
+        waiting: _Waiting[Item, Result] = _Waiting(item, asyncio.get_running_loop().create_future())
+        self._queue.append(waiting)
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._drain_queue())
+        return await waiting.result
+
+    async def _drain_queue(self) -> None:
+        try:
+            while self._queue:
+                batch = self._take()
+                if len(batch) == 1:
+                    await self._post_alone(batch[0])
+                else:
+                    await self._post_together(batch)
+        finally:
+            self._drain = None
+
+    def _take(self) -> list[_Waiting[Item, Result]]:
+        """The longest run of queued items that share no claim; the others stay, in order."""
+        taken: list[_Waiting[Item, Result]] = []
+        left: list[_Waiting[Item, Result]] = []
+        held: set[Hashable] = set()
+        for waiting in self._queue:
+            claims = self._claims(waiting.item)
+            if len(taken) < self._max_size and held.isdisjoint(claims):
+                taken.append(waiting)
+                held.update(claims)
+            else:
+                left.append(waiting)
+        self._queue = left
+        return taken
+
+    async def _post_together(self, batch: list[_Waiting[Item, Result]]) -> None:
+        items = [waiting.item for waiting in batch]
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                results = await self._batch(conn, items)
+        except (Unbatchable, Error):
+            results = [None] * len(batch)
+        for waiting, result in zip(batch, results, strict=True):
+            if waiting.result.done():  # its client went away
+                continue
+            if result is None:
+                task = asyncio.create_task(self._post_alone(waiting))
+                self._alone.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._alone.discard)
+            else:
+                self.batched += 1
+                waiting.result.set_result(result)
+
+    async def _post_alone(self, waiting: _Waiting[Item, Result]) -> None:
+        async def work(conn: AsyncConnection[Any]) -> Result:
+            return await self._single(conn, waiting.item)
+
+        try:
+            result = await transact(self._pool, work, transaction=False)
+        except Exception as error:  # the caller's to handle, as without batching
+            if not waiting.result.done():
+                waiting.result.set_exception(error)
+        else:
+            if not waiting.result.done():
+                waiting.result.set_result(result)
