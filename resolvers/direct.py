@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import (
@@ -23,6 +23,7 @@ from graphql import (
     FragmentDefinitionNode,
     GraphQLAbstractType,
     GraphQLEnumType,
+    GraphQLError,
     GraphQLField,
     GraphQLInputType,
     GraphQLList,
@@ -34,9 +35,19 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    Undefined,
+    VariableNode,
     is_abstract_type,
+    is_required_argument,
+    type_from_ast,
 )
-from graphql.execution.values import get_argument_values, get_variable_values
+from graphql.execution.values import (
+    VariableValues,
+    get_argument_values,
+    get_variable_values,
+    maybe_use_default_value,
+)
+from graphql.utilities.coerce_input_value import coerce_input_literal
 from graphql.validation import ASTValidationRule
 from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.field import StrawberryField
@@ -51,12 +62,30 @@ UNEXPECTED_RESPONSE = {"data": None, "errors": [{"message": UNEXPECTED}]}
 
 
 @dataclass(frozen=True, slots=True)
+class _Argument:
+    """Where a root field's argument comes from: a variable, or a value known when planning."""
+
+    keyword: str
+    variable: str | None
+    value: Any  # the constant, or the default when the variable is missing; Undefined: none
+    required: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Root:
     key: str
     field: GraphQLField
     node: FieldNode
     resolver: StrawberryField
     python_names: Mapping[str, str]  # GraphQL argument name -> keyword
+    arguments: tuple[_Argument, ...] | None  # None: graphql-core works them out per request
+
+
+@dataclass(frozen=True, slots=True)
+class _Variable:
+    name: str
+    scalar: GraphQLScalarType | None  # a (non-null) named scalar without a default: parsed here
+    non_null: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +93,9 @@ class MutationPlan:
     operation: OperationDefinitionNode
     roots: tuple[_Root, ...]
     fragments: Mapping[str, FragmentDefinitionNode]
+    variables: tuple[_Variable, ...]
+    # What `collect` found, per runtime type and field nodes: the same for every request.
+    selections: dict[tuple[str, tuple[int, ...]], list[Selected]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +118,26 @@ class DirectMutations:
 
     async def answer(self, plan: MutationPlan, variables: Mapping[str, Any] | None, context: Context) -> bytes | None:
         """The response body; None (before anything ran) when the variables are not valid."""
-        coerced = get_variable_values(self._schema, plan.operation.variable_definitions or (), dict(variables or {}))
-        if isinstance(coerced, list):
-            return None
+        # The common case (scalar variables, arguments from variables and constants) is worked
+        # out here; anything else by graphql-core, as before.
+        planned = _planned_keywords(plan, variables or {})
+        found: VariableValues | None = None
+        if planned is None:
+            coerced = get_variable_values(
+                self._schema, plan.operation.variable_definitions or (), dict(variables or {})
+            )
+            if isinstance(coerced, list):
+                return None
+            found = coerced
         info = _Info(context)
         data: dict[str, Any] = {}
         try:
-            for root in plan.roots:
-                arguments = get_argument_values(root.field, root.node, coerced)
-                kwargs = {root.python_names[name]: value for name, value in arguments.items()}
+            for index, root in enumerate(plan.roots):
+                if planned is not None:
+                    kwargs = planned[index]
+                else:
+                    arguments = get_argument_values(root.field, root.node, found)
+                    kwargs = {root.python_names[name]: value for name, value in arguments.items()}
                 result = await _resolve(root.resolver, None, info, kwargs)
                 data[root.key] = await self._complete(result, root.field.type, [root.node], plan, info)
         except Exception:  # a bug: what the general path would mask, logged in full
@@ -119,7 +162,17 @@ class DirectMutations:
         except NotCompilable as reason:
             log.debug("general path for a mutation: %s", reason)
             return None
-        return MutationPlan(operation, tuple(roots), fragments)
+        return MutationPlan(operation, tuple(roots), fragments, self._variables(operation))
+
+    def _variables(self, operation: OperationDefinitionNode) -> tuple[_Variable, ...]:
+        planned = []
+        for definition in operation.variable_definitions or ():
+            input_type = type_from_ast(self._schema, definition.type)
+            non_null = isinstance(input_type, GraphQLNonNull)
+            named = input_type.of_type if isinstance(input_type, GraphQLNonNull) else input_type
+            scalar = named if isinstance(named, GraphQLScalarType) and definition.default_value is None else None
+            planned.append(_Variable(definition.variable.name.value, scalar, non_null))
+        return tuple(planned)
 
     def _root(self, mutation_type: GraphQLObjectType, selected: Selected) -> _Root:
         if selected.name == "__typename":
@@ -133,7 +186,10 @@ class DirectMutations:
         for name, graphql_argument in mutation_type.fields[selected.name].args.items():
             if not _scalar_input(graphql_argument.type):
                 raise NotCompilable(f"argument {name} is not a scalar")
-        return _Root(selected.key, mutation_type.fields[selected.name], selected.node, field, names)
+        graphql_field = mutation_type.fields[selected.name]
+        return _Root(
+            selected.key, graphql_field, selected.node, field, names, _planned_arguments(graphql_field, selected, names)
+        )
 
     def _check(
         self,
@@ -196,10 +252,9 @@ class DirectMutations:
         definition: StrawberryObjectDefinition = value.__strawberry_definition__
         object_type = self._schema.get_type(definition.name)
         assert isinstance(object_type, GraphQLObjectType)
-        selection_sets = [node.selection_set for node in nodes if node.selection_set is not None]
         fields = self._strawberry_fields(definition.name)
         rendered: dict[str, Any] = {}
-        for selected in collect(selection_sets, definition.name, plan.fragments, self._condition_matches):
+        for selected in self._selected(plan, definition.name, nodes):
             if selected.name == "__typename":
                 rendered[selected.key] = definition.name
                 continue
@@ -211,6 +266,89 @@ class DirectMutations:
             field_type = object_type.fields[selected.name].type
             rendered[selected.key] = await self._complete(field_value, field_type, list(selected.nodes), plan, info)
         return rendered
+
+    def _selected(self, plan: MutationPlan, type_name: str, nodes: list[FieldNode]) -> list[Selected]:
+        key = (type_name, tuple(id(node) for node in nodes))  # nodes live as long as the plan
+        selected = plan.selections.get(key)
+        if selected is None:
+            selection_sets = [node.selection_set for node in nodes if node.selection_set is not None]
+            selected = collect(selection_sets, type_name, plan.fragments, self._condition_matches)
+            plan.selections[key] = selected
+        return selected
+
+
+def _scalar_variables(plan: MutationPlan, variables: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The variables parsed as graphql-core would when each is a scalar that was sent (or may be
+    null); None when any needs more than that or is not valid, for graphql-core to decide."""
+    coerced: dict[str, Any] = {}
+    for variable in plan.variables:
+        if variable.scalar is None or variable.name not in variables:
+            return None
+        value = variables[variable.name]
+        if value is None:
+            if variable.non_null:
+                return None
+            coerced[variable.name] = None
+            continue
+        try:
+            parsed = variable.scalar.parse_value(value)
+        except Exception:  # graphql-core reports it
+            return None
+        if parsed is Undefined:
+            return None
+        coerced[variable.name] = parsed
+    return coerced
+
+
+def _planned_arguments(
+    graphql_field: GraphQLField, selected: Selected, names: Mapping[str, str]
+) -> tuple[_Argument, ...] | None:
+    """A root field's arguments as graphql-core's get_argument_values finds them, for the common
+    shapes (variables, constants, defaults); None for anything else."""
+    given = {argument.name.value: argument.value for argument in selected.node.arguments or ()}
+    planned = []
+    for name, definition in graphql_field.args.items():
+        node = given.get(name)
+        default: dict[str, Any] = {}
+        maybe_use_default_value(default, name, definition, _no_default)
+        required = is_required_argument(definition)
+        if isinstance(node, VariableNode):
+            planned.append(_Argument(names[name], node.name.value, default.get(name, Undefined), required))
+            continue
+        value = default.get(name, Undefined) if node is None else coerce_input_literal(node, definition.type)
+        if node is not None and value is Undefined:  # not valid: graphql-core explains
+            return None
+        planned.append(_Argument(names[name], None, value, required))
+    return tuple(planned)
+
+
+def _no_default(error: GraphQLError, path: list[str | int]) -> None:
+    raise error
+
+
+def _planned_keywords(plan: MutationPlan, variables: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Each root resolver's keyword arguments; None when graphql-core has to work them out."""
+    coerced = _scalar_variables(plan, variables)
+    if coerced is None:
+        return None
+    planned = []
+    for root in plan.roots:
+        if root.arguments is None:
+            return None
+        keywords: dict[str, Any] = {}
+        for argument in root.arguments:
+            if argument.variable is None or argument.variable not in coerced:
+                if argument.variable is not None and argument.required:
+                    return None
+                if argument.value is not Undefined:
+                    keywords[argument.keyword] = argument.value
+                continue
+            value = coerced[argument.variable]
+            if value is None and argument.required:
+                return None
+            keywords[argument.keyword] = value
+        planned.append(keywords)
+    return planned
 
 
 def _encode(response: dict[str, Any]) -> bytes:

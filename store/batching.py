@@ -5,7 +5,7 @@ start-up, its constraint and trigger set-up, and the commit's WAL flush; togethe
 the rows themselves. A `Batcher` sends the postings that queued while its previous batch was in
 the database as one transaction of set-based statements (`store.batched`), which costs little
 more than one posting. Nobody waits for a timer: a lone request goes straight through, and
-batches grow only as fast as requests queue behind the one in flight.
+batches grow only as fast as requests queue behind the ones in flight.
 
 A batch is an optimisation only, never a second set of rules. An item it cannot apply cleanly
 (its key already held, its member not live or changed under it, a balance that does not cover it)
@@ -18,6 +18,7 @@ batch never touch the same member or idempotency key: such an item waits for the
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -31,6 +32,9 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 MAX_BATCH = 64
+# Batches one process keeps in the database at once: while one waits for its commit to be flushed,
+# the next is already running.
+IN_FLIGHT = int(os.environ.get("OMNIMEMBER_BATCHES_IN_FLIGHT", "2"))
 
 # Applies a batch inside its transaction: one result per item, None for an item to post alone.
 BatchRun = Callable[[AsyncConnection[Any], Sequence[Item]], Awaitable[list[Result | None]]]
@@ -61,49 +65,64 @@ class Batcher(Generic[Item, Result]):
         claims: Claims[Item],
         *,
         max_size: int = MAX_BATCH,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self._pool = pool
         self._batch = batch
         self._single = single
         self._claims = claims
         self._max_size = max_size
+        self._max_in_flight = in_flight
         self._queue: list[_Waiting[Item, Result]] = []
-        self._drain: asyncio.Task[None] | None = None
-        self._alone: set[asyncio.Task[None]] = set()
+        self._held: set[Hashable] = set()  # the claims of the batches in flight
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.batched = 0  # items posted by batches of two or more (tests and benchmarks read it)
 
     async def submit(self, item: Item) -> Result:
         waiting: _Waiting[Item, Result] = _Waiting(item, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
-        if self._drain is None:
-            self._drain = asyncio.create_task(self._drain_queue())
+        self._launch()
         return await waiting.result
 
-    async def _drain_queue(self) -> None:
-        try:
-            while self._queue:
-                batch = self._take()
-                if len(batch) == 1:
-                    await self._post_alone(batch[0])
-                else:
-                    await self._post_together(batch)
-        finally:
-            self._drain = None
+    def _launch(self) -> None:
+        while self._in_flight < self._max_in_flight and self._queue:
+            batch = self._take()
+            if not batch:  # everything queued waits for a batch in flight
+                return
+            self._in_flight += 1
+            self._spawn(self._run(batch))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[_Waiting[Item, Result]]:
-        """The longest run of queued items that share no claim; the others stay, in order."""
+        """Queued items that share no claim with each other or a batch in flight, oldest first."""
         taken: list[_Waiting[Item, Result]] = []
         left: list[_Waiting[Item, Result]] = []
-        held: set[Hashable] = set()
         for waiting in self._queue:
             claims = self._claims(waiting.item)
-            if len(taken) < self._max_size and held.isdisjoint(claims):
+            if len(taken) < self._max_size and self._held.isdisjoint(claims):
                 taken.append(waiting)
-                held.update(claims)
+                self._held.update(claims)
             else:
                 left.append(waiting)
         self._queue = left
         return taken
+
+    async def _run(self, batch: list[_Waiting[Item, Result]]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._post_alone(batch[0])
+            else:
+                await self._post_together(batch)
+        finally:
+            for waiting in batch:
+                self._held.difference_update(self._claims(waiting.item))
+            self._in_flight -= 1
+            self._launch()
 
     async def _post_together(self, batch: list[_Waiting[Item, Result]]) -> None:
         items = [waiting.item for waiting in batch]
@@ -116,9 +135,7 @@ class Batcher(Generic[Item, Result]):
             if waiting.result.done():  # its client went away
                 continue
             if result is None:
-                task = asyncio.create_task(self._post_alone(waiting))
-                self._alone.add(task)  # keep a reference until it is done
-                task.add_done_callback(self._alone.discard)
+                self._spawn(self._post_alone(waiting))
             else:
                 self.batched += 1
                 waiting.result.set_result(result)

@@ -607,8 +607,13 @@ def claim_params(request: Request) -> dict[str, Any]:
 
 def split_posting(row: Row, request: Request) -> Posting:
     """The posting and member rows a one-statement posting returned, apart."""
-    posting = {name.removeprefix("posting_"): value for name, value in row.items() if name.startswith("posting_")}
-    member = {name: value for name, value in row.items() if not name.startswith("posting_")}
+    posting: Row = {}
+    member: Row = {}
+    for name, value in row.items():  # one pass: it runs for every posting
+        if name.startswith("posting_"):
+            posting[name[8:]] = value
+        else:
+            member[name] = value
     return Posting(posting["id"], request.member_id, row=posting, member=member)
 
 

@@ -90,56 +90,97 @@ def _text(value: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
     return sa.cast(value, sa.Text)
 
 
-_base = _points(_YUAN * brand_rules.c.points_per_yuan)
-_paid_month = sa.extract("month", sa.func.timezone(brand_rules.c.timezone, _PAID_AT))
-_birthday_bonus = sa.case(
-    (sa.extract("month", members.c.birthday) == _paid_month, _points(_base * (brand_rules.c.birthday_multiplier - 1))),
-    else_=0,
-)
-_tier_bonus = _points(_base * (brand_tiers.c.points_multiplier - 1))
-_earning = (
-    sa.select(
+def earning_columns(
+    yuan: sa.ColumnElement[Any], yuan_text: sa.ColumnElement[str], paid_at: sa.ColumnElement[dt.datetime]
+) -> list[sa.ColumnElement[Any]]:
+    """An order's earnings, from `members` joined to its tier in `brand_tiers` and `brand_rules`:
+    the member as seen (what the earnings depend on), the parts, their sum and the growth."""
+    base = _points(yuan * brand_rules.c.points_per_yuan)
+    paid_month = sa.extract("month", sa.func.timezone(brand_rules.c.timezone, paid_at))
+    birthday_bonus = sa.case(
+        (
+            sa.extract("month", members.c.birthday) == paid_month,
+            _points(base * (brand_rules.c.birthday_multiplier - 1)),
+        ),
+        else_=0,
+    )
+    tier_bonus = _points(base * (brand_tiers.c.points_multiplier - 1))
+    return [
         members.c.id,
         members.c.tier,
         members.c.birthday,
         members.c.order_count,
-        _base.label("base"),
-        _birthday_bonus.label("birthday_bonus"),
-        _tier_bonus.label("tier_bonus"),
-        (_base + _birthday_bonus + _tier_bonus).label("points"),
-        _points(_YUAN * brand_rules.c.growth_per_yuan).label("growth"),
-        (sa.literal("order: ") + _YUAN_TEXT + " yuan x " + _text(brand_rules.c.points_per_yuan)).label("base_note"),
+        base.label("base"),
+        birthday_bonus.label("birthday_bonus"),
+        tier_bonus.label("tier_bonus"),
+        (base + birthday_bonus + tier_bonus).label("points"),
+        _points(yuan * brand_rules.c.growth_per_yuan).label("growth"),
+        (sa.literal("order: ") + yuan_text + " yuan x " + _text(brand_rules.c.points_per_yuan)).label("base_note"),
         ("birthday month x" + _text(brand_rules.c.birthday_multiplier)).label("birthday_note"),
         ("tier bonus x" + _text(brand_tiers.c.points_multiplier)).label("tier_note"),
+    ]
+
+
+EARNING_FROM = members.join(brand_tiers, ledger.tier_of(members)).join(
+    brand_rules, brand_rules.c.brand_id == members.c.brand_id
+)
+CURRENT_TIER = brand_tiers.alias("current_tier")
+
+
+def unchanged_buyer(earning: Any) -> list[sa.ColumnElement[bool]]:
+    """An UPDATE of `members` FROM ``earning``, `CURRENT_TIER` and `brand_rules` applies to the
+    member ``earning`` saw, only if what its earnings depend on did not change since."""
+    return [
+        members.c.id == earning.c.id,
+        members.c.merged_into.is_(None),
+        members.c.tier == earning.c.tier,
+        members.c.birthday.is_not_distinct_from(earning.c.birthday),
+        members.c.order_count == earning.c.order_count,
+        CURRENT_TIER.c.brand_id == members.c.brand_id,
+        CURRENT_TIER.c.code == members.c.tier,
+        brand_rules.c.brand_id == members.c.brand_id,
+    ]
+
+
+def bought(
+    earning: Any, yuan: sa.ColumnElement[Any], paid_at: sa.ColumnElement[dt.datetime]
+) -> dict[str, sa.ColumnElement[Any]]:
+    """What an order changes on its member's row, the tier upgrade included."""
+    return {
+        "points_balance": members.c.points_balance + earning.c.points,
+        "points_earned": members.c.points_earned + earning.c.points,
+        "growth_value": members.c.growth_value + earning.c.growth,
+        "first_purchase_at": sa.func.least(members.c.first_purchase_at, paid_at),
+        "last_purchase_at": sa.func.greatest(members.c.last_purchase_at, paid_at),
+        "order_count": members.c.order_count + 1,
+        "total_spend": members.c.total_spend + yuan,
+        "tier": tiers.upgraded_tier(CURRENT_TIER, earning.c.growth, earning.c.points, paid_at),
+    }
+
+
+def parts(earning: Any) -> Any:
+    """An order's EARN entries as rows (amount, note, n), zero amounts included."""
+    return (
+        sa.func.unnest(
+            postgresql.array([earning.c.base, earning.c.birthday_bonus, earning.c.tier_bonus]),
+            postgresql.array([earning.c.base_note, earning.c.birthday_note, earning.c.tier_note]),
+        )
+        .table_valued("amount", "note", with_ordinality="n")
+        .render_derived(name="parts")
     )
-    .join(brand_tiers, ledger.tier_of(members))
-    .join(brand_rules, brand_rules.c.brand_id == members.c.brand_id)
+
+
+_earning = (
+    sa.select(*earning_columns(_YUAN, _YUAN_TEXT, _PAID_AT))
+    .select_from(EARNING_FROM)
     .where(ledger.LIVE_MEMBER)
     .cte("earning")
 )
-_current_tier = brand_tiers.alias("current_tier")
+_current_tier = CURRENT_TIER
 _buyer = (
     sa.update(members)
-    .where(
-        ledger.LIVE_MEMBER,
-        members.c.id == _earning.c.id,
-        members.c.tier == _earning.c.tier,
-        members.c.birthday.is_not_distinct_from(_earning.c.birthday),
-        members.c.order_count == _earning.c.order_count,
-        _current_tier.c.brand_id == members.c.brand_id,
-        _current_tier.c.code == members.c.tier,
-        brand_rules.c.brand_id == members.c.brand_id,
-    )
-    .values(
-        points_balance=members.c.points_balance + _earning.c.points,
-        points_earned=members.c.points_earned + _earning.c.points,
-        growth_value=members.c.growth_value + _earning.c.growth,
-        first_purchase_at=sa.func.least(members.c.first_purchase_at, _PAID_AT),
-        last_purchase_at=sa.func.greatest(members.c.last_purchase_at, _PAID_AT),
-        order_count=members.c.order_count + 1,
-        total_spend=members.c.total_spend + _YUAN,
-        tier=tiers.upgraded_tier(_current_tier, _earning.c.growth, _earning.c.points, _PAID_AT),
-    )
+    .where(ledger.LIVE_MEMBER, *unchanged_buyer(_earning))
+    .values(bought(_earning, _YUAN, _PAID_AT))
     .returning(*members.c, _current_tier.c.code.label("from_tier"))
     .cte("buyer")
 )
@@ -180,14 +221,7 @@ _order_row = (
     .returning(*ORDER_COLUMNS)
     .cte("order_row")
 )
-_parts = (
-    sa.func.unnest(
-        postgresql.array([_earning.c.base, _earning.c.birthday_bonus, _earning.c.tier_bonus]),
-        postgresql.array([_earning.c.base_note, _earning.c.birthday_note, _earning.c.tier_note]),
-    )
-    .table_valued("amount", "note", with_ordinality="n")
-    .render_derived(name="parts")
-)
+_parts = parts(_earning)
 _order_entries = (
     sa.insert(points_entries)
     .from_select(
@@ -310,10 +344,15 @@ def _pro_rata(earned: int, refunded: Decimal, amount: Decimal) -> int:
     return earned * int(refunded / CENT) // int(amount / CENT)
 
 
-async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> OrderResult:
-    """Record an order once per (brand, channel, external id): earn points and growth, update the
-    profile, upgrade the tier. One statement, so it is whole on its own (run it outside a
-    transaction to save the BEGIN and COMMIT round trips)."""
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """A checked order and the posting request it makes (its key: the channel's order id)."""
+
+    order: OrderInput
+    request: Request
+
+
+def purchase(order: OrderInput, actor: str) -> Purchase:
     check_amount(order.amount)
     if order.paid_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
         raise DomainError(ErrorCode.INVALID_INPUT, "paidAt is in the future", field="paidAt")
@@ -331,6 +370,19 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
             "store": order.store,
         },
     )
+    return Purchase(order, request)
+
+
+async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> OrderResult:
+    """Record an order once per (brand, channel, external id): earn points and growth, update the
+    profile, upgrade the tier. One statement, so it is whole on its own (run it outside a
+    transaction to save the BEGIN and COMMIT round trips)."""
+    return await record_purchase(conn, purchase(order, actor))
+
+
+async def record_purchase(conn: AsyncConnection[Any], bought: Purchase) -> OrderResult:
+    """`record`, for an order already checked."""
+    order, request = bought.order, bought.request
     result = await _post(conn, order, request)
     if result is not None:
         return result

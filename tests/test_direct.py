@@ -180,3 +180,35 @@ async def test_http_plans_mutations(gql: GraphQL, member: tuple[str, str], monke
     registered = await gql(REGISTER, brand=brand, channel="pos", externalId="card-http", gender="MALE")
     assert registered["registerMember"]["__typename"] == "MemberRegistered"
     assert len(answered) == 1  # an enum argument: strawberry's path
+
+
+@pytest.mark.parametrize(
+    ("arguments", "variables"),
+    [
+        ('amount: $amount, paidAt: $paidAt, store: "s-1"', {"amount": "88.50", "paidAt": "2026-01-02T03:04:05Z"}),
+        (
+            "amount: $amount, paidAt: $paidAt, store: $store",
+            {"amount": 12, "paidAt": "2026-01-02T03:04:05+08:00", "store": "s-2"},
+        ),
+        ('amount: "7.25", paidAt: $paidAt, store: $store', {"paidAt": "2026-01-02T03:04:05Z", "store": None}),
+    ],
+)
+async def test_orders_match_the_general_path(
+    arguments: str, variables: dict[str, Any], member: tuple[str, str], pool: AsyncConnectionPool[Any]
+) -> None:
+    """Scalars other than strings (Decimal, DateTime), constants and nulls take the same values."""
+    brand, member_id = member
+    declared = {"amount": "Decimal!", "paidAt": "DateTime!", "store": "String"}
+    signature = ", ".join(f"${name}: {declared[name]}" for name in variables)
+    query = (
+        f"mutation($brand: String!, $member: ID!, $order: String!, {signature}) {{"
+        f' recordOrder(brand: $brand, channel: "pos", externalOrderId: $order, memberId: $member, {arguments})'
+        " { __typename ... on OrderRecorded { replayed order { amount paidAt store pointsEarned } }"
+        " ... on Error { code message field } } }"
+    )
+    sent = {"brand": brand, "member": member_id, "order": secrets.token_hex(8), **variables}
+    plan = DIRECT.plan(query, None)
+    assert plan is not None
+    direct = await _direct(query, sent, pool)
+    assert direct["data"]["recordOrder"]["__typename"] == "OrderRecorded", direct
+    assert _fresh(direct) == await _general(query, sent, pool)
