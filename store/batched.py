@@ -1,14 +1,15 @@
-"""Many credits or debits in one transaction: the set-based form of `ledger.credit_posting` and
-`ledger.debit_posting`, for `store.batching`.
+"""Many credits or debits in one statement: the set-based form of `ledger.credit_posting` and
+`ledger.debit_posting`'s one-statement debit, for `store.batching`.
 
-Each batch statement claims the items' keys first (`INSERT ... ON CONFLICT DO NOTHING`, only for
-members that are live in the statement's snapshot), then changes the claimed members' rows
-(which locks them), then writes the entries (and a credit's lot). Its result has one row per
-claimed key: with the member after it when the member's row took the change, without when it
-did not (merged since the snapshot, or, for a debit, a balance that does not cover it). An item
-with no row posted nothing here. The invariants hold as in `store.ledger`: a member's row changes
-in the same transaction as its entries and lots, and a debit draws its lots in a second
-statement, after its member's row is locked, so it sees every earlier change to them.
+Like them, a batch statement is whole on its own (run outside a transaction: one round trip):
+it changes the members' rows first (which locks them), then inserts the postings with a plain
+INSERT (a key taken meanwhile fails the statement, and nothing of it remains), then the entries,
+the lots a credit opens and the draws a debit makes. Items whose key is already taken, whose
+member is not live, whose balance does not cover a debit, or (for a debit) whose member changed
+since the statement's snapshot are left out: no row comes back for them, and they take the
+single path, which replays, refuses or posts them. A debit plans its draws from the snapshot,
+sound for the same reason as `ledger`'s one-statement debit: every change to a member's open
+lots changes its member row, and the debit applies only to the row version the snapshot saw.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
 from sqlalchemy.types import TypeEngine
 
 from store import ledger
-from store.batching import Batcher, Unbatchable
+from store.batching import Batcher
 from store.ledger import Posting, Request
 from store.sql import ZERO, Query, Row
 from store.tables import brand_rules, brand_tiers, lot_draws, members, points_entries, points_lots, points_postings
@@ -72,96 +73,92 @@ _items = sa.select(
         note=sa.Text(),
     )
 ).cte("items")
-_LIVE = sa.and_(
-    members.c.id == _items.c.member_id, members.c.brand_id == _items.c.brand_id, members.c.merged_into.is_(None)
-)
-_claimed = (
-    insert(points_postings)
-    .from_select(
-        ["brand_id", "member_id", "idempotency_key", "operation", "fingerprint", "channel", "reason", "actor"],
-        sa.select(
-            _items.c.brand_id,
-            _items.c.member_id,
-            _items.c.key,
-            _items.c.operation,
-            _items.c.fingerprint,
-            _items.c.channel,
-            _items.c.reason,
-            _items.c.actor,
+# The items whose key no committed posting holds yet.
+_fresh = (
+    sa.select(_items)
+    .where(
+        ~sa.exists().where(
+            points_postings.c.brand_id == _items.c.brand_id, points_postings.c.idempotency_key == _items.c.key
         )
-        .select_from(_items.join(members, _LIVE))
-        .order_by(_items.c.member_id),  # row locks in one order: two batches never deadlock
     )
-    .on_conflict_do_nothing(index_elements=[points_postings.c.brand_id, points_postings.c.idempotency_key])
-    .returning(*points_postings.c)
-    .cte("claimed")
+    .cte("fresh")
 )
-_OF_CLAIMED = sa.and_(
-    members.c.id == _claimed.c.member_id,
-    members.c.brand_id == _claimed.c.brand_id,
-    members.c.merged_into.is_(None),
-    _items.c.brand_id == _claimed.c.brand_id,
-    _items.c.key == _claimed.c.idempotency_key,
-)
+_ITEM_COLUMNS = ("key", "operation", "fingerprint", "channel", "reason", "actor", "kind", "amount", "note")
 
 
 def _changed(balance: sa.ColumnElement[int], *conditions: sa.ColumnElement[bool], name: str) -> Any:
-    """The claimed members' rows with the new balance, and what each item asked for."""
+    """The fresh items' live members with the new balance, and what each item asked for."""
     return (
         sa.update(members)
-        .where(_OF_CLAIMED, *conditions)
-        .values(points_balance=balance)
-        .returning(
-            *members.c,
-            _claimed.c.id.label("item_posting_id"),
-            _items.c.kind.label("item_kind"),
-            _items.c.amount.label("item_amount"),
-            _items.c.note.label("item_note"),
+        .where(
+            members.c.id == _fresh.c.member_id,
+            members.c.brand_id == _fresh.c.brand_id,
+            members.c.merged_into.is_(None),
+            *conditions,
         )
+        .values(points_balance=balance)
+        .returning(*members.c, *(_fresh.c[column].label(f"item_{column}") for column in _ITEM_COLUMNS))
         .cte(name)
     )
 
 
-def _lines(changed: Any, sign: int, name: str) -> Any:
+def _posted(changed: Any, name: str) -> Any:
+    """A plain INSERT of the changed members' postings: a key taken meanwhile fails the statement."""
+    return (
+        sa.insert(points_postings)
+        .from_select(
+            ["brand_id", "member_id", "idempotency_key", "operation", "fingerprint", "channel", "reason", "actor"],
+            sa.select(
+                changed.c.brand_id,
+                changed.c.id,
+                changed.c.item_key,
+                changed.c.item_operation,
+                changed.c.item_fingerprint,
+                changed.c.item_channel,
+                changed.c.item_reason,
+                changed.c.item_actor,
+            ),
+        )
+        .returning(*points_postings.c)
+        .cte(name)
+    )
+
+
+def _lines(posted: Any, changed: Any, sign: int, name: str) -> Any:
     return (
         sa.insert(points_entries)
         .from_select(
             ledger.ENTRY_COLUMNS,
             sa.select(
-                changed.c.item_posting_id,
-                changed.c.brand_id,
-                changed.c.id,
+                posted.c.id,
+                posted.c.brand_id,
+                posted.c.member_id,
                 changed.c.item_kind,
                 sign * changed.c.item_amount,
                 changed.c.points_balance,
                 changed.c.item_note,
-            ),
+            ).select_from(posted.join(changed, changed.c.id == posted.c.member_id)),
         )
-        .returning(
-            points_entries.c.id, points_entries.c.posting_id, points_entries.c.brand_id, points_entries.c.member_id
-        )
+        .returning(points_entries.c.id, points_entries.c.brand_id, points_entries.c.member_id)
         .cte(name)
     )
 
 
-def _result(changed: Any, *extra: sa.ColumnElement[Any], joined: Any = None) -> sa.Select[Any]:
-    """One row per claimed key: the posting, and the member after it when its row changed."""
+def _result(posted: Any, changed: Any) -> sa.Select[Any]:
+    """One row per posting: the posting and the member after it (as `ledger`'s statements)."""
     member_after = [changed.c[column.name] for column in members.c]
     tier = sa.and_(brand_tiers.c.brand_id == changed.c.brand_id, brand_tiers.c.code == changed.c.tier)
-    changed_rows = changed.join(brand_tiers, tier)
-    if joined is not None:
-        changed_rows = changed_rows.join(*joined)
     return sa.select(
-        *ledger.posting_columns(_claimed),
+        *ledger.posting_columns(posted),
         *member_after,
         brand_tiers.c.name.label("tier_name"),
         brand_tiers.c.rank.label("tier_rank"),
-        *extra,
-    ).select_from(_claimed.outerjoin(changed_rows, changed.c.item_posting_id == _claimed.c.id))
+    ).select_from(posted.join(changed, changed.c.id == posted.c.member_id).join(brand_tiers, tier))
 
 
-_credited = _changed(members.c.points_balance + _items.c.amount, name="credited")
-_credit_lines = _lines(_credited, 1, "credit_lines")
+_credited = _changed(members.c.points_balance + _fresh.c.amount, name="credited")
+_credit_postings = _posted(_credited, "credit_postings")
+_credit_lines = _lines(_credit_postings, _credited, 1, "credit_lines")
 _credit_lots = (
     sa.insert(points_lots)
     .from_select(
@@ -175,51 +172,44 @@ _credit_lots = (
             ledger.expiry_at(sa.func.now()),
         )
         .select_from(_credit_lines)
-        .join(_credited, _credited.c.item_posting_id == _credit_lines.c.posting_id)
+        .join(_credited, _credited.c.id == _credit_lines.c.member_id)
         .join(brand_rules, brand_rules.c.brand_id == _credit_lines.c.brand_id),
     )
     .cte("credit_lots")
 )
-_credits_posted = Query(_result(_credited).add_cte(_items, _claimed, _credited, _credit_lines, _credit_lots))
+_credits_posted = Query(
+    _result(_credit_postings, _credited).add_cte(
+        _items, _fresh, _credited, _credit_postings, _credit_lines, _credit_lots
+    )
+)
 
 _debited = _changed(
-    members.c.points_balance - _items.c.amount, members.c.points_balance >= _items.c.amount, name="debited"
+    members.c.points_balance - _fresh.c.amount,
+    members.c.points_balance >= _fresh.c.amount,
+    ledger.AS_SEEN,
+    name="debited",
 )
-_debit_lines = _lines(_debited, -1, "debit_lines")
-_debits_posted = Query(
-    _result(
-        _debited,
-        _debit_lines.c.id.label("entry_id"),
-        joined=(_debit_lines, _debit_lines.c.posting_id == _debited.c.item_posting_id),
-    ).add_cte(_items, _claimed, _debited, _debit_lines)
-)
-
-# The second statement of a debit batch: give back the claims of the items that were refused,
-# and draw each debit's points from its member's lots, soonest expiry first (as `ledger`'s draw).
-_wanted = sa.select(arrays(entry_id=sa.BigInteger(), member_id=sa.BigInteger(), amount=sa.BigInteger())).cte("wanted")
-_unclaimed = (
-    sa.delete(points_postings)
-    .where(points_postings.c.id == sa.any_(sa.bindparam("refused", type_=ARRAY(sa.BigInteger))))
-    .cte("unclaimed")
-)
+_debit_postings = _posted(_debited, "debit_postings")
+_debit_lines = _lines(_debit_postings, _debited, -1, "debit_lines")
+# Each debit's draws, soonest expiry first, planned from the lots as the snapshot saw them.
 _open_lots = (
     sa.select(
         points_lots.c.id,
+        points_lots.c.member_id,
         points_lots.c.remaining,
-        _wanted.c.entry_id,
-        _wanted.c.amount,
+        _fresh.c.amount,
         sa.func.sum(points_lots.c.remaining)
         .over(partition_by=points_lots.c.member_id, order_by=(points_lots.c.expires_at, points_lots.c.id))
         .label("running"),
     )
-    .join(_wanted, _wanted.c.member_id == points_lots.c.member_id)
+    .join(_fresh, _fresh.c.member_id == points_lots.c.member_id)
     .where(points_lots.c.remaining > ZERO)
     .cte("open_lots")
 )
 _planned = (
     sa.select(
         _open_lots.c.id.label("lot_id"),
-        _open_lots.c.entry_id,
+        _open_lots.c.member_id,
         sa.func.least(
             _open_lots.c.remaining, _open_lots.c.amount - (_open_lots.c.running - _open_lots.c.remaining)
         ).label("amount"),
@@ -227,17 +217,23 @@ _planned = (
     .where(_open_lots.c.running - _open_lots.c.remaining < _open_lots.c.amount)
     .cte("planned")
 )
+# Joined to the entries, so only debits that applied draw, after their member's row is locked.
 _drawn = (
     sa.update(points_lots)
-    .where(points_lots.c.id == _planned.c.lot_id)
+    .where(points_lots.c.id == _planned.c.lot_id, _debit_lines.c.member_id == _planned.c.member_id)
     .values(remaining=points_lots.c.remaining - _planned.c.amount)
+    .returning(points_lots.c.id, _planned.c.amount, _debit_lines.c.id.label("entry_id"))
     .cte("drawn")
 )
-_draw_all = Query(
+_draws = (
     sa.insert(lot_draws)
-    .from_select(["entry_id", "lot_id", "amount"], sa.select(_planned.c.entry_id, _planned.c.lot_id, _planned.c.amount))
-    .add_cte(_wanted, _unclaimed, _open_lots, _planned, _drawn)
-    .returning(lot_draws.c.entry_id, lot_draws.c.amount)
+    .from_select(["entry_id", "lot_id", "amount"], sa.select(_drawn.c.entry_id, _drawn.c.id, _drawn.c.amount))
+    .cte("draws")
+)
+_debits_posted = Query(
+    _result(_debit_postings, _debited).add_cte(
+        _items, _fresh, _debited, _debit_postings, _debit_lines, _open_lots, _planned, _drawn, _draws
+    )
 )
 
 
@@ -264,42 +260,20 @@ def _by_key(rows: list[Row]) -> dict[tuple[int, str], Row]:
 
 async def credit(conn: AsyncConnection[Any], changes: Sequence[Change]) -> list[Posting | None]:
     """Post the credits that can be: a Posting each, None for one to post alone."""
-    rows = _by_key(await _credits_posted.all(conn, **_params(changes)))
-    postings: list[Posting | None] = []
-    for change in changes:
-        row = rows.get((change.request.brand_id, change.request.key))
-        if row is not None and row["id"] is None:  # claimed, but the member was merged meanwhile
-            raise Unbatchable(f"member {change.request.member_id} changed under the batch")
-        postings.append(None if row is None else ledger.split_posting(row, change.request))
-    return postings
+    return _postings(changes, await _credits_posted.all(conn, **_params(changes)))
 
 
 async def debit(conn: AsyncConnection[Any], changes: Sequence[Change]) -> list[Posting | None]:
-    """Post the debits the balances cover: a Posting each, None for one to post (or refuse) alone."""
-    rows = _by_key(await _debits_posted.all(conn, **_params(changes)))
-    found = [rows.get((change.request.brand_id, change.request.key)) for change in changes]
-    posted = [(change, row) for change, row in zip(changes, found, strict=True) if row and row["id"] is not None]
-    refused = [row["posting_id"] for row in found if row is not None and row["id"] is None]
-    drawn = await _draw_all.all(
-        conn,
-        refused=refused,
-        entry_id=[row["entry_id"] for _, row in posted],
-        member_id=[change.request.member_id for change, _ in posted],
-        amount=[change.amount for change, _ in posted],
-    )
-    totals: dict[int, int] = {}
-    for draw in drawn:
-        totals[draw["entry_id"]] = totals.get(draw["entry_id"], 0) + draw["amount"]
-    for change, row in posted:
-        if totals.get(row["entry_id"], 0) != change.amount:
-            raise Unbatchable(f"member {change.request.member_id}: lots hold less than the balance")
+    """Post the debits that can be: a Posting each, None for one to post (or refuse) alone."""
+    return _postings(changes, await _debits_posted.all(conn, **_params(changes)))
+
+
+def _postings(changes: Sequence[Change], rows: list[Row]) -> list[Posting | None]:
+    found = _by_key(rows)
     postings: list[Posting | None] = []
-    for change, found_row in zip(changes, found, strict=True):
-        if found_row is None or found_row["id"] is None:
-            postings.append(None)
-        else:
-            del found_row["entry_id"]
-            postings.append(ledger.split_posting(found_row, change.request))
+    for change in changes:
+        row = found.get((change.request.brand_id, change.request.key))
+        postings.append(None if row is None else ledger.split_posting(row, change.request))
     return postings
 
 

@@ -3,15 +3,16 @@
 Under load, every posting paid for its own statement: a round trip, PostgreSQL's executor
 start-up, its constraint and trigger set-up, and the commit's WAL flush; together more CPU than
 the rows themselves. A `Batcher` sends the postings that queued while its previous batch was in
-the database as one transaction of set-based statements (`store.batched`), which costs little
-more than one posting. Nobody waits for a timer: a lone request goes straight through, and
+the database as one set-based statement (`store.batched`), which costs little more than one
+posting. Nobody waits for a timer: a lone request goes straight through, and
 batches grow only as fast as requests queue behind the ones in flight.
 
 A batch is an optimisation only, never a second set of rules. An item it cannot apply cleanly
 (its key already held, its member not live or changed under it, a balance that does not cover it)
 posts nothing in it and goes down the single-posting path, which replays, refuses or posts it
-exactly as it would have without batching. A batch that fails as a whole (a lost connection, a
-deadlock) commits nothing, and each of its items takes the single path too. Two items of one
+exactly as it would have without batching. A batch that fails as a whole (a key taken by a
+concurrent retry, a lost connection) commits nothing, and each of its items takes the single
+path too. Two items of one
 batch never touch the same member or idempotency key: such an item waits for the next batch.
 """
 
@@ -36,16 +37,12 @@ MAX_BATCH = 64
 # the next is already running.
 IN_FLIGHT = int(os.environ.get("OMNIMEMBER_BATCHES_IN_FLIGHT", "2"))
 
-# Applies a batch inside its transaction: one result per item, None for an item to post alone.
+# Applies a batch, whole or not at all: one result per item, None for an item to post alone.
 BatchRun = Callable[[AsyncConnection[Any], Sequence[Item]], Awaitable[list[Result | None]]]
 # Posts one item on its own (whole without a transaction), as if there were no batching.
 SingleRun = Callable[[AsyncConnection[Any], Item], Awaitable[Result]]
 # What two items of one batch must not share (their member, their key).
 Claims = Callable[[Item], Sequence[Hashable]]
-
-
-class Unbatchable(Exception):
-    """The batch cannot be applied as it stands: roll it back and post every item alone."""
 
 
 @dataclass(slots=True)
@@ -127,9 +124,9 @@ class Batcher(Generic[Item, Result]):
     async def _post_together(self, batch: list[_Waiting[Item, Result]]) -> None:
         items = [waiting.item for waiting in batch]
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._pool.connection() as conn:
                 results = await self._batch(conn, items)
-        except (Unbatchable, Error):
+        except Error:
             results = [None] * len(batch)
         for waiting, result in zip(batch, results, strict=True):
             if waiting.result.done():  # its client went away

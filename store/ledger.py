@@ -534,12 +534,14 @@ _debit_posted = Query(
 # otherwise yields no row; `debit_posting` then takes the two-statement path.
 _row_version: sa.ColumnElement[Any] = sa.literal_column("members.xmin")
 _seen = members.alias("seen")
+# In an UPDATE of members: the row is still the version the statement's snapshot saw.
+AS_SEEN = _row_version == sa.select(sa.literal_column("seen.xmin")).where(_seen.c.id == members.c.id).scalar_subquery()
 _at_once_member = (
     sa.update(members)
     .where(
         LIVE_MEMBER,
         members.c.points_balance >= _AMOUNT,
-        _row_version == sa.select(sa.literal_column("seen.xmin")).where(_seen.c.id == members.c.id).scalar_subquery(),
+        AS_SEEN,
     )
     .values(points_balance=members.c.points_balance - _AMOUNT)
     .returning(*members.c)

@@ -7,17 +7,17 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
 from store import batched, points
 from store.batched import Change, Postings
-from store.batching import Batcher, Unbatchable
+from store.batching import Batcher
 from store.brands import brand_by_code
 from store.errors import ErrorCode
 from store.ledger import Posting, Request
 from tests.conftest import GraphQL
-from tests.test_points import balance_check, new_member
+from tests.test_points import _blocked_on_locks, balance_check, new_member
 
 
 async def _brand_id(pool: AsyncConnectionPool[Any], brand: str) -> int:
@@ -58,8 +58,7 @@ async def test_a_credit_batch_posts_the_clean_items_and_leaves_the_rest(
             _earn(brand_id, 10**12, "nobody", 7),  # no such member
             _earn(brand_id, live[2], "b2", 200),
         ]
-        async with conn.transaction():
-            results = await batched.credit(conn, changes)
+        results = await batched.credit(conn, changes)
     assert results[0] is None
     assert results[2] is None
     posted = [result for result in results if result is not None]
@@ -72,7 +71,7 @@ async def test_a_credit_batch_posts_the_clean_items_and_leaves_the_rest(
     assert await _postings_with_key(pool, brand_id, "nobody") == 0
 
 
-async def test_a_debit_batch_draws_soonest_expiring_lots_and_gives_back_refused_claims(
+async def test_a_debit_batch_draws_soonest_expiring_lots_and_leaves_refusals(
     gql: GraphQL, brand: str, pool: AsyncConnectionPool[Any]
 ) -> None:
     brand_id = await _brand_id(pool, brand)
@@ -87,8 +86,7 @@ async def test_a_debit_batch_draws_soonest_expiring_lots_and_gives_back_refused_
             " WHERE id = (SELECT max(id) FROM points_lots WHERE member_id = %s)",
             (int(rich),),
         )
-        async with conn.transaction():
-            results = await batched.debit(conn, [_redeem(brand_id, rich, "r1", 50), _redeem(brand_id, poor, "r2", 11)])
+        results = await batched.debit(conn, [_redeem(brand_id, rich, "r1", 50), _redeem(brand_id, poor, "r2", 11)])
         remaining = await (
             await conn.execute("SELECT remaining FROM points_lots WHERE member_id = %s ORDER BY id", (int(rich),))
         ).fetchall()
@@ -99,7 +97,7 @@ async def test_a_debit_batch_draws_soonest_expiring_lots_and_gives_back_refused_
     assert [row[0] for row in remaining] == [30, 40, 0]  # the newest lot first, then the oldest
     assert await balance_check(pool, rich) == 70
     assert await balance_check(pool, poor) == 10
-    assert await _postings_with_key(pool, brand_id, "r2") == 0  # its claim was given back
+    assert await _postings_with_key(pool, brand_id, "r2") == 0
 
 
 async def test_concurrent_postings_share_batches_and_each_posts_once(
@@ -132,8 +130,9 @@ async def test_a_batch_that_cannot_apply_posts_each_item_alone(
 
     async def refuse(conn: AsyncConnection[Any], changes: Sequence[Change]) -> list[Posting | None]:
         tried.append(len(changes))
-        await batched.credit(conn, changes)  # writes, then gives up: the transaction must undo it
-        raise Unbatchable("test")
+        async with conn.transaction():  # writes, then fails: nothing of it may remain
+            await batched.credit(conn, changes)
+            raise errors.DeadlockDetected("test")
 
     batcher = Batcher(pool, refuse, batched.post_alone, batched.claims)
     results = await asyncio.gather(*(batcher.submit(_earn(brand_id, m, f"k{m}", 25)) for m in members * 2))
@@ -141,3 +140,39 @@ async def test_a_batch_that_cannot_apply_posts_each_item_alone(
     assert batcher.batched == 0
     assert sum(not result.replayed for result in results) == 4  # each key once; the repeats replay
     assert [await balance_check(pool, member) for member in members] == [25] * 4
+
+
+async def test_a_debit_batch_leaves_a_member_that_changed_under_it(
+    gql: GraphQL, brand: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """The batch plans its draws from its snapshot: a member whose lots changed after it (here a
+    new lot that expires first, committed while the batch waited for the row) must be left to the
+    single path, which then draws from that lot."""
+    brand_id = await _brand_id(pool, brand)
+    member, other = [await new_member(gql, brand, external_id=f"tb-{n}") for n in range(2)]
+    async with pool.connection() as conn:
+        await points.earn(conn, _earn(brand_id, member, "old", 100).request, 100)
+        await points.earn(conn, _earn(brand_id, other, "other", 100).request, 100)
+    async with pool.connection() as conn:
+        async with pool.connection() as holder, holder.transaction():
+            await points.earn(holder, _earn(brand_id, member, "new", 50).request, 50)
+            await holder.execute(
+                "UPDATE points_lots SET expires_at = now() + interval '1 day'"
+                " WHERE id = (SELECT max(id) FROM points_lots WHERE member_id = %s)",
+                (int(member),),
+            )
+            batch = asyncio.create_task(
+                batched.debit(conn, [_redeem(brand_id, member, "r1", 30), _redeem(brand_id, other, "r2", 30)])
+            )
+            await _blocked_on_locks(pool, 1)
+        results = await batch  # the holder committed: the batch goes on
+    assert results[0] is None
+    assert results[1] is not None
+    async with pool.connection() as conn:
+        await batched.post_alone(conn, _redeem(brand_id, member, "r1", 30))
+        remaining = await (
+            await conn.execute("SELECT remaining FROM points_lots WHERE member_id = %s ORDER BY id", (int(member),))
+        ).fetchall()
+    assert [row[0] for row in remaining] == [100, 20]
+    assert await balance_check(pool, member) == 120
+    assert await balance_check(pool, other) == 70
