@@ -47,7 +47,10 @@ def _optional_channel(channel: str | None) -> str | None:
 async def _post(
     info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[Posting]], *, transaction: bool = True
 ) -> PostingOutcome:
-    posting = await transact(info.context.pool, work, transaction=transaction)
+    return _answered(info, await transact(info.context.pool, work, transaction=transaction))
+
+
+def _answered(info: Info, posting: Posting) -> PostingOutcome:
     _forget_cached(info)
     _prime(info, posting)
     return PostingOutcome(posting.id, posting.member_id, posting.replayed)
@@ -91,10 +94,7 @@ async def _request(
 
 async def _post_change(info: Info, change: Change) -> PostingOutcome:
     """Earn, redeem and adjust go through the process's batches (see store.batching)."""
-    posting = await info.context.postings.post(change)
-    _forget_cached(info)
-    _prime(info, posting)
-    return PostingOutcome(posting.id, posting.member_id, posting.replayed)
+    return _answered(info, await info.context.postings.post(change))
 
 
 async def earn(

@@ -4,22 +4,21 @@ Under load, every posting paid for its own statement: a round trip, PostgreSQL's
 start-up, its constraint and trigger set-up, and the commit's WAL flush; together more CPU than
 the rows themselves. A `Batcher` sends the postings that queued while its previous batch was in
 the database as one set-based statement (`store.batched`), which costs little more than one
-posting. Nobody waits for a timer: a lone request goes straight through, and
-batches grow only as fast as requests queue behind the ones in flight.
+posting. Nobody waits for a timer: a lone request goes straight through, and batches grow only
+as fast as requests queue behind the ones in flight.
 
 A batch is an optimisation only, never a second set of rules. An item it cannot apply cleanly
 (its key already held, its member not live or changed under it, a balance that does not cover it)
 posts nothing in it and goes down the single-posting path, which replays, refuses or posts it
 exactly as it would have without batching. A batch that fails as a whole (a key taken by a
 concurrent retry, a lost connection) commits nothing, and each of its items takes the single
-path too. Two items of one
-batch never touch the same member or idempotency key: such an item waits for the next batch.
+path too. No two items in flight touch the same member or idempotency key: such an item waits
+for the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -34,8 +33,8 @@ Result = TypeVar("Result")
 
 MAX_BATCH = 64
 # Batches one process keeps in the database at once: while one waits for its commit to be flushed,
-# the next is already running.
-IN_FLIGHT = int(os.environ.get("OMNIMEMBER_BATCHES_IN_FLIGHT", "2"))
+# the next is already running (4 measured no better than 2).
+IN_FLIGHT = 2
 
 # Applies a batch, whole or not at all: one result per item, None for an item to post alone.
 BatchRun = Callable[[AsyncConnection[Any], Sequence[Item]], Awaitable[list[Result | None]]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -176,12 +176,11 @@ _earning = (
     .where(ledger.LIVE_MEMBER)
     .cte("earning")
 )
-_current_tier = CURRENT_TIER
 _buyer = (
     sa.update(members)
     .where(ledger.LIVE_MEMBER, *unchanged_buyer(_earning))
     .values(bought(_earning, _YUAN, _PAID_AT))
-    .returning(*members.c, _current_tier.c.code.label("from_tier"))
+    .returning(*members.c, CURRENT_TIER.c.code.label("from_tier"))
     .cte("buyer")
 )
 _order_posting = (
@@ -335,24 +334,15 @@ def check_amount(amount: Decimal) -> Decimal:
     return amount
 
 
-def _floor(value: Decimal) -> int:
-    return int(value.to_integral_value(rounding=ROUND_FLOOR))
-
-
 def _pro_rata(earned: int, refunded: Decimal, amount: Decimal) -> int:
     """floor(earned x refunded / amount), exactly: in integer cents, so a full refund takes all back."""
     return earned * int(refunded / CENT) // int(amount / CENT)
 
 
-@dataclass(frozen=True, slots=True)
-class Purchase:
-    """A checked order and the posting request it makes (its key: the channel's order id)."""
-
-    order: OrderInput
-    request: Request
-
-
-def purchase(order: OrderInput, actor: str) -> Purchase:
+async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> OrderResult:
+    """Record an order once per (brand, channel, external id): earn points and growth, update the
+    profile, upgrade the tier. One statement, so it is whole on its own (run it outside a
+    transaction to save the BEGIN and COMMIT round trips)."""
     check_amount(order.amount)
     if order.paid_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
         raise DomainError(ErrorCode.INVALID_INPUT, "paidAt is in the future", field="paidAt")
@@ -370,19 +360,6 @@ def purchase(order: OrderInput, actor: str) -> Purchase:
             "store": order.store,
         },
     )
-    return Purchase(order, request)
-
-
-async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> OrderResult:
-    """Record an order once per (brand, channel, external id): earn points and growth, update the
-    profile, upgrade the tier. One statement, so it is whole on its own (run it outside a
-    transaction to save the BEGIN and COMMIT round trips)."""
-    return await record_purchase(conn, purchase(order, actor))
-
-
-async def record_purchase(conn: AsyncConnection[Any], bought: Purchase) -> OrderResult:
-    """`record`, for an order already checked."""
-    order, request = bought.order, bought.request
     result = await _post(conn, order, request)
     if result is not None:
         return result
