@@ -7,9 +7,9 @@ from typing import Any, TypedDict
 
 from psycopg_pool import AsyncConnectionPool
 
-from store.batched import Postings
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
+from store.postings import Postings
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ from psycopg_pool import AsyncConnectionPool
 from strawberry import Info as _Info
 
 from resolvers.loaders import Loaders
-from store.batched import Postings
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
+from store.postings import Postings
 
 
 @dataclass(slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,10 +45,8 @@ def _optional_channel(channel: str | None) -> str | None:
     return None if channel is None else check_channel(channel)
 
 
-async def _post(
-    info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[Posting]], *, transaction: bool = True
-) -> PostingOutcome:
-    return _answered(info, await transact(info.context.pool, work, transaction=transaction))
+async def _post(info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[Posting]]) -> PostingOutcome:
+    return _answered(info, await transact(info.context.pool, work))
 
 
 def _answered(info: Info, posting: Posting) -> PostingOutcome:
@@ -57,15 +56,16 @@ def _answered(info: Info, posting: Posting) -> PostingOutcome:
 
 
 async def _post_order(
-    info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[orders.OrderResult]], *, transaction: bool = True
+    info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[orders.OrderResult]]
 ) -> PostingOutcome:
-    result = await transact(info.context.pool, work, transaction=transaction)
-    _forget_cached(info)
-    posting = result.posting
-    _prime(info, posting)
+    return _order_answered(info, await transact(info.context.pool, work))
+
+
+def _order_answered(info: Info, result: orders.OrderResult) -> PostingOutcome:
+    answer = _answered(info, result.posting)
     if result.order is not None:
         info.context.loaders.order_by_id.prime(result.order_id, result.order)
-    return PostingOutcome(posting.id, posting.member_id, posting.replayed, result.order_id)
+    return dataclasses.replace(answer, order_id=result.order_id)
 
 
 def _prime(info: Info, posting: Posting) -> None:
@@ -145,17 +145,17 @@ async def record_order(
     if (member_id is None) == (buyer_id is None):
         raise DomainError(ErrorCode.INVALID_INPUT, "give exactly one of memberId and buyerId", field="memberId")
 
-    async def work(conn: AsyncConnection[Any]) -> orders.OrderResult:
-        brand_id: int = (await info.context.brands.get(conn, brand))["id"]
-        code = check_channel(channel)
-        member = await _buyer(conn, brand_id, code, buyer_id) if buyer_id is not None else member_id
-        assert member is not None
-        order = orders.OrderInput(
-            brand_id, member, code, check_external_id(external_order_id), amount, paid_at, store and store.strip()
-        )
-        return await orders.record(conn, order, ACTOR)
-
-    return await _post_order(info, work, transaction=False)  # orders.record is whole on its own
+    brand_id = await info.context.brands.id_of(info.context.pool, brand)
+    code = check_channel(channel)
+    if buyer_id is not None:
+        async with info.context.pool.connection() as conn:
+            member_id = await _buyer(conn, brand_id, code, buyer_id)
+    assert member_id is not None
+    order = orders.OrderInput(
+        brand_id, member_id, code, check_external_id(external_order_id), amount, paid_at, store and store.strip()
+    )
+    # through the process's batches (see store.batching), like earn and redeem
+    return _order_answered(info, await info.context.postings.record(orders.purchase(order, ACTOR)))
 
 
 async def _buyer(conn: AsyncConnection[Any], brand_id: int, channel: str, buyer_id: str) -> int:

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
 from sqlalchemy.types import TypeEngine
 
 from store import ledger
-from store.batching import Batcher
 from store.ledger import Posting, Request
 from store.sql import ZERO, Query, Row
 from store.tables import brand_rules, brand_tiers, lot_draws, members, points_entries, points_lots, points_postings
@@ -43,9 +41,16 @@ class Change:
     debit: bool = False
 
 
-def claims(change: Change) -> tuple[tuple[str, int], tuple[str, int, str]]:
-    """What two changes of one batch must not share: the member, the key."""
-    request = change.request
+class Requested(Protocol):
+    """A batch item: a change, an order."""
+
+    @property
+    def request(self) -> Request: ...
+
+
+def claims(item: Requested) -> tuple[tuple[str, int], tuple[str, int, str]]:
+    """What two items of one batch must not share: the member, the key."""
+    request = item.request
     return ("member", request.member_id), ("key", request.brand_id, request.key)
 
 
@@ -73,16 +78,22 @@ _items = sa.select(
         note=sa.Text(),
     )
 ).cte("items")
-# The items whose key no committed posting holds yet.
-_fresh = (
-    sa.select(_items)
-    .where(
-        ~sa.exists().where(
-            points_postings.c.brand_id == _items.c.brand_id, points_postings.c.idempotency_key == _items.c.key
+
+
+def fresh(items: Any, name: str) -> Any:
+    """The items whose key no committed posting holds yet."""
+    return (
+        sa.select(items)
+        .where(
+            ~sa.exists().where(
+                points_postings.c.brand_id == items.c.brand_id, points_postings.c.idempotency_key == items.c.key
+            )
         )
+        .cte(name)
     )
-    .cte("fresh")
-)
+
+
+_fresh = fresh(_items, "fresh")
 _ITEM_COLUMNS = ("key", "operation", "fingerprint", "channel", "reason", "actor", "kind", "amount", "note")
 
 
@@ -102,8 +113,9 @@ def _changed(balance: sa.ColumnElement[int], *conditions: sa.ColumnElement[bool]
     )
 
 
-def _posted(changed: Any, name: str) -> Any:
-    """A plain INSERT of the changed members' postings: a key taken meanwhile fails the statement."""
+def posted(changed: Any, name: str) -> Any:
+    """A plain INSERT of the changed members' postings (``changed`` returns each item's request as
+    ``item_<column>``): a key taken meanwhile fails the statement."""
     return (
         sa.insert(points_postings)
         .from_select(
@@ -157,7 +169,7 @@ def _result(posted: Any, changed: Any) -> sa.Select[Any]:
 
 
 _credited = _changed(members.c.points_balance + _fresh.c.amount, name="credited")
-_credit_postings = _posted(_credited, "credit_postings")
+_credit_postings = posted(_credited, "credit_postings")
 _credit_lines = _lines(_credit_postings, _credited, 1, "credit_lines")
 _credit_lots = (
     sa.insert(points_lots)
@@ -189,7 +201,7 @@ _debited = _changed(
     ledger.AS_SEEN,
     name="debited",
 )
-_debit_postings = _posted(_debited, "debit_postings")
+_debit_postings = posted(_debited, "debit_postings")
 _debit_lines = _lines(_debit_postings, _debited, -1, "debit_lines")
 # Each debit's draws, soonest expiry first, planned from the lots as the snapshot saw them.
 _open_lots = (
@@ -281,14 +293,3 @@ async def post_alone(conn: AsyncConnection[Any], change: Change) -> Posting:
     """The change on its own, as `ledger` posts it (whole without a transaction)."""
     post = ledger.debit_posting if change.debit else ledger.credit_posting
     return await post(conn, change.request, kind=change.kind, amount=change.amount, note=change.note)
-
-
-class Postings:
-    """The process's batchers of credits and debits (see `store.batching`)."""
-
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self.credits = Batcher(pool, credit, post_alone, claims)
-        self.debits = Batcher(pool, debit, post_alone, claims)
-
-    async def post(self, change: Change) -> Posting:
-        return await (self.debits if change.debit else self.credits).submit(change)

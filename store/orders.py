@@ -262,12 +262,12 @@ _upgraded = (
     .cte("upgraded")
 )
 _tier_change = tiers.recorded_changes(_upgraded).cte("tier_change")
-_ORDER_PREFIX = "order_row_"  # apart from the member's order_count
+ORDER_PREFIX = "order_row_"  # apart from the member's order_count
 _member_after = [column for column in _buyer.c if column.name != "from_tier"]
 _order_posted = Query(
     sa.select(
         *ledger.posting_columns(_order_posting),
-        *(column.label(f"{_ORDER_PREFIX}{column.name}") for column in _order_row.c),
+        *(column.label(f"{ORDER_PREFIX}{column.name}") for column in _order_row.c),
         *_member_after,
         brand_tiers.c.name.label("tier_name"),
         brand_tiers.c.rank.label("tier_rank"),
@@ -339,10 +339,15 @@ def _pro_rata(earned: int, refunded: Decimal, amount: Decimal) -> int:
     return earned * int(refunded / CENT) // int(amount / CENT)
 
 
-async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> OrderResult:
-    """Record an order once per (brand, channel, external id): earn points and growth, update the
-    profile, upgrade the tier. One statement, so it is whole on its own (run it outside a
-    transaction to save the BEGIN and COMMIT round trips)."""
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """An order checked and ready to post, with the ledger request it posts under."""
+
+    order: OrderInput
+    request: Request
+
+
+def purchase(order: OrderInput, actor: str) -> Purchase:
     check_amount(order.amount)
     if order.paid_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
         raise DomainError(ErrorCode.INVALID_INPUT, "paidAt is in the future", field="paidAt")
@@ -360,6 +365,19 @@ async def record(conn: AsyncConnection[Any], order: OrderInput, actor: str) -> O
             "store": order.store,
         },
     )
+    return Purchase(order, request)
+
+
+def cause(order: OrderInput) -> str:
+    """What a tier change an order brings records as its cause."""
+    return f"order {order.channel}:{order.external_order_id}"
+
+
+async def record(conn: AsyncConnection[Any], purchase: Purchase) -> OrderResult:
+    """Record an order once per (brand, channel, external id): earn points and growth, update the
+    profile, upgrade the tier. One statement, so it is whole on its own (run it outside a
+    transaction to save the BEGIN and COMMIT round trips)."""
+    order, request = purchase.order, purchase.request
     result = await _post(conn, order, request)
     if result is not None:
         return result
@@ -394,7 +412,7 @@ async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request)
                 paid_at=order.paid_at,
                 earned_at=order.paid_at,
                 store=order.store,
-                cause=f"order {order.channel}:{order.external_order_id}",
+                cause=cause(order),
             )
     except errors.UniqueViolation as error:
         if error.diag.constraint_name not in _ORDER_KEYS:
@@ -402,9 +420,12 @@ async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request)
         return None
     if row is None:
         return None
-    order_row = {
-        name.removeprefix(_ORDER_PREFIX): row.pop(name) for name in list(row) if name.startswith(_ORDER_PREFIX)
-    }
+    return split_order(row, request)
+
+
+def split_order(row: Row, request: Request) -> OrderResult:
+    """The posting, order and member rows an order's statement returned, apart."""
+    order_row = {name.removeprefix(ORDER_PREFIX): row.pop(name) for name in list(row) if name.startswith(ORDER_PREFIX)}
     return OrderResult(order_row["id"], ledger.split_posting(row, request), order=order_row)
 
 

@@ -39,8 +39,9 @@ _metric = (
 )
 
 
-def recorded_changes(changed: Any) -> sa.Insert:
-    """Tier changes, one per row of ``changed`` (id, brand_id, from_tier, to_tier), with the cause."""
+def recorded_changes(changed: Any, cause: sa.ColumnElement[str] | None = None) -> sa.Insert:
+    """Tier changes, one per row of ``changed`` (id, brand_id, from_tier, to_tier), with the cause
+    (by default the ``cause`` parameter)."""
     return sa.insert(tier_changes).from_select(
         ["brand_id", "member_id", "from_tier", "to_tier", "cause"],
         sa.select(
@@ -48,7 +49,7 @@ def recorded_changes(changed: Any) -> sa.Insert:
             changed.c.id,
             changed.c.from_tier,
             changed.c.to_tier,
-            sa.bindparam("cause", type_=sa.Text),
+            sa.bindparam("cause", type_=sa.Text) if cause is None else cause,
         ),
     )
 
@@ -70,7 +71,7 @@ def upgraded_tier(
     earlier = (
         sa.select(sa.func.coalesce(sa.func.sum(_qualifying(growth_basis)), 0))
         .where(orders.c.member_id == members.c.id, orders.c.paid_at > _WINDOW_START)
-        .correlate(members, brand_rules)
+        .correlate_except(orders)
         .scalar_subquery()
     )
     this_order = sa.case((paid_at <= _WINDOW_START, 0), (growth_basis, order_growth), else_=order_points)
@@ -84,7 +85,7 @@ def upgraded_tier(
         )
         .order_by(target.c.rank.desc())
         .limit(1)
-        .correlate(members, current, brand_rules)
+        .correlate_except(target)  # the order's own figures come from the UPDATE's FROM too
         .scalar_subquery()
     )
     return sa.func.coalesce(best, members.c.tier)

@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import resolvers.audiences
 from schema.root import build_schema
-from store.batched import Postings
+from store.postings import Postings
 from store.sql import Query
 from tests.audience_seed import (
     Seeded,

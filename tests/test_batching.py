@@ -11,11 +11,12 @@ from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
 from store import batched, points
-from store.batched import Change, Postings
+from store.batched import Change
 from store.batching import Batcher
 from store.brands import brand_by_code
 from store.errors import ErrorCode
 from store.ledger import Posting, Request
+from store.postings import Postings
 from tests.conftest import GraphQL
 from tests.test_points import _blocked_on_locks, balance_check, new_member
 

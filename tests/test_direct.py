@@ -21,9 +21,9 @@ from psycopg_pool import AsyncConnectionPool
 from resolvers.context import Context
 from resolvers.direct import DirectMutations, MutationPlan
 from schema.root import LIMIT_RULES, build_schema
-from store.batched import Postings
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
+from store.postings import Postings
 from tests.conftest import ROOT, TEST_SECRET, GraphQL, new_brand
 from tests.fragments import EARN, REGISTER
 from tests.test_sqljson import SMALL_MEMBER, Graph, selections

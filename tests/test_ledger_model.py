@@ -188,7 +188,7 @@ class LedgerMachine(RuleBasedStateMachine):
         order_id = f"o{next(self.keys)}"
         paid = NOW - dt.timedelta(days=days_ago)
         entry = orders.OrderInput(self.brand_id, member, "pos", order_id, Decimal(yuan), paid, None)
-        self.run(self._in_transaction(orders.record(self.conn, entry, "model")))
+        self.run(self._in_transaction(orders.record(self.conn, orders.purchase(entry, "model"))))
         self.model.credit(member, yuan, _expiry(paid), order=order_id)
         self.model.order_owner[order_id] = member
         self.model.order_points[order_id] = (yuan, 0)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import ledger
+from store import ledger, orders
+from store.brands import brand_by_code
 from store.ledger import Request
 from store.points import expire_member
 from tests.conftest import GraphQL
@@ -278,31 +280,35 @@ async def test_orders_that_cross_a_threshold_together_upgrade(
     gql: GraphQL, brand: str, pool: AsyncConnectionPool[Any]
 ) -> None:
     """Two orders of 150 yuan (1,500 growth each; gold from 3,000) computed side by side: the one
-    that applies second must count the first, although both read the member before either wrote."""
+    that applies second must count the first, although both read the member before either wrote.
+    One comes through the API, the other as from a second server process (one process queues
+    its own orders of a member one behind the other)."""
     member = await new_member(gql, brand)
-    async with pool.connection() as holder:
+    async with pool.connection() as holder, pool.connection() as other_process:
         async with holder.transaction():
             await holder.execute("SELECT 1 FROM members WHERE id = %s FOR UPDATE", (int(member),))
-            orders = [
-                asyncio.create_task(
-                    gql(
-                        RECORD_ORDER,
-                        brand=brand,
-                        channel="jd",
-                        orderId=order_id,
-                        amount="150",
-                        paidAt=NOW.isoformat(),
-                        memberId=member,
-                    )
+            through_api = asyncio.create_task(
+                gql(
+                    RECORD_ORDER,
+                    brand=brand,
+                    channel="jd",
+                    orderId="J1",
+                    amount="150",
+                    paidAt=NOW.isoformat(),
+                    memberId=member,
                 )
-                for order_id in ("J1", "J2")
-            ]
+            )
+            brand_id = (await brand_by_code(holder, brand))["id"]
+            order = orders.OrderInput(brand_id, int(member), "jd", "J2", Decimal("150"), NOW, None)
+            alongside = asyncio.create_task(orders.record(other_process, orders.purchase(order, "test")))
             await _blocked_on_locks(pool, 2)
-        results = [(await order)["recordOrder"] for order in orders]
-    assert sorted(result["member"]["orderCount"] for result in results) == [1, 2]
-    last = max(results, key=lambda result: result["member"]["orderCount"])
-    assert last["member"]["tier"] == {"code": "gold"}
-    assert last["member"]["growthValue"] == 3000
+        first = (await through_api)["recordOrder"]["member"]
+        second = (await alongside).posting.member
+    assert second is not None
+    counts = {first["orderCount"]: (first["tier"]["code"], first["growthValue"])}
+    counts[second["order_count"]] = (second["tier"], second["growth_value"])
+    assert sorted(counts) == [1, 2]
+    assert counts[2] == ("gold", 3000)
     history = await gql("query($id: ID!) { member(id: $id) { tierHistory { fromTier toTier } } }", id=member)
     assert history["member"]["tierHistory"] == [{"fromTier": "silver", "toTier": "gold"}]
     assert await balance_check(pool, member) == 300

@@ -18,9 +18,9 @@ from psycopg_pool import AsyncConnectionPool
 from resolvers.context import Context
 from resolvers.sqljson import Needs, Plan, Plans
 from schema.root import LIMIT_RULES, build_schema
-from store.batched import Postings
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
+from store.postings import Postings
 from store.sql import Query
 from tests.conftest import TEST_SECRET, GraphQL, new_brand, unique_code
 from tests.fragments import EARN, MERGE, RECORD_ORDER, REDEEM, REGISTER
