@@ -15,6 +15,7 @@ import uvicorn
 from api.app import create_app
 from api.embedded import EmbeddedPostgres
 from api.settings import Settings
+from api.workers import run_workers
 from store import migrate
 
 cli = typer.Typer(help="omnimember: one view of a brand's members across every channel.", no_args_is_help=True)
@@ -51,8 +52,19 @@ def serve(
             typer.echo("several workers need DATABASE_URL; the embedded PostgreSQL serves one", err=True)
             raise typer.Exit(2)
         typer.echo(f"No DATABASE_URL: using the embedded PostgreSQL in {settings.home / 'pgdata'}", err=True)
-    app = "api.app:app_from_env" if workers > 1 else create_app(settings)
-    uvicorn.run(app, factory=workers > 1, workers=workers, host=host, port=port, access_log=access_log, lifespan="on")
+    if workers > 1:  # each worker imports the app itself, from the environment
+        config = uvicorn.Config(
+            "api.app:app_from_env",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            access_log=access_log,
+            lifespan="on",
+        )
+        run_workers(config)
+    else:
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, lifespan="on")
 
 
 @cli.command("migrate")

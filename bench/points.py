@@ -70,6 +70,7 @@ AMOUNT = 10  # points per earn or redemption
 ORDER_YUAN = "88.00"
 SEED_BATCH = 25  # earnPoints per seeding request (aliases; the server allows 30)
 BASELINES = ("healthz", "typename")
+SCENARIO_KEYS = ("earn", "redeem", "order", "hot")
 
 _POSTED = "replayed posting { id idempotencyKey } member { pointsBalance }"
 _ERROR = "... on Error { code message }"
@@ -744,7 +745,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--profile", type=Path, help="also record the server with py-spy into this raw profile file")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=list(SCENARIO_KEYS),
+        help=f"comma-separated scenarios to run, of {','.join(SCENARIO_KEYS)} (default all; a partial run only prints)",
+    )
     args = parser.parse_args(argv)
+    if unknown := set(args.only) - set(SCENARIO_KEYS):
+        parser.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}")
+    args.no_write = args.no_write or set(args.only) != set(SCENARIO_KEYS)
     if args.members < 1 or args.workers < 1 or args.pool_max < 1 or args.connections < 1:
         parser.error("--members, --workers, --pool-max and --connections must be positive")
     args.database_url = common.libpq_url(args.database_url)
@@ -804,6 +814,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     data = prepare_data(args.database_url, args.members, env)
     run_id = f"pb{int(time.time()):x}"
     plan = write_scenarios(data, BRAND, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    plan = [scenario for scenario in plan if scenario.key in args.only]
     log = workdir / "server.log"
     points_wrk = PointsWrk(wrk, workdir)
     with server(args, env, log) as (base_url, pid), psycopg.connect(args.database_url, autocommit=True) as conn:
@@ -825,16 +836,17 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def report(findings: Findings, args: argparse.Namespace) -> None:
-    text = section(findings, args)
-    print()
-    print(text)
+    if set(args.only) == set(SCENARIO_KEYS):  # the section reports every scenario
+        text = section(findings, args)
+        print()
+        print(text)
     print("load commands of the measured runs:")
     for r in findings.results:
         print(f"  {r.command}")
     print(f"\ninvariant check: {'PASS' if findings.check.passed else 'FAIL'}")
     for problem in findings.check.problems:
         print(f"  {problem}")
-    if not args.no_write:
+    if not args.no_write:  # only when every scenario ran (parse_args)
         common.write_section(DOCS, text, SECTION)
         print(f"wrote {DOCS.relative_to(ROOT)}")
 

@@ -26,7 +26,11 @@ class Server:
     """The service on a free loopback port: on ``database_url``, or on its embedded PostgreSQL 18."""
 
     def __init__(
-        self, home: Path, database_url: str | None = None, secret: str = "server-test-secret-0123456789"
+        self,
+        home: Path,
+        database_url: str | None = None,
+        secret: str = "server-test-secret-0123456789",
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -37,7 +41,8 @@ class Server:
         home.mkdir(parents=True, exist_ok=True)
         self.log = home / f"serve-{self.port}.log"
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen([*OMNIMEMBER, "serve", "--port", str(self.port)], env=env, stderr=log)
+            command = [*OMNIMEMBER, "serve", "--port", str(self.port), "--workers", str(workers)]
+            self.proc = subprocess.Popen(command, env=env, stderr=log)
 
     def wait_ready(self, timeout: float = 60) -> dict[str, str]:
         deadline = time.monotonic() + timeout
