@@ -132,17 +132,17 @@ async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Seque
     sets = {row["key"]: _int8s(row["ids"]) for row in rows if row["ids"] is not None}
     universe = np.sort(sets.get(UNIVERSE, np.empty(0, dtype=np.int64)))
     for key in [key for key in sets if key.startswith(_OWNED)]:
-        sets[key] = sets[key][_live_among(sets[key], universe)]
+        sets[key] = sets[key][among(sets[key], universe)]
     values = _int8s(await values_q.scalar(conn, **params)).reshape(-1, len(VALUE_COLUMNS))
     order_days = _int8s(await orders_q.scalar(conn, **params)).reshape(-1, 3)
-    return IndexFacts(sets=sets, values=values, orders=order_days[_live_among(order_days[:, 0], universe)])
+    return IndexFacts(sets=sets, values=values, orders=order_days[among(order_days[:, 0], universe)])
 
 
 _OWNED = ("channel:", "tag:")
 
 
-def _live_among(ids: Ids, universe: Ids) -> npt.NDArray[np.bool_]:
-    """Which of `ids` are live members (in the sorted `universe`)."""
+def among(ids: Ids, universe: Ids) -> npt.NDArray[np.bool_]:
+    """Which of `ids` are in the sorted `universe` (live members, recomputed ones)."""
     at = np.minimum(np.searchsorted(universe, ids), max(universe.size - 1, 0))
     return universe[at] == ids if universe.size else np.zeros(ids.size, dtype=np.bool_)
 
