@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime as dt
 import logging
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
+from strawberry.schema.types.base_scalars import DateTimeDefinition
 from strawberry.types import ExecutionContext
 
 from schema.audiences import AudienceMutation
@@ -72,11 +76,26 @@ def mask_unexpected(errors: list[GraphQLError]) -> list[GraphQLError]:
     ]
 
 
+def _parse_datetime(value: object) -> object:
+    """strawberry's DateTime parsing (dateutil's isoparse, its errors), with the standard
+    library's parser tried first: every order carries a paidAt, and isoparse took about 8% of
+    the server's time handling a recordOrder request."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return dt.datetime.fromisoformat(value)
+    assert DateTimeDefinition.parse_value is not None
+    return DateTimeDefinition.parse_value(value)
+
+
+DATETIME = dataclasses.replace(DateTimeDefinition, parse_value=_parse_datetime)
+
+
 def build_schema() -> Schema:
     return Schema(
         query=Query,
         mutation=Mutation,
         types=[Error],
+        scalar_overrides={dt.datetime: DATETIME},
         extensions=[
             # Parsing and validating dominate the cost of a small query: do each document once.
             ParserCache,

@@ -607,16 +607,14 @@ def claim_params(request: Request) -> dict[str, Any]:
     }
 
 
+_POSTING_NAMES = [(f"posting_{column.name}", column.name) for column in points_postings.c]
+
+
 def split_posting(row: Row, request: Request) -> Posting:
-    """The posting and member rows a one-statement posting returned, apart."""
-    posting: Row = {}
-    member: Row = {}
-    for name, value in row.items():  # one pass: it runs for every posting
-        if name.startswith("posting_"):
-            posting[name[8:]] = value
-        else:
-            member[name] = value
-    return Posting(posting["id"], request.member_id, row=posting, member=member)
+    """The posting and member rows a one-statement posting returned, apart (``row`` keeps the
+    member's columns)."""
+    posting = {name: row.pop(label) for label, name in _POSTING_NAMES}
+    return Posting(posting["id"], request.member_id, row=posting, member=row)
 
 
 @contextlib.asynccontextmanager

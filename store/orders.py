@@ -263,6 +263,7 @@ _upgraded = (
 )
 _tier_change = tiers.recorded_changes(_upgraded).cte("tier_change")
 ORDER_PREFIX = "order_row_"  # apart from the member's order_count
+_ORDER_NAMES = [(f"{ORDER_PREFIX}{column.name}", column.name) for column in ORDER_COLUMNS]
 _member_after = [column for column in _buyer.c if column.name != "from_tier"]
 _order_posted = Query(
     sa.select(
@@ -425,7 +426,7 @@ async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request)
 
 def split_order(row: Row, request: Request) -> OrderResult:
     """The posting, order and member rows an order's statement returned, apart."""
-    order_row = {name.removeprefix(ORDER_PREFIX): row.pop(name) for name in list(row) if name.startswith(ORDER_PREFIX)}
+    order_row = {name: row.pop(label) for label, name in _ORDER_NAMES}
     return OrderResult(order_row["id"], ledger.split_posting(row, request), order=order_row)
 
 
