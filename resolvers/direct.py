@@ -94,8 +94,19 @@ class MutationPlan:
     roots: tuple[_Root, ...]
     fragments: Mapping[str, FragmentDefinitionNode]
     variables: tuple[_Variable, ...]
-    # What `collect` found, per runtime type and field nodes: the same for every request.
-    selections: dict[tuple[str, tuple[int, ...]], list[Selected]] = field(default_factory=dict)
+    # How to render each runtime type under given field nodes: the same for every request.
+    renderings: dict[tuple[str, tuple[int, ...]], list[_Rendered]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    """One selected field of an object, worked out once per plan."""
+
+    key: str  # the response key (alias or name)
+    resolver: StrawberryField | None  # awaited with the object; None: read ``attribute``
+    attribute: str | None  # the Python attribute; None for __typename
+    output: GraphQLOutputType | None  # None for __typename
+    nodes: list[FieldNode]
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,39 +253,50 @@ class DirectMutations:
         if isinstance(output, GraphQLNonNull):
             if value is None:
                 raise ValueError(f"null for a non-null {output}")
-            return await self._complete(value, output.of_type, nodes, plan, info)
-        if value is None:
+            output = output.of_type
+        elif value is None:
             return None
         if isinstance(output, GraphQLList):
             return [await self._complete(item, output.of_type, nodes, plan, info) for item in value]
         if isinstance(output, GraphQLScalarType | GraphQLEnumType):
             return output.serialize(value)
         definition: StrawberryObjectDefinition = value.__strawberry_definition__
-        object_type = self._schema.get_type(definition.name)
-        assert isinstance(object_type, GraphQLObjectType)
-        fields = self._strawberry_fields(definition.name)
         rendered: dict[str, Any] = {}
-        for selected in self._selected(plan, definition.name, nodes):
-            if selected.name == "__typename":
-                rendered[selected.key] = definition.name
+        for entry in self._rendering(plan, definition.name, nodes):
+            if entry.output is None:
+                rendered[entry.key] = definition.name
                 continue
-            field = fields[selected.name]
-            if field.base_resolver is None:
-                field_value = getattr(value, field.python_name)
+            if entry.resolver is None:
+                assert entry.attribute is not None
+                field_value = getattr(value, entry.attribute)
             else:
-                field_value = await _resolve(field, value, info, {})
-            field_type = object_type.fields[selected.name].type
-            rendered[selected.key] = await self._complete(field_value, field_type, list(selected.nodes), plan, info)
+                field_value = await _resolve(entry.resolver, value, info, {})
+            rendered[entry.key] = await self._complete(field_value, entry.output, entry.nodes, plan, info)
         return rendered
 
-    def _selected(self, plan: MutationPlan, type_name: str, nodes: list[FieldNode]) -> list[Selected]:
+    def _rendering(self, plan: MutationPlan, type_name: str, nodes: list[FieldNode]) -> list[_Rendered]:
         key = (type_name, tuple(id(node) for node in nodes))  # nodes live as long as the plan
-        selected = plan.selections.get(key)
-        if selected is None:
-            selection_sets = [node.selection_set for node in nodes if node.selection_set is not None]
-            selected = collect(selection_sets, type_name, plan.fragments, self._condition_matches)
-            plan.selections[key] = selected
-        return selected
+        rendering = plan.renderings.get(key)
+        if rendering is None:
+            rendering = plan.renderings[key] = self._render_plan(plan, type_name, nodes)
+        return rendering
+
+    def _render_plan(self, plan: MutationPlan, type_name: str, nodes: list[FieldNode]) -> list[_Rendered]:
+        object_type = self._schema.get_type(type_name)
+        assert isinstance(object_type, GraphQLObjectType)
+        fields = self._strawberry_fields(type_name)
+        selection_sets = [node.selection_set for node in nodes if node.selection_set is not None]
+        rendering = []
+        for selected in collect(selection_sets, type_name, plan.fragments, self._condition_matches):
+            if selected.name == "__typename":
+                rendering.append(_Rendered(selected.key, None, None, None, []))
+                continue
+            strawberry_field = fields[selected.name]
+            resolver = strawberry_field if strawberry_field.base_resolver is not None else None
+            attribute = None if resolver is not None else strawberry_field.python_name
+            output = object_type.fields[selected.name].type
+            rendering.append(_Rendered(selected.key, resolver, attribute, output, list(selected.nodes)))
+        return rendering
 
 
 def _scalar_variables(plan: MutationPlan, variables: Mapping[str, Any]) -> dict[str, Any] | None:
