@@ -5,7 +5,14 @@ start-up, its constraint and trigger set-up, and the commit's WAL flush; togethe
 the rows themselves. A `Batcher` sends the postings that queued while its previous batch was in
 the database as one set-based statement (`store.batched`), which costs little more than one
 posting. Nobody waits for a timer: a lone request goes straight through, and batches grow only
-as fast as requests queue behind the ones in flight.
+as fast as requests queue behind the ones in flight. How they are cut keeps both the database and
+the process busy (two batches in flight, each about half of what is waiting) and the costliest
+kind of statement, a single posting, rare: a launch happens once the callbacks already due have
+run (clients an answered batch released, bodies that arrived together, all queue first); it
+splits what waits over the free slots; and a second batch joins one in flight only once as many
+items wait as that one carries (fewer wait for it and go together next). Sending whatever queued
+the moment a slot freed made two of three statements single postings: with 16 clients in one
+process, 330 statements per 1,500 orders against about 190 this way.
 
 A batch is an optimisation only, never a second set of rules. An item it cannot apply cleanly
 (its key already held, its member not live or changed under it, a balance that does not cover it)
@@ -71,22 +78,34 @@ class Batcher(Generic[Item, Result]):
         self._max_in_flight = in_flight
         self._queue: list[_Waiting[Item, Result]] = []
         self._held: set[Hashable] = set()  # the claims of the batches in flight
-        self._in_flight = 0
+        self._flying: list[int] = []  # the sizes of the batches in flight
+        self._launching = False  # a launch is scheduled for the end of this turn of the loop
         self._tasks: set[asyncio.Task[None]] = set()
         self.batched = 0  # items posted by batches of two or more (tests and benchmarks read it)
 
     async def submit(self, item: Item) -> Result:
         waiting: _Waiting[Item, Result] = _Waiting(item, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
-        self._launch()
+        self._launch_soon()
         return await waiting.result
 
+    def _launch_soon(self) -> None:
+        """Launch once the callbacks already due have run: requests whose bodies arrived together
+        (or whose clients an answered batch just released) queue together."""
+        if not self._launching:
+            self._launching = True
+            asyncio.get_running_loop().call_soon(self._launch)
+
     def _launch(self) -> None:
-        while self._in_flight < self._max_in_flight and self._queue:
-            batch = self._take()
+        self._launching = False
+        while len(self._flying) < self._max_in_flight and self._queue:
+            if self._flying and len(self._queue) < max(self._flying):
+                return  # fewer than in flight: they wait to join the next batch (see below)
+            free = self._max_in_flight - len(self._flying)
+            batch = self._take(min(self._max_size, -(-len(self._queue) // free)))  # a share per free slot
             if not batch:  # everything queued waits for a batch in flight
                 return
-            self._in_flight += 1
+            self._flying.append(len(batch))
             self._spawn(self._run(batch))
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -94,13 +113,14 @@ class Batcher(Generic[Item, Result]):
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[_Waiting[Item, Result]]:
-        """Queued items that share no claim with each other or a batch in flight, oldest first."""
+    def _take(self, size: int) -> list[_Waiting[Item, Result]]:
+        """Up to ``size`` queued items that share no claim with each other or a batch in flight,
+        oldest first."""
         taken: list[_Waiting[Item, Result]] = []
         left: list[_Waiting[Item, Result]] = []
         for waiting in self._queue:
             claims = self._claims(waiting.item)
-            if len(taken) < self._max_size and self._held.isdisjoint(claims):
+            if len(taken) < size and self._held.isdisjoint(claims):
                 taken.append(waiting)
                 self._held.update(claims)
             else:
@@ -117,8 +137,8 @@ class Batcher(Generic[Item, Result]):
         finally:
             for waiting in batch:
                 self._held.difference_update(self._claims(waiting.item))
-            self._in_flight -= 1
-            self._launch()
+            self._flying.remove(len(batch))
+            self._launch_soon()
 
     async def _post_together(self, batch: list[_Waiting[Item, Result]]) -> None:
         items = [waiting.item for waiting in batch]
