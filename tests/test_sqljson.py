@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from resolvers.context import Context
 from resolvers.sqljson import Needs, Plan, Plans
+from resolvers.sqljson.documents import MAX_TEXT, Memo
 from schema.root import LIMIT_RULES, build_schema
 from store.brands import BrandDirectory
 from store.phones import PhoneVault
@@ -314,3 +315,23 @@ async def test_tags_leave_out_expired_assignments(world: World, pool: AsyncConne
     # Member 0's own assignments expired; it carries only what the merge brought from member 5 (none).
     assert [t["code"] for t in compiled["member"]["tags"]] == ["app_user", "lapsed", "vip"]
     assert (await _both(query, {"id": world.member_ids[0]}, pool))[0]["member"]["tags"] == []
+
+
+def test_remembered_documents_are_bounded_by_their_text() -> None:
+    """Large distinct documents are forgotten oldest first once their text passes MAX_TEXT: each
+    keeps a syntax tree alive that every full garbage collection walks."""
+    computed: list[str] = []
+
+    def compute(document: str, operation_name: str | None) -> str:
+        computed.append(document)
+        return document[:1]
+
+    memo: Memo[str] = Memo(compute)
+    big = [letter * (MAX_TEXT // 3) for letter in "abcd"]
+    for document in big:
+        assert memo.get(document, None) == document[0]
+    assert memo.get(big[3], None) == "d"  # remembered
+    assert memo.get(big[1], None) == "b"  # remembered
+    assert len(computed) == 4
+    assert memo.get(big[0], None) == "a"  # forgotten for the fourth: computed again
+    assert len(computed) == 5
