@@ -19,7 +19,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 log = logging.getLogger(__name__)
 
 
-def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
+def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
     """``count`` listening sockets on one address (port 0: the first one's free port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []

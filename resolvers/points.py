@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,10 +48,10 @@ async def _post(info: Info, work: Callable[[AsyncConnection[Any]], Awaitable[Pos
     return _answered(info, await transact(info.context.pool, work))
 
 
-def _answered(info: Info, posting: Posting) -> PostingOutcome:
+def _answered(info: Info, posting: Posting, order_id: int | None = None) -> PostingOutcome:
     _forget_cached(info)
     _prime(info, posting)
-    return PostingOutcome(posting.id, posting.member_id, posting.replayed)
+    return PostingOutcome(posting.id, posting.member_id, posting.replayed, order_id)
 
 
 async def _post_order(
@@ -62,10 +61,10 @@ async def _post_order(
 
 
 def _order_answered(info: Info, result: orders.OrderResult) -> PostingOutcome:
-    answer = _answered(info, result.posting)
+    answer = _answered(info, result.posting, result.order_id)
     if result.order is not None:
         info.context.loaders.order_by_id.prime(result.order_id, result.order)
-    return dataclasses.replace(answer, order_id=result.order_id)
+    return answer
 
 
 def _prime(info: Info, posting: Posting) -> None:

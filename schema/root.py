@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
@@ -76,6 +78,10 @@ def mask_unexpected(errors: list[GraphQLError]) -> list[GraphQLError]:
     ]
 
 
+assert DateTimeDefinition.parse_value is not None
+_STRAWBERRY_DATETIME: Callable[[Any], Any] = DateTimeDefinition.parse_value
+
+
 def _parse_datetime(value: object) -> object:
     """strawberry's DateTime parsing (dateutil's isoparse, its errors), with the standard
     library's parser tried first: every order carries a paidAt, and isoparse took about 8% of
@@ -83,8 +89,7 @@ def _parse_datetime(value: object) -> object:
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             return dt.datetime.fromisoformat(value)
-    assert DateTimeDefinition.parse_value is not None
-    return DateTimeDefinition.parse_value(value)
+    return _STRAWBERRY_DATETIME(value)
 
 
 DATETIME = dataclasses.replace(DateTimeDefinition, parse_value=_parse_datetime)

@@ -14,9 +14,9 @@ lots changes its member row, and the debit applies only to the row version the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
@@ -46,6 +46,10 @@ class Requested(Protocol):
 
     @property
     def request(self) -> Request: ...
+
+
+R = TypeVar("R", bound=Requested)
+T = TypeVar("T")
 
 
 def claims(item: Requested) -> tuple[tuple[str, int], tuple[str, int, str]]:
@@ -249,8 +253,8 @@ _debits_posted = Query(
 )
 
 
-def _params(changes: Sequence[Change]) -> dict[str, list[Any]]:
-    requests = [change.request for change in changes]
+def request_params(requests: Sequence[Request]) -> dict[str, list[Any]]:
+    """A batch's requests as one array per posting column its statement writes."""
     return {
         "brand_id": [request.brand_id for request in requests],
         "member_id": [request.member_id for request in requests],
@@ -260,33 +264,37 @@ def _params(changes: Sequence[Change]) -> dict[str, list[Any]]:
         "channel": [request.channel for request in requests],
         "reason": [request.reason for request in requests],
         "actor": [request.actor for request in requests],
+    }
+
+
+def matched(items: Sequence[R], rows: list[Row], split: Callable[[Row, Request], T]) -> list[T | None]:
+    """Each item's result from the rows of its batch (found by brand and key); None for an item
+    the batch left out."""
+    found = {(row["posting_brand_id"], row["posting_idempotency_key"]): row for row in rows}
+    results: list[T | None] = []
+    for item in items:
+        row = found.get((item.request.brand_id, item.request.key))
+        results.append(None if row is None else split(row, item.request))
+    return results
+
+
+def _params(changes: Sequence[Change]) -> dict[str, list[Any]]:
+    return {
+        **request_params([change.request for change in changes]),
         "kind": [change.kind for change in changes],
         "amount": [change.amount for change in changes],
         "note": [change.note for change in changes],
     }
 
 
-def _by_key(rows: list[Row]) -> dict[tuple[int, str], Row]:
-    return {(row["posting_brand_id"], row["posting_idempotency_key"]): row for row in rows}
-
-
 async def credit(conn: AsyncConnection[Any], changes: Sequence[Change]) -> list[Posting | None]:
     """Post the credits that can be: a Posting each, None for one to post alone."""
-    return _postings(changes, await _credits_posted.all(conn, **_params(changes)))
+    return matched(changes, await _credits_posted.all(conn, **_params(changes)), ledger.split_posting)
 
 
 async def debit(conn: AsyncConnection[Any], changes: Sequence[Change]) -> list[Posting | None]:
     """Post the debits that can be: a Posting each, None for one to post (or refuse) alone."""
-    return _postings(changes, await _debits_posted.all(conn, **_params(changes)))
-
-
-def _postings(changes: Sequence[Change], rows: list[Row]) -> list[Posting | None]:
-    found = _by_key(rows)
-    postings: list[Posting | None] = []
-    for change in changes:
-        row = found.get((change.request.brand_id, change.request.key))
-        postings.append(None if row is None else ledger.split_posting(row, change.request))
-    return postings
+    return matched(changes, await _debits_posted.all(conn, **_params(changes)), ledger.split_posting)
 
 
 async def post_alone(conn: AsyncConnection[Any], change: Change) -> Posting:

@@ -20,12 +20,13 @@ from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import BYTEA
 
 from store import ledger, tiers
-from store.batched import arrays, fresh, posted
+from store.batched import arrays, fresh, matched, posted, request_params
 from store.orders import (
     CURRENT_TIER,
     EARNING_FROM,
     ORDER_COLUMNS,
     ORDER_PREFIX,
+    ORDER_WRITTEN,
     OrderResult,
     Purchase,
     bought,
@@ -98,18 +99,7 @@ _postings = posted(_buyers, "order_postings")
 _order_rows = (
     sa.insert(orders)
     .from_select(
-        [
-            "brand_id",
-            "member_id",
-            "channel",
-            "external_order_id",
-            "amount",
-            "paid_at",
-            "store",
-            "posting_id",
-            "points_earned",
-            "growth_earned",
-        ],
+        ORDER_WRITTEN,
         sa.select(
             _postings.c.brand_id,
             _postings.c.member_id,
@@ -197,17 +187,9 @@ _orders_posted = Query(
 
 
 def _params(purchases: Sequence[Purchase]) -> dict[str, list[Any]]:
-    requests = [purchase.request for purchase in purchases]
     placed = [purchase.order for purchase in purchases]
     return {
-        "brand_id": [request.brand_id for request in requests],
-        "member_id": [request.member_id for request in requests],
-        "key": [request.key for request in requests],
-        "operation": [request.operation for request in requests],
-        "fingerprint": [request.fingerprint() for request in requests],
-        "channel": [request.channel for request in requests],
-        "reason": [request.reason for request in requests],
-        "actor": [request.actor for request in requests],
+        **request_params([purchase.request for purchase in purchases]),
         "external_order_id": [order.external_order_id for order in placed],
         "amount": [order.amount for order in placed],
         "amount_text": [str(order.amount) for order in placed],
@@ -219,10 +201,4 @@ def _params(purchases: Sequence[Purchase]) -> dict[str, list[Any]]:
 
 async def record(conn: AsyncConnection[Any], purchases: Sequence[Purchase]) -> list[OrderResult | None]:
     """Record the orders that can be: an OrderResult each, None for one to record alone."""
-    rows = await _orders_posted.all(conn, **_params(purchases))
-    found = {(row["posting_brand_id"], row["posting_idempotency_key"]): row for row in rows}
-    results: list[OrderResult | None] = []
-    for purchase in purchases:
-        row = found.get((purchase.request.brand_id, purchase.request.key))
-        results.append(None if row is None else split_order(row, purchase.request))
-    return results
+    return matched(purchases, await _orders_posted.all(conn, **_params(purchases)), split_order)

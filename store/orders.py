@@ -68,6 +68,19 @@ ORDER_COLUMNS = (
     orders.c.points_unrecovered,
     orders.c.created_at,
 )
+# What recording an order writes into its row (the rest are defaults).
+ORDER_WRITTEN = [
+    "brand_id",
+    "member_id",
+    "channel",
+    "external_order_id",
+    "amount",
+    "paid_at",
+    "store",
+    "posting_id",
+    "points_earned",
+    "growth_earned",
+]
 # The whole order in one statement, like `ledger.credit_posting`. `earning` reads the member, its
 # tier's multiplier and the brand's rules from the statement's snapshot and works out the order's
 # parts (base points, birthday-month and tier bonuses, each its own EARN entry) and growth. Then
@@ -192,18 +205,7 @@ _order_posting = (
 _order_row = (
     sa.insert(orders)
     .from_select(
-        [
-            "brand_id",
-            "member_id",
-            "channel",
-            "external_order_id",
-            "amount",
-            "paid_at",
-            "store",
-            "posting_id",
-            "points_earned",
-            "growth_earned",
-        ],
+        ORDER_WRITTEN,
         sa.select(
             _order_posting.c.brand_id,
             _order_posting.c.member_id,
