@@ -20,10 +20,10 @@ from api.health import healthz, readyz
 from api.settings import Settings
 from api.state import AppState, LifespanState
 from store import migrate
-from store.bitmap_deltas import run_applier
+from store.audiences.deltas import run_applier
 from store.brands import BrandDirectory
-from store.phones import PhoneVault
-from store.postings import Postings
+from store.ledger.batchers import Postings
+from store.members.phones import PhoneVault
 from store.urls import libpq_url
 
 log = logging.getLogger(__name__)

@@ -82,7 +82,7 @@ def refresh(brand: Annotated[str | None, typer.Option(help="Brand code (default:
     """Rebuild the audience bitmap index from the system of record; readers never see it half-built."""
     from rich.progress import Progress
 
-    from store.bitmaps import refresh as run
+    from store.audiences.bitmaps import refresh as run
     from store.errors import DomainError
 
     with database(Settings.from_env()) as url, Progress() as bar:
@@ -133,8 +133,9 @@ def demo(
     ] = False,
 ) -> None:
     """Build a realistic demo group: two brands, members across the seven channels."""
-    from store.demo import DemoError, Ledger, build_demo
-    from store.phones import PhoneVault
+    from demo.build import DemoError, build_demo
+    from demo.loading import Ledger
+    from store.members.phones import PhoneVault
 
     modes = [mode.value for mode in Ledger]
     if ledger is not None and ledger not in modes:
@@ -173,7 +174,7 @@ def expire_points(
     as_of: Annotated[str | None, typer.Option(help="Expire lots that expired by this time (ISO; default now).")] = None,
 ) -> None:
     """Post EXPIRE entries for what is left in expired lots. Running it twice posts nothing new."""
-    from store.jobs import expire_points as run
+    from store.ledger.jobs import expire_points as run
 
     moment = _moment(as_of)
     with database(Settings.from_env()) as url:
@@ -188,7 +189,7 @@ def review_tiers(
 ) -> None:
     """Move every member of a brand to the tier its last 365 days qualify for (downgrades happen here)."""
     from store.errors import DomainError
-    from store.jobs import review_tiers as run
+    from store.ledger.jobs import review_tiers as run
 
     moment = _moment(as_of)
     with database(Settings.from_env()) as url:
@@ -207,7 +208,7 @@ def expire_tags(
     ] = None,
 ) -> None:
     """Delete expired tag assignments (reads already ignore them). Running it twice deletes nothing new."""
-    from store.tags import sweep
+    from store.tags.assignments import sweep
 
     moment = _moment(as_of)
     with database(Settings.from_env()) as url:
@@ -222,7 +223,7 @@ BrandOption = Annotated[str, typer.Option(help="Brand code.")]
 
 
 def _audience_failed(error: Exception) -> typer.Exit:
-    from store.selections import InvalidExpressionError
+    from store.audiences.selections import InvalidExpressionError
 
     typer.echo(f"error: {getattr(error, 'message', error)}", err=True)
     if isinstance(error, InvalidExpressionError) and error.snippet:
@@ -233,8 +234,8 @@ def _audience_failed(error: Exception) -> typer.Exit:
 @audience_cli.command("count")
 def audience_count(expression: Expression, brand: BrandOption) -> None:
     """Count the members an expression selects (the brand's index is caught up first)."""
+    from store.audiences.offline import count
     from store.errors import DomainError
-    from store.offline_audiences import count
 
     with database(Settings.from_env()) as url:
         try:
@@ -259,9 +260,9 @@ def audience_export(
     """Export the members an expression selects as CSV or NDJSON."""
     import sys
 
+    from store.audiences.export import layout
+    from store.audiences.offline import export
     from store.errors import DomainError
-    from store.member_export import layout
-    from store.offline_audiences import export
 
     try:
         chosen = layout(format, fields)

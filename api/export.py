@@ -6,7 +6,7 @@
         an ad-hoc expression, evaluated now against the bitmap index
 
 The member ids come into this process as result chunks and are decoded with numpy; rows are read in
-id batches while the response streams (store.member_export), so memory stays flat. A bad parameter
+id batches while the response streams (store.audiences.export), so memory stays flat. A bad parameter
 is a 400 and an unknown brand, audience or snapshot a 404, both with a JSON body
 `{"error": {"code", "message", "parameter", ...}}` (for an expression also reason, line, column,
 snippet, suggestion).
@@ -23,10 +23,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.state import AppState
 from resolvers.cursors import parse_id
-from store import audiences, member_export
-from store import saved_audiences as saved
+from store.audiences import engine, saved
+from store.audiences import export as member_export
+from store.audiences.selections import InvalidExpressionError, catalog_cache, read_expression, select
 from store.errors import DomainError, ErrorCode
-from store.selections import InvalidExpressionError, catalog_cache, read_expression, select
 from store.sql import Row
 
 _NOT_FOUND = {ErrorCode.UNKNOWN_BRAND, ErrorCode.UNKNOWN_AUDIENCE, ErrorCode.UNKNOWN_SNAPSHOT}
@@ -58,7 +58,7 @@ async def export_expression(request: Request) -> Response:
         async with state.pool.connection() as conn:
             brand = await state.brands.get(conn, code)
             selection = await select(conn, catalog_cache(state.pool), brand, node, source=expression)
-            ids = await audiences.member_ids(conn, selection.brand, selection.bound, selection.today)
+            ids = await engine.member_ids(conn, selection.brand, selection.bound, selection.today)
     except DomainError as error:
         return error_response(error)
     return _stream(state, ids, brand, chosen, f"audience-{code}")

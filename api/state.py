@@ -8,8 +8,8 @@ from typing import Any, TypedDict
 from psycopg_pool import AsyncConnectionPool
 
 from store.brands import BrandDirectory
-from store.phones import PhoneVault
-from store.postings import Postings
+from store.ledger.batchers import Postings
+from store.members.phones import PhoneVault
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,11 @@ both compilers:
     Q6 NOT a very common tag
 
 The tags are picked from the brand's actual frequencies (read from the index) and printed with
-their shares. Bitmap COUNTs (store.audiences.count, as the API calls it) run many times, round
+their shares. Bitmap COUNTs (store.audiences.engine.count, as the API calls it) run many times, round
 robin over the queries; row COUNTs (tagquery.compile_rows over the system of record) a few times
 each under a statement timeout. Every query's members are checked equal between the two: count,
 sum of ids and a sum of squares. Then the ids of Q6 (~45% of the brand) are exported into the
-process (store.audiences.member_ids) and, when `omnimember serve` has the export endpoint, as CSV
+process (store.audiences.engine.member_ids) and, when `omnimember serve` has the export endpoint, as CSV
 over HTTP. Prints p50/p95, the speed-up of bitmap over row and the issue's floors, and writes its
 size's subsection of docs/benchmarks.md (other sizes and hand-written notes there stay).
 
@@ -72,10 +72,10 @@ import sqlalchemy as sa
 from profile_read import BenchError
 from psycopg_pool import AsyncConnectionPool
 
-from store import audiences
-from store.catalogs import BrandCatalog, load_catalog
-from store.demo_tags import DERIVED
-from store.facts import MemberRowFacts, expand_derived, live_members
+from demo.tags import DERIVED
+from store.audiences import engine as audiences
+from store.audiences.catalogs import BrandCatalog, load_catalog
+from store.audiences.facts import MemberRowFacts, expand_derived, live_members
 from store.sql import DIALECT
 from store.tables import audience_bitmaps, members
 from tagquery import bind, parse
@@ -462,7 +462,7 @@ class Bench:
     async def server_time(self, node: Bound, repeat: int = 5) -> ServerTime:
         """Planning and execution time of the bitmap COUNT as the server reports them (no client)."""
         compiler = BitmapCompiler(self.brand.encoding, self.today)
-        pivot = compiler.pivot.select({"bits": compiler.bitmap(expand_derived(node))}).subquery()
+        pivot = compiler.pivot.select(audience_bitmaps, {"bits": compiler.bitmap(expand_derived(node))}).subquery()
         total = sa.select(sa.func.coalesce(sa.func.sum(sa.func.bit_count(pivot.c.bits)), 0))
         compiled = total.compile(dialect=DIALECT)
         params = {k: v for k, v in compiled.params.items() if v is not None} | {"brand_id": self.brand.brand_id}
@@ -489,7 +489,8 @@ class Bench:
         async with self.conn.transaction(force_rollback=True):
             for code, term in ranges.items():
                 compiler = BitmapCompiler(self.brand.encoding, self.today)
-                rows = compiler.pivot.select({"bits": compiler.bitmap(expand_derived(term))}).subquery()
+                bits = compiler.bitmap(expand_derived(term))
+                rows = compiler.pivot.select(audience_bitmaps, {"bits": bits}).subquery()
                 made = sa.select(sa.bindparam("brand_id"), sa.literal(tag_key(code)), rows.c.chunk, rows.c.bits)
                 insert = sa.insert(audience_bitmaps).from_select(["brand_id", "key", "chunk", "bits"], made)
                 compiled = insert.compile(dialect=DIALECT)
@@ -878,7 +879,7 @@ def export_table(f: Findings) -> list[str]:
     lines = [
         "| export of Q6 | ids | p50 | p95 | runs |",
         "|---|---:|---:|---:|---:|",
-        f"| ids into the process (`store.audiences.member_ids`, numpy) | {ids:,} | **{ms(f.export.p50)}** "
+        f"| ids into the process (`store.audiences.engine.member_ids`, numpy) | {ids:,} | **{ms(f.export.p50)}** "
         f"| {ms(f.export.p95)} | {len(f.export.ms)} |",
     ]
     if f.http is None:
@@ -941,7 +942,7 @@ def section(f: Findings, args: argparse.Namespace) -> str:
         f"index rows: {m.compression} (the low bit slices look random and stay uncompressed). "
         f"Client: {m.software}, one connection (and a second for COUNTs in two halves), TCP loopback.",
         data_line(f, args),
-        f"- Bitmap COUNT: `store.audiences.count` as the API calls it (compiled statement cached, prepared by "
+        f"- Bitmap COUNT: `store.audiences.engine.count` as the API calls it (compiled statement cached, prepared by "
         f"psycopg; a brand spanning {audiences.SPLIT_CHUNKS}+ chunks counted in two halves on two connections "
         f"at once), wall time in the client; {args.warmup} warm-up calls per query, then {repeat} rounds over the "
         "six queries (round robin, so a noisy neighbour hits every query alike). Server plan + exec: the same "

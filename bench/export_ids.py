@@ -1,4 +1,4 @@
-"""All ids of one audience into the process: `store.audiences.member_ids`, as the export calls it.
+"""All ids of one audience into the process: `store.audiences.engine.member_ids`, as the export calls it.
 
     .venv/bin/python bench/export_ids.py --members 10000000 --expression 'NOT tag:mobile_verified'
 
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import psycopg
 from audience import DEFAULT_SERVER
 
-from store import audiences
+from store.audiences import engine
+from store.audiences.catalogs import load_catalog
 from store.brands import brand_by_code
-from store.catalogs import load_catalog
 from tagquery import bind, parse
 
 
@@ -34,11 +34,11 @@ async def measure(args: argparse.Namespace) -> tuple[int, list[float]]:
         node = bind(parse(args.expression), brand.catalog, source=args.expression)
         today = brand.today()
         for _ in range(args.warmup):
-            await audiences.member_ids(conn, brand, node, today)
+            await engine.member_ids(conn, brand, node, today)
         timings, size = [], 0
         for _ in range(args.repeat):
             started = time.perf_counter()
-            ids = await audiences.member_ids(conn, brand, node, today)
+            ids = await engine.member_ids(conn, brand, node, today)
             timings.append((time.perf_counter() - started) * 1000)
             size = int(ids.size)
     return size, timings

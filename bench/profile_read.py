@@ -204,7 +204,7 @@ def build_demo(
 ) -> DataSize:
     """`omnimember demo`: the group `demo` with brands teahouse and orchard, with tags and the points
     ledger (`ledger`: full, the default, or opening; see `omnimember demo --help`)."""
-    if not (ROOT / "store" / "demo.py").exists():
+    if not (ROOT / "demo" / "build.py").exists():
         raise BenchError(f"no demo data of about {members} members, and `omnimember demo` is not there yet")
     flags = ["--replace"] if replace else []
     # With the ledger and tags, so that the profile's points history and tags have rows to read.

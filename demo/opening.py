@@ -1,13 +1,13 @@
 """The demo's lighter ledger (``omnimember demo --ledger opening``): what a brand moving over from a
-legacy CRM imports, instead of the whole points history of store/demo_ledger.py.
+legacy CRM imports, instead of the whole points history of demo/ledger.py.
 
-The numbers are the full ledger's, computed by the same code for the same seed: every buyer has the
-same orders (paid times, amounts, channels, refunds, points and growth earned and reversed) and the
-members row the same totals, balance included. What is not written is how the balance came about:
-per buyer ONE posting (``demo-opening:<member>``, an ``adjust`` by the actor ``demo``) that every
-order of the member refers to; when the balance is positive, one ADJUST entry of the whole balance
-and one lot per expiry date still open, holding what the full ledger's lots of that date hold. No
-refund, expiry or draw rows: about a fifth of the ledger's rows.
+The numbers are the full ledger's, computed by the same code (demo/orders.py) for the same seed:
+every buyer has the same orders (paid times, amounts, channels, refunds, points and growth earned
+and reversed) and the members row the same totals, balance included. What is not written is how the
+balance came about: per buyer ONE posting (``demo-opening:<member>``, an ``adjust`` by the actor
+``demo``) that every order of the member refers to; when the balance is positive, one ADJUST entry
+of the whole balance and one lot per expiry date still open, holding what the full ledger's lots of
+that date hold. No refund, expiry or draw rows: about a fifth of the ledger's rows.
 
 The invariants hold as in the full ledger: balance = the entry's amount (its balance_after) = the sum
 of the lots' remaining points, never negative; a lot is never drawn (remaining = amount). A refund
@@ -18,24 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.demo_ledger import (
-    I64,
-    Buyers,
-    Copies,
-    Earnings,
-    Ids,
-    Randomness,
-    Rules,
-    Totals,
-    earnings,
-    fingerprints,
-    lines,
-    order_labels,
-    order_text,
-    text,
-    timestamps,
-    totals,
-)
+from demo.ledger_rows import Copies, Ids, fingerprints, lines, order_text, text, timestamps
+from demo.orders import I64, Buyers, Earnings, Randomness, Rules, Totals, earnings, order_labels, totals
 
 NOTE = "opening balance imported from the legacy CRM"
 _NULL = "\\N"
@@ -44,8 +28,8 @@ _ORDER_BITS = np.uint64(16)
 
 
 def open_balances(buyers: Buyers, ids: Ids, rand: Randomness, rules: Rules, as_of: int) -> tuple[Totals, Copies]:
-    """A block's orders and opening balances: the members' totals (those of `demo_ledger.post`) and
-    the rows to copy. Ids are taken from ``ids`` as `demo_ledger.upper_bounds` reserved them."""
+    """A block's orders and opening balances: the members' totals (those of `demo.ledger.post`) and
+    the rows to copy. Ids are taken from ``ids`` as `demo.ledger_rows.upper_bounds` reserved them."""
     earned = earnings(buyers, rand, rules, as_of)
     buying = np.flatnonzero(buyers.orders > 0)
     posting_of = np.full(len(buyers.member_id), -1, dtype=np.int64)

@@ -1,6 +1,6 @@
 """The demo's people, as numbers and as COPY text: who they are, where they shop, what they bought.
 
-`store.demo` plans the group and loads it; everything here is a pure function of the plan, the seed
+`demo.build` plans the group and loads it; everything here is a pure function of the plan, the seed
 and a member's index, so blocks of members are generated independently of each other.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from store import demo_ledger
-from store.phones import PhoneVault, mask
+from demo.orders import Totals
+from store.members.phones import PhoneVault, mask
 from store.tables import CHANNELS, DEFAULT_TIERS, GENDERS
 
 U64 = npt.NDArray[np.uint64]
@@ -355,7 +355,7 @@ def _timestamps(seconds: I64) -> list[str]:
     return out
 
 
-def member_text(block: Block, vault: PhoneVault, totals: demo_ledger.Totals) -> bytes:
+def member_text(block: Block, vault: PhoneVault, totals: Totals) -> bytes:
     plan = block.plan
     n = len(block)
     phones = _phone_columns(block, vault)

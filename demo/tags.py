@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
-from store.demo_ledger import Buyers
+from demo.orders import Buyers
 from store.sql import Query
 from store.tables import CHANNELS, member_tags, tag_definitions
 

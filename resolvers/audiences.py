@@ -1,7 +1,7 @@
 """Audiences: count, sample, break down, explain and save what an expression selects.
 
-Reads go to the bitmap index through store.audiences; each call opens one pooled connection for
-its statement. Saving freezes the ids the index returns into a snapshot (store.saved_audiences).
+Reads go to the bitmap index through store.audiences.engine; each call opens one pooled connection for
+its statement. Saving freezes the ids the index returns into a snapshot (store.audiences.saved).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from psycopg import AsyncConnection
 from resolvers import cursors
 from resolvers.context import Info
 from resolvers.members import MAX_PAGE, Page
-from store import audiences
-from store import saved_audiences as saved
-from store.bitmap_deltas import Freshness
+from store.audiences import engine, saved
+from store.audiences.deltas import Freshness
+from store.audiences.facts import expand_derived
+from store.audiences.selections import Selection, catalog_cache, read_expression, select
 from store.errors import DomainError, ErrorCode
-from store.facts import expand_derived
-from store.selections import Selection, catalog_cache, read_expression, select
 from store.sql import Row
-from store.tags import MAX_MEMBER_IDS, TooManyIdsError
+from store.tags.assignments import MAX_MEMBER_IDS, TooManyIdsError
 from store.transactions import transact
 from tagquery import GRAMMAR_VERSION, to_text
 from tagquery.ast import And, Node, Not, Or
@@ -55,12 +54,12 @@ async def _select(
 
 async def count(info: Info, chosen: Selection) -> int:
     async with info.context.pool.connection() as conn:
-        return await audiences.count(conn, chosen.brand, chosen.bound, chosen.today, pool=info.context.pool)
+        return await engine.count(conn, chosen.brand, chosen.bound, chosen.today, pool=info.context.pool)
 
 
 async def member_ids(info: Info, chosen: Selection) -> Ids:
     async with info.context.pool.connection() as conn:
-        return await audiences.member_ids(conn, chosen.brand, chosen.bound, chosen.today)
+        return await engine.member_ids(conn, chosen.brand, chosen.bound, chosen.today)
 
 
 async def capped_ids(info: Info, chosen: Selection) -> list[int]:
@@ -76,7 +75,7 @@ async def sample(info: Info, chosen: Selection, *, first: int, after: str | None
     cursors.check_first(first, MAX_PAGE)
     after_id = _after(after)
     async with info.context.pool.connection() as conn:
-        ids = await audiences.sample(conn, chosen.brand, chosen.bound, chosen.today, first=first + 1, after=after_id)
+        ids = await engine.sample(conn, chosen.brand, chosen.bound, chosen.today, first=first + 1, after=after_id)
     return await _page(info, chosen.brand.brand_id, ids, first, after_id, lambda: count(info, chosen))
 
 
@@ -108,7 +107,7 @@ async def _page(
 async def breakdown(info: Info, chosen: Selection, by: str) -> list[tuple[str, int]]:
     """Members per value of `by`, most first (values no member has are left out)."""
     async with info.context.pool.connection() as conn:
-        _, per_value = await audiences.breakdown(conn, chosen.brand, chosen.bound, chosen.today, by)
+        _, per_value = await engine.breakdown(conn, chosen.brand, chosen.bound, chosen.today, by)
     return sorted(((v, n) for v, n in per_value.items() if n), key=lambda item: (-item[1], item[0]))
 
 
@@ -134,11 +133,11 @@ async def explain(info: Info, chosen: Selection) -> Explanation:
     compiler = BitmapCompiler(chosen.brand.encoding, chosen.today)
     compiler.bitmap(expand_derived(chosen.bound))
     async with info.context.pool.connection() as conn:
-        funnel = await audiences.funnel(conn, chosen.brand, chosen.bound, chosen.today)
+        funnel = await engine.funnel(conn, chosen.brand, chosen.bound, chosen.today)
     clauses = chosen.node.operands if isinstance(chosen.node, And) else (chosen.node,)
     steps = [Step(None, funnel[0].count, 0, False)]
     steps += [
-        Step(to_text(clause), step.count, step.removed, audiences.is_exclusion(step))
+        Step(to_text(clause), step.count, step.removed, engine.is_exclusion(step))
         for clause, step in zip(clauses, funnel[1:], strict=True)
     ]
     return Explanation(chosen.text, PLAN, compiler.pivot.keys, steps)
@@ -164,13 +163,13 @@ class Why:
 
 async def why_member(info: Info, chosen: Selection, member_id: int) -> Why:
     async with info.context.pool.connection() as conn:
-        why = await audiences.why_member(conn, chosen.brand, chosen.bound, chosen.today, member_id)
+        why = await engine.why_member(conn, chosen.brand, chosen.bound, chosen.today, member_id)
     lines: list[WhyLine] = []
     _flatten(chosen.node, why.tree, None, 0, lines)
     return Why(member_id, why.live, why.matches, lines)
 
 
-def _flatten(node: Node, why: audiences.Why, parent: int | None, depth: int, out: list[WhyLine]) -> None:
+def _flatten(node: Node, why: engine.Why, parent: int | None, depth: int, out: list[WhyLine]) -> None:
     index = len(out)
     out.append(WhyLine(index, parent, depth, to_text(node), why.value))
     for child, child_why in zip(_operands(node), why.children, strict=True):
@@ -185,7 +184,7 @@ def _operands(node: Node) -> Sequence[Node]:
 
 async def freshness(info: Info, chosen: Selection) -> Freshness:
     async with info.context.pool.connection() as conn:
-        return await audiences.freshness(conn, chosen.brand)
+        return await engine.freshness(conn, chosen.brand)
 
 
 # --- saved audiences -----------------------------------------------------------------------------------

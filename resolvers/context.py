@@ -10,8 +10,8 @@ from strawberry import Info as _Info
 
 from resolvers.loaders import Loaders
 from store.brands import BrandDirectory
-from store.phones import PhoneVault
-from store.postings import Postings
+from store.ledger.batchers import Postings
+from store.members.phones import PhoneVault
 
 
 @dataclass(slots=True)

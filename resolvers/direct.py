@@ -53,9 +53,9 @@ from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.field import StrawberryField
 
 from resolvers.context import Context
+from resolvers.domain import UNEXPECTED
 from resolvers.sqljson.documents import Memo, valid_operation
 from resolvers.sqljson.selection import NotCompilable, Selected, collect
-from schema.root import UNEXPECTED
 
 log = logging.getLogger(__name__)
 UNEXPECTED_RESPONSE = {"data": None, "errors": [{"message": UNEXPECTED}]}

@@ -7,8 +7,8 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from resolvers.context import Info
+from store.members.unification import Binding, Profile, bind_identity
 from store.transactions import transact
-from store.unification import Binding, Profile, bind_identity
 
 
 async def register_member(

@@ -14,9 +14,11 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
-from store import history, members, merges, tags
 from store.brands import BrandDirectory
+from store.ledger import history
+from store.members import merges, profiles
 from store.sql import Row, group_by, index_by
+from store.tags import assignments, catalog
 
 Fetch = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[Row]]]
 Cached = Callable[[AsyncConnectionPool[Any], Sequence[Any]], Awaitable[list[Row]]]
@@ -49,7 +51,7 @@ class Loaders:
 
     @cached_property
     def identities_by_member(self) -> DataLoader[int, list[Row]]:
-        return DataLoader(self._many(members.identities_by_member, "member_id"))
+        return DataLoader(self._many(profiles.identities_by_member, "member_id"))
 
     @cached_property
     def merge_by_id(self) -> DataLoader[int, Row | None]:
@@ -81,7 +83,7 @@ class Loaders:
 
     @cached_property
     def tags_by_member(self) -> DataLoader[int, list[Row]]:
-        return DataLoader(self._many(tags.tags_by_member, "member_id"))
+        return DataLoader(self._many(assignments.tags_by_member, "member_id"))
 
     @cached_property
     def member_count_by_tag(self) -> DataLoader[int, int]:
@@ -103,9 +105,9 @@ class Loaders:
 
     async def _members(self, keys: list[int]) -> list[Row | None]:
         async with self._pool.connection() as conn:
-            rows = await members.members_by_id(conn, keys)
+            rows = await profiles.members_by_id(conn, keys)
         for row in rows:  # they came with their identities: spare that loader a statement
-            self.identities_by_member.prime(row["id"], members.identities_of(row))
+            self.identities_by_member.prime(row["id"], profiles.identities_of(row))
         return index_by(rows, "id", keys)
 
     def _cached(self, fetch: Cached, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
@@ -129,13 +131,13 @@ class Loaders:
 
     async def _tag_counts(self, keys: list[int]) -> list[int]:
         async with self._pool.connection() as conn:
-            counts = {row["tag_id"]: row["members"] for row in await tags.live_counts(conn, keys)}
+            counts = {row["tag_id"]: row["members"] for row in await catalog.live_counts(conn, keys)}
         return [counts.get(key, 0) for key in keys]
 
     async def _people(self, keys: list[tuple[int, bytes]]) -> list[list[Row]]:
         """Live members per (group id, phone hash): one person's memberships across the group."""
         async with self._pool.connection() as conn:
-            rows = await members.members_sharing_phone(
+            rows = await profiles.members_sharing_phone(
                 conn,
                 group_ids=sorted({g for g, _ in keys}),
                 hashes=sorted({h for _, h in keys}),

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from resolvers import cursors
 from resolvers.context import Info
-from store import members
+from store.members import profiles as members
+from store.members.unification import check_channel, check_external_id, check_phone
 from store.sql import Row
-from store.unification import check_channel, check_external_id, check_phone
 
 MAX_PAGE = 100
 

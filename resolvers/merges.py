@@ -7,7 +7,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from resolvers.context import Info
-from store import merges
+from store.members import merges
 from store.sql import Row
 from store.transactions import transact
 

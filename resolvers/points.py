@@ -12,13 +12,14 @@ from psycopg import AsyncConnection
 
 from resolvers import cursors
 from resolvers.context import Info
-from store import history, members, orders, points
-from store.batched import Change
 from store.errors import DomainError, ErrorCode
-from store.ledger import Posting, Request, check_key
+from store.ledger import history, orders, points
+from store.ledger.batched import Change
+from store.ledger.journal import Posting, Request, check_key
+from store.members import profiles
+from store.members.unification import check_channel, check_external_id
 from store.sql import Row
 from store.transactions import transact
-from store.unification import check_channel, check_external_id
 
 MAX_PAGE = 100
 ACTOR = "api"  # until API keys say who is calling (security issue)
@@ -92,7 +93,7 @@ async def _request(
 
 
 async def _post_change(info: Info, change: Change) -> PostingOutcome:
-    """Earn, redeem and adjust go through the process's batches (see store.batching)."""
+    """Earn, redeem and adjust go through the process's batches (see store.ledger.batching)."""
     return _answered(info, await info.context.postings.post(change))
 
 
@@ -153,12 +154,12 @@ async def record_order(
     order = orders.OrderInput(
         brand_id, member_id, code, check_external_id(external_order_id), amount, paid_at, store and store.strip()
     )
-    # through the process's batches (see store.batching), like earn and redeem
+    # through the process's batches (see store.ledger.batching), like earn and redeem
     return _order_answered(info, await info.context.postings.record(orders.purchase(order, ACTOR)))
 
 
 async def _buyer(conn: AsyncConnection[Any], brand_id: int, channel: str, buyer_id: str) -> int:
-    member_id = await members.member_id_by_identity(
+    member_id = await profiles.member_id_by_identity(
         conn, brand_id=brand_id, channel=channel, external_id=check_external_id(buyer_id)
     )
     if member_id is None:

@@ -12,9 +12,10 @@ from psycopg import AsyncConnection
 from resolvers import audiences
 from resolvers.context import Info
 from resolvers.cursors import parse_id
-from store import tags
 from store.errors import DomainError, ErrorCode
 from store.sql import Row
+from store.tags import assignments as tags
+from store.tags import catalog
 from store.transactions import transact
 
 
@@ -45,7 +46,7 @@ def _member_ids(values: Sequence[str]) -> list[int]:
 
 async def _tag(info: Info, conn: AsyncConnection[Any], brand: str, code: str) -> Row:
     brand_id: int = (await info.context.brands.get(conn, brand))["id"]
-    return await tags.definition(conn, brand_id=brand_id, code=code)
+    return await catalog.definition(conn, brand_id=brand_id, code=code)
 
 
 def _forget_cached(info: Info) -> None:
@@ -57,7 +58,7 @@ def _forget_cached(info: Info) -> None:
 async def define_tag(info: Info, *, brand: str, code: str, name: str, category: str, ttl_days: int | None) -> Row:
     async def work(conn: AsyncConnection[Any]) -> Row:
         brand_id: int = (await info.context.brands.get(conn, brand))["id"]
-        return await tags.define(conn, brand_id=brand_id, code=code, name=name, category=category, ttl_days=ttl_days)
+        return await catalog.define(conn, brand_id=brand_id, code=code, name=name, category=category, ttl_days=ttl_days)
 
     return await transact(info.context.pool, work)
 
@@ -116,7 +117,7 @@ async def untag_members(
 async def list_tags(info: Info, *, brand: str, category: str | None) -> list[Row]:
     brand_id = await info.context.brands.id_of(info.context.pool, brand)
     async with info.context.pool.connection() as conn:
-        return await tags.definitions(conn, brand_id=brand_id, category=category)
+        return await catalog.definitions(conn, brand_id=brand_id, category=category)
 
 
 async def get_member_count(info: Info, *, tag_id: int) -> int:

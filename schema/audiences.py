@@ -11,19 +11,17 @@ import strawberry
 
 from resolvers import audiences, cursors
 from resolvers.context import Info
+from resolvers.domain import DomainError, Row, Selection
 from schema.connection import MemberConnection
 from schema.errors import InvalidInput, UnknownBrand
 from schema.expression_errors import InvalidExpression, UnknownAudience, audience_error, or_query_error
-from store.errors import DomainError
-from store.selections import Selection
-from store.sql import Row
 
 BrandCode = Annotated[str, strawberry.argument(description="Brand code.")]
 First = Annotated[int, strawberry.argument(description="Page size, 0-100.")]
 After = Annotated[str | None, strawberry.argument(description="`endCursor` of the previous page.")]
 EXPRESSION_HELP = (
     "An expression of the tag language, e.g. `tag:price_sensitive AND (channel:tmall OR channel:jd) AND NOT "
-    "tag:churn_risk` (README, Audiences)."
+    "tag:churn_risk` (docs/audiences.md)."
 )
 
 

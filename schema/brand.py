@@ -8,7 +8,7 @@ import strawberry
 
 from resolvers import brands
 from resolvers.context import Info
-from store.sql import Row
+from resolvers.domain import Row
 
 
 @strawberry.type(description="A company that owns several brands and may look across them.")

@@ -8,9 +8,8 @@ from typing import Any, TypeVar
 import strawberry
 from graphql import GraphQLError
 
-from store import tags
-from store.errors import DomainError
-from store.errors import ErrorCode as DomainCode
+from resolvers.domain import LISTED, DomainError, TooManyIdsError, UnknownMembersError, UnknownTagError
+from resolvers.domain import ErrorCode as DomainCode
 
 ErrorCode = strawberry.enum(
     DomainCode,
@@ -137,10 +136,10 @@ class DuplicateTag(Error):
 @strawberry.type(description="Some ids are not live members of the brand; nothing was changed.")
 class UnknownMembers(Error):
     unknown_ids: list[strawberry.ID] = strawberry.field(
-        description=f"Ids that name no member of the brand, as sent (the first {tags.LISTED})."
+        description=f"Ids that name no member of the brand, as sent (the first {LISTED})."
     )
     merged_ids: list[strawberry.ID] = strawberry.field(
-        description=f"Ids of members merged away (the first {tags.LISTED}): act on their survivors."
+        description=f"Ids of members merged away (the first {LISTED}): act on their survivors."
     )
     count: int = strawberry.field(description="How many ids are at fault in all.")
 
@@ -188,16 +187,16 @@ def error_result(error: DomainError) -> Any:
 
 
 def _tag_error(error: DomainError, common: dict[str, Any]) -> Error | None:
-    if isinstance(error, tags.UnknownTagError):
+    if isinstance(error, UnknownTagError):
         return UnknownTag(suggestion=error.suggestion, **common)
-    if isinstance(error, tags.UnknownMembersError):
+    if isinstance(error, UnknownMembersError):
         return UnknownMembers(
-            unknown_ids=[strawberry.ID(i) for i in error.unknown[: tags.LISTED]],
-            merged_ids=[strawberry.ID(i) for i in error.merged[: tags.LISTED]],
+            unknown_ids=[strawberry.ID(i) for i in error.unknown[:LISTED]],
+            merged_ids=[strawberry.ID(i) for i in error.merged[:LISTED]],
             count=len(error.unknown) + len(error.merged),
             **common,
         )
-    if isinstance(error, tags.TooManyIdsError):
+    if isinstance(error, TooManyIdsError):
         return TooManyIds(limit=error.limit, **common)
     return None
 

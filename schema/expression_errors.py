@@ -8,9 +8,8 @@ from typing import Any, TypeVar
 import strawberry
 from graphql import GraphQLError
 
+from resolvers.domain import DomainError, ErrorCode, InvalidExpressionError
 from schema.errors import Error, error_result
-from store.errors import DomainError, ErrorCode
-from store.selections import InvalidExpressionError
 
 T = TypeVar("T")
 

@@ -11,12 +11,12 @@ import strawberry
 
 from resolvers import brands, members, merges, points
 from resolvers.context import Info
+from resolvers.domain import Row
 from schema.brand import Brand, Tier
 from schema.enums import Channel, Gender, MemberStatus
 from schema.errors import or_graphql_error
 from schema.points import ExpiringLot, ExpiringPoints, OrderConnection, PointsEntryConnection, TierChange
 from schema.tags import MemberTag, member_tags
-from store.sql import Row
 
 
 def _id(value: int) -> strawberry.ID:

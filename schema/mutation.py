@@ -10,6 +10,7 @@ import strawberry
 from resolvers import brands, identities, merges
 from resolvers.context import Info
 from resolvers.cursors import parse_id
+from resolvers.domain import Binding, DomainError, ErrorCode, Profile
 from resolvers.members import get_member
 from schema.brand import Brand
 from schema.enums import BindingOutcome, Gender
@@ -29,8 +30,6 @@ from schema.errors import (
     error_result,
 )
 from schema.member import Member, MemberMerge
-from store.errors import DomainError, ErrorCode
-from store.unification import Binding, Profile
 
 
 @strawberry.type(description="The brand was created.")

@@ -10,8 +10,8 @@ import strawberry
 
 from resolvers import points
 from resolvers.context import Info
+from resolvers.domain import Row
 from schema.enums import Channel
-from store.sql import Row
 
 
 @strawberry.enum(description="What a ledger entry did to the balance.")

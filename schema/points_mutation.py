@@ -12,6 +12,7 @@ import strawberry
 from resolvers import points
 from resolvers.context import Info
 from resolvers.cursors import parse_id
+from resolvers.domain import DomainError, ErrorCode, Row
 from resolvers.members import get_member
 from schema.errors import (
     AlreadyCancelled,
@@ -29,8 +30,6 @@ from schema.errors import (
 )
 from schema.member import Member
 from schema.points import Order, PointsPosting
-from store.errors import DomainError, ErrorCode
-from store.sql import Row
 
 Key = Annotated[
     str,

@@ -8,6 +8,7 @@ import strawberry
 
 from resolvers import brands, cursors, members, merges
 from resolvers.context import Info
+from resolvers.domain import Row
 from schema import audiences as audience_fields
 from schema.audiences import Audience, AudienceFilter, SavedAudience, SnapshotComparison
 from schema.brand import Brand
@@ -15,7 +16,6 @@ from schema.connection import MemberConnection
 from schema.errors import or_graphql_error
 from schema.member import Member, MemberMerge
 from schema.tags import TagCategory, TagDefinition, list_tags
-from store.sql import Row
 
 T = TypeVar("T")
 
@@ -95,7 +95,7 @@ class Query:
     @strawberry.field(
         description="The members an expression (or the same as a structured filter) selects: count, sample, "
         "breakdown, explain, whyMember, freshness. Give exactly one of `expression` and `filter`; a bad one is "
-        "a GraphQL error with code INVALID_EXPRESSION and its position (README, Audiences)."
+        "a GraphQL error with code INVALID_EXPRESSION and its position (docs/audiences.md)."
     )
     async def audience(
         self,

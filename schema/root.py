@@ -22,6 +22,7 @@ from strawberry.extensions import (
 from strawberry.schema.types.base_scalars import DateTimeDefinition
 from strawberry.types import ExecutionContext
 
+from resolvers.domain import UNEXPECTED
 from schema.audiences import AudienceMutation
 from schema.errors import Error
 from schema.mutation import MemberMutation
@@ -33,7 +34,6 @@ log = logging.getLogger("omnimember.graphql")
 SDL_PATH = Path(__file__).with_name("schema.graphql")
 MAX_DEPTH = 10
 MAX_ALIASES = 30
-UNEXPECTED = "Unexpected error."
 
 
 # Built once: the validation cache is keyed by the rule classes, and each limiter instance makes

@@ -11,6 +11,7 @@ import strawberry
 
 from resolvers import tags
 from resolvers.context import Info
+from resolvers.domain import MAX_MEMBER_IDS, DomainError, Row
 from schema.errors import (
     DuplicateTag,
     InvalidInput,
@@ -22,9 +23,6 @@ from schema.errors import (
     error_result,
 )
 from schema.expression_errors import InvalidExpression, audience_error
-from store.errors import DomainError
-from store.sql import Row
-from store.tags import MAX_MEMBER_IDS
 
 
 @strawberry.enum(description="What kind of fact a tag records.")

@@ -428,7 +428,7 @@ saved_audiences = sa.Table(
 )
 
 # A frozen result of a saved audience: its members as bitmap chunk records (chunk int4, bit count
-# int4, 2^16 bits; what store.audiences.decode_chunks reads), one bytea per snapshot rather than a
+# int4, 2^16 bits; what store.audiences.engine.decode_chunks reads), one bytea per snapshot rather than a
 # row per member: ~8 KB per 65,536 ids before TOAST compression, which shrinks sparse chunks.
 audience_snapshots = sa.Table(
     "audience_snapshots",

@@ -8,7 +8,7 @@
     compile_rows.compile_rows        ->  WHERE clause          the reference, over the system of record
 
 The compilers are submodules, not exports: the bitmap compiler reads the index table of the data
-layer (store.tables), and callers expand derived dimensions first (store.facts.expand_derived).
+layer (store.tables), and callers expand derived dimensions first (store.audiences.facts.expand_derived).
 
 Grammar (EBNF; keywords and `tag` are case-insensitive, everything else case-sensitive)::
 

@@ -15,7 +15,7 @@ money in fen (total_spend), dates as days since 1900-01-01 in the brand's time z
 last_purchase, birthday, and `order.<k>`: the day of the member's k-th most recent order). Dates
 take DATE_WIDTH slices; integer fields as many as their largest value needs (kept per brand).
 Lifecycle, age, days_since_last_purchase and orders_365d are not stored: they are computed at
-query time from the dates (see store.facts), so they are exact on the day the query runs.
+query time from the dates (see store.audiences.facts), so they are exact on the day the query runs.
 
 Bands: a threshold over bit slices costs one key and one operation per slice (18 for points
 around 100k). The thresholds operators actually use for points (1,000, 5,000 ...) are also kept

@@ -16,7 +16,7 @@ presence, so a term on a missing fact is empty, and NOT is `universe & ~x`.
 Where the index holds a band key for an end of an interval (`ge:points:1000`: tagquery.bitmap_keys,
 BANDS), that end is one key instead of a chain.
 
-Two savings rest on what the index holds (store.bitmaps; the differential tests check it): every
+Two savings rest on what the index holds (store.audiences.bitmaps; the differential tests check it): every
 row holds live members only, and a field's slices only members where the field is present. So
 every compiled bitmap lies within the universe, and `a AND NOT b` is `a & ~b` (the universe is read
 only for an AND without a positive operand); and a chain starts at the lowest 1 bit of c with that
@@ -36,7 +36,6 @@ from functools import reduce
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, BIT
 
-from store.tables import audience_bitmaps
 from tagquery.ast import TAG, Op, Unit
 from tagquery.bitmap_keys import (
     BANDS,
@@ -82,7 +81,6 @@ VARBIT = BIT(varying=True)
 ORDERS_WINDOW_DAYS = 365  # orders_365d counts orders on or after today - 365 (as WITHIN 365d)
 # A fixed literal: all zeros, for keys without a row in a chunk.
 ZERO: Bits = sa.literal_column(f"repeat('0', {CHUNK_SIZE})::varbit", VARBIT)
-_T = audience_bitmaps.c
 # A literal OFFSET 0: keeps a subquery from being pulled up into its parent (a fence), and as a
 # constant rather than a parameter it tells the planner nothing is skipped.
 _NO_OFFSET: sa.ColumnElement[int] = sa.literal_column("0", sa.Integer)
@@ -132,27 +130,33 @@ class Pivot:
     def keys(self) -> list[str]:
         return list(self._keys)
 
-    def select(self, columns: Mapping[str, Bits], *, from_chunk: int = 0) -> sa.Select[tuple[object, ...]]:
+    def select(
+        self, index: sa.TableClause, columns: Mapping[str, Bits], *, from_chunk: int = 0
+    ) -> sa.Select[tuple[object, ...]]:
         """`chunk` and `columns` per chunk (from `from_chunk`, below `:to_chunk` if given); `:brand_id`
         is bound by the caller.
 
+        `index` is the bitmap index table (columns brand_id, key, chunk, bits): the caller owns it,
+        so the tag language stays a library that imports nothing of the project.
+
         OFFSET 0 keeps the planner from inlining the expressions into every outer use of them."""
         keys = sa.bindparam("keys", self.keys, type_=ARRAY(sa.Text))
+        t = index.c
         aggregates = [
-            sa.func.bit_or(_T.bits, type_=VARBIT)
-            .filter(_T.key == sa.bindparam(f"k{i}", key, type_=sa.Text))
+            sa.func.bit_or(t.bits, type_=VARBIT)
+            .filter(t.key == sa.bindparam(f"k{i}", key, type_=sa.Text))
             .label(f"k{i}")
             for i, key in enumerate(self._keys)
         ]
         inner = (
-            sa.select(_T.chunk, *aggregates)
+            sa.select(t.chunk, *aggregates)
             .where(
-                _T.brand_id == sa.bindparam("brand_id"),
-                _T.key == sa.any_(keys),
-                _T.chunk >= sa.bindparam("from_chunk", from_chunk),
-                _T.chunk < sa.bindparam("to_chunk", NO_CHUNK_LIMIT),
+                t.brand_id == sa.bindparam("brand_id"),
+                t.key == sa.any_(keys),
+                t.chunk >= sa.bindparam("from_chunk", from_chunk),
+                t.chunk < sa.bindparam("to_chunk", NO_CHUNK_LIMIT),
             )
-            .group_by(_T.chunk)
+            .group_by(t.chunk)
             .subquery("p")
         )
         zero = sa.select(ZERO.label("zero")).offset(_NO_OFFSET).subquery("z")
@@ -269,7 +273,7 @@ def _membership_key(dimension: str, value: str) -> str:
     if dimension == TAG:
         return tag_key(value)
     if dimension == "lifecycle":
-        raise ValueError("lifecycle is derived: expand it (store.facts.expand_derived) before compiling")
+        raise ValueError("lifecycle is derived: expand it (store.audiences.facts.expand_derived) before compiling")
     return value_key(dimension, value)
 
 

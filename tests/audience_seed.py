@@ -9,13 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from psycopg_pool import AsyncConnectionPool
 
-from store import tags
-from store.bitmap_deltas import apply_brand
+from store.audiences.catalogs import load_catalog
+from store.audiences.deltas import apply_brand
+from store.audiences.facts import MemberRowFacts, expand_derived, live_members
 from store.brands import brand_by_code
-from store.catalogs import load_catalog
-from store.facts import MemberRowFacts, expand_derived, live_members
 from store.sql import Query
 from store.tables import members
+from store.tags import catalog
 from tagquery import bind, parse
 from tagquery.compile_rows import compile_rows
 from tests.conftest import new_brand
@@ -57,8 +57,8 @@ async def seed(pool: AsyncConnectionPool[Any], count: int = 40) -> Seeded:
     code = await new_brand(pool)
     async with pool.connection() as conn, conn.transaction():
         brand_id: int = (await brand_by_code(conn, code))["id"]
-        vip = await tags.define(conn, brand_id=brand_id, code="vip", name="贵宾", category="custom", ttl_days=None)
-        churn = await tags.define(
+        vip = await catalog.define(conn, brand_id=brand_id, code="vip", name="贵宾", category="custom", ttl_days=None)
+        churn = await catalog.define(
             conn, brand_id=brand_id, code="churn_risk", name="流失风险", category="lifecycle", ttl_days=None
         )
         cursor = await conn.execute(

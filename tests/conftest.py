@@ -22,7 +22,7 @@ from api.app import create_app
 from api.settings import Settings
 from store import migrate
 from store.brands import create_brand
-from store.phones import PhoneVault
+from store.members.phones import PhoneVault
 from store.urls import libpq_url, with_database
 
 TEST_SECRET = "omnimember-test-secret-0123456789"

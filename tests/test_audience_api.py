@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import resolvers.audiences
 from schema.root import build_schema
-from store.postings import Postings
+from store.ledger.batchers import Postings
 from store.sql import Query
 from tests.audience_seed import (
     Seeded,
@@ -297,7 +297,7 @@ async def test_members_where_selects_through_the_engine(
     schema = build_schema()
     from resolvers.context import Context
     from store.brands import BrandDirectory
-    from store.phones import PhoneVault
+    from store.members.phones import PhoneVault
     from tests.conftest import TEST_SECRET
 
     async def execute(query: str, **variables: Any) -> dict[str, Any]:

@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from store import audiences
-from store.bitmap_deltas import Freshness, apply_brand, freshness
-from store.bitmaps import rebuild
+from store.audiences import engine
+from store.audiences.bitmaps import rebuild
+from store.audiences.catalogs import BrandCatalog, load_catalog
+from store.audiences.deltas import Freshness, apply_brand, freshness
+from store.audiences.facts import MemberRowFacts, expand_derived, live_members
 from store.brands import brand_by_code
-from store.catalogs import BrandCatalog, load_catalog
 from store.errors import DomainError
-from store.facts import MemberRowFacts, expand_derived, live_members
 from store.sql import Query
 from store.tables import CHANNELS, members
 from tagquery import bind, evaluate, parse
@@ -201,7 +201,7 @@ async def _apply(pool: AsyncConnectionPool[Any], brand_id: int) -> Freshness:
 
 
 async def load_facts(pool: AsyncConnectionPool[Any], brand_id: int) -> dict[int, dict[str, Any]]:
-    """Every member's facts, read with plain queries and derived in Python (not via store.facts)."""
+    """Every member's facts, read with plain queries and derived in Python (not via store.audiences.facts)."""
     now = datetime.now(UTC)
     async with pool.connection() as conn:
         rows = await (await conn.execute("SELECT * FROM members WHERE brand_id = %s", (brand_id,))).fetchall()
@@ -335,8 +335,8 @@ async def _three_ways(pool: AsyncConnectionPool[Any], indexed: Indexed, tree: No
     bound = bind(tree, indexed.brand.catalog)
     expected = {i for i, facts in indexed.facts.items() if facts["live"] and evaluate(bound, facts, TODAY)}
     async with pool.connection() as conn:
-        bitmap = await audiences.member_ids(conn, indexed.brand, bound, TODAY)
-        count = await audiences.count(conn, indexed.brand, bound, TODAY)
+        bitmap = await engine.member_ids(conn, indexed.brand, bound, TODAY)
+        count = await engine.count(conn, indexed.brand, bound, TODAY)
         rows = await row_compiled(conn, indexed.brand, bound)
     assert sorted(expected) == bitmap.tolist()
     assert set(rows) == expected
@@ -439,22 +439,22 @@ async def test_band_boundaries_on_a_build_and_after_deltas(
 async def test_a_count_in_two_halves_adds_up(
     pool: AsyncConnectionPool[Any], changed: Indexed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Large brands count their chunks in two halves on two connections (store.audiences.count);
+    """Large brands count their chunks in two halves on two connections (store.audiences.engine.count);
     this brand spans chunks 50 and 51, so split it from two chunks on."""
-    monkeypatch.setattr(audiences, "SPLIT_CHUNKS", 2)
+    monkeypatch.setattr(engine, "SPLIT_CHUNKS", 2)
     halves: list[dict[str, int]] = []
-    run = audiences._run
+    run = engine._run
 
     async def spy(*args: Any, **chunks: Any) -> Any:
         halves.append(chunks)
         return await run(*args, **chunks)
 
-    monkeypatch.setattr(audiences, "_run", spy)
+    monkeypatch.setattr(engine, "_run", spy)
     assert changed.brand.chunks == (50, 51)
     for text in ("tag:price_sensitive OR points >= 40", "NOT tag:churn_risk", "points >= 1000 AND age >= 30"):
         bound = bind(parse(text), changed.brand.catalog)
         async with pool.connection() as conn:
-            assert await audiences.count(conn, changed.brand, bound, TODAY, pool=pool) == len(_expected(changed, bound))
+            assert await engine.count(conn, changed.brand, bound, TODAY, pool=pool) == len(_expected(changed, bound))
     assert halves == [{"to_chunk": 51}, {"from_chunk": 51}] * 3
 
 
@@ -462,14 +462,14 @@ def _expected(indexed: Indexed, bound: Bound) -> set[int]:
     return {i for i, facts in indexed.facts.items() if facts["live"] and evaluate(bound, facts, TODAY)}
 
 
-@pytest.mark.parametrize("by", audiences.BREAKDOWNS)
+@pytest.mark.parametrize("by", engine.BREAKDOWNS)
 async def test_breakdown_counts_each_value_from_bitmaps(
     pool: AsyncConnectionPool[Any], changed: Indexed, by: str
 ) -> None:
     bound = bind(parse("NOT tag:churn_risk OR points >= 40"), changed.brand.catalog)
     chosen = [changed.facts[i] for i in _expected(changed, bound)]
     async with pool.connection() as conn:
-        total, counts = await audiences.breakdown(conn, changed.brand, bound, TODAY, by)
+        total, counts = await engine.breakdown(conn, changed.brand, bound, TODAY, by)
     assert total == len(chosen)
     for value, n in counts.items():
         assert n == sum(value in f[by] if isinstance(f[by], set) else f[by] == value for f in chosen), value
@@ -479,23 +479,21 @@ async def test_funnel_counts_after_each_and_operand(pool: AsyncConnectionPool[An
     text = "tier IN (gold, platinum, diamond) AND NOT tag:churn_risk AND (channel:tmall OR age >= 30)"
     bound = bind(parse(text), changed.brand.catalog)
     async with pool.connection() as conn:
-        steps = await audiences.funnel(conn, changed.brand, bound, TODAY)
+        steps = await engine.funnel(conn, changed.brand, bound, TODAY)
     assert isinstance(bound, BoundAnd)
     live = sum(f["live"] for f in changed.facts.values())
     prefixes = [BoundAnd(bound.operands[: n + 1]) for n in range(len(bound.operands))]
     expected = [live, *(len(_expected(changed, prefix)) for prefix in prefixes)]
     assert [step.count for step in steps] == expected
     assert [step.removed for step in steps] == [0, *(a - b for a, b in itertools.pairwise(expected))]
-    assert [audiences.is_exclusion(step) for step in steps] == [False, False, True, False]
+    assert [engine.is_exclusion(step) for step in steps] == [False, False, True, False]
 
 
 async def test_sample_pages_through_the_audience_in_id_order(pool: AsyncConnectionPool[Any], changed: Indexed) -> None:
     bound = bind(parse("NOT tag:likes_live"), changed.brand.catalog)
     seen: list[int] = []
     async with pool.connection() as conn:
-        while page := await audiences.sample(
-            conn, changed.brand, bound, TODAY, first=50, after=seen[-1] if seen else 0
-        ):
+        while page := await engine.sample(conn, changed.brand, bound, TODAY, first=50, after=seen[-1] if seen else 0):
             seen += page
     assert seen == sorted(_expected(changed, bound))
     assert {member_id >> 16 for member_id in seen} == {50, 51}
@@ -508,7 +506,7 @@ async def test_why_member_gives_every_node_its_value(pool: AsyncConnectionPool[A
     matching = _expected(changed, bound)
     async with pool.connection() as conn:
         for member_id, facts in list(changed.facts.items())[:60]:
-            why = await audiences.why_member(conn, changed.brand, bound, TODAY, member_id)
+            why = await engine.why_member(conn, changed.brand, bound, TODAY, member_id)
             assert why.matches == (member_id in matching)
             assert why.live == facts["live"]
             stack = [why.tree]
@@ -517,7 +515,7 @@ async def test_why_member_gives_every_node_its_value(pool: AsyncConnectionPool[A
                 assert node.value == evaluate(node.node, facts, TODAY)
                 stack.extend(node.children)
         with pytest.raises(DomainError):
-            await audiences.why_member(conn, changed.brand, bound, TODAY, 1)
+            await engine.why_member(conn, changed.brand, bound, TODAY, 1)
 
 
 async def test_a_stale_catalog_still_counts_right_when_slices_grew(
@@ -526,4 +524,4 @@ async def test_a_stale_catalog_still_counts_right_when_slices_grew(
     stale = dataclasses.replace(changed.brand, encoding=Encoding({**changed.brand.encoding.widths, "points": 3}))
     bound = bind(parse("points >= 5 AND points < 150000"), changed.brand.catalog)
     async with pool.connection() as conn:
-        assert await audiences.count(conn, stale, bound, TODAY) == len(_expected(changed, bound))
+        assert await engine.count(conn, stale, bound, TODAY) == len(_expected(changed, bound))

@@ -1,4 +1,4 @@
-"""Orders batched per process (store.batched_orders) against the real database: a batch records
+"""Orders batched per process (store.ledger.batched_orders) against the real database: a batch records
 each order exactly as the single statement would, and leaves to it what it cannot apply."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from store import batched_orders, orders
 from store.brands import brand_by_code
-from store.orders import OrderInput, Purchase
-from store.postings import Postings
+from store.ledger import batched_orders, orders
+from store.ledger.batchers import Postings
+from store.ledger.orders import OrderInput, Purchase
 from tests.conftest import GraphQL
 from tests.test_points import _blocked_on_locks, balance_check, new_member
 

@@ -1,4 +1,4 @@
-"""Postings batched per process (store.batching, store.batched) against the real database: a batch
+"""Postings batched per process (store.ledger.batching, store.ledger.batched) against the real database: a batch
 posts what it can exactly as the single path would, and leaves everything else to it."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
-from store import batched, points
-from store.batched import Change
-from store.batching import Batcher
 from store.brands import brand_by_code
 from store.errors import ErrorCode
-from store.ledger import Posting, Request
-from store.postings import Postings
+from store.ledger import batched, points
+from store.ledger.batched import Change
+from store.ledger.batchers import Postings
+from store.ledger.batching import Batcher
+from store.ledger.journal import Posting, Request
 from tests.conftest import GraphQL
 from tests.test_points import _blocked_on_locks, balance_check, new_member
 

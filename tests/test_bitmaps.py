@@ -13,9 +13,9 @@ import numpy as np
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from store.audiences import decode_chunks
-from store.bitmap_deltas import apply_brand, freshness, run_applier
-from store.bitmaps import chunk_rows
+from store.audiences.bitmaps import chunk_rows
+from store.audiences.deltas import apply_brand, freshness, run_applier
+from store.audiences.engine import decode_chunks
 from store.brands import brand_by_code
 from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES
 from tests.conftest import new_brand

@@ -7,9 +7,9 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from store.facts import MemberRowFacts, expand_derived, live_members
+from store.audiences.facts import MemberRowFacts, expand_derived, live_members
 from store.sql import Query
-from store.tables import members
+from store.tables import audience_bitmaps, members
 from tagquery import bind, member_catalog, parse
 from tagquery.compile_bitmap import BitmapCompiler, Encoding
 from tagquery.compile_rows import compile_rows
@@ -34,7 +34,7 @@ TODAY = date(2025, 3, 31)
 def _bitmap_query() -> Query:
     bound = expand_derived(bind(parse(TEXT), CATALOG))
     compiler = BitmapCompiler(Encoding({"points": 17}), TODAY)
-    pivot = compiler.pivot.select({"bits": compiler.bitmap(bound)}).subquery()
+    pivot = compiler.pivot.select(audience_bitmaps, {"bits": compiler.bitmap(bound)}).subquery()
     return Query(sa.select(sa.func.sum(sa.func.bit_count(pivot.c.bits))))
 
 

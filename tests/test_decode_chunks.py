@@ -1,4 +1,4 @@
-"""store.audiences.decode_chunks against a plain reference decoder, records in any order."""
+"""store.audiences.engine.decode_chunks against a plain reference decoder, records in any order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.audiences import decode_chunks
+from store.audiences.engine import decode_chunks
 from tagquery.bitmap_keys import CHUNK_SIZE
 
 

@@ -17,11 +17,15 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import demo, demo_people, demo_tags, points
-from store.demo import DemoError, DemoSummary, Ledger, build_demo
-from store.phones import PhoneVault, mask, normalise
+from demo import loading as demo
+from demo import people
+from demo import tags as demo_tags
+from demo.build import DemoError, DemoSummary, build_demo
+from demo.loading import Ledger
+from store.ledger import points
+from store.members.phones import PhoneVault, mask, normalise
 from store.tables import CHANNELS, DEFAULT_TIERS, TAG_CATEGORIES
-from store.tags import check_code
+from store.tags.catalog import check_code
 from tests.conftest import TEST_SECRET, GraphQL
 from tests.server import OMNIMEMBER
 
@@ -293,13 +297,13 @@ def test_the_fast_path_clears_every_table_that_references_members(database_url: 
 
 
 def test_permutations_give_distinct_values_inside_the_domain() -> None:
-    rand = demo_people._Random(3, "test")
+    rand = people._Random(3, "test")
     for domain in (1, 2, 1000, 4099, 10**10):
         size = min(domain, 5000)
         values = rand.permute("p", np.arange(size, dtype=np.uint64), domain)
         assert len(set(values.tolist())) == size
         assert int(values.max()) < domain
-    tokens = demo_people._tokens(rand, "t", np.arange(100_000, dtype=np.uint64), "o", 27)
+    tokens = people._tokens(rand, "t", np.arange(100_000, dtype=np.uint64), "o", 27)
     assert len(set(tokens.tolist())) == 100_000
 
 

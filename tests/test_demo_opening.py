@@ -11,9 +11,12 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import demo, demo_opening, points
-from store.demo import DemoSummary, Ledger, build_demo
-from store.phones import PhoneVault
+from demo import loading as demo
+from demo import opening as demo_opening
+from demo.build import DemoSummary, build_demo
+from demo.loading import Ledger
+from store.ledger import points
+from store.members.phones import PhoneVault
 from tests.conftest import GraphQL
 from tests.test_demo import INCONSISTENT_MEMBERS, SNAPSHOT, WRONG_DRAWS, WRONG_RUNNING_BALANCES, _cli, rows, value
 

@@ -22,8 +22,8 @@ from resolvers.context import Context
 from resolvers.direct import DirectMutations, MutationPlan
 from schema.root import LIMIT_RULES, build_schema
 from store.brands import BrandDirectory
-from store.phones import PhoneVault
-from store.postings import Postings
+from store.ledger.batchers import Postings
+from store.members.phones import PhoneVault
 from tests.conftest import ROOT, TEST_SECRET, GraphQL, new_brand
 from tests.fragments import EARN, REGISTER
 from tests.test_sqljson import SMALL_MEMBER, Graph, selections

@@ -18,7 +18,7 @@ import pytest
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from store import member_export
+from store.audiences import export as member_export
 from tests.audience_seed import Seeded, has_wechat, reference_ids, seed, tier_of
 from tests.conftest import GraphQL
 from tests.server import OMNIMEMBER

@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from psycopg import AsyncConnection
 
-from store import merges, orders, points
 from store.brands import create_brand
 from store.errors import DomainError, ErrorCode
-from store.ledger import Posting, Request
-from store.phones import PhoneVault
-from store.unification import bind_identity
+from store.ledger import orders, points
+from store.ledger.journal import Posting, Request
+from store.members import merges
+from store.members.phones import PhoneVault
+from store.members.unification import bind_identity
 from tests.conftest import TEST_SECRET
 
 NOW = dt.datetime.now(dt.UTC)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store.phones import InvalidPhone, PhoneVault, mask, normalise
+from store.members.phones import InvalidPhone, PhoneVault, mask, normalise
 
 mobiles = st.from_regex(r"1[3-9][0-9]{9}", fullmatch=True)
 

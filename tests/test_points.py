@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import ledger, orders
 from store.brands import brand_by_code
-from store.ledger import Request
-from store.points import expire_member
+from store.ledger import orders, postings
+from store.ledger.journal import Request
+from store.ledger.points import expire_member
 from tests.conftest import GraphQL
 from tests.fragments import ADJUST, CANCEL, EARN, RECORD_ORDER, REDEEM, REFUND_ORDER, REGISTER
 
@@ -135,7 +135,7 @@ async def test_a_redemption_waiting_on_another_draws_from_the_lots_that_one_left
         ]
         async with holder.transaction():
             request = Request(brand_id, int(member), "first", "redeem", {"amount": 100})
-            await ledger.debit_posting(holder, request, kind="redeem", amount=100, note="first")  # all of lot 1
+            await postings.debit_posting(holder, request, kind="redeem", amount=100, note="first")  # all of lot 1
             second = asyncio.create_task(gql(REDEEM, brand=brand, memberId=member, amount=50, key="second"))
             await _blocked_on_locks(pool, 1)
         result = (await second)["redeemPoints"]

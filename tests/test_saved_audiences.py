@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store.audiences import decode_chunks
-from store.saved_audiences import compare, encode_ids
+from store.audiences.engine import decode_chunks
+from store.audiences.saved import compare, encode_ids
 from store.sql import Query
 from tests.audience_seed import Seeded, catch_up, has_vip, reference_ids, seed
 from tests.conftest import GraphQL

@@ -20,8 +20,8 @@ from resolvers.sqljson import Needs, Plan, Plans
 from resolvers.sqljson.documents import MAX_TEXT, Memo
 from schema.root import LIMIT_RULES, build_schema
 from store.brands import BrandDirectory
-from store.phones import PhoneVault
-from store.postings import Postings
+from store.ledger.batchers import Postings
+from store.members.phones import PhoneVault
 from store.sql import Query
 from tests.conftest import TEST_SECRET, GraphQL, new_brand, unique_code
 from tests.fragments import EARN, MERGE, RECORD_ORDER, REDEEM, REGISTER

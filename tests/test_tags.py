@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store import merges, tags
+from store.members import merges
 from store.sql import Query
+from store.tags import assignments as tags
+from store.tags.catalog import definition
 from tagquery import parse
 from tagquery.ast import And, Not, Tag
 from tests.conftest import TEST_SECRET, GraphQL, new_brand
@@ -451,7 +453,7 @@ async def test_a_member_being_merged_cannot_be_tagged_meanwhile(
     await define(gql, brand, "racy")
     [(brand_id,)] = await execute(pool, "SELECT id FROM brands WHERE code = %s", brand)
     async with pool.connection() as conn:
-        tag_row = await tags.definition(conn, brand_id=brand_id, code="racy")
+        tag_row = await definition(conn, brand_id=brand_id, code="racy")
 
     async def tag_merged() -> tags.Tagged:
         async with pool.connection() as conn, conn.transaction():

@@ -37,7 +37,7 @@ from store.tables import (
     points_entries,
     tag_definitions,
 )
-from store.tags import unexpired
+from store.tags.catalog import unexpired
 
 Columns = Any  # an aliased table's column collection
 
@@ -160,7 +160,7 @@ def _identities(c: Compiler, field: Selected, member_id: Any) -> sa.ColumnElemen
 
 
 def _tags(c: Compiler, field: Selected, member_id: Any) -> sa.ColumnElement[Any]:
-    """Unexpired assignments, by category then code (store.tags.tags_by_member)."""
+    """Unexpired assignments, by category then code (store.tags.assignments.tags_by_member)."""
     mt, td = c.alias(member_tags), c.alias(tag_definitions)
     values = {
         "__typename": text("MemberTag"),

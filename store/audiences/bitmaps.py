@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
+from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, Maintenance, load_index_facts
 from store.brands import brand_by_code, list_brands
-from store.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, Maintenance, load_index_facts
 from store.sql import Query
 from store.tables import audience_bitmaps, audience_changes, audience_index_state
 from store.urls import libpq_url

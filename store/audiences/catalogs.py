@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 
-from store.bitmaps import stored_widths
-from store.facts import LIFECYCLE, brand_timezone
+from store.audiences.bitmaps import stored_widths
+from store.audiences.facts import LIFECYCLE, brand_timezone
 from store.sql import Query
 from store.tables import CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
 from tagquery import Catalog, member_catalog

@@ -24,8 +24,8 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from store.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows, drain, lock_brand, rebuild
-from store.index_facts import Ids, Maintenance, among, load_index_facts
+from store.audiences.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows, drain, lock_brand, rebuild
+from store.audiences.index_facts import Ids, Maintenance, among, load_index_facts
 from store.sql import Query
 from store.tables import audience_index_state, member_tags
 from tagquery.bitmap_keys import CHUNK_SIZE, FAMILIES, family_of, family_sql

@@ -1,7 +1,7 @@
 """Audiences of a brand, answered from the bitmap index: the functions the API calls.
 
 Every function takes a bound query (tagquery.bind against the brand's catalog) and the brand's
-day. Lifecycle terms are expanded (store.facts) and the rest compiled to the pivot form
+day. Lifecycle terms are expanded (store.audiences.facts) and the rest compiled to the pivot form
 (tagquery.compile_bitmap). Each statement also reads the index's slice widths in the same
 snapshot: if they grew since the catalog was loaded, the statement is compiled again with them, so
 a result never mixes an old encoding with newer bits. Ids travel as whole chunks in one bytea and
@@ -23,14 +23,14 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from store.bitmap_deltas import Freshness
-from store.bitmap_deltas import freshness as index_freshness
-from store.bitmaps import stored_widths
-from store.catalogs import BrandCatalog
+from store.audiences.bitmaps import stored_widths
+from store.audiences.catalogs import BrandCatalog
+from store.audiences.deltas import Freshness
+from store.audiences.deltas import freshness as index_freshness
+from store.audiences.facts import LIFECYCLE, expand_derived, member_facts
 from store.errors import DomainError, ErrorCode
-from store.facts import LIFECYCLE, expand_derived, member_facts
 from store.sql import Query, Row
-from store.tables import audience_index_state
+from store.tables import audience_bitmaps, audience_index_state
 from tagquery.bitmap_keys import CHUNK_BITS, CHUNK_SIZE, value_key
 from tagquery.bound import Bound, BoundAnd, BoundNot, BoundOr
 from tagquery.compile_bitmap import BitmapCompiler, Bits, Encoding, bitand
@@ -124,7 +124,7 @@ async def count(
     audience = _audience(node)
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
-        pivot = compiler.pivot.select({"bits": audience(compiler)}).subquery()
+        pivot = compiler.pivot.select(audience_bitmaps, {"bits": audience(compiler)}).subquery()
         return sa.select(_count(pivot.c.bits).label("n"))
 
     async def counted(on: AsyncConnection[Any], **chunks: int) -> int:
@@ -150,7 +150,7 @@ async def member_ids(
     audience = _audience(node)
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
-        rows = compiler.pivot.select({"bits": audience(compiler)}).subquery()
+        rows = compiler.pivot.select(audience_bitmaps, {"bits": audience(compiler)}).subquery()
         record = sa.func.int4send(rows.c.chunk).op("||")(sa.func.varbit_send(rows.c.bits))
         return sa.select(sa.func.string_agg(record, sa.literal_column("''::bytea")).label("chunks"))
 
@@ -202,7 +202,7 @@ async def breakdown(
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
         columns = {"bits": audience(compiler)} | {f"v{i}": value_bits(compiler, v) for i, v in enumerate(values)}
-        pivot = compiler.pivot.select(columns).subquery()
+        pivot = compiler.pivot.select(audience_bitmaps, columns).subquery()
         counts: Columns = [_count(bitand(pivot.c.bits, pivot.c[f"v{i}"])).label(f"v{i}") for i in range(len(values))]
         total: Columns = [_count(pivot.c.bits).label("total")]
         return sa.select(*total, *counts)
@@ -218,7 +218,7 @@ async def funnel(conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, t
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
         columns = {"u": compiler.universe} | {f"o{i}": part(compiler) for i, part in enumerate(parts)}
-        pivot = compiler.pivot.select(columns).subquery()
+        pivot = compiler.pivot.select(audience_bitmaps, columns).subquery()
         steps: Columns = []
         acc: Bits = pivot.c.u
         for i in range(len(parts)):

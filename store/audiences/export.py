@@ -1,6 +1,6 @@
 """Members of an audience as CSV or NDJSON lines, fetched in id batches.
 
-The ids are already in the process (decoded from result chunks, see store.audiences); rows are read
+The ids are already in the process (decoded from result chunks, see store.audiences.engine); rows are read
 `BATCH` ids at a time with `id = ANY(:ids)` and rendered as they arrive, so memory holds the id
 array and one batch, however large the audience. Fields: `id`, `brand`, `tier`, `status`, `city`,
 `pointsBalance`, `maskedPhone` and `channel:<c>` (the member's external ids on channel c; in CSV

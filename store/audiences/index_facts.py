@@ -3,7 +3,7 @@
 Each query aggregates server-side into one bytea of big-endian int8s (`string_agg(int8send(..))`,
 measured 1.3-2.7x faster than shipping rows) that numpy reads without a Python loop. The same
 queries serve a full build (every live member of a brand) and a delta (`:ids`), so the index has
-one definition of each fact: the one in store.facts, which these queries must keep to (the
+one definition of each fact: the one in store.audiences.facts, which these queries must keep to (the
 differential tests hold them to it).
 """
 
@@ -18,7 +18,7 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 
-from store.facts import DEFAULT_TIMEZONE
+from store.audiences.facts import DEFAULT_TIMEZONE
 from store.sql import Query
 from tagquery.bitmap_keys import UNIVERSE
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from store import audiences, member_export
-from store.bitmap_deltas import Freshness, apply_brand
+from store.audiences import engine
+from store.audiences import export as member_export
+from store.audiences.catalogs import CatalogCache
+from store.audiences.deltas import Freshness, apply_brand
+from store.audiences.selections import Selection, read_expression, select
 from store.brands import brand_by_code
-from store.catalogs import CatalogCache
-from store.selections import Selection, read_expression, select
 from store.urls import libpq_url
 
 
@@ -31,8 +32,8 @@ async def _selected(
 
 async def count(url: str, brand_code: str, expression: str) -> tuple[Selection, int, Freshness]:
     async with _selected(url, brand_code, expression) as (conn, chosen):
-        found = await audiences.count(conn, chosen.brand, chosen.bound, chosen.today)
-        return chosen, found, await audiences.freshness(conn, chosen.brand)
+        found = await engine.count(conn, chosen.brand, chosen.bound, chosen.today)
+        return chosen, found, await engine.freshness(conn, chosen.brand)
 
 
 async def export(
@@ -40,7 +41,7 @@ async def export(
 ) -> int:
     """Write the audience's members through `write`; returns how many."""
     async with _selected(url, brand_code, expression) as (conn, chosen):
-        ids = await audiences.member_ids(conn, chosen.brand, chosen.bound, chosen.today)
+        ids = await engine.member_ids(conn, chosen.brand, chosen.bound, chosen.today)
         brand = {"id": chosen.brand.brand_id, "code": chosen.brand_code}
         async for text in member_export.lines(lambda: contextlib.nullcontext(conn), ids, brand, layout):
             write(text)

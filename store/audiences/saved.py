@@ -1,7 +1,7 @@
 """Saved audiences: a canonical expression with its grammar version, and frozen snapshots of its members.
 
 A snapshot stores the member ids as bitmap chunk records (the layout `varbit_send` gives the index's
-rows, so `store.audiences.decode_chunks` reads them back): one bytea per snapshot, never a row per
+rows, so `store.audiences.engine.decode_chunks` reads them back): one bytea per snapshot, never a row per
 member. Comparing two snapshots is set arithmetic on the decoded, sorted id arrays in this process.
 """
 
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
 
-from store.audiences import decode_chunks
-from store.bitmaps import chunk_rows
+from store.audiences.bitmaps import chunk_rows
+from store.audiences.engine import decode_chunks
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import audience_snapshots, brands, saved_audiences

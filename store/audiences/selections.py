@@ -16,7 +16,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from store.catalogs import BrandCatalog, CatalogCache
+from store.audiences.catalogs import BrandCatalog, CatalogCache
 from store.errors import DomainError, ErrorCode
 from tagquery import ErrorCode as QueryCode
 from tagquery import TagQueryError, bind, from_filter, parse, to_text

@@ -1,5 +1,5 @@
-"""Many credits or debits in one statement: the set-based form of `ledger.credit_posting` and
-`ledger.debit_posting`'s one-statement debit, for `store.batching`.
+"""Many credits or debits in one statement: the set-based form of `postings.credit_posting` and
+`postings.debit_posting`'s one-statement debit, for `store.ledger.batching`.
 
 Like them, a batch statement is whole on its own (run outside a transaction: one round trip):
 it changes the members' rows first (which locks them), then inserts the postings with a plain
@@ -23,8 +23,8 @@ from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
 from sqlalchemy.types import TypeEngine
 
-from store import ledger
-from store.ledger import Posting, Request
+from store.ledger import journal, postings
+from store.ledger.journal import Posting, Request
 from store.sql import ZERO, Query, Row
 from store.tables import brand_rules, brand_tiers, lot_draws, members, points_entries, points_lots, points_postings
 
@@ -144,7 +144,7 @@ def _lines(posted: Any, changed: Any, sign: int, name: str) -> Any:
     return (
         sa.insert(points_entries)
         .from_select(
-            ledger.ENTRY_COLUMNS,
+            journal.ENTRY_COLUMNS,
             sa.select(
                 posted.c.id,
                 posted.c.brand_id,
@@ -165,7 +165,7 @@ def _result(posted: Any, changed: Any) -> sa.Select[Any]:
     member_after = [changed.c[column.name] for column in members.c]
     tier = sa.and_(brand_tiers.c.brand_id == changed.c.brand_id, brand_tiers.c.code == changed.c.tier)
     return sa.select(
-        *ledger.posting_columns(posted),
+        *postings.posting_columns(posted),
         *member_after,
         brand_tiers.c.name.label("tier_name"),
         brand_tiers.c.rank.label("tier_rank"),
@@ -185,7 +185,7 @@ _credit_lots = (
             _credit_lines.c.id,
             _credited.c.item_amount,
             _credited.c.item_amount,
-            ledger.expiry_at(sa.func.now()),
+            journal.expiry_at(sa.func.now()),
         )
         .select_from(_credit_lines)
         .join(_credited, _credited.c.id == _credit_lines.c.member_id)
@@ -202,7 +202,7 @@ _credits_posted = Query(
 _debited = _changed(
     members.c.points_balance - _fresh.c.amount,
     members.c.points_balance >= _fresh.c.amount,
-    ledger.AS_SEEN,
+    postings.AS_SEEN,
     name="debited",
 )
 _debit_postings = posted(_debited, "debit_postings")
@@ -289,15 +289,15 @@ def _params(changes: Sequence[Change]) -> dict[str, list[Any]]:
 
 async def credit(conn: AsyncConnection[Any], changes: Sequence[Change]) -> list[Posting | None]:
     """Post the credits that can be: a Posting each, None for one to post alone."""
-    return matched(changes, await _credits_posted.all(conn, **_params(changes)), ledger.split_posting)
+    return matched(changes, await _credits_posted.all(conn, **_params(changes)), postings.split_posting)
 
 
 async def debit(conn: AsyncConnection[Any], changes: Sequence[Change]) -> list[Posting | None]:
     """Post the debits that can be: a Posting each, None for one to post (or refuse) alone."""
-    return matched(changes, await _debits_posted.all(conn, **_params(changes)), ledger.split_posting)
+    return matched(changes, await _debits_posted.all(conn, **_params(changes)), postings.split_posting)
 
 
 async def post_alone(conn: AsyncConnection[Any], change: Change) -> Posting:
     """The change on its own, as `ledger` posts it (whole without a transaction)."""
-    post = ledger.debit_posting if change.debit else ledger.credit_posting
+    post = postings.debit_posting if change.debit else postings.credit_posting
     return await post(conn, change.request, kind=change.kind, amount=change.amount, note=change.note)

@@ -1,5 +1,5 @@
-"""Many orders in one statement: the set-based form of `store.orders`' one-statement order, for
-`store.batching` (the way `store.batched` batches earns and redemptions).
+"""Many orders in one statement: the set-based form of `store.ledger.orders`' one-statement order, for
+`store.ledger.batching` (the way `store.ledger.batched` batches earns and redemptions).
 
 Each order's earnings are worked out in SQL from its member's tier, birthday and brand rules as
 the statement's snapshot saw them, exactly as the single statement does; the member UPDATE
@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import BYTEA
 
-from store import ledger, tiers
-from store.batched import arrays, fresh, matched, posted, request_params
-from store.orders import (
+from store.ledger import journal, postings, tiers
+from store.ledger.batched import arrays, fresh, matched, posted, request_params
+from store.ledger.orders import (
     CURRENT_TIER,
     EARNING_FROM,
     ORDER_COLUMNS,
@@ -120,7 +120,7 @@ _parts = parts(_earning)  # a function of each earning row, so implicitly LATERA
 _entries = (
     sa.insert(points_entries)
     .from_select(
-        ledger.ENTRY_COLUMNS,
+        journal.ENTRY_COLUMNS,
         sa.select(
             _postings.c.id,
             _postings.c.brand_id,
@@ -153,7 +153,7 @@ _lots = (
             _entries.c.id,
             _entries.c.amount,
             _entries.c.amount,
-            ledger.expiry_at(_buyers.c.item_paid_at),
+            journal.expiry_at(_buyers.c.item_paid_at),
         )
         .select_from(_entries)
         .join(_buyers, _buyers.c.id == _entries.c.member_id)
@@ -171,7 +171,7 @@ _upgraded = (
 _tier_changes = tiers.recorded_changes(_upgraded, _upgraded.c.item_cause).cte("order_tier_changes")
 _orders_posted = Query(
     sa.select(
-        *ledger.posting_columns(_postings),
+        *postings.posting_columns(_postings),
         *(column.label(f"{ORDER_PREFIX}{column.name}") for column in _order_rows.c),
         *(_buyers.c[column.name] for column in members.c),
         brand_tiers.c.name.label("tier_name"),
@@ -180,7 +180,7 @@ _orders_posted = Query(
     .select_from(
         _postings.join(_order_rows, _order_rows.c.posting_id == _postings.c.id)
         .join(_buyers, _buyers.c.id == _postings.c.member_id)
-        .join(brand_tiers, ledger.tier_of(_buyers))
+        .join(brand_tiers, postings.tier_of(_buyers))
     )
     .add_cte(_items, _fresh, _earning, _buyers, _postings, _order_rows, _entries, _lots, _upgraded, _tier_changes)
 )

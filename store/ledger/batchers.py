@@ -1,5 +1,5 @@
-"""The process's batchers of postings (see `store.batching`): earns, redemptions and
-adjustments (`store.batched`) and orders (`store.batched_orders`)."""
+"""The process's batchers of postings (see `store.ledger.batching`): earns, redemptions and
+adjustments (`store.ledger.batched`) and orders (`store.ledger.batched_orders`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from store import batched, batched_orders, orders
-from store.batched import Change
-from store.batching import Batcher
-from store.ledger import Posting
-from store.orders import OrderResult, Purchase
+from store.ledger import batched, batched_orders, orders
+from store.ledger.batched import Change
+from store.ledger.batching import Batcher
+from store.ledger.journal import Posting
+from store.ledger.orders import OrderResult, Purchase
 
 
 class Postings:

@@ -3,7 +3,7 @@
 Under load, every posting paid for its own statement: a round trip, PostgreSQL's executor
 start-up, its constraint and trigger set-up, and the commit's WAL flush; together more CPU than
 the rows themselves. A `Batcher` sends the postings that queued while its previous batch was in
-the database as one set-based statement (`store.batched`), which costs little more than one
+the database as one set-based statement (`store.ledger.batched`), which costs little more than one
 posting. Nobody waits for a timer: a lone request goes straight through, and batches grow only
 as fast as requests queue behind the ones in flight. How they are cut keeps both the database and
 the process busy (two batches in flight, each about half of what is waiting) and the costliest

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from store.orders import ORDER_COLUMNS
+from store.ledger.orders import ORDER_COLUMNS
 from store.sql import ZERO, Query, Row
 from store.tables import orders, points_entries, points_lots, points_postings, tier_changes
 

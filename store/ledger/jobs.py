@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from psycopg import AsyncConnection
 
-from store import tiers
 from store.brands import brand_by_code
-from store.points import expire_member, members_with_expired_lots
+from store.ledger import tiers
+from store.ledger.points import expire_member, members_with_expired_lots
 from store.urls import libpq_url
 
 BATCH = 1000

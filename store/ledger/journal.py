@@ -8,7 +8,7 @@ with a single conditional UPDATE (`... WHERE points_balance >= :x RETURNING`), w
 the rest of the transaction; lots and entries of that member are only touched after that, so two
 postings for one member serialise on the row and never read stale lots. No balance is ever read,
 changed in Python and written back. A one-statement debit plans its lot draw from its snapshot and
-applies only if the member row is still the version that snapshot saw (see `_at_once_member`),
+applies only if the member row is still the version that snapshot saw (see `store.ledger.postings`),
 which is sound because of the same rule: whatever changes a member's open lots also updates its
 member row, in the same transaction. Keep it so.
 
@@ -20,21 +20,19 @@ commit leaves neither the key nor any entry.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg import AsyncConnection, errors
-from psycopg.pq import TransactionStatus
+from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
 
 from store.errors import DomainError, ErrorCode
 from store.sql import ZERO, Query, Row
-from store.tables import brand_rules, brand_tiers, lot_draws, members, points_entries, points_lots, points_postings
+from store.tables import brand_rules, lot_draws, members, points_entries, points_lots, points_postings
 
 MAX_POINTS = 10**9  # per posting: far above any real basket, far below bigint overflow
 MAX_KEY = 200
@@ -94,7 +92,7 @@ class Draws:
 
 # Claims the key only for an existing member of the brand (no row otherwise), so an unknown member
 # costs no extra query on the happy path and never trips the foreign key mid-transaction.
-_CLAIM_VALUES: dict[str, sa.BindParameter[Any]] = {
+CLAIM_VALUES: dict[str, sa.BindParameter[Any]] = {
     "brand_id": sa.bindparam("brand_id", type_=sa.BigInteger),
     "member_id": sa.bindparam("member_id", type_=sa.BigInteger),
     "idempotency_key": sa.bindparam("key", type_=sa.Text),
@@ -105,11 +103,11 @@ _CLAIM_VALUES: dict[str, sa.BindParameter[Any]] = {
     "actor": sa.bindparam("actor", type_=sa.Text),
     "reverses_posting_id": sa.bindparam("reverses_posting_id", type_=sa.BigInteger),
 }
-_claim_insert = (
+claim_insert = (
     insert(points_postings)
     .from_select(
-        list(_CLAIM_VALUES),
-        sa.select(*_CLAIM_VALUES.values()).where(
+        list(CLAIM_VALUES),
+        sa.select(*CLAIM_VALUES.values()).where(
             sa.exists().where(
                 members.c.id == sa.bindparam("member_id", type_=sa.BigInteger),
                 members.c.brand_id == sa.bindparam("brand_id", type_=sa.BigInteger),
@@ -119,8 +117,8 @@ _claim_insert = (
     .on_conflict_do_nothing(index_elements=[points_postings.c.brand_id, points_postings.c.idempotency_key])
     .returning(*points_postings.c)
 )
-_claim = Query(_claim_insert)
-_claimed = Query(
+_claim = Query(claim_insert)
+held_by_key = Query(
     sa.select(points_postings.c.id, points_postings.c.member_id, points_postings.c.fingerprint).where(
         points_postings.c.brand_id == sa.bindparam("brand_id"),
         points_postings.c.idempotency_key == sa.bindparam("key"),
@@ -164,8 +162,8 @@ _insert_entry = Query(
 # Draw ``amount`` from the member's open lots, preferred lots first, then soonest expiry: plan,
 # consume and record in one statement. Run it only after the member row is locked (by the debit),
 # so its snapshot already sees every earlier change to these lots.
-_AMOUNT = sa.bindparam("amount", type_=sa.BigInteger)
-_open_lots_cte = (
+AMOUNT = sa.bindparam("amount", type_=sa.BigInteger)
+open_lots_cte = (
     sa.select(
         points_lots.c.id,
         points_lots.c.remaining,
@@ -182,29 +180,29 @@ _open_lots_cte = (
     .where(points_lots.c.member_id == sa.bindparam("member_id"), points_lots.c.remaining > ZERO)
     .cte("open_lots")
 )
-_planned = (
+planned = (
     sa.select(
-        _open_lots_cte.c.id.label("lot_id"),
-        sa.func.least(
-            _open_lots_cte.c.remaining, _AMOUNT - (_open_lots_cte.c.running - _open_lots_cte.c.remaining)
-        ).label("amount"),
+        open_lots_cte.c.id.label("lot_id"),
+        sa.func.least(open_lots_cte.c.remaining, AMOUNT - (open_lots_cte.c.running - open_lots_cte.c.remaining)).label(
+            "amount"
+        ),
     )
-    .where(_open_lots_cte.c.running - _open_lots_cte.c.remaining < _AMOUNT)
+    .where(open_lots_cte.c.running - open_lots_cte.c.remaining < AMOUNT)
     .cte("planned")
 )
 _drawn = (
     sa.update(points_lots)
-    .where(points_lots.c.id == _planned.c.lot_id)
-    .values(remaining=points_lots.c.remaining - _planned.c.amount)
+    .where(points_lots.c.id == planned.c.lot_id)
+    .values(remaining=points_lots.c.remaining - planned.c.amount)
     .cte("drawn")
 )
-_draw_soonest = Query(
+draw_soonest = Query(
     sa.insert(lot_draws)
     .from_select(
         ["entry_id", "lot_id", "amount"],
-        sa.select(sa.bindparam("entry_id", type_=sa.BigInteger), _planned.c.lot_id, _planned.c.amount),
+        sa.select(sa.bindparam("entry_id", type_=sa.BigInteger), planned.c.lot_id, planned.c.amount),
     )
-    .add_cte(_open_lots_cte, _planned, _drawn)
+    .add_cte(open_lots_cte, planned, _drawn)
     .returning(lot_draws.c.amount)
 )
 _draw_rows = sa.select(sa.func.unnest(_IDS).label("lot_id"), sa.func.unnest(_AMOUNTS).label("amount")).subquery("d")
@@ -315,9 +313,9 @@ async def claim(conn: AsyncConnection[Any], request: Request) -> Posting:
     )
     if claimed is not None:
         return Posting(claimed["id"], request.member_id, row=claimed)
-    held = await _claimed.one(conn, brand_id=request.brand_id, key=request.key)
+    held = await held_by_key.one(conn, brand_id=request.brand_id, key=request.key)
     if held is None:  # nothing conflicted: the member is not one of the brand's
-        raise await _refuse_debit(conn, request.brand_id, request.member_id, 0)
+        raise await refuse_debit(conn, request.brand_id, request.member_id, 0)
     if bytes(held["fingerprint"]) != fingerprint:
         raise DomainError(
             ErrorCode.DUPLICATE_REQUEST,
@@ -327,7 +325,7 @@ async def claim(conn: AsyncConnection[Any], request: Request) -> Posting:
     return Posting(held["id"], held["member_id"], replayed=True)
 
 
-async def _refuse_debit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amount: int) -> DomainError:
+async def refuse_debit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amount: int) -> DomainError:
     row = await _member_state.one(conn, member_id=member_id)
     if row is None or row["brand_id"] != brand_id:
         return DomainError(ErrorCode.UNKNOWN_MEMBER, f"no member {member_id} in this brand", field="memberId")
@@ -350,7 +348,7 @@ async def credit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amou
     """Add to a live member's balance (locking its row); returns the new balance."""
     balance = await _credit.scalar(conn, member_id=member_id, brand_id=brand_id, amount=amount)
     if balance is None:
-        raise await _refuse_debit(conn, brand_id, member_id, 0)
+        raise await refuse_debit(conn, brand_id, member_id, 0)
     return int(balance)
 
 
@@ -358,7 +356,7 @@ async def debit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amoun
     """Take from a live member's balance if it covers ``amount``; returns the new balance."""
     balance = await _debit.scalar(conn, member_id=member_id, brand_id=brand_id, amount=amount)
     if balance is None:
-        raise await _refuse_debit(conn, brand_id, member_id, amount)
+        raise await refuse_debit(conn, brand_id, member_id, amount)
     return int(balance)
 
 
@@ -403,301 +401,13 @@ async def post_debit(
         conn, posting_id=posting.id, brand_id=brand_id, member_id=posting.member_id, kind=kind, amount=amount, note=note
     )
     if entry_id is None:
-        raise await _refuse_debit(conn, brand_id, posting.member_id, amount)
-    drawn = await _draw_soonest.all(
+        raise await refuse_debit(conn, brand_id, posting.member_id, amount)
+    drawn = await draw_soonest.all(
         conn, entry_id=entry_id, member_id=posting.member_id, amount=amount, preferred=list(preferred)
     )
     if sum(row["amount"] for row in drawn) != amount:
         raise AssertionError(f"member {posting.member_id}: lots hold less than the balance; ledger invariant broken")
     return int(entry_id)
-
-
-# --- Whole postings in one statement (earn, redeem, adjust) ---------------------------------------
-# The claim, the balance change and the entry travel together, and the statement returns the
-# posting and the member after it: a posting costs one round trip (credits, outside a transaction)
-# or two (debits: the draw needs its own statement, see `_draw_soonest`), and the API answers
-# from what came back instead of reading it again.
-
-KEY_CONSTRAINT = "uq_points_postings_brand_id_idempotency_key"
-POSTING_VALUES = {name: param for name, param in _CLAIM_VALUES.items() if name != "member_id"}
-
-
-def tiered(member: Any) -> list[sa.ColumnElement[Any]]:
-    """A member row as the member loaders return it: its columns, its tier's name and rank."""
-    return [*member.c, brand_tiers.c.name.label("tier_name"), brand_tiers.c.rank.label("tier_rank")]
-
-
-def tier_of(member: Any) -> sa.ColumnElement[bool]:
-    return sa.and_(brand_tiers.c.brand_id == member.c.brand_id, brand_tiers.c.code == member.c.tier)
-
-
-def posting_columns(posting: Any) -> list[sa.ColumnElement[Any]]:
-    return [column.label(f"posting_{column.name}") for column in posting.c]
-
-
-# Credit first: the update locks the member row, then a plain INSERT claims the key. A key already
-# held fails the whole statement (unique violation) and nothing of it remains; a member that is not
-# live yields no row. Either way `_replay_or_refuse` explains.
-_credit_member = (
-    (sa.update(members).where(LIVE_MEMBER).values(points_balance=members.c.points_balance + _AMOUNT))
-    .returning(*members.c)
-    .cte("credit_member")
-)
-_credit_posting = (
-    sa.insert(points_postings)
-    .from_select(["member_id", *POSTING_VALUES], sa.select(_credit_member.c.id, *POSTING_VALUES.values()))
-    .returning(*points_postings.c)
-    .cte("credit_posting")
-)
-_credit_line = (
-    sa.insert(points_entries)
-    .from_select(
-        ENTRY_COLUMNS,
-        sa.select(
-            _credit_posting.c.id,
-            _credit_posting.c.brand_id,
-            _credit_member.c.id,
-            sa.bindparam("kind", type_=sa.Text),
-            _AMOUNT,
-            _credit_member.c.points_balance,
-            sa.bindparam("note", type_=sa.Text),
-        ).select_from(_credit_posting.join(_credit_member, sa.true())),
-    )
-    .returning(points_entries.c.id, points_entries.c.member_id)
-    .cte("credit_line")
-)
-_credit_lot_opened = (
-    sa.insert(points_lots)
-    .from_select(
-        ["brand_id", "member_id", "entry_id", "amount", "remaining", "expires_at"],
-        sa.select(
-            sa.bindparam("brand_id", type_=sa.BigInteger),
-            _credit_line.c.member_id,
-            _credit_line.c.id,
-            _AMOUNT,
-            _AMOUNT,
-            LOT_EXPIRY,
-        ),
-    )
-    .cte("credit_lot_opened")
-)
-_credit_posted = Query(
-    sa.select(*posting_columns(_credit_posting), *tiered(_credit_member))
-    .select_from(_credit_posting.join(_credit_member, sa.true()).join(brand_tiers, tier_of(_credit_member)))
-    .add_cte(_credit_member, _credit_posting, _credit_line, _credit_lot_opened)
-)
-
-# Claim first (as `_claim`), then the conditional debit and its entry. A row with no entry means the
-# balance did not cover it (or the member is merged): the caller's transaction undoes the claim.
-_debit_claim = _claim_insert.cte("debit_claim")
-_debit_member = (
-    sa.update(members)
-    .where(LIVE_MEMBER, members.c.points_balance >= _AMOUNT, sa.exists(sa.select(_debit_claim.c.id)))
-    .values(points_balance=members.c.points_balance - _AMOUNT)
-    .returning(*members.c)
-    .cte("debit_member")
-)
-_debit_line = (
-    sa.insert(points_entries)
-    .from_select(
-        ENTRY_COLUMNS,
-        sa.select(
-            _debit_claim.c.id,
-            _debit_claim.c.brand_id,
-            _debit_member.c.id,
-            sa.bindparam("kind", type_=sa.Text),
-            -_AMOUNT,
-            _debit_member.c.points_balance,
-            sa.bindparam("note", type_=sa.Text),
-        ).select_from(_debit_claim.join(_debit_member, sa.true())),
-    )
-    .returning(points_entries.c.id)
-    .cte("debit_line")
-)
-_debit_posted = Query(
-    sa.select(*posting_columns(_debit_claim), _debit_line.c.id.label("entry_id"), *tiered(_debit_member))
-    .select_from(
-        _debit_claim.outerjoin(
-            _debit_member.join(brand_tiers, tier_of(_debit_member)).join(_debit_line, sa.true()), sa.true()
-        )
-    )
-    .add_cte(_debit_claim, _debit_member, _debit_line)
-)
-
-
-# The whole debit in one statement, for autocommit: the member's conditional debit (locks the row),
-# then a plain INSERT of the posting (a held key fails the statement), the entry, and the draw
-# planned from the lots as the statement's snapshot saw them. That plan is only sound if no
-# posting for the member committed between the snapshot and the lock; every change to a member's
-# open lots changes its member row in the same transaction, so the debit applies only to the row
-# version the snapshot saw (same xmin: optimistic concurrency on PostgreSQL's row version) and
-# otherwise yields no row; `debit_posting` then takes the two-statement path.
-_row_version: sa.ColumnElement[Any] = sa.literal_column("members.xmin")
-_seen = members.alias("seen")
-# In an UPDATE of members: the row is still the version the statement's snapshot saw.
-AS_SEEN = _row_version == sa.select(sa.literal_column("seen.xmin")).where(_seen.c.id == members.c.id).scalar_subquery()
-_at_once_member = (
-    sa.update(members)
-    .where(
-        LIVE_MEMBER,
-        members.c.points_balance >= _AMOUNT,
-        AS_SEEN,
-    )
-    .values(points_balance=members.c.points_balance - _AMOUNT)
-    .returning(*members.c)
-    .cte("at_once_member")
-)
-_at_once_posting = (
-    sa.insert(points_postings)
-    .from_select(["member_id", *POSTING_VALUES], sa.select(_at_once_member.c.id, *POSTING_VALUES.values()))
-    .returning(*points_postings.c)
-    .cte("at_once_posting")
-)
-_at_once_line = (
-    sa.insert(points_entries)
-    .from_select(
-        ENTRY_COLUMNS,
-        sa.select(
-            _at_once_posting.c.id,
-            _at_once_posting.c.brand_id,
-            _at_once_member.c.id,
-            sa.bindparam("kind", type_=sa.Text),
-            -_AMOUNT,
-            _at_once_member.c.points_balance,
-            sa.bindparam("note", type_=sa.Text),
-        ).select_from(_at_once_posting.join(_at_once_member, sa.true())),
-    )
-    .returning(points_entries.c.id)
-    .cte("at_once_line")
-)
-# Joined to the entry, so lots are only touched once the member row is locked (lock order).
-_at_once_drawn = (
-    sa.update(points_lots)
-    .where(points_lots.c.id == _planned.c.lot_id, _at_once_line.c.id.is_not(None))
-    .values(remaining=points_lots.c.remaining - _planned.c.amount)
-    .returning(points_lots.c.id, _planned.c.amount, _at_once_line.c.id.label("entry_id"))
-    .cte("at_once_drawn")
-)
-_at_once_draws = (
-    sa.insert(lot_draws)
-    .from_select(
-        ["entry_id", "lot_id", "amount"],
-        sa.select(_at_once_drawn.c.entry_id, _at_once_drawn.c.id, _at_once_drawn.c.amount),
-    )
-    .cte("at_once_draws")
-)
-_debited_at_once = Query(
-    sa.select(*posting_columns(_at_once_posting), *tiered(_at_once_member))
-    .select_from(_at_once_posting.join(_at_once_member, sa.true()).join(brand_tiers, tier_of(_at_once_member)))
-    .add_cte(_at_once_member, _at_once_posting, _at_once_line, _open_lots_cte, _planned, _at_once_drawn, _at_once_draws)
-)
-
-
-def claim_params(request: Request) -> dict[str, Any]:
-    return {
-        "brand_id": request.brand_id,
-        "member_id": request.member_id,
-        "key": request.key,
-        "operation": request.operation,
-        "fingerprint": request.fingerprint(),
-        "channel": request.channel,
-        "reason": request.reason,
-        "actor": request.actor,
-        "reverses_posting_id": request.reverses_posting_id,
-    }
-
-
-_POSTING_NAMES = [(f"posting_{column.name}", column.name) for column in points_postings.c]
-
-
-def split_posting(row: Row, request: Request) -> Posting:
-    """The posting and member rows a one-statement posting returned, apart (``row`` keeps the
-    member's columns)."""
-    posting = {name: row.pop(label) for label, name in _POSTING_NAMES}
-    return Posting(posting["id"], request.member_id, row=posting, member=row)
-
-
-@contextlib.asynccontextmanager
-async def statement_fence(conn: AsyncConnection[Any]) -> AsyncIterator[None]:
-    """A failed statement aborts an open transaction: fence it there; in autocommit it is its own."""
-    if conn.info.transaction_status == TransactionStatus.IDLE:
-        yield
-    else:
-        async with conn.transaction():
-            yield
-
-
-async def credit_posting(conn: AsyncConnection[Any], request: Request, *, kind: str, amount: int, note: str) -> Posting:
-    """Claim the key, credit the member, write the entry and open its lot: one statement, so it is
-    whole on its own (run it outside a transaction to save the BEGIN and COMMIT round trips)."""
-    try:
-        async with statement_fence(conn):
-            row = await _credit_posted.one(
-                conn, **claim_params(request), amount=amount, kind=kind, note=note, earned_at=None
-            )
-    except errors.UniqueViolation as error:
-        if error.diag.constraint_name != KEY_CONSTRAINT:
-            raise
-        row = None
-    return split_posting(row, request) if row is not None else await _replay_or_refuse(conn, request)
-
-
-async def debit_posting(conn: AsyncConnection[Any], request: Request, *, kind: str, amount: int, note: str) -> Posting:
-    """Claim the key, debit the member if the balance covers it, write the entry, draw the lots
-    soonest-expiring first. One statement when no other posting for the member got in its way
-    (whole on its own: run it outside a transaction to save BEGIN and COMMIT); else two, in a
-    transaction (a refusal raises after the claim, undoing it)."""
-    params = {**claim_params(request), "amount": amount, "kind": kind, "note": note, "preferred": []}
-    try:
-        async with statement_fence(conn):
-            row = await _debited_at_once.one(conn, **params)
-    except errors.UniqueViolation as error:
-        if error.diag.constraint_name != KEY_CONSTRAINT:
-            raise
-        return await _replay_or_refuse(conn, request)
-    if row is not None:
-        return split_posting(row, request)
-    async with conn.transaction():  # a savepoint when the caller has a transaction open
-        return await _debit_in_two(conn, request, params)
-
-
-async def _debit_in_two(conn: AsyncConnection[Any], request: Request, params: dict[str, Any]) -> Posting:
-    row = await _debit_posted.one(conn, **params)
-    if row is None:  # the key was taken, or no such member in the brand
-        return await _replay_or_refuse(conn, request)
-    amount = params["amount"]
-    if row["entry_id"] is None:
-        raise await _refuse_debit(conn, request.brand_id, request.member_id, amount)
-    drawn = await _draw_soonest.all(
-        conn, entry_id=row["entry_id"], member_id=request.member_id, amount=amount, preferred=[]
-    )
-    if sum(draw["amount"] for draw in drawn) != amount:
-        raise AssertionError(f"member {request.member_id}: lots hold less than the balance; ledger invariant broken")
-    del row["entry_id"]
-    return split_posting(row, request)
-
-
-async def _replay_or_refuse(conn: AsyncConnection[Any], request: Request) -> Posting:
-    """Nothing was posted: the key's earlier posting (a retry), DUPLICATE_REQUEST, or why not."""
-    held = await held_posting(conn, request)
-    if held is None:
-        raise await _refuse_debit(conn, request.brand_id, request.member_id, 0)
-    return held
-
-
-async def held_posting(conn: AsyncConnection[Any], request: Request) -> Posting | None:
-    """The posting that already holds the request's key (to replay), None when the key is free;
-    DUPLICATE_REQUEST when it holds a different request."""
-    held = await _claimed.one(conn, brand_id=request.brand_id, key=request.key)
-    if held is None:
-        return None
-    if bytes(held["fingerprint"]) != request.fingerprint():
-        raise DomainError(
-            ErrorCode.DUPLICATE_REQUEST,
-            f"idempotency key {request.key!r} was already used for a different request",
-            field="idempotencyKey",
-        )
-    return Posting(held["id"], held["member_id"], replayed=True)
 
 
 _lots_of = Query(

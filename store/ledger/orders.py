@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection, errors
 from sqlalchemy.dialects import postgresql
 
-from store import ledger, tiers
 from store.errors import DomainError, ErrorCode
-from store.ledger import Posting, Request
+from store.ledger import journal, postings, tiers
+from store.ledger.journal import Posting, Request
 from store.sql import Query, Row
 from store.tables import brand_rules, brand_tiers, members, orders, points_entries, points_lots, points_postings
 
@@ -81,7 +81,7 @@ ORDER_WRITTEN = [
     "points_earned",
     "growth_earned",
 ]
-# The whole order in one statement, like `ledger.credit_posting`. `earning` reads the member, its
+# The whole order in one statement, like `postings.credit_posting`. `earning` reads the member, its
 # tier's multiplier and the brand's rules from the statement's snapshot and works out the order's
 # parts (base points, birthday-month and tier bonuses, each its own EARN entry) and growth. Then
 # the member row (balance, purchase aggregates, growth, tier upgrade; this locks it), a plain
@@ -134,7 +134,7 @@ def earning_columns(
     ]
 
 
-EARNING_FROM = members.join(brand_tiers, ledger.tier_of(members)).join(
+EARNING_FROM = members.join(brand_tiers, postings.tier_of(members)).join(
     brand_rules, brand_rules.c.brand_id == members.c.brand_id
 )
 CURRENT_TIER = brand_tiers.alias("current_tier")
@@ -186,19 +186,19 @@ def parts(earning: Any) -> Any:
 _earning = (
     sa.select(*earning_columns(_YUAN, _YUAN_TEXT, _PAID_AT))
     .select_from(EARNING_FROM)
-    .where(ledger.LIVE_MEMBER)
+    .where(journal.LIVE_MEMBER)
     .cte("earning")
 )
 _buyer = (
     sa.update(members)
-    .where(ledger.LIVE_MEMBER, *unchanged_buyer(_earning))
+    .where(journal.LIVE_MEMBER, *unchanged_buyer(_earning))
     .values(bought(_earning, _YUAN, _PAID_AT))
     .returning(*members.c, CURRENT_TIER.c.code.label("from_tier"))
     .cte("buyer")
 )
 _order_posting = (
     sa.insert(points_postings)
-    .from_select(["member_id", *ledger.POSTING_VALUES], sa.select(_buyer.c.id, *ledger.POSTING_VALUES.values()))
+    .from_select(["member_id", *postings.POSTING_VALUES], sa.select(_buyer.c.id, *postings.POSTING_VALUES.values()))
     .returning(*points_postings.c)
     .cte("order_posting")
 )
@@ -226,7 +226,7 @@ _parts = parts(_earning)
 _order_entries = (
     sa.insert(points_entries)
     .from_select(
-        ledger.ENTRY_COLUMNS,
+        journal.ENTRY_COLUMNS,
         sa.select(
             _order_posting.c.id,
             _order_posting.c.brand_id,
@@ -253,7 +253,7 @@ _lots_opened = (
             _order_entries.c.id,
             _order_entries.c.amount,
             _order_entries.c.amount,
-            ledger.LOT_EXPIRY,
+            journal.LOT_EXPIRY,
         ),
     )
     .cte("order_lots")
@@ -269,7 +269,7 @@ _ORDER_NAMES = [(f"{ORDER_PREFIX}{column.name}", column.name) for column in ORDE
 _member_after = [column for column in _buyer.c if column.name != "from_tier"]
 _order_posted = Query(
     sa.select(
-        *ledger.posting_columns(_order_posting),
+        *postings.posting_columns(_order_posting),
         *(column.label(f"{ORDER_PREFIX}{column.name}") for column in _order_row.c),
         *_member_after,
         brand_tiers.c.name.label("tier_name"),
@@ -283,7 +283,7 @@ _order_posted = Query(
     .add_cte(_earning, _buyer, _order_posting, _order_row, _order_entries, _lots_opened, _upgraded, _tier_change)
 )
 # A retried order fails the statement on one of these (which one first is the server's choice).
-_ORDER_KEYS = frozenset({ledger.KEY_CONSTRAINT, "uq_orders_brand_id_channel_external_order_id"})
+_ORDER_KEYS = frozenset({postings.KEY_CONSTRAINT, "uq_orders_brand_id_channel_external_order_id"})
 _lock_member = Query(
     sa.select(members.c.brand_id, members.c.merged_into)
     .where(members.c.id == sa.bindparam("member_id"))
@@ -385,7 +385,7 @@ async def record(conn: AsyncConnection[Any], purchase: Purchase) -> OrderResult:
     if result is not None:
         return result
     # Nothing posted: a retry, a member that is not live, or one that changed under the statement.
-    held = await ledger.held_posting(conn, request)
+    held = await postings.held_posting(conn, request)
     if held is not None:
         return await _replayed(conn, held)
     async with conn.transaction():  # again, with the member's row held from before the statement
@@ -397,7 +397,7 @@ async def record(conn: AsyncConnection[Any], purchase: Purchase) -> OrderResult:
         result = await _post(conn, order, request)
         if result is not None:
             return result
-    held = await ledger.held_posting(conn, request)  # a retry of this order committed in between
+    held = await postings.held_posting(conn, request)  # a retry of this order committed in between
     assert held is not None, "the member's row was locked: the statement cannot have missed it"
     return await _replayed(conn, held)
 
@@ -405,10 +405,10 @@ async def record(conn: AsyncConnection[Any], purchase: Purchase) -> OrderResult:
 async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request) -> OrderResult | None:
     """The order's statement; None when it did not apply (see `_order_posted`) or the key is held."""
     try:
-        async with ledger.statement_fence(conn):
+        async with postings.statement_fence(conn):
             row = await _order_posted.one(
                 conn,
-                **ledger.claim_params(request),
+                **postings.claim_params(request),
                 external_order_id=order.external_order_id,
                 amount=order.amount,
                 amount_text=str(order.amount),
@@ -429,7 +429,7 @@ async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request)
 def split_order(row: Row, request: Request) -> OrderResult:
     """The posting, order and member rows an order's statement returned, apart."""
     order_row = {name: row.pop(label) for label, name in _ORDER_NAMES}
-    return OrderResult(order_row["id"], ledger.split_posting(row, request), order=order_row)
+    return OrderResult(order_row["id"], postings.split_posting(row, request), order=order_row)
 
 
 async def _replayed(conn: AsyncConnection[Any], posting: Posting) -> OrderResult:
@@ -461,7 +461,7 @@ async def refund(
         actor=actor,
         payload={"order": order["id"], "amount": str(amount)},
     )
-    posting = await ledger.claim(conn, request)
+    posting = await journal.claim(conn, request)
     if posting.replayed:
         return OrderResult(order["id"], posting)
     if open_amount <= 0:
@@ -485,7 +485,7 @@ async def refund(
     if clawed > 0:
         own_lots = [row["id"] for row in await _order_lots.all(conn, posting_id=order["posting_id"])]
         note = f"refund of {refund_amount} yuan on order {order['external_order_id']}"
-        await ledger.post_debit(
+        await journal.post_debit(
             conn, posting, order["brand_id"], kind="reverse", amount=clawed, note=note, preferred=own_lots
         )
     await _record_refund.run(

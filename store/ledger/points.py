@@ -13,10 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 
-from store import ledger
-from store.batched import Change, post_alone
 from store.errors import DomainError, ErrorCode
-from store.ledger import Draws, Posting, Request
+from store.ledger import journal
+from store.ledger.batched import Change, post_alone
+from store.ledger.journal import Draws, Posting, Request
 from store.sql import ZERO, Query
 from store.tables import lot_draws, members, points_entries, points_lots, points_postings
 
@@ -62,18 +62,18 @@ _members_with_expired_lots = Query(
 
 
 def earning(request: Request, amount: int) -> Change:
-    ledger.check_amount(amount)
+    journal.check_amount(amount)
     return Change(request, "earn", amount, request.reason or "earned")
 
 
 def redemption(request: Request, amount: int) -> Change:
-    ledger.check_amount(amount)
+    journal.check_amount(amount)
     return Change(request, "redeem", amount, request.reason or "redeemed", debit=True)
 
 
 def adjustment(request: Request, delta: int) -> Change:
     """A manual correction: positive opens a lot, negative draws like a redemption."""
-    ledger.check_amount(abs(delta), "delta")
+    journal.check_amount(abs(delta), "delta")
     if not request.reason:
         raise DomainError(ErrorCode.INVALID_INPUT, "an adjustment needs a reason", field="reason")
     return Change(request, "adjust", abs(delta), request.reason, debit=delta < 0)
@@ -118,16 +118,16 @@ async def cancel_redemption(
             f"redemption {redemption_id} was already cancelled by posting {cancelled_by['id']}",
             field="postingId",
         )
-    posting = await ledger.claim(conn, request)
+    posting = await journal.claim(conn, request)
     if posting.replayed:
         return posting
     for owner, draws in _by_owner(await _redemption_draws.all(conn, posting_id=redemption_id)).items():
         # The lot owner may differ from the redeemer after a merge: credit whoever holds the lots now.
-        balance = await ledger.credit(conn, brand_id, owner, draws.total)
-        await ledger.give_back(conn, draws)
+        balance = await journal.credit(conn, brand_id, owner, draws.total)
+        await journal.give_back(conn, draws)
         owner_posting = Posting(posting.id, owner)
         note = f"redemption {redemption_id} cancelled"
-        await ledger.entry(conn, owner_posting, brand_id, "reverse", draws.total, balance, note)
+        await journal.entry(conn, owner_posting, brand_id, "reverse", draws.total, balance, note)
     return posting
 
 
@@ -158,12 +158,12 @@ async def expire_member(conn: AsyncConnection[Any], brand_id: int, member_id: in
         actor="expiry",
         reason=f"expired by {as_of.isoformat()}",
     )
-    posting = await ledger.claim(conn, request)
+    posting = await journal.claim(conn, request)
     if posting.replayed:
         return 0
-    balance = await ledger.debit(conn, brand_id, member_id, draws.total)
-    entry_id = await ledger.entry(conn, posting, brand_id, "expire", -draws.total, balance, "points expired")
-    await ledger.take(conn, entry_id, draws)
+    balance = await journal.debit(conn, brand_id, member_id, draws.total)
+    entry_id = await journal.entry(conn, posting, brand_id, "expire", -draws.total, balance, "points expired")
+    await journal.take(conn, entry_id, draws)
     return draws.total
 
 

@@ -3,7 +3,7 @@
 A merge moves the merged member's identities to the survivor, fills the survivor's empty profile
 fields from the merged member, adds up purchase aggregates, takes the higher tier, moves the
 orders and the tag assignments (where both hold a tag, the survivor's assignment stays: see
-store/tags.py), and moves the points as TRANSFER postings with the open lots (expiry kept). It records
+store/tags/assignments.py), and moves the points as TRANSFER postings with the open lots (expiry kept). It records
 what moved and the survivor's columns before and after, so `unmerge` can put back every column the
 merge changed (a column changed again since keeps its newer value; counters subtract what was
 added, never below zero) and transfer the moved lots back with what is left in them: points the
@@ -20,10 +20,11 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from store import ledger, tags, tiers
 from store.errors import DomainError, ErrorCode
+from store.ledger import journal, tiers
 from store.sql import Query, Row
 from store.tables import brand_tiers, member_identities, member_merges, members, orders
+from store.tags import assignments as tags
 
 MAX_REASON = 500
 # Survivor columns a merge may set: restored on unmerge unless changed since.
@@ -243,7 +244,7 @@ async def merge(conn: AsyncConnection[Any], *, survivor_id: int, merged_id: int,
         conn, brand_id=brand_id, survivor_id=survivor_id, merged_id=merged_id, reason=reason, moved=Jsonb({})
     )
     # Points first, while both members are live: the ledger only posts to live members.
-    lots = await ledger.transfer(
+    lots = await journal.transfer(
         conn,
         brand_id=brand_id,
         from_id=merged_id,
@@ -327,7 +328,7 @@ async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
             merged_id=merged_id,
             record=moved["tags"],
         )
-    await ledger.transfer(
+    await journal.transfer(
         conn,
         brand_id=merge_row["brand_id"],
         from_id=survivor_id,

@@ -19,8 +19,8 @@ from sqlalchemy.dialects.postgresql import BYTEA
 
 from store.brands import brand_by_code, entry_tier
 from store.errors import DomainError, ErrorCode
-from store.members import member_id_by_identity, member_id_by_phone
-from store.phones import InvalidPhone, PhoneForms, PhoneVault
+from store.members.phones import InvalidPhone, PhoneForms, PhoneVault
+from store.members.profiles import member_id_by_identity, member_id_by_phone
 from store.sql import Query
 from store.tables import CHANNELS, GENDERS, member_identities, members
 

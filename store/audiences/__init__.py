@@ -1,0 +1,13 @@
+"""Audiences: boolean expressions over a brand's members, answered from a bitmap index.
+
+- `selections`: an expression (text or filter) checked against the brand's catalog (`catalogs`).
+- `engine`: count, sample, breakdown, funnel and member ids, compiled by `tagquery.compile_bitmap`
+  over the index table.
+- `facts`: what every name of the tag language means in the system of record (one place).
+- `index_facts`, `bitmaps`: building the index; `deltas`: keeping it current from the change queue.
+- `saved`: saved audiences and frozen snapshots.
+- `export`: members of an audience as CSV or NDJSON; `offline`: count and export from the CLI.
+
+May use: the shared modules and `tagquery`. Never members, ledger or tags: it reads their tables
+(through `store.tables`), and writers reach it only through the change-queue triggers.
+"""
