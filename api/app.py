@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
-from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.routing import Route
 
@@ -18,12 +17,14 @@ from api.export import export_expression, export_saved
 from api.graphql_app import graphql_app
 from api.health import healthz, readyz
 from api.settings import Settings
+from api.slow_clients import use_header_timeout
 from api.state import AppState, LifespanState
 from store import migrate
 from store.audiences.deltas import run_applier
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
+from store.pools import Pool, watch
 from store.urls import libpq_url
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,19 @@ def create_app(settings: Settings) -> Starlette:
             log.info("embedded PostgreSQL running in %s", settings.home / "pgdata")
             await anyio.to_thread.run_sync(migrate.upgrade, url)
         try:
-            pool = AsyncConnectionPool(
+            pool = Pool(
                 libpq_url(url),
                 min_size=settings.pool_min_size,
                 max_size=settings.pool_max_size,
+                timeout=settings.pool_timeout,
                 # Reads are single statements; writes open transactions. The name lets operators
-                # (and the fault tests) find the service's sessions in pg_stat_activity.
-                kwargs={"autocommit": True, "application_name": "omnimember"},
+                # (and the fault tests) find the service's sessions in pg_stat_activity. No
+                # statement runs longer than statement_timeout (maintenance lifts it locally).
+                kwargs={
+                    "autocommit": True,
+                    "application_name": "omnimember",
+                    "options": f"-c statement_timeout={int(settings.statement_timeout * 1000)}",
+                },
                 open=False,
             )
             await pool.open(wait=True, timeout=30)
@@ -61,15 +68,27 @@ def create_app(settings: Settings) -> Starlette:
                     brands=BrandDirectory(),
                     postings=Postings(pool),
                     head_revision=migrate.head_revision(),
+                    settings=settings,
+                    export_slots=asyncio.Semaphore(settings.max_exports),
                 )
-                # Writes queue member ids; this applies them to the audience index every second.
-                applier = asyncio.create_task(run_applier(pool), name="audience-index-applier")
+                background = [
+                    # Writes queue member ids; this applies them to the audience index every second.
+                    asyncio.create_task(run_applier(pool), name="audience-index-applier"),
+                    asyncio.create_task(
+                        watch(
+                            pool, warn_after=settings.request_deadline * 2, reclaim_after=settings.request_deadline * 10
+                        ),
+                        name="pool-watchdog",
+                    ),
+                ]
                 try:
                     yield {"omnimember": state}
                 finally:
-                    applier.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await applier
+                    for task in background:
+                        task.cancel()
+                    for task in background:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
             finally:
                 await pool.close()
         finally:
@@ -79,7 +98,7 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/graphql", graphql_app(settings.graphql_ide)),
+            Route("/graphql", graphql_app(settings)),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/audiences/export", export_expression, methods=["GET"]),
@@ -91,4 +110,6 @@ def create_app(settings: Settings) -> Starlette:
 
 def app_from_env() -> Starlette:
     """The app configured from the environment: the factory uvicorn's worker processes import."""
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    use_header_timeout(settings.header_timeout)
+    return create_app(settings)

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -15,6 +15,7 @@ import uvicorn
 from api.app import create_app
 from api.embedded import EmbeddedPostgres
 from api.settings import Settings
+from api.slow_clients import use_header_timeout
 from api.workers import run_workers
 from store import migrate
 
@@ -61,10 +62,17 @@ def serve(
             port=port,
             access_log=access_log,
             lifespan="on",
+            **_server_limits(settings),
         )
         run_workers(config)
     else:
-        uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, lifespan="on")
+        app = create_app(settings)
+        uvicorn.run(app, host=host, port=port, access_log=access_log, lifespan="on", **_server_limits(settings))
+
+
+def _server_limits(settings: Settings) -> dict[str, Any]:
+    """Slow clients lose their connection; SIGTERM gives in-flight requests a bounded time."""
+    return {"http": use_header_timeout(settings.header_timeout), "timeout_graceful_shutdown": settings.shutdown_timeout}
 
 
 @cli.command("migrate")

@@ -3,9 +3,15 @@ graphql-core's executor), everything else strawberry's full path."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
+from typing import Any
+from urllib.parse import parse_qsl
 
+from graphql import GraphQLError
+from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -14,23 +20,55 @@ from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, process_result
 from strawberry.types import ExecutionResult
 
+from api.settings import Settings
 from api.state import AppState
 from resolvers.context import Context
 from resolvers.direct import DirectMutations
 from resolvers.sqljson import Needs, Plans
-from schema.root import LIMIT_RULES, build_schema, mask_unexpected
+from schema.documents import Documents, unstorable
+from schema.root import build_schema, mask_unexpected
 
-MAX_BODY = 1 << 20  # larger documents are left to strawberry (and its limits)
+BUSY = "the service is busy: no database connection came free in time; retry shortly"
+UNAVAILABLE = "SERVICE_UNAVAILABLE"
+# Past a limit, the answer waits: no real client sends such a request twice, and a client sending them
+# in a loop gets a few answers a second instead of taking the CPU every other request needs (measured
+# in bench/abuse.py: four such clients cost the profile read 60% of its throughput without it).
+ABUSE_DELAY = 0.25
+LIMITS_EXCEEDED = {
+    "DOCUMENT_TOO_LARGE",
+    "TOO_MANY_TOKENS",
+    "TOO_DEEP",
+    "TOO_MANY_ALIASES",
+    "TOO_MANY_FIELDS",
+    "TOO_COSTLY",
+}
+RETRY_AFTER = "1"  # seconds: connections come free fast, or the pool is wedged and /readyz says so
 
 
 class GraphQLApp(GraphQL[Context, None]):
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         if result.errors:
-            result.errors = mask_unexpected(result.errors)
+            result.errors = mask_unexpected([_busy_if_pool_timeout(error) for error in result.errors])
         return process_result(result)
+
+    def create_response(
+        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
+    ) -> Response:
+        response = super().create_response(response_data, sub_response)
+        errors: list[Any] = (response_data.get("errors") if isinstance(response_data, dict) else None) or []
+        if any(((error.get("extensions") or {}).get("code") == UNAVAILABLE) for error in errors):
+            response.status_code = 503
+            response.headers["retry-after"] = RETRY_AFTER
+        return response
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         return _context(request.state.omnimember, request.headers.get("x-request-id"))
+
+
+def _busy_if_pool_timeout(error: GraphQLError) -> GraphQLError:
+    if not isinstance(error.original_error, PoolTimeout):
+        return error
+    return GraphQLError(BUSY, error.nodes, path=error.path, extensions={"code": UNAVAILABLE})
 
 
 def _context(state: AppState, request_id: str | None) -> Context:
@@ -45,42 +83,119 @@ def _context(state: AppState, request_id: str | None) -> Context:
 
 
 class GraphQLEndpoint:
-    """POST requests whose document has a plan (see resolvers.sqljson) are answered here; the rest,
-    and any request a plan declines, go to strawberry with the body replayed."""
+    """Every request with a document passes the checks of schema.documents here first, its body read
+    only up to `max_body`. Then POST requests whose document has a plan (see resolvers.sqljson,
+    resolvers.direct) are answered here; the rest, and any request a plan declines, go to strawberry
+    (with the body replayed), which takes the checked document from the same memory."""
 
-    def __init__(self, general: GraphQLApp, plans: Plans, mutations: DirectMutations) -> None:
+    def __init__(
+        self, general: GraphQLApp, documents: Documents, plans: Plans, mutations: DirectMutations, settings: Settings
+    ) -> None:
         self._general = general
+        self._documents = documents
         self._plans = plans
         self._mutations = mutations
+        self._max_body = settings.max_body
+        self._body_timeout = settings.body_timeout
+        self._deadline = settings.request_deadline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not _is_json(scope):
+        if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
             await self._general(scope, receive, send)
             return
-        body = await _read_body(receive)
+        state: AppState | None = scope.get("state", {}).get("omnimember")
+        if state is not None and state.pool_wedged():
+            await _refuse(send, 503, UNAVAILABLE, BUSY, [(b"retry-after", RETRY_AFTER.encode())])
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, tracked)
+        except (TimeoutError, PoolTimeout) as error:
+            if started:  # too late for another answer; the server ends the response
+                raise
+            deadline = isinstance(error, TimeoutError)
+            code, message = (
+                ("DEADLINE_EXCEEDED", _deadline_message(self._deadline)) if deadline else (UNAVAILABLE, BUSY)
+            )
+            await _refuse(send, 503, code, message, [(b"retry-after", RETRY_AFTER.encode())])
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "GET":
+            await self._get(scope, receive, send)
+            return
+        if not _is_json(scope):
+            await _refuse(send, 415, "UNSUPPORTED_MEDIA_TYPE", "send the request as application/json")
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+            await _too_large(send, self._max_body)
+            return
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                body = await _read_body(receive, self._max_body)
+        except TimeoutError:
+            message = f"the request body did not arrive within {self._body_timeout:g} s"
+            await _refuse(send, 408, "REQUEST_TIMEOUT", message, [(b"connection", b"close")])
+            return
         if body is None:  # the client went away
             return
-        answer = await self._answer(scope, body) if len(body) <= MAX_BODY else None
+        if body is _TOO_LARGE:
+            await _too_large(send, self._max_body)
+            return
+        async with asyncio.timeout(self._deadline):
+            await self._run(scope, receive, send, body)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+        request, problem = _graphql_request(body)
+        if request is None:
+            await _refuse(send, 400, "BAD_REQUEST", problem)
+            return
+        refused = await self._check(request)
+        if refused is not None:
+            await _respond(send, 200, refused)
+            return
+        answer = await self._answer(scope, request)
         if answer is None:
             await self._general(scope, _replay(body, receive), send)
             return
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+        await _respond(send, 200, answer)
 
-    async def _answer(self, scope: Scope, body: bytes) -> bytes | None:
-        try:
-            request = json.loads(body)
-        except ValueError:
+    async def _get(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        if "query" in params:
+            request: dict[str, Any] = {"query": params["query"], "operationName": params.get("operationName")}
+            with contextlib.suppress(ValueError):
+                request["variables"] = json.loads(params.get("variables") or "null")
+            refused = await self._check(request)
+            if refused is not None:
+                await _respond(send, 200, refused)
+                return
+        async with asyncio.timeout(self._deadline):
+            await self._general(scope, receive, send)
+
+    async def _check(self, request: dict[str, Any]) -> bytes | None:
+        """The response refusing the request's document or its cost, or None when it may run."""
+        checked = await self._documents.check_async(request["query"])
+        variables = request.get("variables")
+        too_costly = self._documents.cost(
+            checked, request.get("operationName"), variables if isinstance(variables, dict) else None
+        )
+        errors = [*checked.errors, *([too_costly] if too_costly else [])]
+        if not errors:
             return None
-        if not isinstance(request, dict) or not isinstance(request.get("query"), str):
-            return None
-        operation_name, variables = request.get("operationName"), request.get("variables")
-        if not (operation_name is None or isinstance(operation_name, str)):
-            return None
-        if not (variables is None or isinstance(variables, dict)):
-            return None
+        if any((error.extensions or {}).get("code") in LIMITS_EXCEEDED for error in errors):
+            await asyncio.sleep(ABUSE_DELAY)
+        return json.dumps({"data": None, "errors": [error.formatted for error in errors]}).encode()
+
+    async def _answer(self, scope: Scope, request: dict[str, Any]) -> bytes | None:
         state: AppState = scope["state"]["omnimember"]
+        operation_name, variables = request.get("operationName"), request.get("variables")
         plan = self._plans.plan(request["query"], operation_name)
         if plan is not None:
             return await self._plans.answer(plan, variables, Needs(brands=state.brands, pool=state.pool))
@@ -88,6 +203,68 @@ class GraphQLEndpoint:
         if mutation is not None:
             return await self._mutations.answer(mutation, variables, _context(state, _header(scope, b"x-request-id")))
         return None
+
+
+def _graphql_request(body: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The request a body holds, or None and what is wrong with it (a 400)."""
+    try:
+        request = json.loads(body)
+    except ValueError as error:  # UnicodeDecodeError included
+        return None, f"the body is not JSON in UTF-8: {error}"
+    if not isinstance(request, dict) or not isinstance(request.get("query"), str):
+        return None, 'the body must be a JSON object with the document as a string in "query"'
+    if not isinstance(request.get("operationName"), str | None):
+        return None, '"operationName" must be a string or null'
+    variables = request.get("variables")
+    if not isinstance(variables, dict | None):
+        return None, '"variables" must be an object or null'
+    for where, text in _strings(variables or {}, "variables"):
+        why = unstorable(text)
+        if why is not None:
+            return None, f"{where} holds {why}: it cannot be stored"
+    return request, ""
+
+
+def _strings(value: Any, where: str) -> list[tuple[str, str]]:
+    """Every string in a JSON value (keys included), with where it is, without recursion."""
+    found: list[tuple[str, str]] = []
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            found.append((path, item))
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                found.append((path, key))
+                stack.append((inner, f"{path}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((inner, f"{path}[{i}]") for i, inner in enumerate(item))
+    return found
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(
+    send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]}).encode()
+    await _respond(send, status, body, headers)
+
+
+def _deadline_message(seconds: float) -> str:
+    return f"the request did not finish within {seconds:g} s; nothing it did is lost, and a retry is safe"
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    await asyncio.sleep(ABUSE_DELAY)
+    message = f"the request body is larger than {limit:,} bytes"
+    body = json.dumps({"errors": [{"message": message, "extensions": {"code": "BODY_TOO_LARGE", "limit": limit}}]})
+    # The rest of the body is not read: close the connection rather than drain it.
+    await _respond(send, 413, body.encode(), [(b"connection", b"close")])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -99,14 +276,23 @@ def _is_json(scope: Scope) -> bool:
     return content_type.split(";")[0].strip().lower() == "application/json"
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body (strawberry would read it all too), or None if the client left."""
+_TOO_LARGE = b""  # a sentinel (compared by identity): the body went past the limit
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body up to ``limit`` bytes (else `_TOO_LARGE`, the rest unread), or None
+    if the client left."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return _TOO_LARGE
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
@@ -124,7 +310,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def graphql_app(ide: bool) -> GraphQLEndpoint:
+def graphql_app(settings: Settings) -> GraphQLEndpoint:
     schema = build_schema()
-    general = GraphQLApp(schema, graphql_ide="graphiql" if ide else None)
-    return GraphQLEndpoint(general, Plans(schema._schema, LIMIT_RULES), DirectMutations(schema, LIMIT_RULES))
+    general = GraphQLApp(schema, graphql_ide="graphiql" if settings.graphql_ide else None)
+    documents = schema.documents
+    return GraphQLEndpoint(
+        general, documents, Plans(schema._schema, documents), DirectMutations(schema, documents), settings
+    )

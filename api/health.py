@@ -18,6 +18,8 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     """The database answers and its schema is at the revision this code expects."""
     state: AppState = request.state.omnimember
+    if state.pool_wedged():
+        return JSONResponse({"status": "unavailable", "database": "every pooled connection is stuck"}, status_code=503)
     try:
         current = await _revision(state)
     except Exception as error:  # any failure to reach the database means "not ready"

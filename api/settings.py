@@ -20,7 +20,8 @@ def default_home() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Configuration of one omnimember process (see the README's configuration table)."""
+    """Configuration of one omnimember process: every setting, its variable and its default are in
+    docs/configuration.md."""
 
     database_url: str | None
     home: Path
@@ -28,16 +29,36 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     graphql_ide: bool = True
+    max_body: int = 1 << 20  # bytes of a /graphql request body; larger ones answer 413 unread
+    pool_timeout: float = 5.0  # seconds a request waits for a connection before a 503
+    statement_timeout: float = 20.0  # seconds any one statement may run (0: no limit)
+    request_deadline: float = 30.0  # seconds a /graphql request may take in all before a 503
+    header_timeout: float = 10.0  # seconds a client has to send a request's headers
+    body_timeout: float = 30.0  # seconds a client has to send a request's body
+    max_exports: int = 4  # exports streaming at once per process; more answer 429
+    shutdown_timeout: float = 10.0  # seconds in-flight requests get after SIGTERM
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        def number(name: str, default: float) -> float:
+            return float(environ.get(name) or default)
+
+        defaults = cls(None, Path("."), None)
         return cls(
             database_url=environ.get("DATABASE_URL") or None,
             home=Path(environ["OMNIMEMBER_HOME"]).resolve() if environ.get("OMNIMEMBER_HOME") else default_home(),
             secret=environ.get("OMNIMEMBER_SECRET") or None,
-            pool_min_size=int(environ.get("OMNIMEMBER_POOL_MIN", "2")),
-            pool_max_size=int(environ.get("OMNIMEMBER_POOL_MAX", "10")),
+            pool_min_size=int(number("OMNIMEMBER_POOL_MIN", defaults.pool_min_size)),
+            pool_max_size=int(number("OMNIMEMBER_POOL_MAX", defaults.pool_max_size)),
             graphql_ide=environ.get("OMNIMEMBER_GRAPHIQL", "1") not in ("0", "false", "no"),
+            max_body=int(number("OMNIMEMBER_MAX_BODY", defaults.max_body)),
+            pool_timeout=number("OMNIMEMBER_POOL_TIMEOUT", defaults.pool_timeout),
+            statement_timeout=number("OMNIMEMBER_STATEMENT_TIMEOUT", defaults.statement_timeout),
+            request_deadline=number("OMNIMEMBER_REQUEST_DEADLINE", defaults.request_deadline),
+            header_timeout=number("OMNIMEMBER_HEADER_TIMEOUT", defaults.header_timeout),
+            body_timeout=number("OMNIMEMBER_BODY_TIMEOUT", defaults.body_timeout),
+            max_exports=int(number("OMNIMEMBER_MAX_EXPORTS", defaults.max_exports)),
+            shutdown_timeout=number("OMNIMEMBER_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
         )
 
     def phone_secret(self) -> bytes:

@@ -48,13 +48,13 @@ from graphql.execution.values import (
     maybe_use_default_value,
 )
 from graphql.utilities.coerce_input_value import coerce_input_literal
-from graphql.validation import ASTValidationRule
+from psycopg_pool import PoolTimeout
 from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.field import StrawberryField
 
 from resolvers.context import Context
 from resolvers.domain import UNEXPECTED
-from resolvers.sqljson.documents import Memo, valid_operation
+from resolvers.sqljson.documents import Memo, ParsedDocuments, valid_operation
 from resolvers.sqljson.selection import NotCompilable, Selected, collect
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,10 @@ class _Info:
 
 
 class DirectMutations:
-    def __init__(self, strawberry_schema: Any, rules: list[type[ASTValidationRule]]) -> None:
+    def __init__(self, strawberry_schema: Any, documents: ParsedDocuments) -> None:
         self._strawberry = strawberry_schema
         self._schema: GraphQLSchema = strawberry_schema._schema
-        self._rules = rules
+        self._documents = documents
         self._known = Memo(self._compile)
         self._fields: dict[str, dict[str, StrawberryField]] = {}
 
@@ -151,6 +151,8 @@ class DirectMutations:
                     kwargs = {root.python_names[name]: value for name, value in arguments.items()}
                 result = await _resolve(root.resolver, None, info, kwargs)
                 data[root.key] = await self._complete(result, root.field.type, [root.node], plan, info)
+        except PoolTimeout:  # nothing ran without a connection: the caller answers 503, a retry is safe
+            raise
         except Exception:  # a bug: what the general path would mask, logged in full
             log.exception("request %s: unexpected error in a mutation", context.request_id)
             return _encode(UNEXPECTED_RESPONSE)
@@ -159,7 +161,7 @@ class DirectMutations:
     # --- planning -------------------------------------------------------------------------------
 
     def _compile(self, document: str, operation_name: str | None) -> MutationPlan | None:
-        found = valid_operation(self._schema, self._rules, document, operation_name, OperationType.MUTATION)
+        found = valid_operation(self._documents, document, operation_name, OperationType.MUTATION)
         if found is None:
             return None
         operation, fragments = found.node, found.fragments

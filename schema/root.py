@@ -12,18 +12,12 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
 from strawberry.schema.types.base_scalars import DateTimeDefinition
 from strawberry.types import ExecutionContext
 
 from resolvers.domain import UNEXPECTED
 from schema.audiences import AudienceMutation
+from schema.documents import LIMITS, CheckedDocuments, Documents, Limits
 from schema.errors import Error
 from schema.mutation import MemberMutation
 from schema.points_mutation import PointsMutation
@@ -32,16 +26,6 @@ from schema.tags import TagMutation
 
 log = logging.getLogger("omnimember.graphql")
 SDL_PATH = Path(__file__).with_name("schema.graphql")
-MAX_DEPTH = 10
-MAX_ALIASES = 30
-
-
-# Built once: the validation cache is keyed by the rule classes, and each limiter instance makes
-# new ones, so a limiter constructed per request would make every request miss the cache.
-LIMIT_RULES = [
-    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
-    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
-]
 
 
 def _is_unexpected(error: GraphQLError) -> bool:
@@ -55,6 +39,11 @@ class Mutation(MemberMutation, PointsMutation, TagMutation, AudienceMutation):
 
 
 class Schema(strawberry.Schema):
+    def __init__(self, *args: Any, limits: Limits = LIMITS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every document is parsed and validated here once, within limits (schema.documents).
+        self.documents = Documents(self._schema, limits)
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         """Log what clients see as "Unexpected error." with the request id; expected errors are data."""
         context = getattr(execution_context, "context", None)
@@ -101,12 +90,9 @@ def build_schema() -> Schema:
         mutation=Mutation,
         types=[Error],
         scalar_overrides={dt.datetime: DATETIME},
-        extensions=[
-            # Parsing and validating dominate the cost of a small query: do each document once.
-            ParserCache,
-            ValidationCache,
-            lambda: AddValidationRules(LIMIT_RULES),
-        ],
+        # Parsing and validating dominate the cost of a small query: each document once, and
+        # within limits (schema.documents).
+        extensions=[CheckedDocuments],
     )
 
 

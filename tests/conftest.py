@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
 from api.settings import Settings
+from api.state import AppState
 from store import migrate
 from store.brands import create_brand
 from store.members.phones import PhoneVault
@@ -79,9 +80,10 @@ async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
 
 
 @contextlib.asynccontextmanager
-async def in_process(database_url: str, home: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to the app in this process, lifespan entered."""
-    app = create_app(Settings(database_url=database_url, home=home, secret=TEST_SECRET))
+async def serving(database_url: str, home: Path, **settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, AppState]]:
+    """An httpx client talking to the app in this process, lifespan entered, and the app's state;
+    ``settings`` override the defaults."""
+    app = create_app(Settings(database_url=database_url, home=home, secret=TEST_SECRET, **settings))
     # httpx's ASGITransport runs no lifespan: enter it here and hand its state to every request.
     async with app.router.lifespan_context(app) as state:
 
@@ -91,7 +93,14 @@ async def in_process(database_url: str, home: Path) -> AsyncIterator[httpx.Async
 
         transport = httpx.ASGITransport(app=with_state)
         async with httpx.AsyncClient(transport=transport, base_url="http://omnimember.test") as http:
-            yield http
+            yield http, (state or {})["omnimember"]
+
+
+@contextlib.asynccontextmanager
+async def in_process(database_url: str, home: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the app in this process, lifespan entered."""
+    async with serving(database_url, home) as (http, _):
+        yield http
 
 
 @pytest.fixture(scope="session")

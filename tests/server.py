@@ -31,18 +31,19 @@ class Server:
         database_url: str | None = None,
         secret: str = "server-test-secret-0123456789",
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
-        env |= {"OMNIMEMBER_HOME": str(home), "OMNIMEMBER_SECRET": secret}
+        environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
+        environment |= {"OMNIMEMBER_HOME": str(home), "OMNIMEMBER_SECRET": secret, **(env or {})}
         if database_url is not None:
-            env["DATABASE_URL"] = database_url
+            environment["DATABASE_URL"] = database_url
         home.mkdir(parents=True, exist_ok=True)
         self.log = home / f"serve-{self.port}.log"
         with self.log.open("w") as log:
             command = [*OMNIMEMBER, "serve", "--port", str(self.port), "--workers", str(workers)]
-            self.proc = subprocess.Popen(command, env=env, stderr=log)
+            self.proc = subprocess.Popen(command, env=environment, stderr=log)
 
     def wait_ready(self, timeout: float = 60) -> dict[str, str]:
         deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from resolvers.context import Context
 from resolvers.direct import DirectMutations, MutationPlan
-from schema.root import LIMIT_RULES, build_schema
+from schema.root import build_schema
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
@@ -29,7 +29,7 @@ from tests.fragments import EARN, REGISTER
 from tests.test_sqljson import SMALL_MEMBER, Graph, selections
 
 SCHEMA = build_schema()
-DIRECT = DirectMutations(SCHEMA, LIMIT_RULES)
+DIRECT = DirectMutations(SCHEMA, SCHEMA.documents)
 ENTRY: Graph = dict.fromkeys(["kind", "amount", "balanceAfter", "note", "createdAt", "__typename"])
 POSTED: Graph = {  # `replayed` is always selected, unaliased, for `_fresh`
     "__typename": None,

@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from resolvers.context import Context
 from resolvers.sqljson import Needs, Plan, Plans
 from resolvers.sqljson.documents import MAX_TEXT, Memo
-from schema.root import LIMIT_RULES, build_schema
+from schema.root import build_schema
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
@@ -31,7 +31,7 @@ DEFINE_TAG = """mutation($brand: String!, $code: String!, $name: String!, $categ
 TAG_MEMBERS = """mutation($brand: String!, $tag: String!, $ids: [ID!]!, $expiresAt: DateTime) {
   tagMembers(brand: $brand, tag: $tag, memberIds: $ids, expiresAt: $expiresAt) { __typename } }"""
 SCHEMA = build_schema()
-PLANS = Plans(SCHEMA._schema, LIMIT_RULES)
+PLANS = Plans(SCHEMA._schema, SCHEMA.documents)
 
 # The selectable graph: a field maps to None (a leaf) or to the graph under it.
 Graph = dict[str, Any]

@@ -5,19 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from graphql import (
-    FragmentDefinitionNode,
-    GraphQLError,
-    GraphQLSchema,
-    OperationDefinitionNode,
-    OperationType,
-    parse,
-    specified_rules,
-    validate,
-)
-from graphql.validation import ASTValidationRule
+from graphql import DocumentNode, FragmentDefinitionNode, OperationDefinitionNode, OperationType
 
 T = TypeVar("T")
 MAX_DOCUMENTS = 1000  # distinct documents remembered per process, planned or not
@@ -33,21 +23,20 @@ class Operation:
     fragments: Mapping[str, FragmentDefinitionNode]
 
 
+class ParsedDocuments(Protocol):
+    """Where documents come from already checked (schema.documents.Documents, which the api layer
+    hands in): parsed and valid within the service's limits, or None."""
+
+    def parsed(self, text: str) -> DocumentNode | None: ...
+
+
 def valid_operation(
-    schema: GraphQLSchema,
-    rules: list[type[ASTValidationRule]],
-    document: str,
-    operation_name: str | None,
-    kind: OperationType,
+    documents: ParsedDocuments, document: str, operation_name: str | None, kind: OperationType
 ) -> Operation | None:
-    """The one operation of ``kind`` the request names, if the document parses and validates
-    (with the schema's extra rules) and the operation carries no directives; else None, and
-    strawberry's general path reports whatever is wrong."""
-    try:
-        ast = parse(document)
-    except GraphQLError:
-        return None
-    if validate(schema, ast, [*specified_rules, *rules]):
+    """The one operation of ``kind`` the request names, if the document is valid and the operation
+    carries no directives; else None, and strawberry's general path reports whatever is wrong."""
+    ast = documents.parsed(document)
+    if ast is None:
         return None
     named = [
         d

@@ -11,10 +11,10 @@ import psycopg
 import sqlalchemy as sa
 from graphql import GraphQLSchema, OperationDefinitionNode, OperationType
 from graphql.execution.values import get_argument_values, get_variable_values
-from graphql.validation import ASTValidationRule
+from psycopg_pool import PoolTimeout
 
 from resolvers.sqljson.compiler import Binding, Compiler, Needs
-from resolvers.sqljson.documents import Memo, valid_operation
+from resolvers.sqljson.documents import Memo, ParsedDocuments, valid_operation
 from resolvers.sqljson.json_sql import json_object, text
 from resolvers.sqljson.members import member_root, members_page
 from resolvers.sqljson.selection import NotCompilable
@@ -34,9 +34,9 @@ class Plan:
 class Plans:
     """Documents seen by this process: their plan, or None when they take the general path."""
 
-    def __init__(self, schema: GraphQLSchema, rules: list[type[ASTValidationRule]]) -> None:
+    def __init__(self, schema: GraphQLSchema, documents: ParsedDocuments) -> None:
         self._schema = schema
-        self._rules = rules
+        self._documents = documents
         self._known = Memo(self._compile)
 
     def plan(self, document: str, operation_name: str | None) -> Plan | None:
@@ -57,13 +57,15 @@ class Plans:
                 data: str = await plan.query.scalar(conn, **params)
         except DomainError:
             return None
+        except PoolTimeout:  # no connection: the general path would only wait again (the caller answers 503)
+            raise
         except psycopg.Error as error:
             log.warning("compiled read failed, taking the general path: %s", error)
             return None
         return b'{"data":' + data.encode() + b"}"
 
     def _compile(self, document: str, operation_name: str | None) -> Plan | None:
-        found = valid_operation(self._schema, self._rules, document, operation_name, OperationType.QUERY)
+        found = valid_operation(self._documents, document, operation_name, OperationType.QUERY)
         if found is None:
             return None
         operation, fragments = found.node, found.fragments

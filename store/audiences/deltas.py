@@ -135,6 +135,8 @@ async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool =
     """Bring one brand's index up to date in one transaction; None if another process holds it
     (unless `wait`)."""
     async with conn.transaction():
+        # Maintenance, not a request: a rebuild of a large brand may take minutes.
+        await conn.execute("SET LOCAL statement_timeout = 0")
         if not await lock_brand(conn, brand_id, wait=wait) and not wait:
             return None
         changed: dict[int, int] = {}  # member id -> families its changes can touch
