@@ -69,6 +69,15 @@ class Query:
             row = await cur.fetchone()
             return None if row is None else row[0]
 
+    async def explain(self, conn: AsyncConnection[Any], **params: Any) -> dict[str, Any]:
+        """The plan PostgreSQL ran the statement with (EXPLAIN ANALYZE, as JSON): it does run it."""
+        async with AsyncRawCursor(conn) as cur:
+            await cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + self._numbered, self._values(params))
+            row = await cur.fetchone()
+        assert row is not None
+        plan: dict[str, Any] = row[0][0]["Plan"]
+        return plan
+
     async def run(self, conn: AsyncConnection[Any], **params: Any) -> int:
         """Execute for effect; return the number of rows touched."""
         async with AsyncRawCursor(conn) as cur:

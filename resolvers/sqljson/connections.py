@@ -31,9 +31,12 @@ class Shape:
 @dataclass(frozen=True, slots=True)
 class Page:
     rows: sa.Select[Any]  # filtered rows with an ``id`` column, unordered and unlimited
-    key: sa.ColumnElement[int]  # the id the page is ordered and cursored by
+    key: sa.ColumnElement[int]  # the id the page is cursored by (and ordered by, unless `order`)
     first: sa.BindParameter[int]
     has_previous: sa.BindParameter[bool]
+    # Columns to order by when not by the key alone, ending with it: an index's columns, so that
+    # PostgreSQL reads the page from that index (see store.members.profiles.brand_keyset).
+    order: tuple[sa.ColumnElement[Any], ...] = ()
 
 
 def connection(
@@ -45,7 +48,7 @@ def connection(
     extra: dict[str, sa.ColumnElement[Any]] | None = None,
 ) -> sa.ColumnElement[Any]:
     """The connection object for ``selected``; ``extra`` answers fields beyond Relay's (totalCount)."""
-    order = page.key.desc() if shape.descending else page.key.asc()
+    order = [column.desc() if shape.descending else column.asc() for column in page.order or (page.key,)]
     position = sa.func.row_number().over(order_by=order).label("position")
     node_columns: list[sa.ColumnElement[Any]] = []
 
@@ -61,7 +64,7 @@ def connection(
         pending.append((field.key, _field(c, field, shape, page, node_column, extra or {})))
     ranked = (
         page.rows.add_columns(page.key.label("page_key"), position, *node_columns)
-        .order_by(order)
+        .order_by(*order)
         .limit(page.first + 1)
         .subquery()
     )

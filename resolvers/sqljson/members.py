@@ -27,6 +27,7 @@ from resolvers.sqljson.json_sql import (
     text,
 )
 from resolvers.sqljson.selection import NotCompilable, Selected
+from store.members.profiles import brand_keyset
 from store.tables import (
     brand_tiers,
     brands,
@@ -270,8 +271,8 @@ def members_page(c: Compiler, field: Selected) -> sa.ColumnElement[Any]:
         }
 
     c.bind("Query", field, bind)
-    live = sa.and_(m.c.brand_id == brand_id, m.c.merged_into.is_(None))
-    rows = rows.where(live, m.c.id > sa.func.coalesce(after_id, 0))
+    in_brand, order = brand_keyset(m, brand_id, after_id)
+    rows = rows.where(in_brand, m.c.merged_into.is_(None))
     counted = c.alias(members)
     total = (
         sa.select(sa.func.count())
@@ -282,7 +283,7 @@ def members_page(c: Compiler, field: Selected) -> sa.ColumnElement[Any]:
         c,
         field,
         MEMBERS_PAGE,
-        Page(rows, m.c.id, first, has_previous),
+        Page(rows, m.c.id, first, has_previous, order),
         lambda selection_sets: member_object(c, selection_sets, m, t),
         extra={"totalCount": total},
     )
