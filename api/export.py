@@ -6,20 +6,29 @@
         an ad-hoc expression, evaluated now against the bitmap index
 
 The member ids come into this process as result chunks and are decoded with numpy; rows are read in
-id batches while the response streams (store.audiences.export), so memory stays flat. A bad parameter
-is a 400 and an unknown brand, audience or snapshot a 404, both with a JSON body
+id batches while the response streams (store.audiences.export), in small chunks sent only as fast as
+the client takes them, so memory stays flat and a slow reader holds no database connection. A bad
+parameter is a 400 and an unknown brand, audience or snapshot a 404, both with a JSON body
 `{"error": {"code", "message", "parameter", ...}}` (for an expression also reason, line, column,
 snippet, suggestion).
+
+At most `max_exports` exports stream at once in a process (issue 12: 20 slow readers of a
+180,000-row export added 240 MB and slowed every other request to seconds). Each holds one of the
+state's `export_slots` from before its first statement until its response ends, fails or the client
+goes away; one more answers 429 `TOO_MANY_EXPORTS` with `Retry-After` at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from api.state import AppState
 from resolvers.cursors import parse_id
@@ -31,37 +40,63 @@ from store.sql import Row
 
 _NOT_FOUND = {ErrorCode.UNKNOWN_BRAND, ErrorCode.UNKNOWN_AUDIENCE, ErrorCode.UNKNOWN_SNAPSHOT}
 _MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson; charset=utf-8"}
+TOO_MANY_EXPORTS = "TOO_MANY_EXPORTS"
+RETRY_AFTER = "5"  # seconds: exports of real audiences take seconds, and slots come free as they end
+
+Ids = npt.NDArray[np.int64]
+# What an endpoint reads before streaming: the members, their brand and the file's name.
+Found = tuple[Ids, Row, str]
 
 
 async def export_saved(request: Request) -> Response:
-    state: AppState = request.state.omnimember
-    try:
-        chosen = _layout(request)
-        audience_id = _id(request.path_params["id"], ErrorCode.UNKNOWN_AUDIENCE, "id")
-        async with state.pool.connection() as conn:
-            audience = await saved.audience(conn, audience_id)
-            snapshot_id = await _snapshot_of(conn, audience_id, request.query_params.get("snapshot"))
-            ids = await saved.snapshot_members(conn, snapshot_id)
-            brand = await state.brands.get(conn, audience["brand_code"])
-    except DomainError as error:
-        return error_response(error)
-    return _stream(state, ids, brand, chosen, f"audience-{audience_id}-{snapshot_id}")
+    return await _export(request, _saved)
 
 
 async def export_expression(request: Request) -> Response:
+    return await _export(request, _expression)
+
+
+async def _saved(request: Request, state: AppState) -> Found:
+    audience_id = _id(request.path_params["id"], ErrorCode.UNKNOWN_AUDIENCE, "id")
+    async with state.pool.connection() as conn:
+        audience = await saved.audience(conn, audience_id)
+        snapshot_id = await _snapshot_of(conn, audience_id, request.query_params.get("snapshot"))
+        ids = await saved.snapshot_members(conn, snapshot_id)
+        brand = await state.brands.get(conn, audience["brand_code"])
+    return ids, brand, f"audience-{audience_id}-{snapshot_id}"
+
+
+async def _expression(request: Request, state: AppState) -> Found:
+    code = _required(request, "brand")
+    expression = _required(request, "expression")
+    node = read_expression(expression, None)
+    async with state.pool.connection() as conn:
+        brand = await state.brands.get(conn, code)
+        selection = await select(conn, catalog_cache(state.pool), brand, node, source=expression)
+        ids = await engine.member_ids(conn, selection.brand, selection.bound, selection.today)
+    return ids, brand, f"audience-{code}"
+
+
+async def _export(request: Request, find: Callable[[Request, AppState], Awaitable[Found]]) -> Response:
+    """Check the parameters, take an export slot (or answer 429), read the members and stream them;
+    the slot goes back when the stream ends, however it ends."""
     state: AppState = request.state.omnimember
     try:
         chosen = _layout(request)
-        code = _required(request, "brand")
-        expression = _required(request, "expression")
-        node = read_expression(expression, None)
-        async with state.pool.connection() as conn:
-            brand = await state.brands.get(conn, code)
-            selection = await select(conn, catalog_cache(state.pool), brand, node, source=expression)
-            ids = await engine.member_ids(conn, selection.brand, selection.bound, selection.today)
     except DomainError as error:
         return error_response(error)
-    return _stream(state, ids, brand, chosen, f"audience-{code}")
+    slot = await Slot.take(state.export_slots)
+    if slot is None:
+        return too_many_exports(state.settings.max_exports)
+    try:
+        ids, brand, name = await find(request, state)
+    except DomainError as error:
+        slot.release()
+        return error_response(error)
+    except BaseException:
+        slot.release()
+        raise
+    return _stream(state, slot, ids, brand, chosen, name)
 
 
 def _layout(request: Request) -> member_export.Layout:
@@ -95,15 +130,59 @@ async def _snapshot_of(conn: Any, audience_id: int, requested: str | None) -> in
     return int(snapshots[0]["id"])
 
 
+class Slot:
+    """One of the process's export slots, given back exactly once."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    @classmethod
+    async def take(cls, slots: asyncio.Semaphore) -> Slot | None:
+        """A slot if one is free now, else None: an export never queues (its client would wait
+        with a connection open, which is what the cap is for)."""
+        if slots.locked():
+            return None
+        await slots.acquire()  # a free slot is taken without suspending: no one gets in between
+        return cls(slots)
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+
+
+class ExportResponse(StreamingResponse):
+    """A streamed export that gives its slot back when the response ends: sent in full, failed, or
+    cut short by the client leaving (starlette ends the stream then)."""
+
+    def __init__(self, body: AsyncGenerator[str, None], slot: Slot, **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._body = body
+        self._slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
+            await self._body.aclose()  # a generator left at a `yield` lets go of its ids now
+
+
 def _stream(
-    state: AppState, ids: npt.NDArray[np.int64], brand: Row, chosen: member_export.Layout, name: str
-) -> StreamingResponse:
+    state: AppState, slot: Slot, ids: Ids, brand: Row, chosen: member_export.Layout, name: str
+) -> ExportResponse:
     body = member_export.lines(state.pool.connection, ids, brand, chosen)
     headers = {
         "content-disposition": f'attachment; filename="{name}.{chosen.format}"',
         "x-member-count": str(ids.size),
     }
-    return StreamingResponse(body, media_type=_MEDIA_TYPES[chosen.format], headers=headers)
+    return ExportResponse(body, slot, media_type=_MEDIA_TYPES[chosen.format], headers=headers)
+
+
+def too_many_exports(limit: int) -> JSONResponse:
+    message = f"{limit} exports are streaming already, the most this server runs at once; retry shortly"
+    body = {"code": TOO_MANY_EXPORTS, "message": message, "parameter": None, "limit": limit}
+    return JSONResponse({"error": body}, status_code=429, headers={"retry-after": RETRY_AFTER})
 
 
 def error_response(error: DomainError) -> JSONResponse:

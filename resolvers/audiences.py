@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 
 from resolvers import cursors
 from resolvers.context import Info
-from resolvers.members import MAX_PAGE, Page
+from resolvers.members import MAX_PAGE, Page, after_id
 from store.audiences import engine, saved
 from store.audiences.deltas import Freshness
 from store.audiences.facts import expand_derived
@@ -28,9 +28,11 @@ from store.tags.assignments import MAX_MEMBER_IDS, TooManyIdsError
 from store.transactions import transact
 from tagquery import GRAMMAR_VERSION, to_text
 from tagquery.ast import And, Node, Not, Or
+from tagquery.bitmap_keys import CHUNK_BITS
 from tagquery.compile_bitmap import BitmapCompiler
 
 Ids = npt.NDArray[np.int64]
+_CHUNKS = range(-(2**31), 2**31)  # the index's chunk numbers (member id >> CHUNK_BITS) are int4
 PLAN = "bitmap"
 """The plan every API read uses: the pivot form over the bitmap index (the row compiler and the
 evaluator are references for tests, never served)."""
@@ -93,7 +95,11 @@ async def id_page(info: Info, brand_id: int, ids: Ids, *, first: int, after: str
 
 
 def _after(after: str | None) -> int:
-    return cursors.decode(after, "member", 1)[0] if after is not None else 0
+    """The member id an audience page's cursor points after (0: from the start)."""
+    found = after_id(after) or 0
+    if found >> CHUNK_BITS not in _CHUNKS:  # no member of the index is that far: no page gave it
+        raise DomainError(ErrorCode.INVALID_INPUT, "after is not a cursor of this connection", field="after")
+    return found
 
 
 async def _page(

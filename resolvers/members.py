@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 from resolvers import cursors
 from resolvers.context import Info
+from store.errors import DomainError, ErrorCode
 from store.members import profiles as members
 from store.members.unification import check_channel, check_external_id, check_phone
 from store.sql import Row
 
 MAX_PAGE = 100
+BIGINT = range(-(2**63), 2**63)  # a cursor's key outside it was never handed out
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,19 @@ class Page:
 
 def encode_cursor(member_id: int) -> str:
     return cursors.encode("member", member_id)
+
+
+def after_id(after: str | None) -> int | None:
+    """The member id a `member` cursor points after; INVALID_INPUT for one no page gave."""
+    return None if after is None else cursor_key(cursors.decode(after, "member", 1)[0])
+
+
+def cursor_key(key: int, field: str = "after") -> int:
+    """A key read from a cursor, if a bigint can hold it (else the statement would fail rather
+    than answer; a compiled read, resolvers.sqljson, hands such a cursor to this path)."""
+    if key not in BIGINT:
+        raise DomainError(ErrorCode.INVALID_INPUT, f"{field} is not a cursor of this connection", field=field)
+    return key
 
 
 async def get_member(info: Info, *, member_id: int) -> Row | None:
@@ -55,15 +70,15 @@ async def get_member_by_phone(info: Info, *, brand: str, phone: str) -> Row | No
 async def list_members(info: Info, *, brand: str, first: int, after: str | None) -> Page:
     """One page of a brand's live members in id order."""
     cursors.check_first(first, MAX_PAGE)
-    after_id = cursors.decode(after, "member", 1)[0] if after is not None else None
+    start = after_id(after)
     brand_id = await info.context.brands.id_of(info.context.pool, brand)
     async with info.context.pool.connection() as conn:
-        rows = await members.members_page(conn, brand_id=brand_id, after_id=after_id, limit=first + 1)
+        rows = await members.members_page(conn, brand_id=brand_id, after_id=start, limit=first + 1)
     return Page(
         brand_id,
         rows[:first],
         has_next_page=len(rows) > first,
-        has_previous_page=after_id is not None,
+        has_previous_page=start is not None,
     )
 
 

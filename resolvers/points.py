@@ -12,6 +12,7 @@ from psycopg import AsyncConnection
 
 from resolvers import cursors
 from resolvers.context import Info
+from resolvers.members import cursor_key
 from store.errors import DomainError, ErrorCode
 from store.ledger import history, orders, points
 from store.ledger.batched import Change
@@ -22,6 +23,7 @@ from store.sql import Row
 from store.transactions import transact
 
 MAX_PAGE = 100
+_UNIX_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ACTOR = "api"  # until API keys say who is calling (security issue)
 
 
@@ -206,7 +208,7 @@ async def get_tier_changes(info: Info, *, member_id: int) -> list[Row]:
 async def points_history(info: Info, *, member_id: int, first: int, after: str | None) -> Page:
     """A member's entries, newest first."""
     cursors.check_first(first, MAX_PAGE)
-    before_id = cursors.decode(after, "entry", 1)[0] if after is not None else None
+    before_id = cursor_key(cursors.decode(after, "entry", 1)[0]) if after is not None else None
     async with info.context.pool.connection() as conn:
         rows = await history.entries_page(conn, member_id=member_id, before_id=before_id, limit=first + 1)
     page = rows[:first]
@@ -216,10 +218,7 @@ async def points_history(info: Info, *, member_id: int, first: int, after: str |
 async def order_history(info: Info, *, member_id: int, first: int, after: str | None) -> Page:
     """A member's orders, newest payment first."""
     cursors.check_first(first, MAX_PAGE)
-    before = None
-    if after is not None:
-        micros, order_id = cursors.decode(after, "order", 2)
-        before = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros), order_id)
+    before = None if after is None else _order_cursor(after)
     async with info.context.pool.connection() as conn:
         rows = await history.orders_page(conn, member_id=member_id, before=before, limit=first + 1)
     page = rows[:first]
@@ -228,7 +227,17 @@ async def order_history(info: Info, *, member_id: int, first: int, after: str | 
 
 
 def _micros(moment: dt.datetime) -> int:
-    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    return (moment - _UNIX_EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _order_cursor(after: str) -> tuple[dt.datetime, int]:
+    """The (paid at, order id) an `order` cursor points after; INVALID_INPUT for one no page gave."""
+    micros, order_id = cursors.decode(after, "order", 2)
+    try:
+        paid_at = _UNIX_EPOCH + dt.timedelta(microseconds=micros)
+    except OverflowError:
+        raise DomainError(ErrorCode.INVALID_INPUT, "after is not a cursor of this connection", field="after") from None
+    return paid_at, cursor_key(order_id)
 
 
 async def expiring_points(info: Info, *, member_id: int, within_days: int) -> list[Row]:

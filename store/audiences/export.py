@@ -1,19 +1,23 @@
 """Members of an audience as CSV or NDJSON lines, fetched in id batches.
 
 The ids are already in the process (decoded from result chunks, see store.audiences.engine); rows are read
-`BATCH` ids at a time with `id = ANY(:ids)` and rendered as they arrive, so memory holds the id
-array and one batch, however large the audience. Fields: `id`, `brand`, `tier`, `status`, `city`,
+`BATCH` ids at a time with `id = ANY(:ids)`, rendered at once and handed out in chunks of at most
+`CHUNK_CHARS` characters, so memory holds the id array and one batch's text, however large the
+audience, and a reader that takes its time holds no connection (each batch's connection goes back
+before its first chunk is handed out). Fields: `id`, `brand`, `tier`, `status`, `city`,
 `pointsBalance`, `maskedPhone` and `channel:<c>` (the member's external ids on channel c; in CSV
 joined with `|`, in NDJSON a list, under the key `channel:<c>`).
+
+CSV cells that a spreadsheet would read as a formula (text starting with `=`, `+`, `-`, `@`, a tab or
+a carriage return: OWASP's list for CSV injection) are written quoted with a `'` in front, which
+spreadsheet programs show as text; NDJSON is data for programs and stays exactly as stored.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -27,8 +31,9 @@ from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import CHANNELS, member_identities, members
 
-BATCH = 10_000
-ROWLESS_BATCH = 262_144  # ids per chunk when the fields need no member row (id, brand)
+BATCH = 1_000  # ids per statement: a slow reader holds one batch's text at most
+CHUNK_CHARS = 65_536  # characters per chunk handed out (a single longer line goes alone)
+_MAX_ID_DIGITS = 19  # of a bigint
 _ROWLESS = {"id", "brand"}
 _SENTINEL = -123456789  # stands for the id while a line template is rendered
 _POWERS = 10 ** np.arange(19, dtype=np.int64)
@@ -117,22 +122,43 @@ async def lines(
     chosen: Layout,
     *,
     batch: int | None = None,
-) -> AsyncIterator[str]:
-    """The export, line by line in text chunks (a header first for CSV); one connection per batch,
-    held only while that batch is read."""
+) -> AsyncGenerator[str, None]:
+    """The export in text chunks of at most CHUNK_CHARS characters (a header first for CSV); one
+    connection per batch, given back before the batch's first chunk is handed out."""
     size = batch or BATCH
     render = _csv if chosen.format == "csv" else _ndjson
     if chosen.format == "csv":
-        yield _csv_line(list(chosen.fields))
+        yield _csv_line(chosen.fields)
     template = _rowless_template(chosen, brand["code"])
     if template is not None:  # nothing to read: lines straight from the ids
-        for start in range(0, ids.size, ROWLESS_BATCH):
-            yield rowless_lines(np.sort(ids[start : start + ROWLESS_BATCH]), *template)
+        before, after = template
+        step = max(1, CHUNK_CHARS // (len(before) + len(after or "") + _MAX_ID_DIGITS))
+        for start in range(0, ids.size, step):
+            yield rowless_lines(np.sort(ids[start : start + step]), before, after)
         return
     for start in range(0, ids.size, size):
         async with connect() as conn:
             rows = await member_rows(conn, brand["id"], ids[start : start + size].tolist(), chosen.channels)
-        yield "".join(render(_record(row, brand["code"], chosen)) for row in rows)
+        rendered = [render(_record(row, brand["code"], chosen)) for row in rows]
+        del rows  # only the text waits for the reader
+        for chunk in chunks(rendered):
+            yield chunk
+
+
+def chunks(rendered: Iterable[str], limit: int | None = None) -> Iterator[str]:
+    """Lines joined into chunks of at most ``limit`` (default CHUNK_CHARS) characters; a longer
+    line is a chunk of its own."""
+    most = limit or CHUNK_CHARS
+    pending: list[str] = []
+    size = 0
+    for line in rendered:
+        if pending and size + len(line) > most:
+            yield "".join(pending)
+            pending, size = [], 0
+        pending.append(line)
+        size += len(line)
+    if pending:
+        yield "".join(pending)
 
 
 def _record(row: Row, brand_code: str, chosen: Layout) -> dict[str, Any]:
@@ -158,10 +184,27 @@ def _csv(record: dict[str, Any]) -> str:
     return _csv_line(["|".join(v) if isinstance(v, list) else ("" if v is None else v) for v in record.values()])
 
 
-def _csv_line(values: list[Any]) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(values)
-    return out.getvalue()
+# What makes a spreadsheet program read a cell as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_QUOTED = (",", '"', "\r", "\n")
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    """One CSV line (RFC 4180, `\\n`-terminated, quoted only where needed, as the csv module
+    writes), with formula-like text neutralised."""
+    if len(values) == 1 and values[0] == "":
+        return '""\n'  # an empty line would read as no row at all
+    return ",".join(_csv_cell(value) for value in values) + "\n"
+
+
+def _csv_cell(value: Any) -> str:
+    if not isinstance(value, str):
+        return str(value)
+    if value.startswith(FORMULA_STARTS):
+        return "\"'" + value.replace('"', '""') + '"'
+    if any(special in value for special in _QUOTED):
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
 
 def _rowless_template(chosen: Layout, brand_code: str) -> tuple[str, str | None] | None:
