@@ -34,7 +34,13 @@ from api.state import AppState
 from resolvers.cursors import parse_id
 from store.audiences import engine, saved
 from store.audiences import export as member_export
-from store.audiences.selections import InvalidExpressionError, catalog_cache, read_expression, select
+from store.audiences.selections import (
+    IndexNotReadyError,
+    InvalidExpressionError,
+    catalog_cache,
+    read_expression,
+    select,
+)
 from store.errors import DomainError, ErrorCode
 from store.sql import Row
 
@@ -190,4 +196,7 @@ def error_response(error: DomainError) -> JSONResponse:
     body: dict[str, Any] = {"code": error.code.value, "message": error.message, "parameter": error.field}
     if isinstance(error, InvalidExpressionError):
         body |= {key: value for key, value in error.details().items() if key != "field"}
+    if isinstance(error, IndexNotReadyError):  # the members it would export are not known yet
+        body["pending"] = error.pending
+        return JSONResponse({"error": body}, status_code=503, headers={"retry-after": "10"})
     return JSONResponse({"error": body}, status_code=status)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import OperationalError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.state import AppState
+from store.audiences.deltas import IndexState, readiness
+from store.brands import list_brands
 from store.migrate import current_revision
 
 
@@ -24,10 +28,23 @@ async def readyz(request: Request) -> JSONResponse:
         current = await _revision(state)
     except Exception as error:  # any failure to reach the database means "not ready"
         return JSONResponse({"status": "unavailable", "database": type(error).__name__}, status_code=503)
-    body = {"database": "ok", "revision": current, "head": state.head_revision}
+    body: dict[str, Any] = {"database": "ok", "revision": current, "head": state.head_revision}
     if current != state.head_revision:
         return JSONResponse({"status": "migrations pending", **body}, status_code=503)
+    # Reported, not a reason to take the service out: only audience reads wait for a build.
+    body["audienceIndex"] = await _index(state)
     return JSONResponse({"status": "ready", **body})
+
+
+async def _index(state: AppState) -> dict[str, Any]:
+    """The brands whose audience index is being built (their audience reads answer INDEX_NOT_READY)."""
+    async with state.pool.connection(timeout=2) as conn:
+        building = [
+            brand["code"]
+            for brand in await list_brands(conn)
+            if (await readiness(conn, brand["id"])).state is IndexState.BUILDING
+        ]
+    return {"building": building, "state": "BUILDING" if building else "READY"}
 
 
 async def _revision(state: AppState) -> str | None:

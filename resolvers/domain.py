@@ -8,7 +8,8 @@ surface and grows only on purpose.
 
 from __future__ import annotations
 
-from store.audiences.selections import InvalidExpressionError, Selection
+from store.audiences.deltas import Freshness, IndexState
+from store.audiences.selections import IndexNotReadyError, InvalidExpressionError, Selection
 from store.errors import DomainError, ErrorCode
 from store.members.unification import Binding, Profile
 from store.sql import Row
@@ -25,6 +26,9 @@ __all__ = [
     "Binding",
     "DomainError",
     "ErrorCode",
+    "Freshness",
+    "IndexNotReadyError",
+    "IndexState",
     "InvalidExpressionError",
     "Profile",
     "Row",

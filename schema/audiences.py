@@ -14,7 +14,14 @@ from resolvers.context import Info
 from resolvers.domain import DomainError, Row, Selection
 from schema.connection import MemberConnection
 from schema.errors import InvalidInput, UnknownBrand
-from schema.expression_errors import InvalidExpression, UnknownAudience, audience_error, or_query_error
+from schema.expression_errors import (
+    IndexNotReady,
+    InvalidExpression,
+    UnknownAudience,
+    audience_error,
+    or_query_error,
+)
+from schema.freshness import IndexFreshness
 
 BrandCode = Annotated[str, strawberry.argument(description="Brand code.")]
 First = Annotated[int, strawberry.argument(description="Page size, 0-100.")]
@@ -154,16 +161,6 @@ class WhyMember:
     nodes: list[WhyNode] = strawberry.field(description="The expression tree in pre-order.")
 
 
-@strawberry.type(description="How current the bitmap index is.")
-class IndexFreshness:
-    as_of: dt.datetime | None = strawberry.field(
-        description="Every write committed before this instant is counted; null: the index was never built."
-    )
-    lag_seconds: float | None = strawberry.field(description="Now minus `asOf`.")
-    pending: int = strawberry.field(description="Member changes queued and not applied yet.")
-    built_at: dt.datetime | None = strawberry.field(description="When the brand's index was last fully rebuilt.")
-
-
 @strawberry.type(description="The members an expression selects in a brand, answered from the bitmap index.")
 class Audience:
     chosen: strawberry.Private[Selection]
@@ -212,10 +209,7 @@ class Audience:
 
     @strawberry.field(description="When the bitmap index last caught up with writes.")
     async def freshness(self, info: Info) -> IndexFreshness:
-        fresh = await or_query_error(audiences.freshness(info, self.chosen))
-        return IndexFreshness(
-            as_of=fresh.as_of, lag_seconds=audiences.lag_seconds(fresh), pending=fresh.pending, built_at=fresh.built_at
-        )
+        return IndexFreshness.of(await or_query_error(audiences.freshness(info, self.chosen)))
 
 
 async def audience(info: Info, brand: str, expression: str | None, filter: AudienceFilter | None) -> Audience:
@@ -366,11 +360,11 @@ class AudienceRefreshed:
 
 
 SaveAudienceResult = Annotated[
-    AudienceSaved | UnknownBrand | InvalidExpression | InvalidInput,
+    AudienceSaved | UnknownBrand | InvalidExpression | InvalidInput | IndexNotReady,
     strawberry.union("SaveAudienceResult", description="Result of saveAudience."),
 ]
 RefreshAudienceResult = Annotated[
-    AudienceRefreshed | UnknownAudience | InvalidExpression,
+    AudienceRefreshed | UnknownAudience | InvalidExpression | IndexNotReady,
     strawberry.union("RefreshAudienceResult", description="Result of refreshAudience."),
 ]
 

@@ -9,6 +9,7 @@ import strawberry
 from resolvers import brands
 from resolvers.context import Info
 from resolvers.domain import Row
+from schema.freshness import IndexFreshness
 
 
 @strawberry.type(description="A company that owns several brands and may look across them.")
@@ -52,6 +53,13 @@ class Brand:
         row = await brands.get_group(info, group_id=self.group_id)
         assert row is not None
         return Group.from_row(row)
+
+    @strawberry.field(
+        description="How current the brand's audience index is, and whether it can answer (READY) or is being "
+        "built (BUILDING: audience reads answer INDEX_NOT_READY until it is done)."
+    )
+    async def audience_index(self, info: Info) -> IndexFreshness:
+        return IndexFreshness.of(await brands.audience_index(info, brand_id=int(self.id)))
 
     @strawberry.field(description="The brand's tiers, entry tier first.")
     async def tiers(self, info: Info) -> list[Tier]:

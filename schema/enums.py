@@ -24,6 +24,12 @@ class MemberStatus(Enum):
     MEMBER = "member"
 
 
+@strawberry.enum(description="Whether a brand's audience index can answer.")
+class AudienceIndexState(Enum):
+    READY = "READY"
+    BUILDING = "BUILDING"
+
+
 @strawberry.enum(description="Gender as the member stated it.")
 class Gender(Enum):
     MALE = "male"

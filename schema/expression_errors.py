@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import strawberry
 from graphql import GraphQLError
 
-from resolvers.domain import DomainError, ErrorCode, InvalidExpressionError
+from resolvers.domain import DomainError, ErrorCode, IndexNotReadyError, InvalidExpressionError
 from schema.errors import Error, error_result
 
 T = TypeVar("T")
@@ -40,6 +40,14 @@ class UnknownSnapshot(Error):
     pass
 
 
+@strawberry.type(
+    description="The brand's audience index is being built (after a bulk load or a restore): an answer "
+    "from it now would be wrong, not merely late. Retry shortly; `Brand.audienceIndex` says when it is READY."
+)
+class IndexNotReady(Error):
+    pending: int = strawberry.field(description="Member changes queued for the index.")
+
+
 def audience_error(error: DomainError) -> Any:
     """The typed result of an audience failure (other codes as schema.errors maps them)."""
     common: dict[str, Any] = {"code": error.code, "message": error.message, "field": error.field}
@@ -57,6 +65,8 @@ def audience_error(error: DomainError) -> Any:
         return UnknownAudience(**common)
     if error.code is ErrorCode.UNKNOWN_SNAPSHOT:
         return UnknownSnapshot(**common)
+    if isinstance(error, IndexNotReadyError):
+        return IndexNotReady(pending=error.pending, **common)
     return error_result(error)
 
 
@@ -67,5 +77,7 @@ async def or_query_error(result: Awaitable[T]) -> T:
         return await result
     except InvalidExpressionError as error:
         raise GraphQLError(error.message, extensions={"code": error.code.value, **error.details()}) from None
+    except IndexNotReadyError as error:
+        raise GraphQLError(error.message, extensions={"code": error.code.value, "pending": error.pending}) from None
     except DomainError as error:
         raise GraphQLError(error.message, extensions={"code": error.code.value, "field": error.field}) from None

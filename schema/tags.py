@@ -23,7 +23,7 @@ from schema.errors import (
     UnknownTag,
     error_result,
 )
-from schema.expression_errors import InvalidExpression, audience_error
+from schema.expression_errors import IndexNotReady, InvalidExpression, audience_error
 
 
 @strawberry.enum(description="What kind of fact a tag records.")
@@ -111,11 +111,25 @@ DefineTagResult = Annotated[
     strawberry.union("DefineTagResult", description="Result of defineTag."),
 ]
 TagMembersResult = Annotated[
-    MembersTagged | UnknownBrand | UnknownTag | UnknownMembers | TooManyIds | InvalidInput | InvalidExpression,
+    MembersTagged
+    | UnknownBrand
+    | UnknownTag
+    | UnknownMembers
+    | TooManyIds
+    | InvalidInput
+    | InvalidExpression
+    | IndexNotReady,
     strawberry.union("TagMembersResult", description="Result of tagMembers."),
 ]
 UntagMembersResult = Annotated[
-    MembersUntagged | UnknownBrand | UnknownTag | UnknownMembers | TooManyIds | InvalidInput | InvalidExpression,
+    MembersUntagged
+    | UnknownBrand
+    | UnknownTag
+    | UnknownMembers
+    | TooManyIds
+    | InvalidInput
+    | InvalidExpression
+    | IndexNotReady,
     strawberry.union("UntagMembersResult", description="Result of untagMembers."),
 ]
 

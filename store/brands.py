@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -9,11 +10,12 @@ from typing import Any
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
-from store.tables import DEFAULT_TIERS, brand_rules, brand_tiers, brands, groups
+from store.tables import DEFAULT_TIERS, audience_index_state, brand_rules, brand_tiers, brands, groups
+from tagquery.bitmap_keys import BANDS_STATE, BANDS_VERSION
 
 _CODE_RULE = "2-32 characters: a lowercase letter, then lowercase letters, digits or _"
 
@@ -50,6 +52,15 @@ _upsert_group = Query(
     .values(code=sa.bindparam("code"), name=sa.bindparam("name"))
     .on_conflict_do_update(index_elements=[groups.c.code], set_={"code": sa.bindparam("code")})
     .returning(groups.c.id)
+)
+# The state a build of a brand without members leaves (store.audiences.bitmaps.rebuild): built now,
+# no slices yet, and the bands version its band keys will follow.
+_empty_index = Query(
+    insert(audience_index_state).values(
+        brand_id=sa.bindparam("brand_id"),
+        built_at=sa.func.now(),
+        widths=sa.cast(sa.literal(json.dumps({BANDS_STATE: BANDS_VERSION})), JSONB),
+    )
 )
 _insert_brand = Query(
     insert(brands)
@@ -153,6 +164,8 @@ async def create_brand(
             conn, brand_id=brand["id"], code=tier, name=tier.capitalize(), rank=rank, threshold=rank * TIER_STEP
         )
     await _insert_rules.run(conn, brand_id=brand["id"])
+    # A brand without members has a complete (empty) audience index: counts are right from the start.
+    await _empty_index.run(conn, brand_id=brand["id"])
     return brand
 
 

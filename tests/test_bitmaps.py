@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from store.audiences.bitmaps import chunk_rows
-from store.audiences.deltas import apply_brand, freshness, run_applier
+from store.audiences.deltas import IndexState, apply_brand, freshness, run_applier
 from store.audiences.engine import decode_chunks
 from store.brands import brand_by_code
 from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES
@@ -176,11 +176,22 @@ async def test_freshness_tracks_the_oldest_unapplied_change(pool: AsyncConnectio
         assert caught_up.as_of > written[0]
 
 
-async def test_a_brand_never_indexed_has_no_freshness(pool: AsyncConnectionPool[Any]) -> None:
+async def test_a_new_brand_is_born_with_a_current_empty_index(pool: AsyncConnectionPool[Any]) -> None:
     async with pool.connection() as conn:
         brand_id: int = (await brand_by_code(conn, await new_brand(pool)))["id"]
         state = await freshness(conn, brand_id)
-    assert (state.as_of, state.lag, state.pending, state.built_at) == (None, None, 0, None)
+        await conn.execute("DELETE FROM audience_index_state WHERE brand_id = %s", (brand_id,))
+        never = await freshness(conn, brand_id)
+    assert (state.pending, state.state, state.lag) == (0, IndexState.READY, timedelta(0))
+    assert state.built_at is not None
+    # Never built and without members: nothing to build, and every count (0) is right.
+    assert (never.as_of, never.lag, never.pending, never.built_at, never.state) == (
+        None,
+        None,
+        0,
+        None,
+        IndexState.READY,
+    )
 
 
 async def _omnimember(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 
 from store.audiences.bitmaps import stored_widths
+from store.audiences.deltas import IndexState, Readiness, readiness
 from store.audiences.facts import LIFECYCLE, brand_timezone
 from store.sql import Query
 from store.tables import CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
@@ -53,6 +54,9 @@ _chunks = Query(
 )
 
 
+READY = Readiness(IndexState.READY, 0)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BrandCatalog:
     """Everything needed to bind and compile a brand's queries."""
@@ -63,6 +67,8 @@ class BrandCatalog:
     encoding: Encoding
     chunks: tuple[int, int] = (0, 0)
     """The first and last chunk of the brand's universe when loaded (new members may add more)."""
+    index: Readiness = READY
+    """Whether the index could answer when the catalog was loaded."""
 
     def today(self, now: datetime | None = None) -> date:
         """The brand's calendar day (its time zone) at `now` (default: now)."""
@@ -85,7 +91,8 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
     encoding = Encoding(dict(await stored_widths(conn, brand_id)))
     span = await _chunks.one(conn, brand_id=brand_id)
     chunks = (0, 0) if span is None or span["first"] is None else (span["first"], span["last"])
-    return BrandCatalog(brand_id=brand_id, timezone=timezone, catalog=catalog, encoding=encoding, chunks=chunks)
+    index = await readiness(conn, brand_id)
+    return BrandCatalog(brand_id, timezone, catalog, encoding, chunks, index)
 
 
 class CatalogCache:

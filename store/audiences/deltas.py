@@ -16,6 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,54 @@ class Applied:
     rebuilt: bool
 
 
+class IndexState(StrEnum):
+    """Whether a brand's index can answer: READY (maybe a moment behind: see Freshness), or a full
+    build is due or running (after a bulk load, a restore, or before the first), when counts from
+    it would be wrong rather than late."""
+
+    READY = "READY"
+    BUILDING = "BUILDING"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Readiness:
+    state: IndexState
+    pending: int  # queued member changes (counted up to REBUILD_OVER + 1)
+
+
+_readiness = Query(
+    sa.text("""
+SELECT s.built_at IS NOT NULL AS built,
+       EXISTS (SELECT 1 FROM audience_changes c WHERE c.brand_id = :brand_id AND c.member_id = 0) AS rebuild_due,
+       (SELECT count(*) FROM (SELECT 1 FROM audience_changes c WHERE c.brand_id = :brand_id LIMIT :over) q) AS pending,
+       EXISTS (SELECT 1 FROM members m WHERE m.brand_id = :brand_id) AS has_members
+FROM (SELECT 1) AS one LEFT JOIN audience_index_state s ON s.brand_id = :brand_id
+""")
+)
+# Member 0 asks the applier for a full build of the brand (as a demo load does).
+_request_build = Query(
+    sa.text("""
+INSERT INTO audience_changes (brand_id, member_id)
+SELECT :brand_id, 0 WHERE NOT EXISTS (SELECT 1 FROM audience_changes WHERE brand_id = :brand_id AND member_id = 0)
+""")
+)
+
+
+async def readiness(conn: AsyncConnection[Any], brand_id: int) -> Readiness:
+    """Whether the brand's index can answer now. An index never built for a brand with members
+    (and nothing queued that would build it) gets a build queued here: the applier runs it."""
+    row = await _readiness.one(conn, brand_id=brand_id, over=REBUILD_OVER + 1)
+    assert row is not None
+    pending = int(row["pending"])
+    if row["rebuild_due"] or pending > REBUILD_OVER:
+        return Readiness(IndexState.BUILDING, pending)
+    if row["built"] or not row["has_members"]:
+        return Readiness(IndexState.READY, pending)
+    if pending == 0:
+        await _request_build.run(conn, brand_id=brand_id)
+    return Readiness(IndexState.BUILDING, pending)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Freshness:
     as_of: datetime | None
@@ -129,6 +178,7 @@ class Freshness:
     pending: int
     """Queued member changes not applied yet."""
     built_at: datetime | None
+    state: IndexState
 
 
 async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool = False) -> Applied | None:
@@ -227,4 +277,5 @@ async def freshness(conn: AsyncConnection[Any], brand_id: int) -> Freshness:
         lag=None if as_of is None else max(row["now"] - as_of, timedelta(0)),
         pending=row["pending"],
         built_at=row["built"],
+        state=(await readiness(conn, brand_id)).state,
     )

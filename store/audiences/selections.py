@@ -9,7 +9,9 @@ names.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 import weakref
 from datetime import date
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from store.audiences.catalogs import BrandCatalog, CatalogCache
+from store.audiences.deltas import IndexState
 from store.errors import DomainError, ErrorCode
 from tagquery import ErrorCode as QueryCode
 from tagquery import TagQueryError, bind, from_filter, parse, to_text
@@ -100,6 +103,8 @@ async def select(
     """Bind `node` to the brand's catalog. An unknown name is checked once more against a freshly
     loaded catalog: a tag defined (or a city indexed) after the cached copy was read must work."""
     catalog = await cache.get(conn, brand["id"])
+    if catalog.index.state is not IndexState.READY:
+        catalog = await _when_built(conn, cache, brand)
     try:
         bound = _bind(node, catalog, source, field)
     except InvalidExpressionError as error:
@@ -109,6 +114,35 @@ async def select(
         catalog = await cache.get(conn, brand["id"])
         bound = _bind(node, catalog, source, field)
     return Selection(brand["code"], catalog, node, bound, today or catalog.today())
+
+
+INDEX_WAIT = 3.0  # seconds an audience read waits for its brand's index to be built, then refuses
+
+
+class IndexNotReadyError(DomainError):
+    """The brand's index is being built: a count from it now would be wrong, not merely late."""
+
+    def __init__(self, brand_code: str, pending: int) -> None:
+        super().__init__(
+            ErrorCode.INDEX_NOT_READY,
+            f"the audience index of brand {brand_code!r} is being built ({pending:,} member changes queued);"
+            " counts would be wrong until it is: retry in a little while (freshness says when it is READY)",
+        )
+        self.pending = pending
+
+
+async def _when_built(conn: AsyncConnection[Any], cache: CatalogCache, brand: dict[str, Any]) -> BrandCatalog:
+    """The brand's catalog once its index is READY, waiting up to INDEX_WAIT (the applier builds it);
+    IndexNotReadyError after that."""
+    deadline = time.monotonic() + INDEX_WAIT
+    while True:
+        cache.invalidate(brand["id"])
+        catalog = await cache.get(conn, brand["id"])
+        if catalog.index.state is IndexState.READY:
+            return catalog
+        if time.monotonic() >= deadline:
+            raise IndexNotReadyError(brand["code"], catalog.index.pending)
+        await asyncio.sleep(0.2)
 
 
 _NAME_CODES = {

@@ -1,0 +1,36 @@
+"""How current a brand's audience index is: on an audience (`Audience.freshness`) and on a brand
+(`Brand.audienceIndex`, readable while the index is being built)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import strawberry
+
+from resolvers import audiences
+from resolvers.domain import Freshness
+from schema.enums import AudienceIndexState
+
+
+@strawberry.type(description="How current the bitmap index is.")
+class IndexFreshness:
+    as_of: dt.datetime | None = strawberry.field(
+        description="Every write committed before this instant is counted; null: the index was never built."
+    )
+    lag_seconds: float | None = strawberry.field(description="Now minus `asOf`.")
+    pending: int = strawberry.field(description="Member changes queued and not applied yet.")
+    built_at: dt.datetime | None = strawberry.field(description="When the brand's index was last fully rebuilt.")
+    state: AudienceIndexState = strawberry.field(
+        description="READY: counts are right (as of `asOf`); BUILDING: a full build is due or running, and "
+        "audience reads answer INDEX_NOT_READY until it is done."
+    )
+
+    @classmethod
+    def of(cls, fresh: Freshness) -> IndexFreshness:
+        return cls(
+            as_of=fresh.as_of,
+            lag_seconds=audiences.lag_seconds(fresh),
+            pending=fresh.pending,
+            built_at=fresh.built_at,
+            state=AudienceIndexState(fresh.state.value),
+        )

@@ -1,0 +1,111 @@
+"""Never a silently stale count (issue 13): while a brand's audience index is being built, audience
+reads wait for it a little, then answer INDEX_NOT_READY; freshness, the brand and /readyz say so.
+
+Found at 9bd6195: after `omnimember demo` with the server stopped, then `serve`, every audience count
+answered 0 until the index had been rebuilt (42 s at 1,000,000 members). Here a brand's members are
+bulk-loaded the way the demo loads them (row triggers off, one request for a full build queued), and
+the build is held back by taking the brand's index lock, as a running rebuild holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from store.audiences import selections
+from store.audiences.bitmaps import lock_brand
+from store.brands import brand_by_code
+from tests.conftest import GraphQL, new_brand
+
+MEMBERS = 40
+COUNT = 'query($b: String!) { audience(brand: $b, expression: "NOT tier:gold") { count } }'
+INDEX = "{ brands { code audienceIndex { state pending } } }"
+
+
+async def _index(gql: GraphQL, brand: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(b for b in (await gql(INDEX))["brands"] if b["code"] == brand)["audienceIndex"]
+    return found
+
+
+async def _bulk_load(pool: AsyncConnectionPool[Any], brand: str, *, request_build: bool) -> int:
+    async with pool.connection() as conn, conn.transaction():
+        brand_id: int = (await brand_by_code(conn, brand))["id"]
+        await conn.execute("SET LOCAL session_replication_role = replica")  # no triggers, as the demo's load
+        await conn.execute(
+            "INSERT INTO members (brand_id, tier) SELECT %s, 'silver' FROM generate_series(1, %s)", (brand_id, MEMBERS)
+        )
+        await conn.execute("DELETE FROM audience_index_state WHERE brand_id = %s", (brand_id,))
+        if request_build:
+            await conn.execute("INSERT INTO audience_changes (brand_id, member_id) VALUES (%s, 0)", (brand_id,))
+    return brand_id
+
+
+@pytest.fixture
+async def held(pool: AsyncConnectionPool[Any]) -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A bulk-loaded brand whose build cannot start until the event is set."""
+    brand = await new_brand(pool)
+    brand_id = await _bulk_load(pool, brand, request_build=True)
+    release, locked = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with pool.connection() as conn, conn.transaction():
+            await lock_brand(conn, brand_id, wait=True)
+            locked.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await locked.wait()
+    try:
+        yield brand, release
+    finally:
+        release.set()
+        await holder
+
+
+async def test_reads_answer_index_not_ready_while_the_index_is_built(
+    gql: GraphQL, client: httpx.AsyncClient, held: tuple[str, asyncio.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    brand, release = held
+    monkeypatch.setattr(selections, "INDEX_WAIT", 0.3)
+    body = await gql.raw(COUNT, b=brand)
+    assert body["data"] is None
+    error = body["errors"][0]
+    assert error["extensions"] == {"code": "INDEX_NOT_READY", "pending": 1}
+    assert "being built" in error["message"]
+    assert (await _index(gql, brand)) == {"state": "BUILDING", "pending": 1}
+    ready = (await client.get("/readyz")).json()
+    assert brand in ready["audienceIndex"]["building"]
+    exported = await client.get("/audiences/export", params={"brand": brand, "expression": "NOT tier:gold"})
+    assert exported.status_code == 503
+    assert exported.json()["error"]["code"] == "INDEX_NOT_READY"
+    saved = await gql(
+        'mutation($b: String!) { saveAudience(brand: $b, name: "n", expression: "NOT tier:gold") '
+        "{ __typename ... on IndexNotReady { code pending } } }",
+        b=brand,
+    )
+    assert saved["saveAudience"] == {"__typename": "IndexNotReady", "code": "INDEX_NOT_READY", "pending": 1}
+
+    release.set()  # the build runs (the app's applier), and the count is right at once
+    monkeypatch.setattr(selections, "INDEX_WAIT", 10.0)
+    assert (await gql(COUNT, b=brand))["audience"]["count"] == MEMBERS
+    assert (await _index(gql, brand)) == {"state": "READY", "pending": 0}
+
+
+async def test_a_brand_never_built_gets_built_on_its_first_read(
+    gql: GraphQL, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    brand = await new_brand(pool)
+    await _bulk_load(pool, brand, request_build=False)  # members, no index, nothing queued
+    monkeypatch.setattr(selections, "INDEX_WAIT", 10.0)
+    assert (await gql(COUNT, b=brand))["audience"]["count"] == MEMBERS
+
+
+async def test_a_new_brand_counts_at_once(gql: GraphQL, pool: AsyncConnectionPool[Any]) -> None:
+    brand = await new_brand(pool)
+    assert (await _index(gql, brand))["state"] == "READY"
+    assert (await gql(COUNT, b=brand))["audience"]["count"] == 0
