@@ -85,13 +85,26 @@ _items = sa.select(
 
 
 def fresh(items: Any, name: str) -> Any:
-    """The items whose key no committed posting holds yet."""
+    """The items whose key no committed posting holds yet, once their members' rows are locked.
+
+    The lock comes first and in id order, step 1 of the ledger's lock order (`store.ledger.journal`):
+    the UPDATE of the members alone would lock them in whatever order its join yields them, and two
+    batches (of two processes) on the same members could each hold one the other waits for. The
+    rows are sorted before they are locked, as the sort hands them out."""
+    locked = (
+        sa.select(members.c.id)
+        .where(members.c.id.in_(sa.select(items.c.member_id)))
+        .order_by(members.c.id)
+        .with_for_update(key_share=True)
+        .cte(f"{name}_locked")
+    )
     return (
         sa.select(items)
         .where(
+            sa.exists().where(locked.c.id == items.c.member_id),
             ~sa.exists().where(
                 points_postings.c.brand_id == items.c.brand_id, points_postings.c.idempotency_key == items.c.key
-            )
+            ),
         )
         .cte(name)
     )

@@ -3,26 +3,59 @@
 Invariants, for every member at every commit: points_balance = sum of its entries = sum of the
 remaining amounts of its lots, and points_balance >= 0 (a CHECK constraint backs the last one).
 
-How they hold under concurrency: every write to a member's points first changes the member row
-with a single conditional UPDATE (`... WHERE points_balance >= :x RETURNING`), which locks it for
-the rest of the transaction; lots and entries of that member are only touched after that, so two
-postings for one member serialise on the row and never read stale lots. No balance is ever read,
-changed in Python and written back. A one-statement debit plans its lot draw from its snapshot and
-applies only if the member row is still the version that snapshot saw (see `store.ledger.postings`),
-which is sound because of the same rule: whatever changes a member's open lots also updates its
-member row, in the same transaction. Keep it so.
+How they hold under concurrency: every write to a member's points first locks the member row,
+with a single conditional UPDATE (`... WHERE points_balance >= :x RETURNING`) or `lock_members`;
+lots and entries of that member are only touched after that, so two postings for one member
+serialise on the row and never read stale lots. No balance is ever read, changed in Python and
+written back. A one-statement debit plans its lot draw from its snapshot and applies only if the
+member row is still the version that snapshot saw (see `store.ledger.postings`), which is sound
+because of the same rule: whatever changes a member's open lots also updates its member row, in
+the same transaction. Keep it so.
 
-Idempotency: each request claims its key with `INSERT ... ON CONFLICT DO NOTHING` in the same
-transaction as its entries. A retry finds the key taken with the same fingerprint and replays the
-original posting; a different payload under the same key is DUPLICATE_REQUEST. A crash before
-commit leaves neither the key nor any entry.
+Lock order (issue 12): every transaction that touches points, whatever it posts (earn, redeem,
+adjust, order, refund, cancelRedemption, expiry, a merge's or an unmerge's transfer, a tier review;
+one posting or a batch of them), takes its locks in this order:
+
+1. the member rows, in ascending id order, each at once with the lock the transaction keeps: a
+   single posting's conditional UPDATE of its one member, `lock_members` (`ORDER BY id ... FOR NO
+   KEY UPDATE`), a batch's or a tier review's members locked the same way before they are
+   updated, a merge's two members `FOR UPDATE`. Never a weaker lock first: the foreign key check
+   of an INSERT referencing a member takes `FOR KEY SHARE`, and two transactions holding that
+   which then both ask for `FOR UPDATE` wait for each other (two refunds of one member did). So
+   nothing referencing a member is inserted before the member is locked;
+2. then the order row (a refund, `FOR UPDATE`, found again through the member it locked; a merge
+   moving orders) and the merge record (an unmerge);
+3. then the idempotency key, the INSERT of the posting (and of a new order, under its external
+   id), which waits only for a concurrent insert of the same key;
+4. then lots, entries, draws and tier changes, only of members the transaction has locked.
+
+Why no deadlock: a transaction waits for a member row only while it holds member rows with
+smaller ids and nothing else, so along a chain of such waits the ids grow and it cannot close.
+Order rows and the merge record are locked only by whoever holds their member, so nobody waits
+for them but a refund whose order a merge moved while it waited for the merged member; that
+refund waits for the order's current holder, which waits for nothing it holds, then finds the
+order gone from its member and starts again (`Retry`). A key is inserted only after its member is
+locked, so a second request under a key waits for the member, not the key; keys are contended
+only when a client sends one key for two members at once. Two batches (of two processes) doing
+that with two keys in crossed order could still deadlock: PostgreSQL then breaks the cycle
+(40P01), the batch's postings go one by one and the duplicate is refused (DUPLICATE_REQUEST).
+Deadlocks and serialization failures that happen anyway are retried with jitter by
+`store.transactions.transact`, as is a unit of work that raises `Retry` because a row moved under
+it (a refund's order or a cancellation's lots, by a merge); all of it is safe to run again
+because of the keys. Lots are only touched under their owner's lock, so they never wait.
+
+Idempotency: each request claims its key (a plain INSERT of its posting, which fails when the key
+is held, or `claim`'s `INSERT ... ON CONFLICT DO NOTHING`) in the same transaction as its entries.
+A retry finds the key taken with the same fingerprint and replays the original posting; a
+different payload under the same key is DUPLICATE_REQUEST. A crash before commit leaves neither
+the key nor any entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +178,15 @@ _member_state = Query(
     sa.select(members.c.brand_id, members.c.merged_into, members.c.points_balance).where(
         members.c.id == sa.bindparam("member_id")
     )
+)
+# Step 1 of the lock order (module docstring): the rows sorted before they are locked (PostgreSQL
+# locks them as the sort hands them out), with the lock an UPDATE takes (not FOR UPDATE, which
+# would also hold up foreign key checks of other writers, e.g. tag assignments).
+_lock_members = Query(
+    sa.select(members.c.id, members.c.brand_id, members.c.merged_into, members.c.points_balance)
+    .where(members.c.id == sa.any_(_IDS))
+    .order_by(members.c.id)
+    .with_for_update(key_share=True)
 )
 _insert_entry = Query(
     sa.insert(points_entries)
@@ -325,6 +367,13 @@ async def claim(conn: AsyncConnection[Any], request: Request) -> Posting:
     return Posting(held["id"], held["member_id"], replayed=True)
 
 
+async def lock_members(conn: AsyncConnection[Any], member_ids: Iterable[int]) -> dict[int, Row]:
+    """Lock the members' rows in id order, as an UPDATE would, before anything else the transaction
+    locks (see the module docstring); returns the rows found, by id, as they are now."""
+    rows = await _lock_members.all(conn, ids=sorted(set(member_ids)))
+    return {row["id"]: row for row in rows}
+
+
 async def refuse_debit(conn: AsyncConnection[Any], brand_id: int, member_id: int, amount: int) -> DomainError:
     row = await _member_state.one(conn, member_id=member_id)
     if row is None or row["brand_id"] != brand_id:
@@ -433,6 +482,7 @@ async def transfer(
     note: str,
 ) -> list[int]:
     """Move lots (all of the member's, or ``lot_ids``) with their expiry from one member to another.
+    The caller has locked both members (`lock_members`, or as `store.members.merges` does).
 
     Spent lots move too, so a later cancelled redemption gives its points back to whoever holds
     the lot. What is left in them is posted as TRANSFER entries out of one member and into the

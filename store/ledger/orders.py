@@ -27,6 +27,7 @@ from store.ledger import journal, postings, tiers
 from store.ledger.journal import Posting, Request
 from store.sql import Query, Row
 from store.tables import brand_rules, brand_tiers, members, orders, points_entries, points_lots, points_postings
+from store.transactions import Retry
 
 MAX_AMOUNT = Decimal("100000000")  # 100 million yuan: larger is a data error, not a basket
 CENT = Decimal("0.01")
@@ -284,30 +285,30 @@ _order_posted = Query(
 )
 # A retried order fails the statement on one of these (which one first is the server's choice).
 _ORDER_KEYS = frozenset({postings.KEY_CONSTRAINT, "uq_orders_brand_id_channel_external_order_id"})
-_lock_member = Query(
-    sa.select(members.c.brand_id, members.c.merged_into)
-    .where(members.c.id == sa.bindparam("member_id"))
-    .with_for_update()
-)
 _order_of_posting = Query(sa.select(orders.c.id).where(orders.c.posting_id == sa.bindparam("posting_id")))
+_ORDER_KEY = sa.and_(
+    orders.c.brand_id == sa.bindparam("brand_id"),
+    orders.c.channel == sa.bindparam("channel"),
+    orders.c.external_order_id == sa.bindparam("external_order_id"),
+)
+# A refund's locks, in the ledger's order (`store.ledger.journal`): first the member the order
+# belongs to, found through the order (read, not locked), locked as `journal.lock_members` does;
+# then the order row, only while it still belongs to that member.
+_lock_buyer = Query(
+    sa.select(members.c.id)
+    .where(members.c.id == sa.select(orders.c.member_id).where(_ORDER_KEY).scalar_subquery())
+    .with_for_update(key_share=True)
+)
 _lock_order = Query(
-    sa.select(*ORDER_COLUMNS)
-    .where(
-        orders.c.brand_id == sa.bindparam("brand_id"),
-        orders.c.channel == sa.bindparam("channel"),
-        orders.c.external_order_id == sa.bindparam("external_order_id"),
-    )
-    .with_for_update()
+    sa.select(*ORDER_COLUMNS).where(_ORDER_KEY, orders.c.member_id == sa.bindparam("member_id")).with_for_update()
 )
 _order_lots = Query(
     sa.select(points_lots.c.id)
     .join(points_entries, points_entries.c.id == points_lots.c.entry_id)
     .where(points_entries.c.posting_id == sa.bindparam("posting_id"))
 )
-_balance = Query(
-    sa.select(members.c.points_balance, members.c.growth_value)
-    .where(members.c.id == sa.bindparam("member_id"))
-    .with_for_update()
+_balance = Query(  # of a member `find_for_refund` locked
+    sa.select(members.c.points_balance, members.c.growth_value).where(members.c.id == sa.bindparam("member_id"))
 )
 _record_refund = Query(
     sa.update(orders)
@@ -389,7 +390,7 @@ async def record(conn: AsyncConnection[Any], purchase: Purchase) -> OrderResult:
     if held is not None:
         return await _replayed(conn, held)
     async with conn.transaction():  # again, with the member's row held from before the statement
-        member = await _lock_member.one(conn, member_id=order.member_id)
+        member = (await journal.lock_members(conn, [order.member_id])).get(order.member_id)
         if member is None or member["brand_id"] != order.brand_id or member["merged_into"] is not None:
             raise DomainError(
                 ErrorCode.UNKNOWN_MEMBER, f"no live member {order.member_id} in this brand", field="memberId"
@@ -437,18 +438,26 @@ async def _replayed(conn: AsyncConnection[Any], posting: Posting) -> OrderResult
 
 
 async def find_for_refund(conn: AsyncConnection[Any], brand_id: int, channel: str, external_order_id: str) -> Row:
-    row = await _lock_order.one(conn, brand_id=brand_id, channel=channel, external_order_id=external_order_id)
-    if row is None:
+    """The order to refund, locked after its member (a refund changes both); run `refund` next, in
+    the same transaction. Raises `Retry` when a merge moved the order to another member while
+    this waited for the first one: the refund then starts again and finds the survivor."""
+    key = {"brand_id": brand_id, "channel": channel, "external_order_id": external_order_id}
+    buyer = await _lock_buyer.one(conn, **key)
+    if buyer is None:
         raise DomainError(
             ErrorCode.UNKNOWN_ORDER, f"no {channel} order {external_order_id!r} in this brand", field="externalOrderId"
         )
+    row = await _lock_order.one(conn, **key, member_id=buyer["id"])
+    if row is None:
+        raise Retry(f"{channel} order {external_order_id!r} moved from member {buyer['id']} while it was locked")
     return row
 
 
 async def refund(
     conn: AsyncConnection[Any], order: Row, amount: Decimal | None, key: str, reason: str | None, actor: str
 ) -> OrderResult:
-    """Refund part or all of an order under the policy in the module docstring."""
+    """Refund part or all of an order under the policy in the module docstring; ``order`` as
+    `find_for_refund` locked it, with its member, in this transaction."""
     open_amount: Decimal = order["amount"] - order["refunded"]
     refund_amount = open_amount if amount is None else check_amount(amount)
     request = Request(

@@ -18,7 +18,8 @@ from store.ledger import journal
 from store.ledger.batched import Change, post_alone
 from store.ledger.journal import Draws, Posting, Request
 from store.sql import ZERO, Query
-from store.tables import lot_draws, members, points_entries, points_lots, points_postings
+from store.tables import lot_draws, points_entries, points_lots, points_postings
+from store.transactions import Retry
 
 _posting = Query(
     sa.select(
@@ -38,7 +39,6 @@ _redemption_draws = Query(
     .where(points_entries.c.posting_id == sa.bindparam("posting_id"))
     .order_by(points_lots.c.member_id, lot_draws.c.lot_id)
 )
-_lock_member = Query(sa.select(members.c.id).where(members.c.id == sa.bindparam("member_id")).with_for_update())
 _expired_lots = Query(
     sa.select(points_lots.c.id, points_lots.c.remaining)
     .where(
@@ -95,12 +95,11 @@ async def adjust(conn: AsyncConnection[Any], request: Request, delta: int) -> Po
 async def cancel_redemption(
     conn: AsyncConnection[Any], *, brand_id: int, redemption_id: int, key: str, reason: str | None, actor: str
 ) -> Posting:
-    """Give a redemption's points back to exactly the lots it drew from."""
+    """Give a redemption's points back to exactly the lots it drew from. Raises `Retry` when a
+    merge moved those lots to another member while this waited for their owners."""
     redemption = await _posting.one(conn, posting_id=redemption_id)
     if redemption is None or redemption["brand_id"] != brand_id or redemption["operation"] != "redeem":
         raise DomainError(ErrorCode.UNKNOWN_POSTING, f"no redemption {redemption_id} in this brand", field="postingId")
-    # A concurrent cancellation under another key loses on the unique reverses_posting_id and,
-    # retried by `transact`, lands here.
     request = Request(
         brand_id,
         redemption["member_id"],
@@ -111,6 +110,15 @@ async def cancel_redemption(
         actor=actor,
         reverses_posting_id=redemption_id,
     )
+    # The ledger's lock order (`store.ledger.journal`): the redeemer, whom the posting names, and
+    # whoever holds the lots now (merges move them), in id order, before anything else; then the
+    # draws again, as they are once nobody can move them.
+    seen = _by_owner(await _redemption_draws.all(conn, posting_id=redemption_id))
+    locked = await journal.lock_members(conn, [redemption["member_id"], *seen])
+    owners = _by_owner(await _redemption_draws.all(conn, posting_id=redemption_id))
+    if not owners.keys() <= locked.keys():
+        raise Retry(f"the lots of redemption {redemption_id} moved while their owners were locked")
+    # A cancellation under another key, committed while this waited, holds the redemption now.
     cancelled_by = await _cancellation.one(conn, posting_id=redemption_id)
     if cancelled_by is not None and cancelled_by["idempotency_key"] != request.key:
         raise DomainError(
@@ -121,7 +129,7 @@ async def cancel_redemption(
     posting = await journal.claim(conn, request)
     if posting.replayed:
         return posting
-    for owner, draws in _by_owner(await _redemption_draws.all(conn, posting_id=redemption_id)).items():
+    for owner, draws in owners.items():
         # The lot owner may differ from the redeemer after a merge: credit whoever holds the lots now.
         balance = await journal.credit(conn, brand_id, owner, draws.total)
         await journal.give_back(conn, draws)
@@ -140,7 +148,7 @@ def _by_owner(rows: list[dict[str, Any]]) -> dict[int, Draws]:
 
 async def expire_member(conn: AsyncConnection[Any], brand_id: int, member_id: int, as_of: dt.datetime) -> int:
     """Post one EXPIRE entry for what is left in the member's lots expired by ``as_of``; returns points."""
-    await _lock_member.run(conn, member_id=member_id)
+    await journal.lock_members(conn, [member_id])
     lots = await _expired_lots.all(conn, member_id=member_id, as_of=as_of)
     if not lots:
         return 0

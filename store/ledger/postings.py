@@ -25,7 +25,6 @@ from store.ledger.journal import (
     LOT_EXPIRY,
     Posting,
     Request,
-    claim_insert,
     draw_soonest,
     held_by_key,
     open_lots_cte,
@@ -110,89 +109,58 @@ _credit_posted = Query(
     .add_cte(_credit_member, _credit_posting, _credit_line, _credit_lot_opened)
 )
 
-# Claim first (as `journal.claim`), then the conditional debit and its entry. A row with no entry means the
-# balance did not cover it (or the member is merged): the caller's transaction undoes the claim.
-_debit_claim = claim_insert.cte("debit_claim")
-_debit_member = (
-    sa.update(members)
-    .where(LIVE_MEMBER, members.c.points_balance >= AMOUNT, sa.exists(sa.select(_debit_claim.c.id)))
-    .values(points_balance=members.c.points_balance - AMOUNT)
-    .returning(*members.c)
-    .cte("debit_member")
-)
-_debit_line = (
-    sa.insert(points_entries)
-    .from_select(
-        ENTRY_COLUMNS,
-        sa.select(
-            _debit_claim.c.id,
-            _debit_claim.c.brand_id,
-            _debit_member.c.id,
-            sa.bindparam("kind", type_=sa.Text),
-            -AMOUNT,
-            _debit_member.c.points_balance,
-            sa.bindparam("note", type_=sa.Text),
-        ).select_from(_debit_claim.join(_debit_member, sa.true())),
-    )
-    .returning(points_entries.c.id)
-    .cte("debit_line")
-)
-_debit_posted = Query(
-    sa.select(*posting_columns(_debit_claim), _debit_line.c.id.label("entry_id"), *tiered(_debit_member))
-    .select_from(
-        _debit_claim.outerjoin(
-            _debit_member.join(brand_tiers, tier_of(_debit_member)).join(_debit_line, sa.true()), sa.true()
-        )
-    )
-    .add_cte(_debit_claim, _debit_member, _debit_line)
-)
-
-
-# The whole debit in one statement, for autocommit: the member's conditional debit (locks the row),
-# then a plain INSERT of the posting (a held key fails the statement), the entry, and the draw
-# planned from the lots as the statement's snapshot saw them. That plan is only sound if no
-# posting for the member committed between the snapshot and the lock; every change to a member's
-# open lots changes its member row in the same transaction, so the debit applies only to the row
-# version the snapshot saw (same xmin: optimistic concurrency on PostgreSQL's row version) and
-# otherwise yields no row; `debit_posting` then takes the two-statement path.
+# The whole debit in one statement, for autocommit: the member's conditional debit (which locks the
+# row: step 1 of the ledger's lock order), then a plain INSERT of the posting (a held key fails the
+# statement, and nothing of it remains), the entry, and the draw planned from the lots as the
+# statement's snapshot saw them. That plan is only sound if no posting for the member committed
+# between the snapshot and the lock; every change to a member's open lots changes its member row
+# in the same transaction, so the debit applies only to the row version the snapshot saw (same
+# xmin: optimistic concurrency on PostgreSQL's row version) and otherwise yields no row;
+# `debit_posting` then takes the two-statement path: the same debit without that condition and
+# without the draw, then the draw planned after the lock (`draw_soonest`), in a transaction.
 _row_version: sa.ColumnElement[Any] = sa.literal_column("members.xmin")
 _seen = members.alias("seen")
 # In an UPDATE of members: the row is still the version the statement's snapshot saw.
 AS_SEEN = _row_version == sa.select(sa.literal_column("seen.xmin")).where(_seen.c.id == members.c.id).scalar_subquery()
-_at_once_member = (
-    sa.update(members)
-    .where(
-        LIVE_MEMBER,
-        members.c.points_balance >= AMOUNT,
-        AS_SEEN,
+
+
+def _debit_ctes(name: str, *conditions: sa.ColumnElement[bool]) -> tuple[Any, Any, Any]:
+    """The debited member, its posting and its entry: no rows when the member is not live, the
+    balance does not cover the amount or ``conditions`` do not hold."""
+    member = (
+        sa.update(members)
+        .where(LIVE_MEMBER, members.c.points_balance >= AMOUNT, *conditions)
+        .values(points_balance=members.c.points_balance - AMOUNT)
+        .returning(*members.c)
+        .cte(f"{name}_member")
     )
-    .values(points_balance=members.c.points_balance - AMOUNT)
-    .returning(*members.c)
-    .cte("at_once_member")
-)
-_at_once_posting = (
-    sa.insert(points_postings)
-    .from_select(["member_id", *POSTING_VALUES], sa.select(_at_once_member.c.id, *POSTING_VALUES.values()))
-    .returning(*points_postings.c)
-    .cte("at_once_posting")
-)
-_at_once_line = (
-    sa.insert(points_entries)
-    .from_select(
-        ENTRY_COLUMNS,
-        sa.select(
-            _at_once_posting.c.id,
-            _at_once_posting.c.brand_id,
-            _at_once_member.c.id,
-            sa.bindparam("kind", type_=sa.Text),
-            -AMOUNT,
-            _at_once_member.c.points_balance,
-            sa.bindparam("note", type_=sa.Text),
-        ).select_from(_at_once_posting.join(_at_once_member, sa.true())),
+    posting = (
+        sa.insert(points_postings)
+        .from_select(["member_id", *POSTING_VALUES], sa.select(member.c.id, *POSTING_VALUES.values()))
+        .returning(*points_postings.c)
+        .cte(f"{name}_posting")
     )
-    .returning(points_entries.c.id)
-    .cte("at_once_line")
-)
+    line = (
+        sa.insert(points_entries)
+        .from_select(
+            ENTRY_COLUMNS,
+            sa.select(
+                posting.c.id,
+                posting.c.brand_id,
+                member.c.id,
+                sa.bindparam("kind", type_=sa.Text),
+                -AMOUNT,
+                member.c.points_balance,
+                sa.bindparam("note", type_=sa.Text),
+            ).select_from(posting.join(member, sa.true())),
+        )
+        .returning(points_entries.c.id)
+        .cte(f"{name}_line")
+    )
+    return member, posting, line
+
+
+_at_once_member, _at_once_posting, _at_once_line = _debit_ctes("at_once", AS_SEEN)
 # Joined to the entry, so lots are only touched once the member row is locked (lock order).
 _at_once_drawn = (
     sa.update(points_lots)
@@ -213,6 +181,16 @@ _debited_at_once = Query(
     sa.select(*posting_columns(_at_once_posting), *tiered(_at_once_member))
     .select_from(_at_once_posting.join(_at_once_member, sa.true()).join(brand_tiers, tier_of(_at_once_member)))
     .add_cte(_at_once_member, _at_once_posting, _at_once_line, open_lots_cte, planned, _at_once_drawn, _at_once_draws)
+)
+_debit_member, _debit_posting, _debit_line = _debit_ctes("debit")
+_debit_posted = Query(
+    sa.select(*posting_columns(_debit_posting), _debit_line.c.id.label("entry_id"), *tiered(_debit_member))
+    .select_from(
+        _debit_posting.join(_debit_member, sa.true())
+        .join(brand_tiers, tier_of(_debit_member))
+        .join(_debit_line, sa.true())
+    )
+    .add_cte(_debit_member, _debit_posting, _debit_line)
 )
 
 
@@ -266,10 +244,10 @@ async def credit_posting(conn: AsyncConnection[Any], request: Request, *, kind: 
 
 
 async def debit_posting(conn: AsyncConnection[Any], request: Request, *, kind: str, amount: int, note: str) -> Posting:
-    """Claim the key, debit the member if the balance covers it, write the entry, draw the lots
+    """Debit the member if the balance covers it, claim the key, write the entry, draw the lots
     soonest-expiring first. One statement when no other posting for the member got in its way
     (whole on its own: run it outside a transaction to save BEGIN and COMMIT); else two, in a
-    transaction (a refusal raises after the claim, undoing it)."""
+    transaction."""
     params = {**claim_params(request), "amount": amount, "kind": kind, "note": note, "preferred": []}
     try:
         async with statement_fence(conn):
@@ -280,24 +258,33 @@ async def debit_posting(conn: AsyncConnection[Any], request: Request, *, kind: s
         return await _replay_or_refuse(conn, request)
     if row is not None:
         return split_posting(row, request)
-    async with conn.transaction():  # a savepoint when the caller has a transaction open
-        return await _debit_in_two(conn, request, params)
+    return await _debit_in_two(conn, request, params)
 
 
 async def _debit_in_two(conn: AsyncConnection[Any], request: Request, params: dict[str, Any]) -> Posting:
-    row = await _debit_posted.one(conn, **params)
-    if row is None:  # the key was taken, or no such member in the brand
-        return await _replay_or_refuse(conn, request)
     amount = params["amount"]
-    if row["entry_id"] is None:
+    try:
+        async with conn.transaction():  # a savepoint when the caller has a transaction open
+            row = await _debit_posted.one(conn, **params)
+            if row is not None:
+                await _draw(conn, row.pop("entry_id"), request.member_id, amount)
+                return split_posting(row, request)
+    except errors.UniqueViolation as error:
+        if error.diag.constraint_name != KEY_CONSTRAINT:
+            raise
+        return await _replay_or_refuse(conn, request)
+    # Nothing debited: the key's earlier posting (a retry), DUPLICATE_REQUEST, or why not.
+    held = await held_posting(conn, request)
+    if held is None:
         raise await refuse_debit(conn, request.brand_id, request.member_id, amount)
-    drawn = await draw_soonest.all(
-        conn, entry_id=row["entry_id"], member_id=request.member_id, amount=amount, preferred=[]
-    )
+    return held
+
+
+async def _draw(conn: AsyncConnection[Any], entry_id: int, member_id: int, amount: int) -> None:
+    """Draw the debit's lots, planned now that the member's row is locked (`draw_soonest`)."""
+    drawn = await draw_soonest.all(conn, entry_id=entry_id, member_id=member_id, amount=amount, preferred=[])
     if sum(draw["amount"] for draw in drawn) != amount:
-        raise AssertionError(f"member {request.member_id}: lots hold less than the balance; ledger invariant broken")
-    del row["entry_id"]
-    return split_posting(row, request)
+        raise AssertionError(f"member {member_id}: lots hold less than the balance; ledger invariant broken")
 
 
 async def _replay_or_refuse(conn: AsyncConnection[Any], request: Request) -> Posting:

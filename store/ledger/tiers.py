@@ -122,9 +122,24 @@ _targets = (
     .where(members.c.brand_id == sa.bindparam("brand_id"), members.c.merged_into.is_(None))
     .cte("targets")
 )
+# The members to move, locked in id order first (the ledger's lock order, `store.ledger.journal`):
+# the UPDATE alone would lock them in whatever order its join yields them. A member whose tier an
+# order changed after the snapshot the targets come from keeps that tier until the next review.
+_moving = (
+    sa.select(members.c.id)
+    .where(members.c.id.in_(sa.select(_targets.c.member_id).where(_targets.c.from_tier != _targets.c.to_tier)))
+    .order_by(members.c.id)
+    .with_for_update(key_share=True)
+    .cte("moving")
+)
 _changed = (
     sa.update(members)
-    .where(members.c.id == _targets.c.member_id, _targets.c.from_tier != _targets.c.to_tier)
+    .where(
+        members.c.id == _targets.c.member_id,
+        members.c.id.in_(sa.select(_moving.c.id)),
+        members.c.tier == _targets.c.from_tier,
+        _targets.c.from_tier != _targets.c.to_tier,
+    )
     .values(tier=_targets.c.to_tier)
     .returning(members.c.id, members.c.brand_id, _targets.c.from_tier, _targets.c.to_tier)
     .cte("changed")

@@ -197,6 +197,8 @@ _close = Query(
 
 
 async def _lock(conn: AsyncConnection[Any], ids: list[int]) -> dict[int, Row]:
+    """Lock the members in id order, before anything else: FOR UPDATE, so that nothing (a tag, an
+    identity) is attached to either while they merge."""
     return {row["id"]: row for row in await _lock_members.all(conn, ids=ids)}
 
 
@@ -206,7 +208,10 @@ async def _json(conn: AsyncConnection[Any], member_id: int) -> dict[str, Any]:
 
 
 async def merge(conn: AsyncConnection[Any], *, survivor_id: int, merged_id: int, reason: str) -> int:
-    """Merge ``merged_id`` into ``survivor_id``; return the merge id. Runs in the caller's transaction."""
+    """Merge ``merged_id`` into ``survivor_id``; return the merge id. Runs in the caller's transaction.
+
+    Both members are locked first, in id order, as the ledger's lock order wants
+    (store/ledger/journal.py): the points transfer, the orders and the tags move after that."""
     reason = reason.strip()
     if not 1 <= len(reason) <= MAX_REASON:
         raise DomainError(
@@ -286,17 +291,21 @@ async def _record_tier_change(
 
 async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
     """Undo a merge; return the merge row. Runs in the caller's transaction."""
-    merge_row = await _lock_merge.one(conn, merge_id=merge_id)
-    if merge_row is None:
+    found = await _merges_by_id.one(conn, ids=[merge_id])
+    if found is None:
         raise DomainError(ErrorCode.UNKNOWN_MERGE, f"no merge {merge_id}", field="mergeId")
+    # The ledger's lock order (store/ledger/journal.py): both members in id order, then the merge
+    # record, read again now (an unmerge that held the members before this may have closed it).
+    survivor_id, merged_id = found["survivor_id"], found["merged_id"]
+    survivor = (await _lock(conn, [survivor_id, merged_id]))[survivor_id]
+    merge_row = await _lock_merge.one(conn, merge_id=merge_id)
+    assert merge_row is not None, "merge records are never deleted"
     if merge_row["unmerged_at"] is not None:
         raise DomainError(
             ErrorCode.MERGE_NOT_REVERSIBLE,
             f"merge {merge_id} was already undone",
             field="mergeId",
         )
-    survivor_id, merged_id = merge_row["survivor_id"], merge_row["merged_id"]
-    survivor = (await _lock(conn, [survivor_id, merged_id]))[survivor_id]
     if survivor["merged_into"] is not None:
         raise DomainError(
             ErrorCode.MERGE_NOT_REVERSIBLE,
