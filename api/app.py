@@ -25,7 +25,7 @@ from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
 from store.pools import Pool, watch
-from store.urls import libpq_url
+from store.urls import libpq_url, redacted
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> Starlette:
             url = embedded.url
             log.info("embedded PostgreSQL running in %s", settings.home / "pgdata")
             await anyio.to_thread.run_sync(migrate.upgrade, url)
+        log.info("omnimember: home %s, database %s", settings.home, redacted(url))
         try:
             pool = Pool(
                 libpq_url(url),

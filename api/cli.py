@@ -111,6 +111,13 @@ def refresh(brand: Annotated[str | None, typer.Option(help="Brand code (default:
 
 
 @cli.command()
+def config() -> None:
+    """Print the effective configuration (environment and defaults), secrets redacted."""
+    for name, value in Settings.from_env().described().items():
+        typer.echo(f"{name}: {value}")
+
+
+@cli.command()
 def schema() -> None:
     """Print the GraphQL schema (SDL)."""
     from schema.root import sdl

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from store.urls import redacted
 
 # As root the embedded server's package opens every parent of its data directory to others
 # (o+rx), so root gets a system location instead of the working directory.
@@ -60,6 +62,17 @@ class Settings:
             max_exports=int(number("OMNIMEMBER_MAX_EXPORTS", defaults.max_exports)),
             shutdown_timeout=number("OMNIMEMBER_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
         )
+
+    def described(self) -> dict[str, str]:
+        """Every setting with its effective value, secrets redacted (`omnimember config`)."""
+        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        values["database_url"] = (
+            redacted(self.database_url)
+            if self.database_url
+            else (f"unset: the embedded PostgreSQL in {self.home / 'pgdata'}")
+        )
+        values["secret"] = "set (OMNIMEMBER_SECRET)" if self.secret else f"generated, kept in {self.home / 'secret'}"
+        return {name: str(value) for name, value in values.items()}
 
     def phone_secret(self) -> bytes:
         """The phone hashing/encryption secret: OMNIMEMBER_SECRET, else one kept in the home directory.

@@ -23,6 +23,15 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + libpq_url(url)[len("postgresql://") :]
 
 
+def redacted(url: str) -> str:
+    """The URL with its password replaced, for logs and `omnimember config`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def with_database(url: str, database: str) -> str:
     """The same server, another database: ``postgresql://h/db?x`` → ``postgresql://h/<database>?x``."""
     parts = urlsplit(libpq_url(url))
