@@ -137,8 +137,7 @@ class GraphQLEndpoint:
             await _too_large(send, self._max_body)
             return
         try:
-            async with asyncio.timeout(self._body_timeout):
-                body = await _read_body(receive, self._max_body)
+            body = await _read_body(receive, self._max_body, self._body_timeout)
         except TimeoutError:
             message = f"the request body did not arrive within {self._body_timeout:g} s"
             await _refuse(send, 408, "REQUEST_TIMEOUT", message, [(b"connection", b"close")])
@@ -279,13 +278,15 @@ def _is_json(scope: Scope) -> bool:
 _TOO_LARGE = b""  # a sentinel (compared by identity): the body went past the limit
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def _read_body(receive: Receive, limit: int, seconds: float) -> bytes | None:
     """The whole request body up to ``limit`` bytes (else `_TOO_LARGE`, the rest unread), or None
-    if the client left."""
+    if the client left; TimeoutError if the rest does not arrive within ``seconds``. The
+    first part is read without a timer: a small body arrives whole with its headers."""
     chunks: list[bytes] = []
     size = 0
+    message = await receive()
+    deadline = asyncio.get_running_loop().time() + seconds
     while True:
-        message = await receive()
         if message["type"] != "http.request":
             return None
         chunk = message.get("body", b"")
@@ -295,6 +296,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        async with asyncio.timeout_at(deadline):
+            message = await receive()
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
