@@ -193,11 +193,14 @@ def demo(
 def _moment(value: str | None) -> dt.datetime:
     if value is None:
         return dt.datetime.now(dt.UTC)
+    example = "e.g. 2026-12-31T16:00:00+08:00 or 2026-12-31T08:00:00Z"
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not an ISO date or date-time, e.g. 2026-12-31T16:00:00+00:00") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+        raise typer.BadParameter(f"{value!r} is not an ISO date-time, {example}") from None
+    if moment.utcoffset() is None:  # as the API: a time without an offset names no instant
+        raise typer.BadParameter(f"{value!r} has no time zone offset, {example}")
+    return moment
 
 
 @cli.command("expire-points")

@@ -26,3 +26,16 @@ def test_a_command_on_the_embedded_database_prints_no_warning(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert "database at revision" in done.stdout
     assert "Warning" not in done.stderr, done.stderr
+
+
+def test_a_time_without_an_offset_is_refused_as_the_api_refuses_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "api", "expire-points", "--as-of", "2026-01-01T00:00:00"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "no time zone offset" in done.stderr
