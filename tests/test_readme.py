@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +14,20 @@ import pytest
 from store import migrate
 from tests.conftest import ROOT, in_process, throwaway_database
 
-BLOCKS = re.findall(r"```graphql\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```graphql\n(.*?)```", README, re.S)
+# The documents quoted inline in the tour's prose, in order: they must run as written too.
+INLINE = [
+    " ".join(span.split())
+    for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", README, flags=re.S))
+    if span.startswith(("mutation {", "{ "))
+]
+
+
+def _inline(*words: str) -> str:
+    """The one inline document holding every word."""
+    (found,) = [span for span in INLINE if all(word in span for word in words)]
+    return found
 
 
 @pytest.fixture
@@ -62,7 +76,8 @@ async def test_the_tour_returns_what_the_readme_says(tour: httpx.AsyncClient) ->
     failed = (await _run(tour, bad_phone))["registerMember"]
     assert (failed["__typename"], failed["code"], failed["field"]) == ("InvalidPhone", "INVALID_PHONE", "phone")
 
-    await _run(tour, 'mutation { registerMember(brand: "teashop", channel: "jd", externalId: "jd_77") { __typename } }')
+    second = (await _run(tour, _inline("registerMember", "jd_77")))["registerMember"]
+    assert second["member"]["id"] == "2"
     merged = (await _run(tour, merge))["mergeMembers"]["merge"]
     assert merged["movedIdentities"] == [{"channel": "JD", "externalId": "jd_77"}]
     jd = '{ memberByIdentity(brand: "teashop", channel: "jd", externalId: "jd_77") { id } }'
@@ -80,3 +95,30 @@ async def test_the_tour_returns_what_the_readme_says(tour: httpx.AsyncClient) ->
     assert (spent["replayed"], spent["member"]["pointsBalance"]) == (False, 258)
     again = (await _run(tour, redeem))["redeemPoints"]
     assert (again["replayed"], again["member"]["pointsBalance"]) == (True, 258)
+
+    read = (await _run(tour, _inline("pointsHistory", "tierHistory")))["member"]
+    assert [entry["kind"] for entry in read["pointsHistory"]["nodes"]] == ["REDEEM", "EARN"]
+    assert read["tierHistory"][-1]["toTier"] == "gold"
+
+    assert (await _run(tour, _inline("defineTag", "tea_lover")))["defineTag"] == {"__typename": "TagDefined"}
+    tagged = (await _run(tour, _inline("tagMembers", "tea_lover")))["tagMembers"]
+    assert (tagged["tagged"], tagged["added"]) == (1, 1)
+    shown = await _run(tour, _inline("tags {", "memberCount"))
+    assert [t["code"] for t in shown["member"]["tags"]] == ["tea_lover"]
+
+    audience = _inline("audience(", "whyMember")
+    for _ in range(50):  # "the index catches up with writes within about a second"
+        counted = (await _run(tour, audience))["audience"]
+        if counted["count"] == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert counted["count"] == 1
+    assert [(s["clause"], s["count"], s["removed"]) for s in counted["explain"]["steps"]] == [
+        (None, 2, 0),
+        ("tag:tea_lover", 1, 1),
+        ("NOT tier:silver", 1, 0),
+    ]
+    assert counted["whyMember"]["matches"] is True
+    saved = (await _run(tour, _inline("saveAudience", "tea lovers")))["saveAudience"]
+    assert saved["snapshot"]["count"] == 1
+    assert len(INLINE) == 7, INLINE  # every inline document of the tour ran above
