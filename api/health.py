@@ -9,8 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.state import AppState
-from store.audiences.deltas import IndexState, readiness
-from store.brands import list_brands
+from store.audiences.deltas import building
 from store.migrate import current_revision
 
 
@@ -39,12 +38,8 @@ async def readyz(request: Request) -> JSONResponse:
 async def _index(state: AppState) -> dict[str, Any]:
     """The brands whose audience index is being built (their audience reads answer INDEX_NOT_READY)."""
     async with state.pool.connection(timeout=2) as conn:
-        building = [
-            brand["code"]
-            for brand in await list_brands(conn)
-            if (await readiness(conn, brand["id"])).state is IndexState.BUILDING
-        ]
-    return {"building": building, "state": "BUILDING" if building else "READY"}
+        codes = await building(conn)
+    return {"building": codes, "state": "BUILDING" if codes else "READY"}
 
 
 async def _revision(state: AppState) -> str | None:

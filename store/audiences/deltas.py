@@ -154,6 +154,21 @@ SELECT :brand_id, 0 WHERE NOT EXISTS (SELECT 1 FROM audience_changes WHERE brand
 )
 
 
+_building = Query(
+    sa.text("""
+SELECT b.code FROM brands b LEFT JOIN audience_index_state s ON s.brand_id = b.id
+WHERE EXISTS (SELECT 1 FROM audience_changes c WHERE c.brand_id = b.id AND c.member_id = 0)
+   OR (s.built_at IS NULL AND EXISTS (SELECT 1 FROM members m WHERE m.brand_id = b.id))
+ORDER BY b.code
+""")
+)
+
+
+async def building(conn: AsyncConnection[Any]) -> list[str]:
+    """Codes of the brands whose index has a full build due (one statement, for /readyz)."""
+    return [row["code"] for row in await _building.all(conn)]
+
+
 async def readiness(conn: AsyncConnection[Any], brand_id: int) -> Readiness:
     """Whether the brand's index can answer now. An index never built for a brand with members
     (and nothing queued that would build it) gets a build queued here: the applier runs it."""
