@@ -88,12 +88,12 @@ async def test_a_pool_timeout_is_a_503_with_retry_after(database_url: str, tmp_p
 
 
 async def test_a_wedged_pool_answers_at_once_and_readyz_says_so(database_url: str, tmp_path: Path) -> None:
-    async with serving(database_url, tmp_path, pool_min_size=1, pool_max_size=1, request_deadline=0.05) as (
+    async with serving(database_url, tmp_path, pool_min_size=1, pool_max_size=1, request_deadline=0.2) as (
         http,
         state,
     ):
         stuck = await state.pool.getconn()
-        await asyncio.sleep(0.15)  # held for longer than twice the request deadline
+        await asyncio.sleep(0.45)  # held for longer than twice the request deadline (the watchdog reclaims at 2 s)
         response = await http.post("/graphql", json={"query": "{ brands { code } }"})
         assert response.status_code == 503
         assert response.json()["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
