@@ -9,7 +9,7 @@ from psycopg import AsyncConnection
 
 from resolvers.context import Info
 from store import brands
-from store.audiences.deltas import Freshness, freshness
+from store.audiences.deltas import Freshness
 from store.sql import Row
 from store.tables import DEFAULT_TIERS
 from store.transactions import transact
@@ -33,8 +33,7 @@ async def get_tiers(info: Info, *, brand_id: int) -> list[Row]:
 
 
 async def audience_index(info: Info, *, brand_id: int) -> Freshness:
-    async with info.context.pool.connection() as conn:
-        return await freshness(conn, brand_id)
+    return await info.context.loaders.audience_index_by_brand.load(brand_id)
 
 
 async def create_brand(

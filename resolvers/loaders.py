@@ -14,6 +14,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
+from store.audiences.deltas import Freshness, freshness
 from store.brands import BrandDirectory
 from store.ledger import history
 from store.members import merges, profiles
@@ -48,6 +49,15 @@ class Loaders:
     @cached_property
     def tiers_by_brand(self) -> DataLoader[int, list[Row]]:
         return DataLoader(self._cached_many(self._directory.tiers, "brand_id"))
+
+    @cached_property
+    def audience_index_by_brand(self) -> DataLoader[int, Freshness]:
+        return DataLoader(self._audience_indexes)
+
+    async def _audience_indexes(self, brand_ids: Sequence[int]) -> list[Freshness]:
+        """On one connection: a list of every brand must not take a pooled connection per brand."""
+        async with self._pool.connection() as conn:
+            return [await freshness(conn, brand_id) for brand_id in brand_ids]
 
     @cached_property
     def identities_by_member(self) -> DataLoader[int, list[Row]]:

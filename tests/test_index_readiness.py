@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from store.audiences import selections
 from store.audiences.bitmaps import lock_brand
 from store.brands import brand_by_code
-from tests.conftest import GraphQL, new_brand
+from tests.conftest import GraphQL, new_brand, serving
 
 MEMBERS = 40
 COUNT = 'query($b: String!) { audience(brand: $b, expression: "NOT tier:gold") { count } }'
@@ -109,3 +110,25 @@ async def test_a_new_brand_counts_at_once(gql: GraphQL, pool: AsyncConnectionPoo
     brand = await new_brand(pool)
     assert (await _index(gql, brand))["state"] == "READY"
     assert (await gql(COUNT, b=brand))["audience"]["count"] == 0
+
+
+async def test_a_list_of_brands_reads_their_indexes_on_one_connection(
+    database_url: str, tmp_path: Path, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the fuzz suite: `brands { audienceIndex }` took a pooled connection per brand, and
+    with a few hundred brands the pool ran dry (503)."""
+    for _ in range(12):
+        await new_brand(pool)
+    async with serving(database_url, tmp_path, pool_min_size=1, pool_max_size=2) as (http, state):
+        checkouts: list[int] = []
+        getconn = state.pool.getconn
+
+        async def counted(timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the signature it stands for)
+            checkouts.append(1)
+            return await getconn(timeout)
+
+        monkeypatch.setattr(state.pool, "getconn", counted)
+        response = await http.post("/graphql", json={"query": INDEX})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"]["brands"]) >= 12
+    assert len(checkouts) <= 3  # the brands, then their indexes: not one per brand
