@@ -177,7 +177,7 @@ class Documents:
             refused.extensions = {**(refused.extensions or {}), "code": code}
             return Checked(None, [refused])
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-        too_big = self._refuse_shape(document, fragments)
+        too_big, cost = self._refuse_shape(document, fragments)
         if too_big is not None:
             return Checked(None, [too_big])
         bad_text = _unstorable_argument(document)
@@ -187,38 +187,41 @@ class Documents:
         for error in errors:
             error.extensions = {**(error.extensions or {}), "code": "INVALID_DOCUMENT"}
         sized = any(_sized_by_variable(node) for node in _fields(document))
-        costs = [0] if sized else [_shape(o.selection_set, fragments, {}).cost for o in _operations(document)]
-        static = max(costs, default=0)
+        static = 0 if sized else cost
         return Checked(document, errors, sized_by_variables=sized, static_cost=static, fragments=fragments)
 
     def _refuse_shape(
         self, document: DocumentNode, fragments: dict[str, FragmentDefinitionNode]
-    ) -> GraphQLError | None:
+    ) -> tuple[GraphQLError | None, int]:
+        """The refusal of a document past a limit, and the highest cost of its operations (list
+        sizes from variables counted as 1: `cost` redoes it with the request's variables)."""
         limits = self.limits
         nesting = _fragment_nesting(fragments)
         if nesting is None:
-            return refusal("INVALID_DOCUMENT", "fragments spread within themselves (a cycle)")
+            return refusal("INVALID_DOCUMENT", "fragments spread within themselves (a cycle)"), 0
         if nesting > limits.max_fragment_depth:
             return refusal(
                 "TOO_DEEP",
                 f"fragments nest {nesting} deep; at most {limits.max_fragment_depth}",
                 limit=limits.max_fragment_depth,
-            )
+            ), 0
+        cost = 0
         for operation in _operations(document):
             shape = _shape(operation.selection_set, fragments, {})
             name = f"operation '{operation.name.value}'" if operation.name else "the operation"
             if shape.depth > limits.max_depth:
                 message = f"{name} exceeds maximum operation depth of {limits.max_depth} (it nests {shape.depth})"
-                return refusal("TOO_DEEP", message, limit=limits.max_depth)
+                return refusal("TOO_DEEP", message, limit=limits.max_depth), 0
             if shape.aliases > limits.max_aliases:
                 message = f"{name} has {shape.aliases} aliases with fragments expanded; at most {limits.max_aliases}"
-                return refusal("TOO_MANY_ALIASES", message, limit=limits.max_aliases)
+                return refusal("TOO_MANY_ALIASES", message, limit=limits.max_aliases), 0
             if shape.fields > limits.max_fields:
                 message = (
                     f"{name} selects {shape.fields:,} fields with fragments expanded; at most {limits.max_fields:,}"
                 )
-                return refusal("TOO_MANY_FIELDS", message, limit=limits.max_fields)
-        return None
+                return refusal("TOO_MANY_FIELDS", message, limit=limits.max_fields), 0
+            cost = max(cost, shape.cost)
+        return None, cost
 
 
 def _operations(document: DocumentNode) -> Iterator[OperationDefinitionNode]:
@@ -326,7 +329,6 @@ def _shape(
     with an explicit stack and each fragment's shape once (the nesting check ran before: no cycle,
     bounded depth)."""
     memo: dict[int, Shape] = {}
-    fragment_shapes: dict[str, Shape] = {}
 
     def children(node: SelectionSetNode) -> list[SelectionSetNode]:
         found: list[SelectionSetNode] = []
@@ -348,7 +350,7 @@ def _shape(
             stack.append((node, True))
             stack.extend((child, False) for child in children(node) if id(child) not in memo)
             continue
-        memo[id(node)] = _combine(node, memo, fragments, fragment_shapes, variables)
+        memo[id(node)] = _combine(node, memo, fragments, variables)
     return memo[id(selection_set)]
 
 
@@ -356,7 +358,6 @@ def _combine(
     node: SelectionSetNode,
     memo: Mapping[int, Shape],
     fragments: Mapping[str, FragmentDefinitionNode],
-    fragment_shapes: dict[str, Shape],
     variables: Mapping[str, Any],
 ) -> Shape:
     fields = aliases = depth = cost = 0
@@ -373,7 +374,7 @@ def _combine(
             fragment = fragments.get(selection.name.value)
             if fragment is None:
                 continue  # validation reports it
-            inner = fragment_shapes.setdefault(selection.name.value, memo[id(fragment.selection_set)])
+            inner = memo[id(fragment.selection_set)]
         else:
             assert isinstance(selection, InlineFragmentNode)
             inner = memo[id(selection.selection_set)]
