@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
@@ -43,17 +42,12 @@ class Pool(AsyncConnectionPool[AsyncConnection[Any]]):
         self._returning: set[asyncio.Task[None]] = set()  # strong references to background returns
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:  # noqa: ASYNC109 (the override)
-        if self._pool:  # psycopg_pool internals (pinned): an idle connection
-            # is handed over without suspending, so no cancellation can land in between; the
-            # shielded path costs a task and a future per checkout (18 us, measured).
-            conn = await super().getconn(timeout)
-        else:
-            acquiring = asyncio.ensure_future(super().getconn(timeout))
-            try:
-                conn = await asyncio.shield(acquiring)
-            except asyncio.CancelledError:
-                acquiring.add_done_callback(self._give_back_abandoned)
-                raise
+        acquiring = asyncio.ensure_future(super().getconn(timeout))
+        try:
+            conn = await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            acquiring.add_done_callback(self._give_back_abandoned)
+            raise
         task = asyncio.current_task()
         self.checkouts[id(conn)] = Checkout(conn, time.monotonic(), task.get_name() if task else "-")
         return conn
@@ -63,10 +57,7 @@ class Pool(AsyncConnectionPool[AsyncConnection[Any]]):
         if conn in self._reclaimed:  # the watchdog gave it back already
             self._reclaimed.discard(conn)
             return
-        if conn.info.transaction_status == TransactionStatus.IDLE:
-            await super().putconn(conn)  # nothing to roll back: returned without suspending
-        else:
-            await asyncio.shield(super().putconn(conn))
+        await asyncio.shield(super().putconn(conn))
 
     def _give_back_abandoned(self, acquiring: asyncio.Future[AsyncConnection[Any]]) -> None:
         """A connection got for a caller who stopped waiting: back to the pool at once."""
