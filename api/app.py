@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from api.auth import Authenticate
 from api.embedded import EmbeddedPostgres
 from api.export import export_expression, export_saved
 from api.graphql_app import graphql_app
@@ -19,7 +21,10 @@ from api.health import healthz, readyz
 from api.settings import Settings
 from api.slow_clients import use_header_timeout
 from api.state import AppState, LifespanState
+from resolvers.limits import RateLimits
 from store import migrate
+from store.access.audit import AuditWriter
+from store.access.keys import Keys
 from store.audiences.deltas import run_applier
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
@@ -71,6 +76,9 @@ def create_app(settings: Settings) -> Starlette:
                     head_revision=migrate.head_revision(),
                     settings=settings,
                     export_slots=asyncio.Semaphore(settings.max_exports),
+                    keys=Keys(settings.phone_secret()),
+                    audit=AuditWriter(pool),
+                    limits=RateLimits(settings.rate_limit, settings.phone_lookups),
                 )
                 background = [
                     # Writes queue member ids; this applies them to the audience index every second.
@@ -105,6 +113,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/audiences/export", export_expression, methods=["GET"]),
             Route("/audiences/{id}/export", export_saved, methods=["GET"]),
         ],
+        middleware=[Middleware(Authenticate)],
         lifespan=lifespan,
     )
 

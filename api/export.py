@@ -21,6 +21,7 @@ goes away; one more answers 429 `TOO_MANY_EXPORTS` with `Retry-After` at once.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -30,8 +31,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from api.auth import principal_of
 from api.state import AppState
 from resolvers.cursors import parse_id
+from store.access import audit
+from store.access.roles import Capability
 from store.audiences import engine, saved
 from store.audiences import export as member_export
 from store.audiences.selections import (
@@ -41,6 +45,7 @@ from store.audiences.selections import (
     read_expression,
     select,
 )
+from store.brands import ScopedBrands
 from store.errors import DomainError, ErrorCode
 from store.sql import Row
 
@@ -64,9 +69,10 @@ async def export_expression(request: Request) -> Response:
 
 async def _saved(request: Request, state: AppState) -> Found:
     audience_id = _id(request.path_params["id"], ErrorCode.UNKNOWN_AUDIENCE, "id")
+    scope = principal_of(request.scope).brand_ids
     async with state.pool.connection() as conn:
-        audience = await saved.audience(conn, audience_id)
-        snapshot_id = await _snapshot_of(conn, audience_id, request.query_params.get("snapshot"))
+        audience = await saved.audience(conn, audience_id, scope)
+        snapshot_id = await _snapshot_of(conn, audience_id, request.query_params.get("snapshot"), scope)
         ids = await saved.snapshot_members(conn, snapshot_id)
         brand = await state.brands.get(conn, audience["brand_code"])
     return ids, brand, f"audience-{audience_id}-{snapshot_id}"
@@ -76,8 +82,9 @@ async def _expression(request: Request, state: AppState) -> Found:
     code = _required(request, "brand")
     expression = _required(request, "expression")
     node = read_expression(expression, None)
+    brands = ScopedBrands(state.brands, principal_of(request.scope).brand_ids)
     async with state.pool.connection() as conn:
-        brand = await state.brands.get(conn, code)
+        brand = await brands.get(conn, code)
         selection = await select(conn, catalog_cache(state.pool), brand, node, source=expression)
         ids = await engine.member_ids(conn, selection.brand, selection.bound, selection.today)
     return ids, brand, f"audience-{code}"
@@ -87,6 +94,11 @@ async def _export(request: Request, find: Callable[[Request, AppState], Awaitabl
     """Check the parameters, take an export slot (or answer 429), read the members and stream them;
     the slot goes back when the stream ends, however it ends."""
     state: AppState = request.state.omnimember
+    principal = principal_of(request.scope)
+    if not principal.may(Capability.EXPORT):
+        message = f"a {principal.role} key may not export (it needs {Capability.EXPORT})"
+        body = {"code": "FORBIDDEN", "message": message, "parameter": None}
+        return JSONResponse({"error": body}, status_code=403)
     try:
         chosen = _layout(request)
     except DomainError as error:
@@ -99,6 +111,20 @@ async def _export(request: Request, find: Callable[[Request, AppState], Awaitabl
     except DomainError as error:
         slot.release()
         return error_response(error)
+    except BaseException:
+        slot.release()
+        raise
+    summary = {"fields": list(chosen.fields), "format": chosen.format, "members": int(ids.size), "file": name}
+    record = audit.entry(
+        principal,
+        operation="export",
+        brand_id=brand["id"],
+        target_ids=[],
+        summary=summary,
+        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+    )
+    try:
+        await state.audit.append(record)
     except BaseException:
         slot.release()
         raise
@@ -123,10 +149,11 @@ def _id(text: str, code: ErrorCode, field: str) -> int:
     return found
 
 
-async def _snapshot_of(conn: Any, audience_id: int, requested: str | None) -> int:
+async def _snapshot_of(conn: Any, audience_id: int, requested: str | None, scope: frozenset[int] | None) -> int:
     """The requested snapshot of the audience, or its latest."""
     if requested is not None:
-        snapshot = await saved.snapshot(conn, _id(requested, ErrorCode.UNKNOWN_SNAPSHOT, "snapshot"), field="snapshot")
+        snapshot_id = _id(requested, ErrorCode.UNKNOWN_SNAPSHOT, "snapshot")
+        snapshot = await saved.snapshot(conn, snapshot_id, scope, field="snapshot")
         if snapshot["audience_id"] != audience_id:
             raise DomainError(ErrorCode.UNKNOWN_SNAPSHOT, f"the audience has no snapshot {requested}", field="snapshot")
         return int(snapshot["id"])

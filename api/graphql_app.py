@@ -20,15 +20,19 @@ from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, process_result
 from strawberry.types import ExecutionResult
 
+from api.auth import BUSY, principal_of
 from api.settings import Settings
 from api.state import AppState
+from resolvers.audit import audit_clear_reads
 from resolvers.context import Context
 from resolvers.direct import DirectMutations
+from resolvers.domain import Principal
 from resolvers.sqljson import Needs, Plans
 from schema.documents import Documents, unstorable
+from schema.permissions import Permissions
 from schema.root import build_schema, mask_unexpected
+from store.brands import ScopedBrands
 
-BUSY = "the service is busy: no database connection came free in time; retry shortly"
 UNAVAILABLE = "SERVICE_UNAVAILABLE"
 # Past a limit, the answer waits: no real client sends such a request twice, and a client sending them
 # in a loop gets a few answers a second instead of taking the CPU every other request needs (measured
@@ -47,6 +51,9 @@ RETRY_AFTER = "1"  # seconds: connections come free fast, or the pool is wedged 
 
 class GraphQLApp(GraphQL[Context, None]):
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        context: Context | None = request.scope.get("context")
+        if context is not None:
+            await audit_clear_reads(context)
         if result.errors:
             result.errors = mask_unexpected([_busy_if_pool_timeout(error) for error in result.errors])
         return process_result(result)
@@ -56,13 +63,19 @@ class GraphQLApp(GraphQL[Context, None]):
     ) -> Response:
         response = super().create_response(response_data, sub_response)
         errors: list[Any] = (response_data.get("errors") if isinstance(response_data, dict) else None) or []
-        if any(((error.get("extensions") or {}).get("code") == UNAVAILABLE) for error in errors):
+        codes = {(error.get("extensions") or {}).get("code"): error for error in errors}
+        if UNAVAILABLE in codes:
             response.status_code = 503
             response.headers["retry-after"] = RETRY_AFTER
+        elif "RATE_LIMITED" in codes:
+            response.status_code = 429
+            response.headers["retry-after"] = str(codes["RATE_LIMITED"]["extensions"].get("retryAfter", 1))
         return response
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
-        return _context(request.state.omnimember, request.headers.get("x-request-id"))
+        context = _context(request.state.omnimember, principal_of(request.scope), _request_id(request.scope))
+        request.scope["context"] = context
+        return context
 
 
 def _busy_if_pool_timeout(error: GraphQLError) -> GraphQLError:
@@ -71,15 +84,28 @@ def _busy_if_pool_timeout(error: GraphQLError) -> GraphQLError:
     return GraphQLError(BUSY, error.nodes, path=error.path, extensions={"code": UNAVAILABLE})
 
 
-def _context(state: AppState, request_id: str | None) -> Context:
+def _context(state: AppState, principal: Principal, request_id: str) -> Context:
     """One request's context, for strawberry and for planned mutations alike."""
     return Context(
         pool=state.pool,
         vault=state.vault,
-        brands=state.brands,
+        brands=ScopedBrands(state.brands, principal.brand_ids),
         postings=state.postings,
-        request_id=request_id or uuid.uuid4().hex,
+        request_id=request_id,
+        principal=principal,
+        audit=state.audit,
+        limits=state.limits,
     )
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's X-Request-Id (kept to 100 printable characters), else a new one; set once per request."""
+    known: str | None = scope.get("request_id")
+    if known is None:
+        given = _header(scope, b"x-request-id") or ""
+        known = given if 0 < len(given) <= 100 and given.isprintable() else uuid.uuid4().hex
+        scope["request_id"] = known
+    return known
 
 
 class GraphQLEndpoint:
@@ -89,7 +115,13 @@ class GraphQLEndpoint:
     (with the body replayed), which takes the checked document from the same memory."""
 
     def __init__(
-        self, general: GraphQLApp, documents: Documents, plans: Plans, mutations: DirectMutations, settings: Settings
+        self,
+        general: GraphQLApp,
+        documents: Documents,
+        permissions: Permissions,
+        plans: Plans,
+        mutations: DirectMutations,
+        settings: Settings,
     ) -> None:
         self._general = general
         self._documents = documents
@@ -98,14 +130,11 @@ class GraphQLEndpoint:
         self._max_body = settings.max_body
         self._body_timeout = settings.body_timeout
         self._deadline = settings.request_deadline
+        self._permissions = permissions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
             await self._general(scope, receive, send)
-            return
-        state: AppState | None = scope.get("state", {}).get("omnimember")
-        if state is not None and state.pool_wedged():
-            await _refuse(send, 503, UNAVAILABLE, BUSY, [(b"retry-after", RETRY_AFTER.encode())])
             return
         started = False
 
@@ -155,7 +184,7 @@ class GraphQLEndpoint:
         if request is None:
             await _refuse(send, 400, "BAD_REQUEST", problem)
             return
-        refused = await self._check(request)
+        refused = await self._check(request, principal_of(scope))
         if refused is not None:
             await _respond(send, 200, refused)
             return
@@ -171,21 +200,24 @@ class GraphQLEndpoint:
             request: dict[str, Any] = {"query": params["query"], "operationName": params.get("operationName")}
             with contextlib.suppress(ValueError):
                 request["variables"] = json.loads(params.get("variables") or "null")
-            refused = await self._check(request)
+            refused = await self._check(request, principal_of(scope))
             if refused is not None:
                 await _respond(send, 200, refused)
                 return
         async with asyncio.timeout(self._deadline):
             await self._general(scope, receive, send)
 
-    async def _check(self, request: dict[str, Any]) -> bytes | None:
-        """The response refusing the request's document or its cost, or None when it may run."""
+    async def _check(self, request: dict[str, Any], principal: Principal) -> bytes | None:
+        """The response refusing the request's document, its cost or what it selects, or None when it may run."""
         checked = await self._documents.check_async(request["query"])
         variables = request.get("variables")
         too_costly = self._documents.cost(
             checked, request.get("operationName"), variables if isinstance(variables, dict) else None
         )
         errors = [*checked.errors, *([too_costly] if too_costly else [])]
+        if not errors and checked.document is not None:
+            forbidden = self._permissions.refusal(principal, request["query"], checked.document)
+            errors = [forbidden] if forbidden is not None else []
         if not errors:
             return None
         if any((error.extensions or {}).get("code") in LIMITS_EXCEEDED for error in errors):
@@ -195,12 +227,15 @@ class GraphQLEndpoint:
     async def _answer(self, scope: Scope, request: dict[str, Any]) -> bytes | None:
         state: AppState = scope["state"]["omnimember"]
         operation_name, variables = request.get("operationName"), request.get("variables")
-        plan = self._plans.plan(request["query"], operation_name)
+        principal = principal_of(scope)
+        # Personal data in clear takes the general path, whose resolvers audit each such read.
+        plan = None if principal.clear_pii else self._plans.plan(request["query"], operation_name)
         if plan is not None:
-            return await self._plans.answer(plan, variables, Needs(brands=state.brands, pool=state.pool))
+            needs = Needs(brands=ScopedBrands(state.brands, principal.brand_ids), pool=state.pool, principal=principal)
+            return await self._plans.answer(plan, variables, needs)
         mutation = self._mutations.plan(request["query"], operation_name)
         if mutation is not None:
-            return await self._mutations.answer(mutation, variables, _context(state, _header(scope, b"x-request-id")))
+            return await self._mutations.answer(mutation, variables, _context(state, principal, _request_id(scope)))
         return None
 
 
@@ -315,8 +350,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def graphql_app(settings: Settings) -> GraphQLEndpoint:
     schema = build_schema()
-    general = GraphQLApp(schema, graphql_ide="graphiql" if settings.graphql_ide else None)
+    general = GraphQLApp(schema, graphql_ide="graphiql" if settings.ide_on else None)
     documents = schema.documents
     return GraphQLEndpoint(
-        general, documents, Plans(schema._schema, documents), DirectMutations(schema, documents), settings
+        general,
+        documents,
+        Permissions(schema._schema),
+        Plans(schema._schema, documents),
+        DirectMutations(schema, documents),
+        settings,
     )

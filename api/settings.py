@@ -16,6 +16,13 @@ ROOT_HOME = Path("/var/lib/omnimember")
 USER_HOME = Path(".omnimember")
 
 
+def _flag(value: str | None) -> bool | None:
+    """An on/off variable: unset or empty is None (the default applies)."""
+    if not value:
+        return None
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
 def default_home() -> Path:
     return ROOT_HOME if os.geteuid() == 0 else USER_HOME.resolve()
 
@@ -30,7 +37,12 @@ class Settings:
     secret: str | None
     pool_min_size: int = 2
     pool_max_size: int = 10
-    graphql_ide: bool = True
+    dev: bool = False  # development mode: key-less loopback requests act as admin (api.auth)
+    graphql_ide: bool | None = None  # GraphiQL at /graphql; None: on in development mode only
+    introspection: bool | None = None  # None: on in development mode only
+    suggestions: bool | None = None  # "did you mean" in validation errors; None: development mode only
+    rate_limit: float = 500.0  # requests a second per key and process (0: no limit); more answer 429
+    phone_lookups: float = 30.0  # memberByPhone lookups a minute per key and process (0: no limit)
     max_body: int = 1 << 20  # bytes of a /graphql request body; larger ones answer 413 unread
     pool_timeout: float = 5.0  # seconds a request waits for a connection before a 503
     statement_timeout: float = 20.0  # seconds any one statement may run (0: no limit)
@@ -52,7 +64,12 @@ class Settings:
             secret=environ.get("OMNIMEMBER_SECRET") or None,
             pool_min_size=int(number("OMNIMEMBER_POOL_MIN", defaults.pool_min_size)),
             pool_max_size=int(number("OMNIMEMBER_POOL_MAX", defaults.pool_max_size)),
-            graphql_ide=environ.get("OMNIMEMBER_GRAPHIQL", "1") not in ("0", "false", "no"),
+            dev=_flag(environ.get("OMNIMEMBER_DEV")) or False,
+            graphql_ide=_flag(environ.get("OMNIMEMBER_GRAPHIQL")),
+            introspection=_flag(environ.get("OMNIMEMBER_INTROSPECTION")),
+            suggestions=_flag(environ.get("OMNIMEMBER_SUGGESTIONS")),
+            rate_limit=number("OMNIMEMBER_RATE_LIMIT", defaults.rate_limit),
+            phone_lookups=number("OMNIMEMBER_PHONE_LOOKUPS", defaults.phone_lookups),
             max_body=int(number("OMNIMEMBER_MAX_BODY", defaults.max_body)),
             pool_timeout=number("OMNIMEMBER_POOL_TIMEOUT", defaults.pool_timeout),
             statement_timeout=number("OMNIMEMBER_STATEMENT_TIMEOUT", defaults.statement_timeout),
@@ -62,6 +79,18 @@ class Settings:
             max_exports=int(number("OMNIMEMBER_MAX_EXPORTS", defaults.max_exports)),
             shutdown_timeout=number("OMNIMEMBER_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
         )
+
+    @property
+    def ide_on(self) -> bool:
+        return self.dev if self.graphql_ide is None else self.graphql_ide
+
+    @property
+    def introspection_on(self) -> bool:
+        return self.dev if self.introspection is None else self.introspection
+
+    @property
+    def suggestions_on(self) -> bool:
+        return self.dev if self.suggestions is None else self.suggestions
 
     def described(self) -> dict[str, str]:
         """Every setting with its effective value, secrets redacted (`omnimember config`)."""

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from api.settings import Settings
+from resolvers.limits import RateLimits
+from store.access.audit import AuditWriter
+from store.access.keys import Keys
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
@@ -22,6 +25,9 @@ class AppState:
     head_revision: str
     settings: Settings
     export_slots: asyncio.Semaphore  # exports streaming at once (settings.max_exports)
+    keys: Keys
+    audit: AuditWriter
+    limits: RateLimits
 
     def pool_wedged(self) -> bool:
         """Every connection has been out far longer than any request may take: requests would only

@@ -251,7 +251,7 @@ async def refresh_audience(info: Info, *, audience_id: int) -> tuple[Saved, Row]
 async def saved_audience(info: Info, audience_id: int) -> Saved:
     """The saved audience with its snapshots; raises UNKNOWN_AUDIENCE."""
     async with info.context.pool.connection() as conn:
-        row = await saved.audience(conn, audience_id)
+        row = await saved.audience(conn, audience_id, info.context.brands.brand_ids)
         return Saved(row, await saved.snapshots_of(conn, [audience_id]))
 
 
@@ -279,8 +279,8 @@ class Comparison:
 async def compare_snapshots(info: Info, *, before_id: int, after_id: int) -> Comparison:
     """Who entered and who exited between two snapshots of one brand (any order of taking)."""
     async with info.context.pool.connection() as conn:
-        before = await saved.snapshot(conn, before_id, field="before")
-        after = await saved.snapshot(conn, after_id, field="after")
+        before = await saved.snapshot(conn, before_id, info.context.brands.brand_ids, field="before")
+        after = await saved.snapshot(conn, after_id, info.context.brands.brand_ids, field="after")
         if before["brand_id"] != after["brand_id"]:
             raise DomainError(ErrorCode.INVALID_INPUT, "the snapshots belong to different brands", field="after")
         difference = saved.compare(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from graphql import GraphQLError
 from psycopg import AsyncConnection
 
 from resolvers.context import Info
@@ -16,8 +17,10 @@ from store.transactions import transact
 
 
 async def list_brands(info: Info) -> list[Row]:
+    """The brands the caller sees."""
     async with info.context.pool.connection() as conn:
-        return await brands.list_brands(conn)
+        rows = await brands.list_brands(conn)
+    return [row for row in rows if info.context.brands.sees(row["id"])]
 
 
 async def get_brand(info: Info, *, brand_id: int) -> Row | None:
@@ -46,6 +49,12 @@ async def create_brand(
     tiers: Sequence[str] | None,
 ) -> Row:
     async def work(conn: AsyncConnection[Any]) -> Row:
+        if not info.context.principal.owns_group(await brands.group_id(conn, group)):
+            raise GraphQLError(
+                f"this key may not create brands in group {group!r}: it needs a key scoped to that group"
+                " (or to all brands, for a new group)",
+                extensions={"code": "FORBIDDEN", "field": "group"},
+            )
         return await brands.create_brand(
             conn,
             code=code,

@@ -8,6 +8,8 @@ surface and grows only on purpose.
 
 from __future__ import annotations
 
+from store.access.principals import Principal
+from store.access.roles import Capability, Role
 from store.audiences.deltas import Freshness, IndexState
 from store.audiences.selections import IndexNotReadyError, InvalidExpressionError, Selection
 from store.errors import DomainError, ErrorCode
@@ -24,13 +26,16 @@ __all__ = [
     "MAX_MEMBER_IDS",
     "UNEXPECTED",
     "Binding",
+    "Capability",
     "DomainError",
     "ErrorCode",
     "Freshness",
     "IndexNotReadyError",
     "IndexState",
     "InvalidExpressionError",
+    "Principal",
     "Profile",
+    "Role",
     "Row",
     "Selection",
     "TooManyIdsError",

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
 from store.audiences.deltas import Freshness, freshness
-from store.brands import BrandDirectory
+from store.brands import ScopedBrands
 from store.ledger import history
 from store.members import merges, profiles
 from store.sql import Row, group_by, index_by
@@ -29,7 +29,7 @@ Grouped = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[list[Ro
 class Loaders:
     """The loaders of one request, named ``<thing>_by_<key>``."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], directory: BrandDirectory) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], directory: ScopedBrands) -> None:
         self._pool = pool
         self._directory = directory
 
@@ -99,10 +99,15 @@ class Loaders:
     def member_count_by_tag(self) -> DataLoader[int, int]:
         return DataLoader(self._tag_counts)
 
+    def _in_scope(self, rows: list[Row]) -> list[Row]:
+        """Rows of brands the caller sees: the others load as missing (the same answer as no row)."""
+        sees = self._directory.sees
+        return [row for row in rows if sees(row["brand_id"])]
+
     def _one(self, fetch: Fetch, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
         async def load(keys: list[Any]) -> list[Row | None]:
             async with self._pool.connection() as conn:
-                return index_by(await fetch(conn, keys), key, keys)
+                return index_by(self._in_scope(await fetch(conn, keys)), key, keys)
 
         return load
 
@@ -115,7 +120,7 @@ class Loaders:
 
     async def _members(self, keys: list[int]) -> list[Row | None]:
         async with self._pool.connection() as conn:
-            rows = await profiles.members_by_id(conn, keys)
+            rows = self._in_scope(await profiles.members_by_id(conn, keys))
         for row in rows:  # they came with their identities: spare that loader a statement
             self.identities_by_member.prime(row["id"], profiles.identities_of(row))
         return index_by(rows, "id", keys)
@@ -153,7 +158,7 @@ class Loaders:
                 hashes=sorted({h for _, h in keys}),
             )
         buckets: dict[tuple[int, bytes], list[Row]] = {key: [] for key in keys}
-        for row in rows:
+        for row in self._in_scope(rows):
             bucket = buckets.get((row["group_id"], row["phone_hash"]))
             if bucket is not None:
                 bucket.append(row)

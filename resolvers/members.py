@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from graphql import GraphQLError
+
 from resolvers import cursors
 from resolvers.context import Info
 from store.errors import DomainError, ErrorCode
@@ -60,6 +62,12 @@ async def get_member_by_identity(info: Info, *, brand: str, channel: str, extern
 
 
 async def get_member_by_phone(info: Info, *, brand: str, phone: str) -> Row | None:
+    wait = info.context.limits.phone_lookup(info.context.principal)
+    if wait > 0:  # so that a key cannot enumerate numbers
+        raise GraphQLError(
+            "this key looked up too many phone numbers; retry later",
+            extensions={"code": "RATE_LIMITED", "retryAfter": max(1, round(wait))},
+        )
     phone_hash = check_phone(info.context.vault, phone).hash
     async with info.context.pool.connection() as conn:
         brand_row = await info.context.brands.get(conn, brand)

@@ -7,12 +7,17 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from resolvers.context import Info
+from store.errors import DomainError, ErrorCode
 from store.members import merges
 from store.sql import Row
 from store.transactions import transact
 
 
 async def merge_members(info: Info, *, survivor_id: int, merged_id: int, reason: str) -> Row:
+    for member_id, field in ((survivor_id, "survivorId"), (merged_id, "mergedId")):
+        if await info.context.loaders.member_by_id.load(member_id) is None:  # missing, or another brand's
+            raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no member {member_id}", field=field)
+
     async def work(conn: AsyncConnection[Any]) -> int:
         return await merges.merge(conn, survivor_id=survivor_id, merged_id=merged_id, reason=reason)
 
@@ -21,6 +26,9 @@ async def merge_members(info: Info, *, survivor_id: int, merged_id: int, reason:
 
 
 async def unmerge_members(info: Info, *, merge_id: int) -> Row:
+    if await info.context.loaders.merge_by_id.load(merge_id) is None:  # missing, or another brand's
+        raise DomainError(ErrorCode.UNKNOWN_MERGE, f"no merge {merge_id}", field="mergeId")
+
     async def work(conn: AsyncConnection[Any]) -> Row:
         return await merges.unmerge(conn, merge_id=merge_id)
 

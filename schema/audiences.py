@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import strawberry
 
 from resolvers import audiences, cursors
+from resolvers.audit import audited
 from resolvers.context import Info
 from resolvers.domain import DomainError, Row, Selection
 from schema.connection import MemberConnection
@@ -374,6 +375,7 @@ class AudienceMutation:
     @strawberry.mutation(
         description="Save an expression under a name with a frozen snapshot of its members (count and time)."
     )
+    @audited("saveAudience")
     async def save_audience(
         self,
         info: Info,
@@ -389,6 +391,7 @@ class AudienceMutation:
         return AudienceSaved(audience=saved, snapshot=saved.snapshots[0])
 
     @strawberry.mutation(description="Evaluate a saved audience now and keep the result as a new snapshot.")
+    @audited("refreshAudience")
     async def refresh_audience(
         self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="Saved audience id.")]
     ) -> RefreshAudienceResult:

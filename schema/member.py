@@ -9,7 +9,7 @@ from typing import Annotated
 
 import strawberry
 
-from resolvers import brands, members, merges, points
+from resolvers import brands, members, merges, pii, points
 from resolvers.context import Info
 from resolvers.domain import Row
 from schema.brand import Brand, Tier
@@ -26,16 +26,25 @@ def _id(value: int) -> strawberry.ID:
 @strawberry.type(description="One channel's identity of a member.")
 class Identity:
     channel: Channel = strawberry.field(description="The channel that issued the identity.")
-    external_id: str = strawberry.field(description="The channel's own id (openid, platform buyer id, card no).")
     bound_at: dt.datetime = strawberry.field(description="When the identity was bound to this member.")
+    member_id: strawberry.Private[int]
+    raw_external_id: strawberry.Private[str]
 
     @classmethod
-    def from_row(cls, row: Row) -> Identity:
+    def from_row(cls, row: Row, member_id: int) -> Identity:
         return cls(
             channel=Channel(row["channel"]),
-            external_id=row["external_id"],
             bound_at=row["bound_at"],
+            member_id=member_id,
+            raw_external_id=row["external_id"],
         )
+
+    @strawberry.field(
+        description="The channel's own id (openid, platform buyer id, card no); for partner keys a pseudonym "
+        "(`p_...`), stable for the key and different for every other key."
+    )
+    def external_id(self, info: Info) -> str:
+        return pii.channel_id(info, self.member_id, self.channel.value, self.raw_external_id)
 
 
 @strawberry.type(description="One member profile of a brand, unified across channels.")
@@ -45,9 +54,8 @@ class Member:
     tier: Tier = strawberry.field(description="Current tier.")
     points_balance: int = strawberry.field(description="Points available to spend.")
     growth_value: int = strawberry.field(description="Growth value accumulated towards tiers; never spent.")
-    display_name: str | None = strawberry.field(description="Name the member gave.")
     gender: Gender = strawberry.field(description="Gender as stated by the member.")
-    birthday: dt.date | None = strawberry.field(description="Birthday, when given.")
+    birth_month: int | None = strawberry.field(description="Month of birth (1-12), when given; for every role.")
     city: str | None = strawberry.field(description="City of residence, e.g. 上海.")
     registered_at: dt.datetime = strawberry.field(description="When the member first registered anywhere.")
     first_purchase_at: dt.datetime | None = strawberry.field(description="First purchase on any channel.")
@@ -59,6 +67,8 @@ class Member:
     brand_id: strawberry.Private[int]
     phone_hash: strawberry.Private[bytes | None]
     merged_into_id: strawberry.Private[int | None]
+    raw_display_name: strawberry.Private[str | None]
+    raw_birthday: strawberry.Private[dt.date | None]
 
     @classmethod
     def from_row(cls, row: Row) -> Member:
@@ -68,9 +78,8 @@ class Member:
             tier=Tier(code=row["tier"], name=row["tier_name"], rank=row["tier_rank"]),
             points_balance=row["points_balance"],
             growth_value=row["growth_value"],
-            display_name=row["display_name"],
             gender=Gender(row["gender"]),
-            birthday=row["birthday"],
+            birth_month=None if row["birthday"] is None else row["birthday"].month,
             city=row["city"],
             registered_at=row["registered_at"],
             first_purchase_at=row["first_purchase_at"],
@@ -82,7 +91,19 @@ class Member:
             brand_id=row["brand_id"],
             phone_hash=row["phone_hash"],
             merged_into_id=row["merged_into"],
+            raw_display_name=row["display_name"],
+            raw_birthday=row["birthday"],
         )
+
+    @strawberry.field(description="Name the member gave; masked (`王*`) unless the key's role sees personal data.")
+    def display_name(self, info: Info) -> str | None:
+        return pii.name(info, int(self.id), self.raw_display_name)
+
+    @strawberry.field(
+        description="Birthday, when given; null unless the key's role sees personal data (see birthMonth)."
+    )
+    def birthday(self, info: Info) -> dt.date | None:
+        return pii.birthday(info, int(self.id), self.raw_birthday)
 
     @strawberry.field(description="The brand this membership belongs to.")
     async def brand(self, info: Info) -> Brand:
@@ -93,7 +114,7 @@ class Member:
     @strawberry.field(description="Channel identities bound to this member, oldest first.")
     async def identities(self, info: Info) -> list[Identity]:
         rows = await info.context.loaders.identities_by_member.load(int(self.id))
-        return [Identity.from_row(row) for row in rows]
+        return [Identity.from_row(row, int(self.id)) for row in rows]
 
     @strawberry.field(description="Tags the member carries, by category then code; expired ones are gone.")
     async def tags(self, info: Info) -> list[MemberTag]:
@@ -180,7 +201,12 @@ class Person:
 @strawberry.type(description="An identity a merge moved from the merged member to the survivor.")
 class MovedIdentity:
     channel: Channel = strawberry.field(description="The identity's channel.")
-    external_id: str = strawberry.field(description="The channel's own id.")
+    member_id: strawberry.Private[int]
+    raw_external_id: strawberry.Private[str]
+
+    @strawberry.field(description="The channel's own id (a pseudonym for partner keys, as in Identity).")
+    def external_id(self, info: Info) -> str:
+        return pii.channel_id(info, self.member_id, self.channel.value, self.raw_external_id)
 
 
 @strawberry.type(description="A recorded merge of one member into another, reversible with `unmergeMembers`.")
@@ -201,7 +227,9 @@ class MemberMerge:
             merged_at=row["merged_at"],
             unmerged_at=row["unmerged_at"],
             moved_identities=[
-                MovedIdentity(channel=Channel(i["channel"]), external_id=i["external_id"])
+                MovedIdentity(
+                    channel=Channel(i["channel"]), member_id=row["merged_id"], raw_external_id=i["external_id"]
+                )
                 for i in row["moved"]["identities"]
             ],
             survivor_id=row["survivor_id"],

@@ -8,6 +8,7 @@ from typing import Annotated
 import strawberry
 
 from resolvers import brands, identities, merges
+from resolvers.audit import audited
 from resolvers.context import Info
 from resolvers.cursors import parse_id
 from resolvers.domain import Binding, DomainError, ErrorCode, Profile
@@ -105,6 +106,7 @@ async def _bound_member(info: Info, binding: Binding) -> Member:
 @strawberry.type(description="Change members, identities and brands.")
 class MemberMutation:
     @strawberry.mutation(description="Create a brand (and its group when new) with tiers, entry tier first.")
+    @audited("createBrand")
     async def create_brand(
         self,
         info: Info,
@@ -147,6 +149,7 @@ class MemberMutation:
         "a phone matching a member of the brand binds to that member; otherwise a prospect is created. "
         "Profile fields fill only what the member has not given before."
     )
+    @audited("registerMember")
     async def register_member(
         self,
         info: Info,
@@ -197,6 +200,7 @@ class MemberMutation:
         description="Attach a channel identity to `memberId`, or, without it, resolve the identity by the "
         "unification rules (existing binding, then phone, then a new prospect)."
     )
+    @audited("bindIdentity")
     async def bind_identity(
         self,
         info: Info,
@@ -234,6 +238,7 @@ class MemberMutation:
         description="Merge `mergedId` into `survivorId` (same brand): identities move to the survivor and "
         "empty profile fields are filled from the merged member. Recorded, and reversible with unmergeMembers."
     )
+    @audited("mergeMembers")
     async def merge_members(
         self,
         info: Info,
@@ -259,6 +264,7 @@ class MemberMutation:
         description="Undo a merge exactly: identities go back and the survivor's columns the merge changed are "
         "restored (unless changed since). Merges undo newest first when a survivor was merged again."
     )
+    @audited("unmergeMembers")
     async def unmerge_members(
         self,
         info: Info,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import strawberry
 
 from resolvers import points
+from resolvers.audit import audited
 from resolvers.context import Info
 from resolvers.cursors import parse_id
 from resolvers.domain import DomainError, ErrorCode, Row
@@ -190,6 +191,7 @@ def _external_id(value: str, field: str) -> str:
 @strawberry.type(description="Post to the points ledger and record orders.")
 class PointsMutation:
     @strawberry.mutation(description="Give a member points (a campaign reward, a sign-up gift). Opens an expiring lot.")
+    @audited("earnPoints")
     async def earn_points(
         self,
         info: Info,
@@ -217,6 +219,7 @@ class PointsMutation:
         description="Spend points (points mall, cash offset), drawing the lots that expire soonest first. "
         "Never takes the balance below zero: InsufficientPoints says what is available."
     )
+    @audited("redeemPoints")
     async def redeem_points(
         self,
         info: Info,
@@ -244,6 +247,7 @@ class PointsMutation:
         description="Cancel a redemption (e.g. a refunded points-mall order): its points go back to exactly the "
         "lots they came from, with their original expiry."
     )
+    @audited("cancelRedemption")
     async def cancel_redemption(
         self,
         info: Info,
@@ -264,6 +268,7 @@ class PointsMutation:
         )
 
     @strawberry.mutation(description="Correct a balance by hand, up or down; a reason is required for the audit.")
+    @audited("adjustPoints")
     async def adjust_points(
         self,
         info: Info,
@@ -292,6 +297,7 @@ class PointsMutation:
         "tier bonuses as separate entries) and growth, updates the purchase history, makes a prospect a member "
         "and upgrades the tier when it qualifies. Sending it again returns the first result."
     )
+    @audited("recordOrder")
     async def record_order(
         self,
         info: Info,
@@ -341,6 +347,7 @@ class PointsMutation:
         description="Refund an order in full or in part: takes back its points and growth pro rata. Points the "
         "member already spent are not taken below zero; the shortfall is recorded as pointsUnrecovered."
     )
+    @audited("refundOrder")
     async def refund_order(
         self,
         info: Info,

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import strawberry
 
 from resolvers import tags
+from resolvers.audit import audited
 from resolvers.context import Info
 from resolvers.domain import MAX_MEMBER_IDS, DomainError, Row
 from schema import inputs
@@ -155,6 +156,7 @@ Where = Annotated[
 @strawberry.type(description="Define tags and assign them.")
 class TagMutation:
     @strawberry.mutation(description="Add a tag to a brand's catalog.")
+    @audited("defineTag")
     async def define_tag(
         self,
         info: Info,
@@ -185,6 +187,7 @@ class TagMutation:
         description="Give members a tag. Members who carry it already have it refreshed (assigned time, expiry, "
         "source) rather than failing. All or nothing, in one transaction."
     )
+    @audited("tagMembers")
     async def tag_members(
         self,
         info: Info,
@@ -218,6 +221,7 @@ class TagMutation:
         )
 
     @strawberry.mutation(description="Take a tag from members. All or nothing, in one transaction.")
+    @audited("untagMembers")
     async def untag_members(
         self, info: Info, brand: BrandCode, tag: TagCode, member_ids: MemberIds = None, where: Where = None
     ) -> UntagMembersResult:

@@ -104,6 +104,14 @@ async def brands_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[R
     return await _brands_by_id.all(conn, ids=list(ids))
 
 
+_group_by_code = Query(sa.select(groups.c.id).where(groups.c.code == sa.bindparam("code")))
+
+
+async def group_id(conn: AsyncConnection[Any], code: str) -> int | None:
+    found: int | None = await _group_by_code.scalar(conn, code=code)
+    return found
+
+
 async def groups_by_id(conn: AsyncConnection[Any], ids: Sequence[int]) -> list[Row]:
     return await _groups_by_id.all(conn, ids=list(ids))
 
@@ -112,11 +120,16 @@ async def tiers_by_brand(conn: AsyncConnection[Any], ids: Sequence[int]) -> list
     return await _tiers_by_brand.all(conn, ids=list(ids))
 
 
+def unknown_brand(code: str) -> DomainError:
+    """The one answer for a brand that does not exist and for one outside the caller's scope."""
+    return DomainError(ErrorCode.UNKNOWN_BRAND, f"no brand with code {code!r}", field="brand")
+
+
 async def brand_by_code(conn: AsyncConnection[Any], code: str) -> Row:
     """The brand with this code; raises UNKNOWN_BRAND."""
     row = await _brand_by_code.one(conn, code=code)
     if row is None:
-        raise DomainError(ErrorCode.UNKNOWN_BRAND, f"no brand with code {code!r}", field="brand")
+        raise unknown_brand(code)
     return row
 
 
@@ -226,3 +239,40 @@ class BrandDirectory:
     def _remember(self, row: Row) -> Row:
         self._by_code[row["code"]] = self._by_id[row["id"]] = row
         return row
+
+
+class ScopedBrands:
+    """The directory as one caller sees it: brands outside ``brand_ids`` (None: every brand) do not
+    exist, with the same error and the same silence as brands that do not. Every read that names
+    a brand by code goes through one of these (resolvers.context), so scope is checked in one place.
+    """
+
+    __slots__ = ("_directory", "brand_ids")
+
+    def __init__(self, directory: BrandDirectory, brand_ids: frozenset[int] | None) -> None:
+        self._directory = directory
+        self.brand_ids = brand_ids
+
+    def sees(self, brand_id: int) -> bool:
+        return self.brand_ids is None or brand_id in self.brand_ids
+
+    async def get(self, conn: AsyncConnection[Any], code: str) -> Row:
+        row = await self._directory.get(conn, code)
+        if not self.sees(row["id"]):
+            raise unknown_brand(code)
+        return row
+
+    async def id_of(self, pool: AsyncConnectionPool[Any], code: str) -> int:
+        brand_id = await self._directory.id_of(pool, code)
+        if not self.sees(brand_id):
+            raise unknown_brand(code)
+        return brand_id
+
+    async def brands(self, pool: AsyncConnectionPool[Any], ids: Sequence[int]) -> list[Row]:
+        return await self._directory.brands(pool, [i for i in ids if self.sees(i)])
+
+    async def groups(self, pool: AsyncConnectionPool[Any], ids: Sequence[int]) -> list[Row]:
+        return await self._directory.groups(pool, ids)
+
+    async def tiers(self, pool: AsyncConnectionPool[Any], brand_ids: Sequence[int]) -> list[Row]:
+        return await self._directory.tiers(pool, [i for i in brand_ids if self.sees(i)])

@@ -445,3 +445,44 @@ audience_snapshots = sa.Table(
     sa.CheckConstraint("member_count >= 0", name="member_count_positive"),
     sa.Index("ix_audience_snapshots_audience_id_id", "audience_id", "id"),
 )
+
+# API keys (store.access.keys): only a hash of the secret is kept; the token is shown once. A key's
+# scope is its brands and its groups' brands, or everything when `all_brands`.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    # The token's public part (`om_<prefix>_<secret>`): names the key in lists and logs.
+    sa.Column("prefix", sa.Text, nullable=False, unique=True),
+    sa.Column("secret_hash", BYTEA, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("grants", sa.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("brand_ids", sa.ARRAY(sa.BigInteger), nullable=False, server_default="{}"),
+    sa.Column("group_ids", sa.ARRAY(sa.BigInteger), nullable=False, server_default="{}"),
+    sa.Column("all_brands", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint(_in("role", ("admin", "frontend", "campaign", "partner", "support")), name="role_known"),
+    sa.CheckConstraint("length(name) BETWEEN 1 AND 200", name="name_length"),
+)
+
+# Who did what (store.access.audit): every mutation and every read of personal data in clear.
+# Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. It holds ids and a summary of the
+# change, never personal data itself, so erasing a member leaves nothing of them here.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("clock_timestamp()")),
+    sa.Column("key_id", sa.BigInteger),
+    sa.Column("key_name", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("operation", sa.Text, nullable=False),
+    sa.Column("brand_id", sa.BigInteger),
+    sa.Column("target_ids", sa.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("summary", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("request_id", sa.Text, nullable=False),
+    sa.Index("ix_audit_log_brand_id_id", "brand_id", "id"),
+)

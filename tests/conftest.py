@@ -21,8 +21,15 @@ from starlette.types import Receive, Scope, Send
 from api.app import create_app
 from api.settings import Settings
 from api.state import AppState
+from resolvers.context import Context
+from resolvers.limits import RateLimits
 from store import migrate
-from store.brands import create_brand
+from store.access.audit import AuditWriter
+from store.access.keys import Keys, create_key
+from store.access.principals import Principal
+from store.access.roles import Role
+from store.brands import BrandDirectory, ScopedBrands, create_brand
+from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
 from store.urls import libpq_url, with_database
 
@@ -79,10 +86,52 @@ async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
         yield pool
 
 
+def principal(role: Role) -> Principal:
+    """A caller of ``role`` over every brand, without a stored key."""
+    row: dict[str, Any] = {
+        "id": None,
+        "name": f"test {role}",
+        "prefix": f"t{role}"[:8],
+        "role": str(role),
+        "grants": [],
+    }
+    return Keys(TEST_SECRET.encode()).principal(row, None, None)
+
+
+ADMIN = principal(Role.ADMIN)
+MASKED = principal(Role.CAMPAIGN)  # sees personal data masked: the compiled reads' view
+
+
+def make_context(pool: Any, principal: Principal = ADMIN, directory: BrandDirectory | None = None) -> Context:
+    """A request context outside HTTP, for tests that call resolvers directly."""
+    return Context(
+        pool=pool,
+        vault=PhoneVault(TEST_SECRET.encode()),
+        brands=ScopedBrands(directory or BrandDirectory(), principal.brand_ids),
+        postings=Postings(pool),
+        request_id="test",
+        principal=principal,
+        audit=AuditWriter(pool),
+        limits=RateLimits(0, 0),
+    )
+
+
+async def new_key(database_url: str, role: Role = Role.ADMIN, **scope: Any) -> str:
+    """A token for a new key (by default an admin over every brand)."""
+    if not scope:
+        scope = {"all_brands": True}
+    async with await psycopg.AsyncConnection.connect(database_url) as conn, conn.transaction():
+        created = await create_key(conn, name=f"test {role}", role=role, **scope)
+    return created.token
+
+
 @contextlib.asynccontextmanager
-async def serving(database_url: str, home: Path, **settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, AppState]]:
+async def serving(
+    database_url: str, home: Path, token: str | None = None, **settings: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, AppState]]:
     """An httpx client talking to the app in this process, lifespan entered, and the app's state;
-    ``settings`` override the defaults."""
+    the client sends ``token`` (default: a new admin key over every brand); ``settings`` override the
+    defaults."""
     app = create_app(Settings(database_url=database_url, home=home, secret=TEST_SECRET, **settings))
     # httpx's ASGITransport runs no lifespan: enter it here and hand its state to every request.
     async with app.router.lifespan_context(app) as state:
@@ -91,8 +140,9 @@ async def serving(database_url: str, home: Path, **settings: Any) -> AsyncIterat
             scope["state"] = dict(state or {})
             await app(scope, receive, send)
 
+        headers = {"authorization": f"Bearer {token or await new_key(database_url)}"}
         transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(transport=transport, base_url="http://omnimember.test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://omnimember.test", headers=headers) as http:
             yield http, (state or {})["omnimember"]
 
 
@@ -110,13 +160,15 @@ async def client(database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 class GraphQL:
-    """Posts documents to /graphql and returns `data`, failing the test on any GraphQL error."""
+    """Posts documents to /graphql and returns `data`, failing the test on any GraphQL error; with
+    ``token``, as that key rather than the client's."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, token: str | None = None) -> None:
         self.http = http
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
 
     async def raw(self, query: str, **variables: Any) -> dict[str, Any]:
-        response = await self.http.post("/graphql", json={"query": query, "variables": variables})
+        response = await self.http.post("/graphql", json={"query": query, "variables": variables}, headers=self.headers)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
@@ -131,6 +183,17 @@ class GraphQL:
 @pytest.fixture
 def gql(client: httpx.AsyncClient) -> GraphQL:
     return GraphQL(client)
+
+
+@pytest.fixture(scope="session")
+async def campaign_token(database_url: str) -> str:
+    """A campaign key over every brand: it sees personal data masked, so compiled reads answer it."""
+    return await new_key(database_url, Role.CAMPAIGN)
+
+
+@pytest.fixture
+def masked_gql(client: httpx.AsyncClient, campaign_token: str) -> GraphQL:
+    return GraphQL(client, campaign_token)
 
 
 def unique_code(prefix: str) -> str:

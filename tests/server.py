@@ -36,7 +36,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
-        environment |= {"OMNIMEMBER_HOME": str(home), "OMNIMEMBER_SECRET": secret, **(env or {})}
+        # Development mode: these loopback requests need no key (tests/test_access.py covers keys).
+        environment |= {"OMNIMEMBER_HOME": str(home), "OMNIMEMBER_SECRET": secret, "OMNIMEMBER_DEV": "1", **(env or {})}
         if database_url is not None:
             environment["DATABASE_URL"] = database_url
         home.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from psycopg_pool import AsyncConnectionPool
 
 import resolvers.audiences
 from schema.root import build_schema
-from store.ledger.batchers import Postings
 from store.sql import Query
 from tests.audience_seed import (
     Seeded,
@@ -23,7 +22,7 @@ from tests.audience_seed import (
     seed,
     tier_of,
 )
-from tests.conftest import GraphQL
+from tests.conftest import GraphQL, make_context
 
 EXPRESSIONS = (
     "tag:vip",
@@ -295,19 +294,9 @@ async def test_members_where_selects_through_the_engine(
 ) -> None:
     """strawberry's general path (the one resolvers/sqljson must leave these arguments to)."""
     schema = build_schema()
-    from resolvers.context import Context
-    from store.brands import BrandDirectory
-    from store.members.phones import PhoneVault
-    from tests.conftest import TEST_SECRET
 
     async def execute(query: str, **variables: Any) -> dict[str, Any]:
-        context = Context(
-            pool=pool,
-            vault=PhoneVault(TEST_SECRET.encode()),
-            brands=BrandDirectory(),
-            postings=Postings(pool),
-            request_id="t",
-        )
+        context = make_context(pool)
         result = await schema.execute(query, variable_values=variables, context_value=context)
         assert result.errors is None, result.errors
         assert result.data is not None

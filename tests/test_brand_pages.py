@@ -20,10 +20,10 @@ from psycopg_pool import AsyncConnectionPool
 from resolvers.sqljson import Needs, Plans
 from schema.root import build_schema
 from store import migrate
-from store.brands import BrandDirectory
+from store.brands import BrandDirectory, ScopedBrands
 from store.members.profiles import _members_page
 from store.sql import Query
-from tests.conftest import throwaway_database
+from tests.conftest import MASKED, throwaway_database
 
 SCHEMA = build_schema()
 PAGE = """query($brand: String!, $after: String) {
@@ -84,7 +84,7 @@ async def test_a_compiled_page_reads_only_its_brands_rows(layout: str, brand: st
     plan = Plans(SCHEMA._schema, SCHEMA.documents).plan(PAGE, None)
     assert plan is not None, "the page takes the compiled path"
     async with AsyncConnectionPool(layout, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
-        needs = Needs(brands=BrandDirectory(), pool=pool)
+        needs = Needs(brands=ScopedBrands(BrandDirectory(), None), pool=pool, principal=MASKED)
         params: dict[str, Any] = {}
         for binding in plan.bindings:
             params |= await binding.binder({"brand": brand, "first": 100, "after": None}, needs)

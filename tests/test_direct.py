@@ -22,9 +22,7 @@ from resolvers.context import Context
 from resolvers.direct import DirectMutations, MutationPlan
 from schema.root import build_schema
 from store.brands import BrandDirectory
-from store.ledger.batchers import Postings
-from store.members.phones import PhoneVault
-from tests.conftest import ROOT, TEST_SECRET, GraphQL, new_brand
+from tests.conftest import ADMIN, ROOT, GraphQL, make_context, new_brand
 from tests.fragments import EARN, REGISTER
 from tests.test_sqljson import SMALL_MEMBER, Graph, selections
 
@@ -49,13 +47,7 @@ BRANDS = BrandDirectory()
 
 
 def _context(pool: AsyncConnectionPool[Any]) -> Context:
-    return Context(
-        pool=pool,
-        vault=PhoneVault(TEST_SECRET.encode()),
-        brands=BRANDS,
-        postings=Postings(pool),
-        request_id="test",
-    )
+    return make_context(pool, ADMIN, BRANDS)
 
 
 async def _direct(query: str, variables: dict[str, Any], pool: AsyncConnectionPool[Any]) -> Any:

@@ -24,7 +24,7 @@ from api.graphql_app import graphql_app
 from api.settings import Settings
 from schema.documents import LIMITS, Documents, Limits
 from schema.root import build_schema
-from tests.conftest import GraphQL
+from tests.conftest import ADMIN, GraphQL
 
 MAX_BODY = 1 << 20
 SCHEMA = build_schema()
@@ -47,7 +47,12 @@ async def gate() -> AsyncIterator[httpx.AsyncClient]:
 
     endpoint._plans.answer = no_plan  # type: ignore[method-assign,assignment]
     endpoint._mutations.answer = no_plan  # type: ignore[method-assign,assignment]
-    transport = httpx.ASGITransport(app=endpoint)
+
+    async def as_admin(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["principal"] = ADMIN  # what api.auth puts there
+        await endpoint(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=as_admin)
     async with httpx.AsyncClient(transport=transport, base_url="http://omnimember.test") as http:
         yield http
 

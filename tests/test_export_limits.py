@@ -41,12 +41,14 @@ READER = "export-reader"  # the task a Reader's request runs in
 
 @contextlib.asynccontextmanager
 async def running(database_url: str, home: Path, **settings: Any) -> AsyncIterator[tuple[ASGIApp, AppState]]:
-    """The app with its lifespan entered, as an ASGI callable that hands requests the state."""
-    app = create_app(Settings(database_url=database_url, home=home, secret=TEST_SECRET, **settings))
+    """The app with its lifespan entered, as an ASGI callable that hands requests the state; in
+    development mode, so that these loopback requests need no key."""
+    app = create_app(Settings(database_url=database_url, home=home, secret=TEST_SECRET, dev=True, **settings))
     async with app.router.lifespan_context(app) as state:
 
         async def with_state(scope: Scope, receive: Any, send: Any) -> None:
             scope["state"] = dict(state or {})
+            scope.setdefault("client", ("127.0.0.1", 40000))
             await app(scope, receive, send)
 
         yield with_state, (state or {})["omnimember"]

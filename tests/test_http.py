@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
 from resolvers import brands
-from tests.conftest import GraphQL
+from tests.conftest import GraphQL, serving
 
 
 async def test_healthz_answers_without_touching_the_database(client: httpx.AsyncClient) -> None:
@@ -30,10 +32,15 @@ async def test_graphql_serves_brands_over_post_and_get(client: httpx.AsyncClient
     assert fetched.json() == posted.json()
 
 
-async def test_graphiql_is_served_to_browsers(client: httpx.AsyncClient) -> None:
-    response = await client.get("/graphql", headers={"accept": "text/html"})
+async def test_graphiql_is_served_to_browsers_in_development_mode_only(
+    client: httpx.AsyncClient, database_url: str, tmp_path: Path
+) -> None:
+    async with serving(database_url, tmp_path, dev=True) as (dev, _):
+        response = await dev.get("/graphql", headers={"accept": "text/html"})
     assert response.status_code == 200
     assert "graphiql" in response.text.lower()
+    production = await client.get("/graphql", headers={"accept": "text/html"})
+    assert "graphiql" not in production.text.lower()
 
 
 async def test_malformed_documents_are_client_errors_with_locations(gql: GraphQL) -> None:

@@ -27,13 +27,11 @@ from resolvers.direct import DirectMutations
 from schema import inputs
 from schema.root import build_schema
 from store.brands import BrandDirectory
-from store.ledger.batchers import Postings
 from store.ledger.journal import MAX_KEY
 from store.members.merges import MAX_REASON
-from store.members.phones import PhoneVault
 from store.members.unification import MAX_EXTERNAL_ID, MAX_TEXT
 from tests.audience_seed import catch_up
-from tests.conftest import TEST_SECRET, GraphQL, new_brand
+from tests.conftest import ADMIN, GraphQL, make_context, new_brand
 from tests.fragments import REGISTER
 
 SCHEMA = build_schema()
@@ -56,8 +54,7 @@ TAG = f"""mutation($brand: String!, $ids: [ID!], $expiresAt: DateTime) {{
 
 
 def _context(pool: AsyncConnectionPool[Any]) -> Context:
-    vault = PhoneVault(TEST_SECRET.encode())
-    return Context(pool=pool, vault=vault, brands=BRANDS, postings=Postings(pool), request_id="test")
+    return make_context(pool, ADMIN, BRANDS)
 
 
 async def _on_both_paths(query: str, variables: dict[str, Any], pool: AsyncConnectionPool[Any]) -> list[Any]:

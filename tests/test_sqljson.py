@@ -15,15 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
-from resolvers.context import Context
 from resolvers.sqljson import Needs, Plan, Plans
 from resolvers.sqljson.documents import MAX_TEXT, Memo
 from schema.root import build_schema
-from store.brands import BrandDirectory
-from store.ledger.batchers import Postings
-from store.members.phones import PhoneVault
+from store.brands import BrandDirectory, ScopedBrands
 from store.sql import Query
-from tests.conftest import TEST_SECRET, GraphQL, new_brand, unique_code
+from tests.conftest import MASKED, GraphQL, make_context, new_brand, unique_code
 from tests.fragments import EARN, MERGE, RECORD_ORDER, REDEEM, REGISTER
 
 DEFINE_TAG = """mutation($brand: String!, $code: String!, $name: String!, $category: TagCategory!) {
@@ -165,15 +162,9 @@ async def _both(query: str, variables: dict[str, Any], pool: AsyncConnectionPool
     plan = PLANS.plan(query, None)
     assert plan is not None, f"not compiled: {query}"
     brands = BrandDirectory()
-    body = await PLANS.answer(plan, variables, Needs(brands=brands, pool=pool))
+    body = await PLANS.answer(plan, variables, Needs(brands=ScopedBrands(brands, None), pool=pool, principal=MASKED))
     assert body is not None
-    context = Context(
-        pool=pool,
-        vault=PhoneVault(TEST_SECRET.encode()),
-        brands=brands,
-        postings=Postings(pool),
-        request_id="test",
-    )
+    context = make_context(pool, MASKED, brands)
     general = await SCHEMA.execute(query, variable_values=variables, context_value=context)
     assert general.errors is None, general.errors
     return json.loads(body)["data"], general.data
@@ -252,7 +243,11 @@ async def test_one_statement_answers_a_whole_profile(world: World, pool: AsyncCo
     plan = PLANS.plan(query, None)
     assert plan is not None
     before = Query.executions
-    body = await PLANS.answer(plan, {"id": world.member_ids[0]}, Needs(brands=BrandDirectory(), pool=pool))
+    body = await PLANS.answer(
+        plan,
+        {"id": world.member_ids[0]},
+        Needs(brands=ScopedBrands(BrandDirectory(), None), pool=pool, principal=MASKED),
+    )
     assert Query.executions - before == 1
     assert body is not None
     assert json.loads(body)["data"]["member"]["id"] == world.member_ids[0]
@@ -277,7 +272,7 @@ async def test_arguments_the_general_path_rejects_are_left_to_it(world: World, p
     query = f"query($brand: String!, $first: Int!, $after: String) {{ {PAGE_ARGS} {{ totalCount }} }}"
     plan = PLANS.plan(query, None)
     assert plan is not None
-    needs = Needs(brands=BrandDirectory(), pool=pool)
+    needs = Needs(brands=ScopedBrands(BrandDirectory(), None), pool=pool, principal=MASKED)
     assert await PLANS.answer(plan, {"brand": world.brand, "first": 1}, needs) is not None
     for variables in (
         {"brand": "no_such_brand", "first": 1},
@@ -288,7 +283,9 @@ async def test_arguments_the_general_path_rejects_are_left_to_it(world: World, p
         assert await PLANS.answer(plan, variables, needs) is None, variables
 
 
-async def test_http_answers_both_paths_alike(gql: GraphQL, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_http_answers_both_paths_alike(
+    masked_gql: GraphQL, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     answered: list[bytes | None] = []
     real = Plans.answer
 
@@ -297,11 +294,11 @@ async def test_http_answers_both_paths_alike(gql: GraphQL, world: World, monkeyp
         return answered[-1]
 
     monkeypatch.setattr(Plans, "answer", counted)
-    compiled = await gql.raw("query($id: ID!) { member(id: $id) { id tier { code } } }", id=world.member_ids[1])
+    compiled = await masked_gql.raw("query($id: ID!) { member(id: $id) { id tier { code } } }", id=world.member_ids[1])
     assert compiled == {"data": {"member": {"id": world.member_ids[1], "tier": {"code": "silver"}}}}
     assert len(answered) == 1  # the endpoint took the compiled path
     assert answered[0] is not None
-    error = await gql.raw('query { members(brand: "no_such_brand") { totalCount } }')
+    error = await masked_gql.raw('query { members(brand: "no_such_brand") { totalCount } }')
     assert error["data"] is None
     assert error["errors"][0]["extensions"]["code"] == "UNKNOWN_BRAND"
     assert answered[1] is None  # declined, and strawberry reported the error

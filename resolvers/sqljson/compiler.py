@@ -11,17 +11,19 @@ import sqlalchemy as sa
 from graphql import FieldNode, FragmentDefinitionNode, GraphQLField, GraphQLSchema, SelectionSetNode
 
 from resolvers.sqljson.selection import NotCompilable, Selected, collect
-from store.brands import BrandDirectory
+from store.access.principals import Principal
+from store.brands import ScopedBrands
 
 Params = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Needs:
-    """What a binding may consult: the process-wide brand directory and its pool."""
+    """What a binding may consult: the brand directory as the caller sees it, the pool, the caller."""
 
-    brands: BrandDirectory
+    brands: ScopedBrands
     pool: Any
+    principal: Principal
 
 
 # Turns a field's coerced arguments into parameter values; raises DomainError for arguments the
@@ -44,6 +46,10 @@ class Compiler:
         self._fragments = fragments
         self._names = itertools.count()
         self.bindings: list[Binding] = []
+        # The caller's brand scope, as two parameters every plan that filters by brand shares.
+        self.scope: tuple[sa.BindParameter[Any], sa.BindParameter[Any]] | None = None
+        # Whether the plan reads channel ids, which some callers see only as pseudonyms (general path).
+        self.channel_ids = False
 
     def fields(self, selection_sets: list[SelectionSetNode], type_name: str) -> list[Selected]:
         return collect(selection_sets, type_name, self._fragments)
@@ -58,6 +64,13 @@ class Compiler:
     def param(self, type_: type[sa.types.TypeEngine[Any]]) -> sa.BindParameter[Any]:
         """A per-request parameter; cast so PostgreSQL knows its type inside json_build_object."""
         return sa.bindparam(f"p{next(self._names)}", type_=type_)
+
+    def in_scope(self, brand_id: Any) -> sa.ColumnElement[bool]:
+        """True for rows of brands the caller sees (rows of others read as missing)."""
+        if self.scope is None:
+            self.scope = (self.param(sa.Boolean), self.param(sa.ARRAY(sa.BigInteger)))  # type: ignore[arg-type]
+        every, brand_ids = self.scope
+        return sa.or_(every, brand_id == sa.any_(brand_ids))
 
     def bind(self, parent_type: str, selected: Selected, binder: Binder) -> None:
         parent = self._schema.get_type(parent_type)

@@ -27,6 +27,7 @@ from resolvers.sqljson.json_sql import (
     text,
 )
 from resolvers.sqljson.selection import NotCompilable, Selected
+from store.access.pii import mask_name_sql
 from store.members.profiles import brand_keyset
 from store.tables import (
     brand_tiers,
@@ -47,9 +48,11 @@ _MEMBER_SCALARS: dict[str, Callable[[Columns], sa.ColumnElement[Any]]] = {
     "status": lambda m: enum_name(m.status),
     "pointsBalance": lambda m: m.points_balance,
     "growthValue": lambda m: m.growth_value,
-    "displayName": lambda m: m.display_name,
+    # Compiled plans answer only callers who see personal data masked (api.graphql_app).
+    "displayName": lambda m: mask_name_sql(m.display_name),
     "gender": lambda m: enum_name(m.gender),
-    "birthday": lambda m: m.birthday,
+    "birthday": lambda m: sa.null(),
+    "birthMonth": lambda m: sa.cast(sa.extract("month", m.birthday), sa.Integer),
     "city": lambda m: m.city,
     "registeredAt": lambda m: iso_datetime(m.registered_at),
     "firstPurchaseAt": lambda m: iso_datetime(m.first_purchase_at),
@@ -103,7 +106,9 @@ def _member_field(c: Compiler, field: Selected, m: Any, t: Any) -> sa.ColumnElem
 def member_by_id(c: Compiler, selection_sets: list[SelectionSetNode], member_id: Any) -> sa.ColumnElement[Any]:
     """The member with this id as an object, or null."""
     m, t, rows = _member_rows(c)
-    found = rows.add_columns(member_object(c, selection_sets, m, t)).where(m.c.id == member_id)
+    found = rows.add_columns(member_object(c, selection_sets, m, t)).where(
+        m.c.id == member_id, c.in_scope(m.c.brand_id)
+    )
     return found.correlate_except(m, t).scalar_subquery()
 
 
@@ -149,6 +154,7 @@ def _tiers_of(c: Compiler, selection_sets: list[SelectionSetNode], brand_id: Any
 
 def _identities(c: Compiler, field: Selected, member_id: Any) -> sa.ColumnElement[Any]:
     i = c.alias(member_identities)
+    c.channel_ids = True
     values = {
         "__typename": text("Identity"),
         "channel": enum_name(i.c.channel),
@@ -214,6 +220,7 @@ def _memberships(c: Compiler, field: Selected, m: Columns, group_id: Any) -> sa.
             b.c.group_id == group_id,
             other.c.merged_into.is_(None),
             other.c.id != m.id,
+            c.in_scope(other.c.brand_id),
         )
         .correlate_except(other, tier, b)
         .scalar_subquery()

@@ -29,6 +29,8 @@ class Plan:
     operation: OperationDefinitionNode
     query: Query
     bindings: tuple[Binding, ...]
+    scope: tuple[str, str] | None  # the parameters of the caller's brand scope
+    channel_ids: bool  # reads raw channel ids
 
 
 class Plans:
@@ -48,7 +50,14 @@ class Plans:
         coerced = get_variable_values(self._schema, plan.operation.variable_definitions or (), dict(variables or {}))
         if isinstance(coerced, list):
             return None
+        principal = needs.principal
+        if plan.channel_ids and principal.pseudonymous_ids:
+            return None  # pseudonyms are keyed hashes, made by the general path's resolvers
         params: dict[str, Any] = {}
+        if plan.scope is not None:
+            every, brand_ids = plan.scope
+            params[every] = principal.brand_ids is None
+            params[brand_ids] = sorted(principal.brand_ids or ())
         try:
             for binding in plan.bindings:
                 arguments = get_argument_values(binding.field, binding.node, coerced)
@@ -76,7 +85,9 @@ class Plans:
         except NotCompilable as reason:
             log.debug("general path for %s: %s", operation.name.value if operation.name else "anonymous", reason)
             return None
-        return Plan(operation, Query(sa.select(sa.cast(data, sa.Text))), tuple(compiler.bindings))
+        scope = None if compiler.scope is None else (compiler.scope[0].key, compiler.scope[1].key)
+        query = Query(sa.select(sa.cast(data, sa.Text)))
+        return Plan(operation, query, tuple(compiler.bindings), scope, compiler.channel_ids)
 
 
 def _root_field(c: Compiler, field: Any) -> sa.ColumnElement[Any]:

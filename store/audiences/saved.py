@@ -108,10 +108,16 @@ async def take_snapshot(
     return row
 
 
-async def audience(conn: AsyncConnection[Any], audience_id: int) -> Row:
-    """The saved audience (with `brand_code`); raises UNKNOWN_AUDIENCE."""
+def _outside(row: Row | None, brand_ids: frozenset[int] | None) -> bool:
+    """No row, or one of a brand outside the caller's scope: both answer alike."""
+    return row is None or (brand_ids is not None and row["brand_id"] not in brand_ids)
+
+
+async def audience(conn: AsyncConnection[Any], audience_id: int, brand_ids: frozenset[int] | None) -> Row:
+    """The saved audience (with `brand_code`) if its brand is in ``brand_ids`` (None: any); raises
+    UNKNOWN_AUDIENCE."""
     row = await _audience.one(conn, id=audience_id)
-    if row is None:
+    if row is None or _outside(row, brand_ids):
         raise DomainError(ErrorCode.UNKNOWN_AUDIENCE, f"no saved audience {audience_id}", field="id")
     return row
 
@@ -125,10 +131,13 @@ async def snapshots_of(conn: AsyncConnection[Any], audience_ids: Sequence[int]) 
     return await _snapshots.all(conn, ids=list(audience_ids))
 
 
-async def snapshot(conn: AsyncConnection[Any], snapshot_id: int, *, field: str = "id") -> Row:
-    """A snapshot without its members; raises UNKNOWN_SNAPSHOT naming `field`."""
+async def snapshot(
+    conn: AsyncConnection[Any], snapshot_id: int, brand_ids: frozenset[int] | None, *, field: str = "id"
+) -> Row:
+    """A snapshot without its members, if its brand is in ``brand_ids`` (None: any); raises
+    UNKNOWN_SNAPSHOT naming `field`."""
     row = await _snapshot.one(conn, id=snapshot_id)
-    if row is None:
+    if row is None or _outside(row, brand_ids):
         raise DomainError(ErrorCode.UNKNOWN_SNAPSHOT, f"no audience snapshot {snapshot_id}", field=field)
     return row
 
