@@ -25,6 +25,7 @@ from resolvers.limits import RateLimits
 from store import migrate
 from store.access.audit import AuditWriter
 from store.access.keys import Keys
+from store.access.roles import Role
 from store.audiences.deltas import run_applier
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> Starlette:
             await pool.open(wait=True, timeout=30)
             try:
                 vault = PhoneVault(settings.phone_secret())
+                keys = Keys(settings.phone_secret())
                 # Everything built at start-up lives as long as the process: keep the collector
                 # from walking it again and again (measured: fewer and shorter pauses under load).
                 gc.freeze()
@@ -76,7 +78,8 @@ def create_app(settings: Settings) -> Starlette:
                     head_revision=migrate.head_revision(),
                     settings=settings,
                     export_slots=asyncio.Semaphore(settings.max_exports),
-                    keys=Keys(settings.phone_secret()),
+                    keys=keys,
+                    developer=keys.development(Role(settings.dev_role)),
                     audit=AuditWriter(pool),
                     limits=RateLimits(settings.rate_limit, settings.phone_lookups),
                 )

@@ -9,16 +9,21 @@ loudly at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import uuid
 
 from psycopg_pool import PoolTimeout
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.state import AppState
 from store.access.principals import Principal
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# A wrong key is answered after a pause: guessing costs the guesser time, not the database a lookup
+# a few microseconds apart (tokens have 256 bits, so this is about load, not about odds).
+WRONG_KEY_DELAY = 0.25
 BUSY = "the service is busy: no database connection came free in time; retry shortly"
 _CHALLENGE = b'Bearer realm="omnimember"'
 
@@ -32,6 +37,17 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def request_id(scope: Scope) -> str:
+    """The caller's X-Request-Id (up to 100 printable characters), else a new one; fixed per request
+    and sent back in the response's X-Request-Id, so an error can be found in the log."""
+    known: str | None = scope.get("request_id")
+    if known is None:
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        known = given if 0 < len(given) <= 100 and given.isprintable() else uuid.uuid4().hex
+        scope["request_id"] = known
+    return known
 
 
 def principal_of(scope: Scope) -> Principal:
@@ -48,6 +64,16 @@ class Authenticate:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self._app(scope, receive, send)
             return
+        header = (b"x-request-id", request_id(scope).encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        await self._authenticated(scope, receive, send_with_id)
+
+    async def _authenticated(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: AppState = scope["state"]["omnimember"]
         if state.pool_wedged():  # answer at once, before a key lookup would queue for a connection
             await _reply(send, 503, "SERVICE_UNAVAILABLE", BUSY, [(b"retry-after", b"1")])
@@ -61,8 +87,10 @@ class Authenticate:
                 await _reply(send, 503, "SERVICE_UNAVAILABLE", BUSY, [(b"retry-after", b"1")])
                 return
         elif state.settings.dev and is_loopback((scope.get("client") or (None,))[0]):
-            principal = state.keys.development()
+            principal = state.developer
         if principal is None:
+            if token is not None:
+                await asyncio.sleep(WRONG_KEY_DELAY)
             why = "this key is not valid (unknown, revoked or expired)" if token else "send an API key"
             await _reply(
                 send, 401, "UNAUTHENTICATED", f"{why}: Authorization: Bearer <key>", [(b"www-authenticate", _CHALLENGE)]
@@ -80,6 +108,8 @@ class Authenticate:
 def _bearer(scope: Scope) -> str | None:
     for key, value in scope["headers"]:
         if key == b"authorization":
+            if not value.strip():
+                return None  # an empty header is no header
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
     return None

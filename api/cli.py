@@ -64,12 +64,18 @@ def serve(
         settings = dataclasses.replace(settings, dev=True)
         os.environ["OMNIMEMBER_DEV"] = "1"  # for worker processes, which read the environment
     if settings.dev:
+        from store.access.roles import Role
+
+        if settings.dev_role not in set(Role):
+            typer.echo(f"OMNIMEMBER_DEV_ROLE must be one of {', '.join(Role)}, not {settings.dev_role!r}", err=True)
+            raise typer.Exit(2)
         if not is_loopback(host):
             typer.echo(f"development mode answers without keys: it listens only on loopback, not {host}", err=True)
             raise typer.Exit(2)
         logging.getLogger("omnimember").warning(
-            "DEVELOPMENT MODE: requests from this machine without an API key act as admin over every brand;"
-            " GraphiQL and introspection are on. Never use it in production."
+            "DEVELOPMENT MODE: requests from this machine without an API key act as %s over every brand;"
+            " GraphiQL and introspection are on. Never use it in production.",
+            settings.dev_role,
         )
     if settings.database_url is None:
         if workers > 1:

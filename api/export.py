@@ -4,6 +4,12 @@
         a saved audience's latest snapshot (or snapshot S of it): the frozen members, as saved
     GET /audiences/export?brand=B&expression=...&format=...&fields=...
         an ad-hoc expression, evaluated now against the bitmap index
+    ...&touch=sms|ai_call|wecom|mini_program|email (either route)
+        only members who may be contacted on that channel (consent, and a guardian's for minors);
+        `x-excluded-no-consent` and `x-excluded-minor` say how many were left out (store.audiences.reach)
+
+Both need a key whose role may export (403 otherwise) and answer 404 for a brand, audience or
+snapshot outside its scope, as for one that does not exist; each export is audited.
 
 The member ids come into this process as result chunks and are decoded with numpy; rows are read in
 id batches while the response streams (store.audiences.export), in small chunks sent only as fast as
@@ -21,7 +27,6 @@ goes away; one more answers 429 `TOO_MANY_EXPORTS` with `Retry-After` at once.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -31,12 +36,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from api.auth import principal_of
+from api.auth import principal_of, request_id
 from api.state import AppState
 from resolvers.cursors import parse_id
 from store.access import audit
 from store.access.roles import Capability
-from store.audiences import engine, saved
+from store.audiences import engine, reach, saved
 from store.audiences import export as member_export
 from store.audiences.selections import (
     IndexNotReadyError,
@@ -75,6 +80,7 @@ async def _saved(request: Request, state: AppState) -> Found:
         snapshot_id = await _snapshot_of(conn, audience_id, request.query_params.get("snapshot"), scope)
         ids = await saved.snapshot_members(conn, snapshot_id)
         brand = await state.brands.get(conn, audience["brand_code"])
+        ids = await member_export.without_erased(conn, brand["id"], ids)  # frozen ids, erased members gone
     return ids, brand, f"audience-{audience_id}-{snapshot_id}"
 
 
@@ -87,6 +93,7 @@ async def _expression(request: Request, state: AppState) -> Found:
         brand = await brands.get(conn, code)
         selection = await select(conn, catalog_cache(state.pool), brand, node, source=expression)
         ids = await engine.member_ids(conn, selection.brand, selection.bound, selection.today)
+        ids = await member_export.without_erased(conn, brand["id"], ids)  # the index may be a moment behind
     return ids, brand, f"audience-{code}"
 
 
@@ -108,6 +115,7 @@ async def _export(request: Request, find: Callable[[Request, AppState], Awaitabl
         return too_many_exports(state.settings.max_exports)
     try:
         ids, brand, name = await find(request, state)
+        ids, reached = await reach.for_touch(state.pool, brand, ids, chosen.touch)
     except DomainError as error:
         slot.release()
         return error_response(error)
@@ -121,18 +129,19 @@ async def _export(request: Request, find: Callable[[Request, AppState], Awaitabl
         brand_id=brand["id"],
         target_ids=[],
         summary=summary,
-        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+        request_id=request_id(request.scope),
     )
     try:
         await state.audit.append(record)
     except BaseException:
         slot.release()
         raise
-    return _stream(state, slot, ids, brand, chosen, name)
+    return _stream(state, slot, ids, brand, chosen, name, reached)
 
 
 def _layout(request: Request) -> member_export.Layout:
-    return member_export.layout(request.query_params.get("format"), request.query_params.get("fields"))
+    query = request.query_params
+    return member_export.layout(query.get("format"), query.get("fields"), query.get("touch"))
 
 
 def _required(request: Request, name: str) -> str:
@@ -202,12 +211,19 @@ class ExportResponse(StreamingResponse):
 
 
 def _stream(
-    state: AppState, slot: Slot, ids: Ids, brand: Row, chosen: member_export.Layout, name: str
+    state: AppState,
+    slot: Slot,
+    ids: Ids,
+    brand: Row,
+    chosen: member_export.Layout,
+    name: str,
+    reached: reach.Reach | None = None,
 ) -> ExportResponse:
     body = member_export.lines(state.pool.connection, ids, brand, chosen)
     headers = {
         "content-disposition": f'attachment; filename="{name}.{chosen.format}"',
         "x-member-count": str(ids.size),
+        **({} if reached is None else reached.headers()),
     }
     return ExportResponse(body, slot, media_type=_MEDIA_TYPES[chosen.format], headers=headers)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,7 +19,7 @@ from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, process_result
 from strawberry.types import ExecutionResult
 
-from api.auth import BUSY, principal_of
+from api.auth import BUSY, principal_of, request_id
 from api.settings import Settings
 from api.state import AppState
 from resolvers.audit import audit_clear_reads
@@ -55,7 +54,8 @@ class GraphQLApp(GraphQL[Context, None]):
         if context is not None:
             await audit_clear_reads(context)
         if result.errors:
-            result.errors = mask_unexpected([_busy_if_pool_timeout(error) for error in result.errors])
+            errors = [_busy_if_pool_timeout(error) for error in result.errors]
+            result.errors = mask_unexpected(errors, request.scope.get("request_id"))
         return process_result(result)
 
     def create_response(
@@ -73,7 +73,7 @@ class GraphQLApp(GraphQL[Context, None]):
         return response
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
-        context = _context(request.state.omnimember, principal_of(request.scope), _request_id(request.scope))
+        context = _context(request.state.omnimember, principal_of(request.scope), request_id(request.scope))
         request.scope["context"] = context
         return context
 
@@ -96,16 +96,6 @@ def _context(state: AppState, principal: Principal, request_id: str) -> Context:
         audit=state.audit,
         limits=state.limits,
     )
-
-
-def _request_id(scope: Scope) -> str:
-    """The caller's X-Request-Id (kept to 100 printable characters), else a new one; set once per request."""
-    known: str | None = scope.get("request_id")
-    if known is None:
-        given = _header(scope, b"x-request-id") or ""
-        known = given if 0 < len(given) <= 100 and given.isprintable() else uuid.uuid4().hex
-        scope["request_id"] = known
-    return known
 
 
 class GraphQLEndpoint:
@@ -235,7 +225,7 @@ class GraphQLEndpoint:
             return await self._plans.answer(plan, variables, needs)
         mutation = self._mutations.plan(request["query"], operation_name)
         if mutation is not None:
-            return await self._mutations.answer(mutation, variables, _context(state, principal, _request_id(scope)))
+            return await self._mutations.answer(mutation, variables, _context(state, principal, request_id(scope)))
         return None
 
 
@@ -349,7 +339,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def graphql_app(settings: Settings) -> GraphQLEndpoint:
-    schema = build_schema()
+    schema = build_schema(introspection=settings.introspection_on, suggestions=settings.suggestions_on)
     general = GraphQLApp(schema, graphql_ide="graphiql" if settings.ide_on else None)
     documents = schema.documents
     return GraphQLEndpoint(

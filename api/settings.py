@@ -37,7 +37,8 @@ class Settings:
     secret: str | None
     pool_min_size: int = 2
     pool_max_size: int = 10
-    dev: bool = False  # development mode: key-less loopback requests act as admin (api.auth)
+    dev: bool = False  # development mode: key-less loopback requests act as `dev_role` (api.auth)
+    dev_role: str = "admin"  # the role of development mode's key-less requests, over every brand
     graphql_ide: bool | None = None  # GraphiQL at /graphql; None: on in development mode only
     introspection: bool | None = None  # None: on in development mode only
     suggestions: bool | None = None  # "did you mean" in validation errors; None: development mode only
@@ -65,6 +66,7 @@ class Settings:
             pool_min_size=int(number("OMNIMEMBER_POOL_MIN", defaults.pool_min_size)),
             pool_max_size=int(number("OMNIMEMBER_POOL_MAX", defaults.pool_max_size)),
             dev=_flag(environ.get("OMNIMEMBER_DEV")) or False,
+            dev_role=environ.get("OMNIMEMBER_DEV_ROLE") or defaults.dev_role,
             graphql_ide=_flag(environ.get("OMNIMEMBER_GRAPHIQL")),
             introspection=_flag(environ.get("OMNIMEMBER_INTROSPECTION")),
             suggestions=_flag(environ.get("OMNIMEMBER_SUGGESTIONS")),

@@ -10,6 +10,7 @@ from api.settings import Settings
 from resolvers.limits import RateLimits
 from store.access.audit import AuditWriter
 from store.access.keys import Keys
+from store.access.principals import Principal
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
@@ -28,6 +29,7 @@ class AppState:
     keys: Keys
     audit: AuditWriter
     limits: RateLimits
+    developer: Principal  # who key-less loopback requests are in development mode
 
     def pool_wedged(self) -> bool:
         """Every connection has been out far longer than any request may take: requests would only

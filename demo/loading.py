@@ -55,6 +55,7 @@ class Ledger(StrEnum):
 _CLEARED = (
     tables.lot_draws,
     tables.member_tags,
+    tables.member_consents,
     tables.orders,
     tables.points_lots,
     tables.points_entries,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from graphql import GraphQLError
 from psycopg import AsyncConnection
 
 from resolvers.context import Info
 from store import brands
 from store.audiences.deltas import Freshness
+from store.errors import DomainError, ErrorCode
 from store.sql import Row
 from store.tables import DEFAULT_TIERS
 from store.transactions import transact
@@ -50,10 +50,11 @@ async def create_brand(
 ) -> Row:
     async def work(conn: AsyncConnection[Any]) -> Row:
         if not info.context.principal.owns_group(await brands.group_id(conn, group)):
-            raise GraphQLError(
+            raise DomainError(
+                ErrorCode.NOT_ALLOWED,
                 f"this key may not create brands in group {group!r}: it needs a key scoped to that group"
                 " (or to all brands, for a new group)",
-                extensions={"code": "FORBIDDEN", "field": "group"},
+                field="group",
             )
         return await brands.create_brand(
             conn,

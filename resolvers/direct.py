@@ -58,7 +58,6 @@ from resolvers.sqljson.documents import Memo, ParsedDocuments, valid_operation
 from resolvers.sqljson.selection import NotCompilable, Selected, collect
 
 log = logging.getLogger(__name__)
-UNEXPECTED_RESPONSE = {"data": None, "errors": [{"message": UNEXPECTED}]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +154,8 @@ class DirectMutations:
             raise
         except Exception:  # a bug: what the general path would mask, logged in full
             log.exception("request %s: unexpected error in a mutation", context.request_id)
-            return _encode(UNEXPECTED_RESPONSE)
+            extensions = {"code": "INTERNAL", "requestId": context.request_id}
+            return _encode({"data": None, "errors": [{"message": UNEXPECTED, "extensions": extensions}]})
         return _encode({"data": data})
 
     # --- planning -------------------------------------------------------------------------------

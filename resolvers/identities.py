@@ -52,6 +52,8 @@ async def bind(
 
 async def _bind(info: Info, **arguments: Any) -> Binding:
     vault = info.context.vault
+    # The data layer finds the brand by code itself: check first that the caller sees it.
+    await info.context.brands.id_of(info.context.pool, arguments["brand"])
 
     async def work(conn: AsyncConnection[Any]) -> Binding:
         return await bind_identity(conn, vault, **arguments)

@@ -17,7 +17,7 @@ from strawberry.dataloader import DataLoader
 from store.audiences.deltas import Freshness, freshness
 from store.brands import ScopedBrands
 from store.ledger import history
-from store.members import merges, profiles
+from store.members import consent, merges, profiles
 from store.sql import Row, group_by, index_by
 from store.tags import assignments, catalog
 
@@ -94,6 +94,10 @@ class Loaders:
     @cached_property
     def tags_by_member(self) -> DataLoader[int, list[Row]]:
         return DataLoader(self._many(assignments.tags_by_member, "member_id"))
+
+    @cached_property
+    def consents_by_member(self) -> DataLoader[int, list[Row]]:
+        return DataLoader(self._many(consent.consents_by_member, "member_id"))
 
     @cached_property
     def member_count_by_tag(self) -> DataLoader[int, int]:

@@ -14,6 +14,7 @@ from resolvers.audit import audited
 from resolvers.context import Info
 from resolvers.domain import DomainError, Row, Selection
 from schema.connection import MemberConnection
+from schema.consent import Reach, TouchChannel, audience_reach
 from schema.errors import InvalidInput, UnknownBrand
 from schema.expression_errors import (
     IndexNotReady,
@@ -51,7 +52,7 @@ class FieldOp(Enum):
 
 @strawberry.input(description="A dimension term: `tier:gold`, or `tier IN (gold, platinum)` with several values.")
 class DimensionFilter:
-    name: str = strawberry.field(description="tier, channel, city, status, gender, lifecycle (or `tag`).")
+    name: str = strawberry.field(description="tier, channel, city, status, gender, lifecycle, consent (or `tag`).")
     values: list[str] = strawberry.field(description="One value or more; any of them matches.")
 
 
@@ -174,6 +175,15 @@ class Audience:
     @strawberry.field(description="Members in the audience.")
     async def count(self, info: Info) -> int:
         return await or_query_error(audiences.count(info, self.chosen))
+
+    @strawberry.field(
+        description="Who of the audience may be contacted on a touch channel, and how many are left out for want "
+        "of consent or as minors without a guardian's consent (what an export with `touch` leaves out)."
+    )
+    async def reach(
+        self, info: Info, touch: Annotated[TouchChannel, strawberry.argument(description="The touch channel.")]
+    ) -> Reach:
+        return await or_query_error(audience_reach(info, self.chosen, touch))
 
     @strawberry.field(description="The audience's members in id order (keyset pagination).")
     async def sample(self, info: Info, first: First = 20, after: After = None) -> MemberConnection:

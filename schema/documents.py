@@ -13,6 +13,7 @@ for long. Refusals are GraphQL errors with a code in `extensions`, never excepti
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -30,6 +31,7 @@ from graphql import (
     InlineFragmentNode,
     IntValueNode,
     ListValueNode,
+    NoSchemaIntrospectionCustomRule,
     ObjectValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
@@ -66,6 +68,7 @@ LIMITS = Limits()
 _PARSE_CODES = {"tokens": "TOO_MANY_TOKENS", "comments": "TOO_MANY_TOKENS", "nested too deeply": "TOO_DEEP"}
 # Checks of large documents at once, on worker threads: more would only queue on the GIL.
 _THREADS = anyio.CapacityLimiter(2)
+_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
 
 
 def refusal(code: str, message: str, **extensions: Any) -> GraphQLError:
@@ -109,8 +112,12 @@ class Checked:
 class Documents:
     """The checks, and the memory of documents that passed or failed them."""
 
-    def __init__(self, schema: GraphQLSchema, limits: Limits = LIMITS) -> None:
+    def __init__(
+        self, schema: GraphQLSchema, limits: Limits = LIMITS, *, introspection: bool = True, suggestions: bool = True
+    ) -> None:
         self._schema = schema
+        self._rules = tuple(specified_rules) + (() if introspection else (NoSchemaIntrospectionCustomRule,))
+        self._suggestions = suggestions
         self.limits = limits
         self._known: OrderedDict[str, Checked] = OrderedDict()
         self._chars = 0
@@ -183,9 +190,11 @@ class Documents:
         bad_text = _unstorable_argument(document)
         if bad_text is not None:
             return Checked(None, [bad_text])
-        errors = validate_document(self._schema, document, tuple(specified_rules))
+        errors = validate_document(self._schema, document, self._rules)
         for error in errors:
             error.extensions = {**(error.extensions or {}), "code": "INVALID_DOCUMENT"}
+            if not self._suggestions:  # they would spell out the schema to a caller who cannot introspect it
+                error.message = _SUGGESTION.sub("", error.message)
         sized = any(_sized_by_variable(node) for node in _fields(document))
         static = 0 if sized else cost
         return Checked(document, errors, sized_by_variables=sized, static_cost=static, fragments=fragments)

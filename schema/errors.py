@@ -60,6 +60,11 @@ class DuplicateBrand(Error):
     pass
 
 
+@strawberry.type(description="The API key may not do this here (outside its scope); nothing was written.")
+class NotAllowed(Error):
+    pass
+
+
 @strawberry.type(description="A member cannot be merged into itself.")
 class SelfMerge(Error):
     pass
@@ -167,6 +172,7 @@ _BY_CODE: dict[DomainCode, type[Error]] = {
     DomainCode.SELF_MERGE: SelfMerge,
     DomainCode.CROSS_BRAND_MERGE: CrossBrandMerge,
     DomainCode.MERGE_NOT_REVERSIBLE: MergeNotReversible,
+    DomainCode.NOT_ALLOWED: NotAllowed,
 }
 
 

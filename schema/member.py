@@ -13,6 +13,7 @@ from resolvers import brands, members, merges, pii, points
 from resolvers.context import Info
 from resolvers.domain import Row
 from schema.brand import Brand, Tier
+from schema.consent import Consent, member_consents
 from schema.enums import Channel, Gender, MemberStatus
 from schema.errors import or_graphql_error
 from schema.points import ExpiringLot, ExpiringPoints, OrderConnection, PointsEntryConnection, TierChange
@@ -105,6 +106,14 @@ class Member:
     def birthday(self, info: Info) -> dt.date | None:
         return pii.birthday(info, int(self.id), self.raw_birthday)
 
+    @strawberry.field(
+        description="When the member's personal data was erased (`eraseMember`); null unless it was. An "
+        "erased member keeps its id, tier, points and orders, with every personal field null."
+    )
+    async def erased_at(self, info: Info) -> dt.datetime | None:
+        row = await members.get_member(info, member_id=int(self.id))  # the loader's row, read already
+        return None if row is None else row["erased_at"]
+
     @strawberry.field(description="The brand this membership belongs to.")
     async def brand(self, info: Info) -> Brand:
         row = await brands.get_brand(info, brand_id=self.brand_id)
@@ -119,6 +128,10 @@ class Member:
     @strawberry.field(description="Tags the member carries, by category then code; expired ones are gone.")
     async def tags(self, info: Info) -> list[MemberTag]:
         return await member_tags(info, int(self.id))
+
+    @strawberry.field(description="Marketing consent per touch channel and a guardian's, withdrawals included.")
+    async def consents(self, info: Info) -> list[Consent]:
+        return await member_consents(info, int(self.id))
 
     @strawberry.field(description="The member this one was merged into (null while it is live).")
     async def merged_into(self, info: Info) -> Member | None:

@@ -24,6 +24,7 @@ from schema.errors import (
     InvalidInput,
     InvalidPhone,
     MergeNotReversible,
+    NotAllowed,
     SelfMerge,
     UnknownBrand,
     UnknownChannel,
@@ -62,7 +63,7 @@ class MembersUnmerged:
 
 
 CreateBrandResult = Annotated[
-    BrandCreated | InvalidInput | DuplicateBrand,
+    BrandCreated | InvalidInput | DuplicateBrand | NotAllowed,
     strawberry.union("CreateBrandResult", description="Result of createBrand."),
 ]
 RegisterMemberResult = Annotated[

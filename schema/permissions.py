@@ -47,6 +47,7 @@ RULES: dict[str, Capability | None] = {
     "Mutation.bindIdentity": C.WRITE_MEMBERS,
     "Mutation.mergeMembers": C.MERGE_MEMBERS,
     "Mutation.unmergeMembers": C.MERGE_MEMBERS,
+    "Mutation.eraseMember": C.ERASE_MEMBERS,
     "Mutation.earnPoints": C.WRITE_POINTS,
     "Mutation.redeemPoints": C.WRITE_POINTS,
     "Mutation.cancelRedemption": C.WRITE_POINTS,
@@ -58,6 +59,8 @@ RULES: dict[str, Capability | None] = {
     "Mutation.untagMembers": C.WRITE_TAGS,
     "Mutation.saveAudience": C.AUDIENCES,
     "Mutation.refreshAudience": C.AUDIENCES,
+    "Mutation.setConsent": C.WRITE_MEMBERS,
+    "Mutation.setGuardianConsent": C.WRITE_MEMBERS,
     # Members and what hangs off them.
     "Member": C.READ_MEMBERS,
     "Member.pointsHistory": C.READ_POINTS,
@@ -75,6 +78,9 @@ RULES: dict[str, Capability | None] = {
     "IdentityBound": None,
     "MembersMerged": None,
     "MembersUnmerged": None,
+    "Consent": C.READ_MEMBERS,
+    "ConsentRecorded": None,
+    "MemberErased": None,
     # Points and orders.
     "PointsEntry": C.READ_POINTS,
     "PointsEntryConnection": C.READ_POINTS,
@@ -107,6 +113,7 @@ RULES: dict[str, Capability | None] = {
     "SnapshotComparison": C.AUDIENCES,
     "AudienceSaved": None,
     "AudienceRefreshed": None,
+    "Reach": C.AUDIENCES,
     # The audit log.
     "AuditEntry": C.READ_AUDIT,
     "AuditEntryConnection": C.READ_AUDIT,
@@ -175,6 +182,8 @@ class Permissions:
                 if parent is None or name.startswith("__"):
                     return
                 parent_name = get_named_type(parent).name
+                if parent_name.startswith("__"):  # introspection: its own switch (settings)
+                    return
                 capability = rule(parent_name, name, parent_name in errors)
                 if capability is not None:
                     found.setdefault(f"{parent_name}.{name}", capability)

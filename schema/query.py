@@ -10,6 +10,7 @@ from resolvers import brands, cursors, members, merges
 from resolvers.context import Info
 from resolvers.domain import Row
 from schema import audiences as audience_fields
+from schema import audit
 from schema.audiences import Audience, AudienceFilter, SavedAudience, SnapshotComparison
 from schema.brand import Brand
 from schema.connection import MemberConnection
@@ -145,3 +146,11 @@ class Query:
         merge_id = cursors.parse_id(id)
         row = None if merge_id is None else await merges.get_merge(info, merge_id=merge_id)
         return None if row is None else MemberMerge.from_row(row)
+
+    @strawberry.field(
+        description="A brand's audit log, newest first: every mutation, export and read of personal data in clear."
+    )
+    async def audit_log(
+        self, info: Info, brand: audit.BrandCode, first: audit.First = 20, after: audit.After = None
+    ) -> audit.AuditEntryConnection:
+        return await audit.audit_log_page(info, brand, first, after)

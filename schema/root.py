@@ -17,7 +17,9 @@ from strawberry.types import ExecutionContext
 
 from resolvers.domain import UNEXPECTED
 from schema.audiences import AudienceMutation
+from schema.consent import ConsentMutation
 from schema.documents import LIMITS, CheckedDocuments, Documents, Limits
+from schema.erasure import ErasureMutation
 from schema.errors import Error
 from schema.mutation import MemberMutation
 from schema.points_mutation import PointsMutation
@@ -34,15 +36,17 @@ def _is_unexpected(error: GraphQLError) -> bool:
 
 
 @strawberry.type(description="Change members, identities, brands, points, orders, tags and saved audiences.")
-class Mutation(MemberMutation, PointsMutation, TagMutation, AudienceMutation):
+class Mutation(MemberMutation, PointsMutation, TagMutation, AudienceMutation, ErasureMutation, ConsentMutation):
     pass
 
 
 class Schema(strawberry.Schema):
-    def __init__(self, *args: Any, limits: Limits = LIMITS, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limits: Limits = LIMITS, introspection: bool = True, suggestions: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         # Every document is parsed and validated here once, within limits (schema.documents).
-        self.documents = Documents(self._schema, limits)
+        self.documents = Documents(self._schema, limits, introspection=introspection, suggestions=suggestions)
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         """Log what clients see as "Unexpected error." with the request id; expected errors are data."""
@@ -53,14 +57,21 @@ class Schema(strawberry.Schema):
                 log.error("request %s: %s", request_id, error.message, exc_info=error.original_error)
 
 
-def mask_unexpected(errors: list[GraphQLError]) -> list[GraphQLError]:
+def mask_unexpected(errors: list[GraphQLError], request_id: str | None = None) -> list[GraphQLError]:
     """What clients see of errors: bugs become "Unexpected error." (logged in full by `Schema`).
 
     Done once at the HTTP boundary rather than by strawberry's MaskErrors extension, whose
     per-request hooks cost more than the rest of a trivial query.
     """
     return [
-        GraphQLError(UNEXPECTED, nodes=e.nodes, source=e.source, positions=e.positions, path=e.path)
+        GraphQLError(
+            UNEXPECTED,
+            nodes=e.nodes,
+            source=e.source,
+            positions=e.positions,
+            path=e.path,
+            extensions={"code": "INTERNAL", **({"requestId": request_id} if request_id else {})},
+        )
         if _is_unexpected(e)
         else e
         for e in errors
@@ -84,8 +95,11 @@ def _parse_datetime(value: object) -> object:
 DATETIME = dataclasses.replace(DateTimeDefinition, parse_value=_parse_datetime)
 
 
-def build_schema() -> Schema:
+def build_schema(*, introspection: bool = True, suggestions: bool = True) -> Schema:
+    """The schema; production turns introspection and "did you mean" suggestions off (api.settings)."""
     return Schema(
+        introspection=introspection,
+        suggestions=suggestions,
         query=Query,
         mutation=Mutation,
         types=[Error],

@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_AUDIENCE = "UNKNOWN_AUDIENCE"
     UNKNOWN_SNAPSHOT = "UNKNOWN_SNAPSHOT"
     INDEX_NOT_READY = "INDEX_NOT_READY"
+    NOT_ALLOWED = "NOT_ALLOWED"
 
 
 class DomainError(Exception):

@@ -106,6 +106,8 @@ members = sa.Table(
     sa.Column("phone_masked", sa.Text),
     sa.Column("merged_into", sa.BigInteger),
     sa.Column("merged_at", sa.DateTime(timezone=True)),
+    # Set by store.members.erasure: the personal columns are empty, the ledger stays (pseudonymous).
+    sa.Column("erased_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("id", "brand_id"),
     sa.ForeignKeyConstraint(["brand_id", "tier"], ["brand_tiers.brand_id", "brand_tiers.code"]),
     # A member merges only into a member of its own brand.
@@ -118,6 +120,11 @@ members = sa.Table(
     sa.CheckConstraint(
         "(phone_hash IS NULL) = (phone_encrypted IS NULL) AND (phone_hash IS NULL) = (phone_masked IS NULL)",
         name="phone_forms_together",
+    ),
+    sa.CheckConstraint(
+        "erased_at IS NULL OR (display_name IS NULL AND birthday IS NULL AND city IS NULL"
+        " AND phone_hash IS NULL AND phone_encrypted IS NULL AND phone_masked IS NULL)",
+        name="erased_holds_no_personal_data",
     ),
     sa.Index("ix_members_brand_id_id", "brand_id", "id"),
     # One live member per phone and brand; merged-away members keep their number for unmerge.
@@ -140,6 +147,8 @@ members = sa.Table(
         "phone_hash",
         postgresql_where=sa.text("merged_into IS NOT NULL AND phone_hash IS NOT NULL"),
     ),
+    # Erased members of a brand, which snapshot exports leave out.
+    sa.Index("ix_members_erased", "brand_id", "id", postgresql_where=sa.text("erased_at IS NOT NULL")),
 )
 
 member_identities = sa.Table(
@@ -485,4 +494,30 @@ audit_log = sa.Table(
     sa.Column("summary", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("request_id", sa.Text, nullable=False),
     sa.Index("ix_audit_log_brand_id_id", "brand_id", "id"),
+)
+
+# Marketing consent (PIPL), per member and touch channel: the latest decision per channel, a
+# withdrawal being `granted = false` (kept, with its time and source). `guardian` is not a channel:
+# a row for it records a guardian's consent for a minor (docs/audiences.md#consent-and-reach).
+# Rows stay with their member: a merge neither moves nor combines them.
+TOUCH_CHANNELS = ("sms", "ai_call", "wecom", "mini_program", "email")
+GUARDIAN = "guardian"
+CONSENT_CHANNELS = (*TOUCH_CHANNELS, GUARDIAN)
+
+member_consents = sa.Table(
+    "member_consents",
+    metadata,
+    sa.Column("member_id", sa.BigInteger, primary_key=True),
+    sa.Column("channel", sa.Text, primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("granted", sa.Boolean, nullable=False),
+    # When the member (or guardian) decided, as the source says; recorded_at is when we learnt it.
+    sa.Column("given_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.ForeignKeyConstraint(["member_id", "brand_id"], ["members.id", "members.brand_id"]),
+    sa.CheckConstraint(_in("channel", CONSENT_CHANNELS), name="channel_known"),
+    sa.CheckConstraint("length(source) BETWEEN 1 AND 200", name="source_length"),
+    # The index build reads a brand's granted consents per channel.
+    sa.Index("ix_member_consents_brand_id_channel", "brand_id", "channel"),
 )

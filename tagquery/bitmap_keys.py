@@ -6,6 +6,7 @@ member, so every row is exactly 2^16 bits. A key that has no row for a chunk has
     u                         the universe: the brand's live (not merged-away) members
     tag:<code>                carries the tag, unexpired
     <dimension>:<value>       tier, city, status, gender (one value each), channel (any number)
+    consent:<channel>         a granted marketing consent for the channel (or `guardian`), any number
     has:<field>               the field is not NULL (only for fields that can be NULL)
     bit:<field>:<i>           bit i of the field's encoded value (bit-sliced, LSB = 0)
     ge:<field>:<b>            the field's value is >= b, for the band boundaries b in BANDS
@@ -119,6 +120,10 @@ FAMILIES = {
     "registered": 4096,
     "last_purchase": 8192,
     "birthday": 16384,
+    # After the others: migration 0004's "every family" (32767, the queue's default) predates it.
+    # A change that touches the universe (`u`: a new, deleted or merged member) touches every
+    # family, so the applier reads `u` as ALL_FAMILIES (store.audiences.deltas).
+    "consent": 32768,
 }
 ALL_FAMILIES = sum(FAMILIES.values())
 

@@ -84,8 +84,12 @@ def member_catalog(
     statuses: Iterable[str],
     genders: Iterable[str],
     lifecycles: Iterable[str],
+    consents: Iterable[str] = (),
 ) -> Catalog:
-    """The member catalog of design §3: six dimensions (channel set-valued) and MEMBER_FIELDS."""
+    """The member catalog of design §3: six dimensions (channel set-valued) and MEMBER_FIELDS, and
+    `consent` (set-valued: the channels a member has a granted marketing consent for) when
+    `consents` names any. A new dimension takes no name a valid expression used, so saved
+    expressions keep their meaning (GRAMMAR_VERSION is about the syntax, which is unchanged)."""
     dimensions = {
         "tier": DimensionSpec(frozenset(tiers)),
         "channel": DimensionSpec(frozenset(channels), multi=True),
@@ -94,4 +98,7 @@ def member_catalog(
         "gender": DimensionSpec(frozenset(genders)),
         "lifecycle": DimensionSpec(frozenset(lifecycles)),
     }
+    consent_values = frozenset(consents)
+    if consent_values:
+        dimensions["consent"] = DimensionSpec(consent_values, multi=True)
     return Catalog(tags=MappingProxyType(dict(tags)), dimensions=MappingProxyType(dimensions))

@@ -7,6 +7,8 @@ run and dropped after; otherwise an embedded PostgreSQL runs in a temporary dire
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,6 +36,39 @@ from store.members.phones import PhoneVault
 from store.urls import libpq_url, with_database
 
 TEST_SECRET = "omnimember-test-secret-0123456789"
+# A mainland mobile number standing alone (not inside a longer run of letters and digits, such as
+# a request id): none may reach a log (issue 14).
+MOBILE = re.compile(r"(?<![0-9A-Za-z])1[3-9]\d{9}(?![0-9A-Za-z])")
+
+
+class LeakWatch(logging.Handler):
+    """Every log record of the test run, scanned for mobile numbers; the run fails on one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        if MOBILE.search(text):
+            self.found.append(f"{record.name}: {text[:500]}")
+
+
+LEAKS = LeakWatch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger().addHandler(LEAKS)
+    for package in ("api", "schema", "resolvers", "store"):  # our own records down to DEBUG
+        logging.getLogger(package).setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if LEAKS.found:
+        print("\nmobile numbers in the logs (issue 14):", *LEAKS.found[:20], sep="\n  ")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _server_url() -> str | None:

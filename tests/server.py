@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import MOBILE
+
 OMNIMEMBER = [sys.executable, "-m", "api"]
 
 
@@ -69,3 +71,5 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         self.proc.wait(timeout=30)
+        leaked = MOBILE.findall(self.log.read_text(errors="replace"))
+        assert not leaked, f"mobile numbers in the server log {self.log}: {leaked[:5]}"

@@ -33,7 +33,7 @@ from store.audiences.facts import MemberRowFacts, expand_derived, live_members
 from store.brands import brand_by_code
 from store.errors import DomainError
 from store.sql import Query
-from store.tables import CHANNELS, members
+from store.tables import CHANNELS, CONSENT_CHANNELS, members
 from tagquery import bind, evaluate, parse
 from tagquery.ast import Node
 from tagquery.bitmap_keys import BANDS, EPOCH, date_band_boundaries
@@ -143,6 +143,19 @@ async def _insert_members(conn: AsyncConnection[Any], brand_id: int, ids: range,
             )
         for code in rng.sample(sorted(TAGS), rng.randrange(4)):
             await _tag(conn, brand_id, member_id, code, _expiry(rng))
+        # Consents from a generator of their own: the other facts stay what SEED made them.
+        await _consents(conn, brand_id, member_id, random.Random(member_id))
+
+
+async def _consents(conn: AsyncConnection[Any], brand_id: int, member_id: int, rng: random.Random) -> None:
+    """Granted or withdrawn consents for a few channels (the guardian's among them), or none."""
+    for channel in rng.sample(CONSENT_CHANNELS, rng.randrange(4)):
+        await conn.execute(
+            "INSERT INTO member_consents (brand_id, member_id, channel, granted, given_at, source)"
+            " VALUES (%s, %s, %s, %s, now(), 'test')"
+            " ON CONFLICT (member_id, channel) DO UPDATE SET granted = EXCLUDED.granted",
+            (brand_id, member_id, channel, rng.random() < 0.7),
+        )
 
 
 def _expiry(rng: random.Random) -> timedelta | None:
@@ -219,12 +232,19 @@ async def load_facts(pool: AsyncConnectionPool[Any], brand_id: int) -> dict[int,
         paid = await (
             await conn.execute("SELECT member_id, paid_at FROM orders WHERE brand_id = %s", (brand_id,))
         ).fetchall()
+        consents = await (
+            await conn.execute(
+                "SELECT member_id, channel FROM member_consents WHERE brand_id = %s AND granted", (brand_id,)
+            )
+        ).fetchall()
     facts = {row[0]: _member(dict(zip(columns, row, strict=True))) for row in rows}
     for member_id, code, expires in tags:
         if expires is None or expires > now:
             facts[member_id]["tag"].add(code)
     for member_id, channel in channels:
         facts[member_id]["channel"].add(channel)
+    for member_id, channel in consents:
+        facts[member_id]["consent"].add(channel)
     for member_id, moment in paid:
         if member_id in facts and moment.astimezone(ZONE).date() >= TODAY - timedelta(days=365):
             facts[member_id]["orders_365d"] += 1
@@ -242,6 +262,7 @@ def _member(row: dict[str, Any]) -> dict[str, Any]:
         "live": row["merged_into"] is None,
         "tag": set(),
         "channel": set(),
+        "consent": set(),
         "tier": row["tier"],
         "city": row["city"],
         "status": row["status"],
@@ -308,6 +329,10 @@ async def _change_everything(conn: AsyncConnection[Any], brand_id: int, rng: ran
     for member_id in rng.sample(ids, 20):
         await _insert_orders(conn, brand_id, member_id, [_moment(rng, TODAY - timedelta(days=100), TODAY)])
     await conn.execute("DELETE FROM member_identities WHERE member_id = ANY(%s)", [rng.sample(ids, 10)])
+    consent_rng = random.Random(SEED + 2)  # the rest of the changes stay what they were
+    for member_id in consent_rng.sample(ids, 40):  # grants, withdrawals, survivors and merged-away ones
+        await _consents(conn, brand_id, member_id, consent_rng)
+    await conn.execute("DELETE FROM member_consents WHERE member_id = ANY(%s)", [consent_rng.sample(ids, 10)])
     await _insert_members(conn, brand_id, range(CHANGED_FROM + MEMBERS, CHANGED_FROM + MEMBERS + 40), rng)
 
 
@@ -443,13 +468,13 @@ async def test_a_count_in_two_halves_adds_up(
     this brand spans chunks 50 and 51, so split it from two chunks on."""
     monkeypatch.setattr(engine, "SPLIT_CHUNKS", 2)
     halves: list[dict[str, int]] = []
-    run = engine._run
+    run = engine.run_pivot
 
     async def spy(*args: Any, **chunks: Any) -> Any:
         halves.append(chunks)
         return await run(*args, **chunks)
 
-    monkeypatch.setattr(engine, "_run", spy)
+    monkeypatch.setattr(engine, "run_pivot", spy)
     assert changed.brand.chunks == (50, 51)
     for text in ("tag:price_sensitive OR points >= 40", "NOT tag:churn_risk", "points >= 1000 AND age >= 30"):
         bound = bind(parse(text), changed.brand.catalog)

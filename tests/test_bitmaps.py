@@ -13,6 +13,7 @@ import numpy as np
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from store.audiences import deltas
 from store.audiences.bitmaps import chunk_rows
 from store.audiences.deltas import IndexState, apply_brand, freshness, run_applier
 from store.audiences.engine import decode_chunks
@@ -20,6 +21,8 @@ from store.brands import brand_by_code
 from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES
 from tests.conftest import new_brand
 from tests.server import OMNIMEMBER
+
+QUEUED_ALL = 32767  # "every family" in the change queue's triggers and default (migration 0004)
 
 
 def test_chunk_rows_and_decoding_round_trip() -> None:
@@ -83,10 +86,12 @@ async def test_only_writes_that_change_a_fact_are_queued(pool: AsyncConnectionPo
             (a, channel),
             (a, points),
             (b, points),
-            (b, ALL_FAMILIES),
+            (b, QUEUED_ALL),
             (c, channel),
             (c, channel),
         ]
+    # A merge queues every family migration 0004 knew (it touches `u`): the applier reads it as all of them.
+    assert deltas._families(QUEUED_ALL) == ALL_FAMILIES
 
 
 async def test_a_delta_rewrites_the_touched_rows_and_nothing_else(pool: AsyncConnectionPool[Any]) -> None:

@@ -230,9 +230,12 @@ LIMITS = [
     ("registerMember", "city", MAX_TEXT),
     ("bindIdentity", "externalId", MAX_EXTERNAL_ID),
     ("mergeMembers", "reason", MAX_REASON),
+    ("eraseMember", "reason", MAX_REASON),
     ("earnPoints", "idempotencyKey", MAX_KEY),
     ("defineTag", "name", 100),
     ("saveAudience", "name", 200),
+    ("setConsent", "source", 200),
+    ("setGuardianConsent", "source", 200),
 ]
 # String arguments that name something (a lookup answers UNKNOWN_*, or the form is checked: a code,
 # a phone, an expression of at most 4,000 characters), so their length is bounded by what they name.
@@ -316,8 +319,17 @@ async def _call(gql: GraphQL, pool: AsyncConnectionPool[Any], mutation: str, arg
             {"externalId": "j-2"},
         ),
         "mergeMembers": ("mergeMembers(survivorId: $member, mergedId: $other, reason: $reason)", {"reason": "r"}),
+        "eraseMember": ("eraseMember(brand: $brand, memberId: $member, reason: $reason)", {"reason": "r"}),
         "defineTag": ("defineTag(brand: $brand, code: $code, name: $name, category: RFM)", {"code": "t", "name": "n"}),
         "saveAudience": ('saveAudience(brand: $brand, name: $name, expression: "tier:silver")', {"name": "n"}),
+        "setConsent": (
+            "setConsent(brand: $brand, memberId: $member, channel: SMS, granted: true, source: $source)",
+            {"source": "s"},
+        ),
+        "setGuardianConsent": (
+            "setGuardianConsent(brand: $brand, memberId: $member, granted: true, source: $source)",
+            {"source": "s"},
+        ),
     }
     call, values = calls[mutation]
     if mutation == "recordOrder" and argument == "buyerId":

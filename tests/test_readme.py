@@ -18,8 +18,8 @@ README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```graphql\n(.*?)```", README, re.S)
 # The documents quoted inline in the tour's prose, in order: they must run as written too.
 INLINE = [
-    " ".join(span.split())
-    for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", README, flags=re.S))
+    span
+    for span in (" ".join(s.split()) for s in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", README, flags=re.S)))
     if span.startswith(("mutation {", "{ "))
 ]
 

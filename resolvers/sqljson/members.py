@@ -61,6 +61,7 @@ _MEMBER_SCALARS: dict[str, Callable[[Columns], sa.ColumnElement[Any]]] = {
     "totalSpend": lambda m: decimal_text(m.total_spend),
     "maskedPhone": lambda m: m.phone_masked,
     "mergedAt": lambda m: iso_datetime(m.merged_at),
+    "erasedAt": lambda m: iso_datetime(m.erased_at),
 }
 MEMBERS_PAGE = Shape("MemberConnection", "MemberEdge", "PageInfo", "member", descending=False)
 HISTORY = Shape("PointsEntryConnection", "PointsEntryEdge", "HistoryPageInfo", "entry", descending=True)

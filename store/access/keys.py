@@ -178,7 +178,7 @@ class Keys:
             pseudonym_key=pseudonym_key(self._secret, row["prefix"]),
         )
 
-    def development(self) -> Principal:
-        """The development mode's admin over every brand (never stored, never on a public address)."""
-        row: Row = {"id": None, "name": "development", "prefix": "dev", "role": "admin", "grants": []}
+    def development(self, role: Role = Role.ADMIN) -> Principal:
+        """Development mode's caller: ``role`` over every brand (never stored, never on a public address)."""
+        row: Row = {"id": None, "name": "development", "prefix": "dev", "role": str(role), "grants": []}
         return self.principal(row, None, None)

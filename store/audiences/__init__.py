@@ -7,6 +7,8 @@
 - `index_facts`, `bitmaps`: building the index; `deltas`: keeping it current from the change queue.
 - `saved`: saved audiences and frozen snapshots.
 - `export`: members of an audience as CSV or NDJSON; `offline`: count and export from the CLI.
+- `reach`: who of an audience may be contacted on a touch channel (consent, minors), for counts
+  and touch-channel exports.
 
 May use: the shared modules and `tagquery`. Never members, ledger or tags: it reads their tables
 (through `store.tables`), and writers reach it only through the change-queue triggers.

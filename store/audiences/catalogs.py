@@ -21,7 +21,7 @@ from store.audiences.bitmaps import stored_widths
 from store.audiences.deltas import IndexState, Readiness, readiness
 from store.audiences.facts import LIFECYCLE, brand_timezone
 from store.sql import Query
-from store.tables import CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
+from store.tables import CHANNELS, CONSENT_CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
 from tagquery import Catalog, member_catalog
 from tagquery.bitmap_keys import UNIVERSE
 from tagquery.compile_bitmap import Encoding
@@ -86,6 +86,7 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
         statuses=STATUSES,
         genders=GENDERS,
         lifecycles=LIFECYCLE,
+        consents=CONSENT_CHANNELS,
     )
     timezone: str = await _timezone.scalar(conn, brand_id=brand_id)
     encoding = Encoding(dict(await stored_widths(conn, brand_id)))

@@ -29,7 +29,7 @@ from store.audiences.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows
 from store.audiences.index_facts import Ids, Maintenance, among, load_index_facts
 from store.sql import Query
 from store.tables import audience_index_state, member_tags
-from tagquery.bitmap_keys import CHUNK_SIZE, FAMILIES, family_of, family_sql
+from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES, family_of, family_sql
 
 log = logging.getLogger(__name__)
 REBUILD_OVER = 100_000  # queued members beyond which a full rebuild is cheaper than a delta
@@ -110,6 +110,15 @@ _add_new = Maintenance(
         "INSERT INTO audience_bitmaps (brand_id, key, chunk, bits) "
         "SELECT :brand_id, key, chunk, bits FROM audience_delta ON CONFLICT DO NOTHING"
     )
+)
+# A city is the member's own word: a row of a touched chunk left empty (the last member of that
+# city there moved or was erased) goes, as a full build never writes one, so no key keeps the name.
+_drop_empty_cities = Maintenance(
+    sa.text(f"""
+DELETE FROM audience_bitmaps b USING audience_mask m
+WHERE m.family = 'city' AND b.brand_id = :brand_id AND b.chunk = m.chunk AND b.key LIKE 'city:%'
+  AND b.bits = {_ZERO}
+""")  # noqa: S608 (constant text)
 )
 
 
@@ -206,7 +215,7 @@ async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool =
             return None
         changed: dict[int, int] = {}  # member id -> families its changes can touch
         for row in await drain.all(conn, brand_id=brand_id):
-            changed[row["member_id"]] = changed.get(row["member_id"], 0) | row["families"]
+            changed[row["member_id"]] = changed.get(row["member_id"], 0) | _families(row["families"])
         state = await _read_state.one(conn, brand_id=brand_id)
         if state is None or 0 in changed or len(changed) > REBUILD_OVER:
             await rebuild(conn, brand_id)
@@ -234,7 +243,14 @@ async def _apply_delta(
         await copy_rows(cur, "COPY audience_delta (key, chunk, bits) FROM STDIN (FORMAT BINARY)", delta)
     await _rewrite.run(conn, brand_id=brand_id)
     await _add_new.run(conn, brand_id=brand_id)
+    await _drop_empty_cities.run(conn, brand_id=brand_id)
     return {field: max(needed.get(field, 0), widths.get(field, 0)) for field in {*needed, *widths}}
+
+
+def _families(queued: int) -> int:
+    """The families a queued change touches: all of them when it touches the universe (a member
+    added, deleted or merged; the triggers' and the queue's "all" predates later families)."""
+    return ALL_FAMILIES if queued & FAMILIES["u"] else queued
 
 
 def _in_family(ids: Ids, families: Ids, family: str) -> Ids:

@@ -87,7 +87,7 @@ class _Compiled:
 _compiled = _Compiled()
 
 
-async def _run(
+async def run_pivot(
     conn: AsyncConnection[Any], brand: BrandCatalog, today: date, key: Hashable, statement: Statement, **params: Any
 ) -> Row:
     """Run a one-row statement; compile again if the index's widths moved since `brand` was loaded.
@@ -128,7 +128,7 @@ async def count(
         return sa.select(_count(pivot.c.bits).label("n"))
 
     async def counted(on: AsyncConnection[Any], **chunks: int) -> int:
-        return int((await _run(on, brand, today, ("count", node), statement, **chunks))["n"])
+        return int((await run_pivot(on, brand, today, ("count", node), statement, **chunks))["n"])
 
     first, last = brand.chunks
     if pool is None or last - first + 1 < SPLIT_CHUNKS:
@@ -154,7 +154,7 @@ async def member_ids(
         record = sa.func.int4send(rows.c.chunk).op("||")(sa.func.varbit_send(rows.c.bits))
         return sa.select(sa.func.string_agg(record, sa.literal_column("''::bytea")).label("chunks"))
 
-    row = await _run(conn, brand, today, ("ids", node), statement, from_chunk=after >> CHUNK_BITS)
+    row = await run_pivot(conn, brand, today, ("ids", node), statement, from_chunk=after >> CHUNK_BITS)
     ids = decode_chunks(row["chunks"])
     return ids[ids > after]
 
@@ -207,7 +207,7 @@ async def breakdown(
         total: Columns = [_count(pivot.c.bits).label("total")]
         return sa.select(*total, *counts)
 
-    row = await _run(conn, brand, today, ("breakdown", node, by, tuple(values)), statement)
+    row = await run_pivot(conn, brand, today, ("breakdown", node, by, tuple(values)), statement)
     return int(row["total"]), {value: int(row[f"v{i}"]) for i, value in enumerate(values)}
 
 
@@ -226,7 +226,7 @@ async def funnel(conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, t
             steps.append(_count(acc).label(f"s{i}"))
         return sa.select(*[_count(pivot.c.u).label("u"), *steps])
 
-    row = await _run(conn, brand, today, ("funnel", node), statement)
+    row = await run_pivot(conn, brand, today, ("funnel", node), statement)
     counts = [int(row["u"]), *(int(row[f"s{i}"]) for i in range(len(parts)))]
     steps = [FunnelStep(None, counts[0], 0)]
     steps += [FunnelStep(op, counts[i + 1], counts[i] - counts[i + 1]) for i, op in enumerate(operands)]
@@ -253,7 +253,7 @@ class Why:
 class WhyMember:
     member_id: int
     live: bool
-    """False for a member merged into another: it is in no audience, whatever the tree says."""
+    """False for a member merged into another or erased: it is in no audience, whatever the tree says."""
     matches: bool
     tree: Why
 
@@ -266,7 +266,7 @@ async def why_member(
     if facts is None:
         raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no member {member_id} in this brand", field="id")
     tree = _why(node, facts, today)
-    live = facts["merged_into"] is None
+    live = facts["merged_into"] is None and facts["erased_at"] is None
     return WhyMember(member_id=member_id, live=live, matches=live and tree.value, tree=tree)
 
 

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 
+from store.audiences.reach import check_touch
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import CHANNELS, member_identities, members
@@ -71,11 +72,15 @@ _identities = (
 )
 # The brand condition is redundant for ids taken from the brand's index; it keeps a mistake from
 # ever exporting another brand's members.
+# Erased members never leave (store.members.erasure): `without_erased` drops them from the ids first.
 _rows = sa.select(*(members.c[column] for column in _COLUMNS.values())).where(
-    members.c.id == sa.any_(_IDS), members.c.brand_id == sa.bindparam("brand_id")
+    members.c.id == sa.any_(_IDS), members.c.brand_id == sa.bindparam("brand_id"), members.c.erased_at.is_(None)
 )
 _batch = Query(_rows.order_by(members.c.id))
 _batch_with_identities = Query(_rows.add_columns(_identities).order_by(members.c.id))
+_erased = Query(
+    sa.select(members.c.id).where(members.c.brand_id == sa.bindparam("brand_id"), members.c.erased_at.is_not(None))
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,14 +89,16 @@ class Layout:
 
     fields: tuple[str, ...]
     format: str
+    touch: str | None = None
+    """A touch channel: leave out members who may not be contacted on it (store.audiences.reach)."""
 
     @property
     def channels(self) -> list[str]:
         return [field.removeprefix(_CHANNEL) for field in self.fields if field.startswith(_CHANNEL)]
 
 
-def layout(format: str | None, fields: str | None) -> Layout:
-    """Check the export's parameters; INVALID_INPUT naming `format` or `fields` and the bad item."""
+def layout(format: str | None, fields: str | None, touch: str | None = None) -> Layout:
+    """Check the export's parameters; INVALID_INPUT naming `format`, `fields` or `touch` and the bad item."""
     chosen = format or "csv"
     if chosen not in FORMATS:
         raise DomainError(ErrorCode.INVALID_INPUT, f"format must be csv or ndjson, not {chosen!r}", field="format")
@@ -103,7 +110,16 @@ def layout(format: str | None, fields: str | None) -> Layout:
             raise DomainError(ErrorCode.INVALID_INPUT, message, field="fields")
     if len(set(names)) != len(names):
         raise DomainError(ErrorCode.INVALID_INPUT, "a field is listed twice", field="fields")
-    return Layout(names, chosen)
+    return Layout(names, chosen, check_touch(touch))
+
+
+async def without_erased(
+    conn: AsyncConnection[Any], brand_id: int, ids: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """``ids`` less the brand's erased members (a frozen snapshot keeps their ids; its export does
+    not list them, and the count it announces is what it sends)."""
+    erased = np.fromiter((row["id"] for row in await _erased.all(conn, brand_id=brand_id)), dtype=np.int64)
+    return ids[~np.isin(ids, erased)] if erased.size else ids
 
 
 async def member_rows(

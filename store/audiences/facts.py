@@ -1,11 +1,13 @@
 """What every name of the tag language means, read from the system of record. One place.
 
 A member is in a brand's audiences while it is live: not merged into another (`merged_into IS
-NULL`). Dates are calendar days in the brand's time zone (`brand_rules.timezone`).
+NULL`) and not erased (`erased_at IS NULL`, store.members.erasure). Dates are calendar days in the
+brand's time zone (`brand_rules.timezone`).
 
     tag:<code>        a member_tags row for the tag that has not expired (`expires_at` NULL or > now)
     tier, city, gender, status    the members columns (status: prospect until a first purchase)
     channel:<c>       the member has an identity of that channel (a set: any number of channels)
+    consent:<c>       the member's member_consents row for channel c (or `guardian`) is granted (a set)
     points, growth    points_balance, growth_value
     order_count, total_spend      the members aggregates (refunds lower spend, not the count)
     registered, last_purchase     the day of registered_at / last_purchase_at
@@ -31,7 +33,15 @@ from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from store.sql import Query
-from store.tables import brand_rules, member_identities, member_tags, members, orders, tag_definitions
+from store.tables import (
+    brand_rules,
+    member_consents,
+    member_identities,
+    member_tags,
+    members,
+    orders,
+    tag_definitions,
+)
 from tagquery.ast import TAG, Op, Unit
 from tagquery.bound import Bound, BoundAnd, BoundNot, BoundOr, FieldCompare, FieldWithin, Membership
 from tagquery.catalog import FieldType
@@ -113,6 +123,12 @@ class MemberRowFacts:
             return sa.exists().where(
                 member_identities.c.member_id == self.m.c.id, member_identities.c.channel == sa.any_(wanted)
             )
+        if dimension == "consent":
+            return sa.exists().where(
+                member_consents.c.member_id == self.m.c.id,
+                member_consents.c.channel == sa.any_(wanted),
+                member_consents.c.granted,
+            )
         return sa.func.coalesce(self.m.c[dimension] == sa.any_(wanted), sa.false())
 
     def field(self, name: str) -> sa.ColumnElement[Any]:
@@ -164,7 +180,9 @@ def brand_timezone() -> sa.ColumnElement[str]:
 
 
 def live_members(member: sa.FromClause) -> sa.ColumnElement[bool]:
-    return sa.and_(member.c.brand_id == sa.bindparam("brand_id"), member.c.merged_into.is_(None))
+    return sa.and_(
+        member.c.brand_id == sa.bindparam("brand_id"), member.c.merged_into.is_(None), member.c.erased_at.is_(None)
+    )
 
 
 _m = members.alias("m")
@@ -172,7 +190,7 @@ _row_facts = MemberRowFacts(_m)
 _SCALARS = ("points", "growth", "order_count", "total_spend", "registered", "last_purchase", "orders_365d")
 _member = Query(
     sa.select(
-        *(_m.c[name] for name in ("tier", "city", "status", "gender", "birthday", "merged_into")),
+        *(_m.c[name] for name in ("tier", "city", "status", "gender", "birthday", "merged_into", "erased_at")),
         *(_row_facts.field(name).label(name) for name in _SCALARS),
         sa.func.array(
             sa.select(tag_definitions.c.code)
@@ -186,6 +204,11 @@ _member = Query(
         sa.func.array(
             sa.select(member_identities.c.channel).where(member_identities.c.member_id == _m.c.id).scalar_subquery()
         ).label("channels"),
+        sa.func.array(
+            sa.select(member_consents.c.channel)
+            .where(member_consents.c.member_id == _m.c.id, member_consents.c.granted)
+            .scalar_subquery()
+        ).label("consents"),
     ).where(_m.c.id == sa.bindparam("member_id"), _m.c.brand_id == sa.bindparam("brand_id"))
 )
 
@@ -197,6 +220,11 @@ async def member_facts(
     row = await _member.one(conn, brand_id=brand_id, member_id=member_id, today=today, tz=timezone)
     if row is None:
         return None
-    facts: dict[str, Any] = {**row, "tag": frozenset(row.pop("tags")), "channel": frozenset(row.pop("channels"))}
+    facts: dict[str, Any] = {
+        **row,
+        "tag": frozenset(row.pop("tags")),
+        "channel": frozenset(row.pop("channels")),
+        "consent": frozenset(row.pop("consents")),
+    }
     facts["lifecycle"] = lifecycle_of(facts, today)
     return facts

@@ -43,7 +43,7 @@ def _live(ids: bool) -> str:
     return f"""live AS (
     SELECT id, tier, status, gender, city, points_balance, growth_value, order_count, total_spend,
            registered_at, last_purchase_at, birthday
-    FROM members WHERE brand_id = :brand_id AND merged_into IS NULL{only}
+    FROM members WHERE brand_id = :brand_id AND merged_into IS NULL AND erased_at IS NULL{only}
 ), tz AS (
     SELECT coalesce((SELECT timezone FROM brand_rules WHERE brand_id = :brand_id), '{DEFAULT_TIMEZONE}') AS name
 )"""  # noqa: S608 (constant text: no input reaches these strings)
@@ -72,6 +72,8 @@ UNION ALL SELECT 'tag:' || d.code, t.ids FROM (
     WHERE t.brand_id = :brand_id AND (t.expires_at IS NULL OR t.expires_at > now()){only("t")}
     GROUP BY t.tag_id
 ) t JOIN tag_definitions d ON d.id = t.tag_id
+UNION ALL SELECT 'consent:' || c.channel, {_AGG.format("c.member_id")}
+    FROM member_consents c WHERE c.brand_id = :brand_id AND c.granted{only("c")} GROUP BY c.channel
 """  # noqa: S608
 
 
@@ -117,7 +119,7 @@ _SOME = _queries(ids=True)
 @dataclasses.dataclass(frozen=True, slots=True)
 class IndexFacts:
     sets: dict[str, Ids]
-    """Key -> ids of the members in it (u, tier:, status:, gender:, city:, channel:, tag:)."""
+    """Key -> ids of the members in it (u, tier:, status:, gender:, city:, channel:, tag:, consent:)."""
     values: npt.NDArray[np.int64]
     """One row per live member, columns VALUE_COLUMNS; NULL marks a missing date."""
     orders: npt.NDArray[np.int64]
@@ -138,7 +140,7 @@ async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Seque
     return IndexFacts(sets=sets, values=values, orders=order_days[among(order_days[:, 0], universe)])
 
 
-_OWNED = ("channel:", "tag:")
+_OWNED = ("channel:", "tag:", "consent:")
 
 
 def among(ids: Ids, universe: Ids) -> npt.NDArray[np.bool_]:

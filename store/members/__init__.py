@@ -5,6 +5,8 @@
 - `profiles`: batched reads of members and identities for the DataLoaders.
 - `merges`: merge two members of a brand and undo it exactly.
 - `phones`: normalise, hash, encrypt and mask phone numbers (never stored in clear).
+- `consent`: marketing consent per touch channel, and a guardian's consent for minors (PIPL).
+- `erasure`: erase a member's personal data on request (PIPL), keeping its ledger (docs/privacy.md).
 
 May use: the shared modules, `store.ledger` (a merge moves lots and orders) and `store.tags` (a
 merge moves assignments). Never `store.audiences`: the index follows members through triggers.

@@ -46,7 +46,7 @@ ADDED = ("order_count", "total_spend", "growth_value", "points_earned")
 _IDS = sa.bindparam("ids", type_=ARRAY(sa.BigInteger))
 _merged = members.alias("m")
 _lock_members = Query(
-    sa.select(members.c.id, members.c.brand_id, members.c.merged_into)
+    sa.select(members.c.id, members.c.brand_id, members.c.merged_into, members.c.erased_at)
     .where(members.c.id == sa.any_(_IDS))
     .order_by(members.c.id)
     .with_for_update()
@@ -237,6 +237,8 @@ async def merge(conn: AsyncConnection[Any], *, survivor_id: int, merged_id: int,
                 field=field,
                 member_id=row["merged_into"],
             )
+        if row["erased_at"] is not None:  # an erased member stays apart (store.members.erasure)
+            raise DomainError(ErrorCode.INVALID_INPUT, f"member {member_id} was erased", field=field)
     brand_id = rows[survivor_id]["brand_id"]
     if rows[merged_id]["brand_id"] != brand_id:
         raise DomainError(
@@ -313,6 +315,12 @@ async def unmerge(conn: AsyncConnection[Any], *, merge_id: int) -> Row:
             " undo that merge first",
             field="mergeId",
             member_id=survivor["merged_into"],
+        )
+    if survivor["erased_at"] is not None:  # its merged members were erased with it
+        raise DomainError(
+            ErrorCode.MERGE_NOT_REVERSIBLE,
+            f"the survivor {survivor_id} was erased, and with it the members merged into it",
+            field="mergeId",
         )
     moved = merge_row["moved"]
     current = await _json(conn, survivor_id)

@@ -37,6 +37,7 @@ MEMBER_COLUMNS = (
     members.c.phone_masked,
     members.c.merged_into,
     members.c.merged_at,
+    members.c.erased_at,
 )
 _with_tier = members.join(
     brand_tiers,

@@ -88,7 +88,9 @@ _insert_identity = Query(
     )
 )
 _member_state = Query(
-    sa.select(members.c.brand_id, members.c.merged_into).where(members.c.id == sa.bindparam("member_id"))
+    sa.select(members.c.brand_id, members.c.merged_into, members.c.erased_at).where(
+        members.c.id == sa.bindparam("member_id")
+    )
 )
 
 
@@ -161,7 +163,7 @@ def _profile_params(profile: Profile) -> dict[str, Any]:
 
 
 async def live_member(conn: AsyncConnection[Any], *, brand_id: int, member_id: int, field: str) -> None:
-    """Raise unless ``member_id`` is a live (not merged-away) member of the brand."""
+    """Raise unless ``member_id`` is a live (not merged-away, not erased) member of the brand."""
     row = await _member_state.one(conn, member_id=member_id)
     if row is None or row["brand_id"] != brand_id:
         raise DomainError(
@@ -176,6 +178,8 @@ async def live_member(conn: AsyncConnection[Any], *, brand_id: int, member_id: i
             field=field,
             member_id=row["merged_into"],
         )
+    if row["erased_at"] is not None:  # binding an identity would name an erased member again
+        raise DomainError(ErrorCode.INVALID_INPUT, f"member {member_id} was erased", field=field)
 
 
 async def bind_identity(

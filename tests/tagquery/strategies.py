@@ -46,6 +46,7 @@ CATALOG = member_catalog(
     statuses=("prospect", "member"),
     genders=("male", "female", "unknown"),
     lifecycles=("introduction", "growth", "mature", "at_risk", "churned"),
+    consents=("sms", "ai_call", "wecom", "mini_program", "email", "guardian"),
 )
 # A month end, so calendar windows (1m back from 03-31) clip.
 TODAY = date(2025, 3, 31)
