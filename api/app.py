@@ -18,6 +18,9 @@ from api.embedded import EmbeddedPostgres
 from api.export import export_expression, export_saved
 from api.graphql_app import graphql_app
 from api.health import healthz, readyz
+from api.ide import assets as graphiql_assets
+from api.metrics import Metrics
+from api.observe import Observe, configure_logging
 from api.settings import Settings
 from api.slow_clients import use_header_timeout
 from api.state import AppState, LifespanState
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Starlette:
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
         embedded = None
@@ -74,7 +79,7 @@ def create_app(settings: Settings) -> Starlette:
                     pool=pool,
                     vault=vault,
                     brands=BrandDirectory(),
-                    postings=Postings(pool),
+                    postings=Postings(pool, metrics.batch_observed),
                     head_revision=migrate.head_revision(),
                     settings=settings,
                     export_slots=asyncio.Semaphore(settings.max_exports),
@@ -92,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
                         ),
                         name="pool-watchdog",
                     ),
+                    asyncio.create_task(state.audit.run(), name="audit-writer"),
                 ]
                 try:
                     yield {"omnimember": state}
@@ -101,6 +107,10 @@ def create_app(settings: Settings) -> Starlette:
                     for task in background:
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
+                    try:
+                        await state.audit.flush()  # the records of the last requests
+                    except Exception:
+                        log.exception("audit records lost at shutdown")
             finally:
                 await pool.close()
         finally:
@@ -113,10 +123,12 @@ def create_app(settings: Settings) -> Starlette:
             Route("/graphql", graphql_app(settings)),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
             Route("/audiences/export", export_expression, methods=["GET"]),
             Route("/audiences/{id}/export", export_saved, methods=["GET"]),
+            *([graphiql_assets()] if settings.ide_on else []),
         ],
-        middleware=[Middleware(Authenticate)],
+        middleware=[Middleware(Observe, metrics=metrics), Middleware(Authenticate)],
         lifespan=lifespan,
     )
 
@@ -124,5 +136,6 @@ def create_app(settings: Settings) -> Starlette:
 def app_from_env() -> Starlette:
     """The app configured from the environment: the factory uvicorn's worker processes import."""
     settings = Settings.from_env()
+    configure_logging(settings.log_format)  # a worker process starts with no logging set up
     use_header_timeout(settings.header_timeout)
     return create_app(settings)

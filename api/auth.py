@@ -1,5 +1,6 @@
-"""Every route but /healthz and /readyz needs a bearer key (store.access.keys); the caller it stands
+"""Every route but /healthz, /readyz and /metrics needs a bearer key (store.access.keys); the caller it stands
 for rides in the ASGI scope under ``"principal"`` for the routes to read.
+GraphiQL's static files (api.ide, under /graphiql/assets/) are open too: they hold no data.
 
 Development mode (`--dev`, OMNIMEMBER_DEV=1) lets requests without a key act as an admin over every
 brand, and only when the server listens on a loopback address (api.cli refuses to start otherwise)
@@ -17,10 +18,13 @@ import uuid
 from psycopg_pool import PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import observe
+from api.ide import ASSETS_PATH
 from api.state import AppState
 from store.access.principals import Principal
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # /metrics: counts and gauges, no personal data
+OPEN_PREFIX = ASSETS_PATH + "/"
 # A wrong key is answered after a pause: guessing costs the guesser time, not the database a lookup
 # a few microseconds apart (tokens have 256 bits, so this is about load, not about odds).
 WRONG_KEY_DELAY = 0.25
@@ -61,7 +65,7 @@ class Authenticate:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIX):
             await self._app(scope, receive, send)
             return
         header = (b"x-request-id", request_id(scope).encode())
@@ -116,6 +120,7 @@ def _bearer(scope: Scope) -> str | None:
 
 
 async def _reply(send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+    observe.failed(code)
     body = json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]}).encode()
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})

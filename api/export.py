@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from api import observe
 from api.auth import principal_of, request_id
 from api.state import AppState
 from resolvers.cursors import parse_id
@@ -105,6 +106,7 @@ async def _export(request: Request, find: Callable[[Request, AppState], Awaitabl
     if not principal.may(Capability.EXPORT):
         message = f"a {principal.role} key may not export (it needs {Capability.EXPORT})"
         body = {"code": "FORBIDDEN", "message": message, "parameter": None}
+        observe.failed("FORBIDDEN")
         return JSONResponse({"error": body}, status_code=403)
     try:
         chosen = _layout(request)
@@ -131,11 +133,7 @@ async def _export(request: Request, find: Callable[[Request, AppState], Awaitabl
         summary=summary,
         request_id=request_id(request.scope),
     )
-    try:
-        await state.audit.append(record)
-    except BaseException:
-        slot.release()
-        raise
+    state.audit.append(record)
     return _stream(state, slot, ids, brand, chosen, name, reached)
 
 
@@ -231,12 +229,14 @@ def _stream(
 def too_many_exports(limit: int) -> JSONResponse:
     message = f"{limit} exports are streaming already, the most this server runs at once; retry shortly"
     body = {"code": TOO_MANY_EXPORTS, "message": message, "parameter": None, "limit": limit}
+    observe.failed(TOO_MANY_EXPORTS)
     return JSONResponse({"error": body}, status_code=429, headers={"retry-after": RETRY_AFTER})
 
 
 def error_response(error: DomainError) -> JSONResponse:
     status = 404 if error.code in _NOT_FOUND else 400
     body: dict[str, Any] = {"code": error.code.value, "message": error.message, "parameter": error.field}
+    observe.failed(error.code.value)
     if isinstance(error, InvalidExpressionError):
         body |= {key: value for key, value in error.details().items() if key != "field"}
     if isinstance(error, IndexNotReadyError):  # the members it would export are not known yet

@@ -19,7 +19,9 @@ from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, process_result
 from strawberry.types import ExecutionResult
 
+from api import observe
 from api.auth import BUSY, principal_of, request_id
+from api.ide import render as render_ide
 from api.settings import Settings
 from api.state import AppState
 from resolvers.audit import audit_clear_reads
@@ -56,6 +58,7 @@ class GraphQLApp(GraphQL[Context, None]):
         if result.errors:
             errors = [_busy_if_pool_timeout(error) for error in result.errors]
             result.errors = mask_unexpected(errors, request.scope.get("request_id"))
+            observe.failed_with(result.errors)
         return process_result(result)
 
     def create_response(
@@ -71,6 +74,10 @@ class GraphQLApp(GraphQL[Context, None]):
             response.status_code = 429
             response.headers["retry-after"] = str(codes["RATE_LIMITED"]["extensions"].get("retryAfter", 1))
         return response
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """GraphiQL from the package's own files (api.ide), not strawberry's page, which loads a CDN."""
+        return await render_ide(request)
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         context = _context(request.state.omnimember, principal_of(request.scope), request_id(request.scope))
@@ -200,6 +207,7 @@ class GraphQLEndpoint:
     async def _check(self, request: dict[str, Any], principal: Principal) -> bytes | None:
         """The response refusing the request's document, its cost or what it selects, or None when it may run."""
         checked = await self._documents.check_async(request["query"])
+        observe.operation(request.get("operationName"), None if checked.errors else checked.document)
         variables = request.get("variables")
         too_costly = self._documents.cost(
             checked, request.get("operationName"), variables if isinstance(variables, dict) else None
@@ -212,6 +220,7 @@ class GraphQLEndpoint:
             return None
         if any((error.extensions or {}).get("code") in LIMITS_EXCEEDED for error in errors):
             await asyncio.sleep(ABUSE_DELAY)
+        observe.failed_with(errors)
         return json.dumps({"data": None, "errors": [error.formatted for error in errors]}).encode()
 
     async def _answer(self, scope: Scope, request: dict[str, Any]) -> bytes | None:
@@ -225,7 +234,10 @@ class GraphQLEndpoint:
             return await self._plans.answer(plan, variables, needs)
         mutation = self._mutations.plan(request["query"], operation_name)
         if mutation is not None:
-            return await self._mutations.answer(mutation, variables, _context(state, principal, request_id(scope)))
+            answer = await self._mutations.answer(mutation, variables, _context(state, principal, request_id(scope)))
+            if answer is not None and answer.startswith(b'{"data":null,"errors":'):  # only its INTERNAL answer
+                observe.failed("INTERNAL")
+            return answer
         return None
 
 
@@ -275,6 +287,7 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
 async def _refuse(
     send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    observe.failed(code)
     body = json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]}).encode()
     await _respond(send, status, body, headers)
 
@@ -285,6 +298,7 @@ def _deadline_message(seconds: float) -> str:
 
 async def _too_large(send: Send, limit: int) -> None:
     await asyncio.sleep(ABUSE_DELAY)
+    observe.failed("BODY_TOO_LARGE")
     message = f"the request body is larger than {limit:,} bytes"
     body = json.dumps({"errors": [{"message": message, "extensions": {"code": "BODY_TOO_LARGE", "limit": limit}}]})
     # The rest of the body is not read: close the connection rather than drain it.

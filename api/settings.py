@@ -14,6 +14,7 @@ from store.urls import redacted
 # (o+rx), so root gets a system location instead of the working directory.
 ROOT_HOME = Path("/var/lib/omnimember")
 USER_HOME = Path(".omnimember")
+LOG_FORMATS = ("json", "text")
 
 
 def _flag(value: str | None) -> bool | None:
@@ -21,6 +22,13 @@ def _flag(value: str | None) -> bool | None:
     if not value:
         return None
     return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _log_format(value: str) -> str:
+    chosen = value.strip().lower()
+    if chosen not in LOG_FORMATS:
+        raise ValueError(f"OMNIMEMBER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+    return chosen
 
 
 def default_home() -> Path:
@@ -42,7 +50,7 @@ class Settings:
     graphql_ide: bool | None = None  # GraphiQL at /graphql; None: on in development mode only
     introspection: bool | None = None  # None: on in development mode only
     suggestions: bool | None = None  # "did you mean" in validation errors; None: development mode only
-    rate_limit: float = 500.0  # requests a second per key and process (0: no limit); more answer 429
+    rate_limit: float = 5000.0  # requests a second per key and process (0: no limit); more answer 429
     phone_lookups: float = 30.0  # memberByPhone lookups a minute per key and process (0: no limit)
     max_body: int = 1 << 20  # bytes of a /graphql request body; larger ones answer 413 unread
     pool_timeout: float = 5.0  # seconds a request waits for a connection before a 503
@@ -52,6 +60,7 @@ class Settings:
     body_timeout: float = 30.0  # seconds a client has to send a request's body
     max_exports: int = 4  # exports streaming at once per process; more answer 429
     shutdown_timeout: float = 10.0  # seconds in-flight requests get after SIGTERM
+    log_format: str = "json"  # the server's log lines, one per request among them: json or text
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -80,6 +89,7 @@ class Settings:
             body_timeout=number("OMNIMEMBER_BODY_TIMEOUT", defaults.body_timeout),
             max_exports=int(number("OMNIMEMBER_MAX_EXPORTS", defaults.max_exports)),
             shutdown_timeout=number("OMNIMEMBER_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
+            log_format=_log_format(environ.get("OMNIMEMBER_LOG_FORMAT") or defaults.log_format),
         )
 
     @property

@@ -35,6 +35,9 @@
 #   --force           run even when the machine is busy (another process using CPU), or when the two
 #                     checkouts have different migrations
 #   --after-first     run AFTER before BEFORE for each benchmark (a second pass this way shows any order effect)
+#   --before-dbs SUFFIX  BEFORE runs on databases of its own, bench_<bench>SUFFIX (e.g. _before), for a BEFORE
+#                     whose migrations differ from AFTER's (each side migrates only its own); they must be
+#                     prepared like the others, or pass --allow-build (points needs nothing: it resets its brand)
 #   --check           the pre-flight checks only (venvs, imports, wrk, databases, idle machine), no run
 #
 # Environment: PG_BASE (default postgresql://postgres@127.0.0.1:5432). DATABASE_URL and every
@@ -50,6 +53,7 @@ ALLOW_BUILD=0
 FORCE=0
 CHECK=0
 ORDER="before after"
+BEFORE_DBS=
 
 usage() { sed -n '2,/^set -uo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
@@ -64,6 +68,7 @@ while (($#)); do
     --force) FORCE=1; shift ;;
     --check) CHECK=1; shift ;;
     --after-first) ORDER="after before"; shift ;;
+    --before-dbs) BEFORE_DBS=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     -*) echo "unknown option $1" >&2; usage ;;
     *) args+=("$1"); shift ;;
@@ -81,19 +86,22 @@ for v in $(compgen -e | grep -E '^(OMNIMEMBER_|DATABASE_URL$)'); do
   echo "unsetting $v for the runs"; unset "$v"
 done
 
-db_url() { echo "$PG_BASE/bench_$1"; }
+db_name() {  # db_name BENCH [SIDE]: the side's database of a benchmark
+  if [[ ${2:-} == before && -n $BEFORE_DBS ]]; then echo "bench_$1$BEFORE_DBS"; else echo "bench_$1"; fi
+}
+db_url() { echo "$PG_BASE/$(db_name "$@")"; }
 
-flags_for() {  # the flags of one benchmark, identical for both sides
-  local bench=$1
+flags_for() {  # flags_for BENCH SIDE: identical for both sides but for the database (--before-dbs)
+  local bench=$1 side=$2
   case $bench in
     profile_read)
-      local f=(--members 100000 --seed 42 --database-url "$(db_url profile_read)" --no-write)
+      local f=(--members 100000 --seed 42 --database-url "$(db_url profile_read "$side")" --no-write)
       if ((QUICK)); then f+=(--duration 3 --warmup 1 --connections 16); else f+=(--duration 10 --warmup 2); fi ;;
     points)
-      local f=(--members 10000 --workers 1 --pool-max 10 --database-url "$(db_url points)" --no-write)
+      local f=(--members 10000 --workers 1 --pool-max 10 --database-url "$(db_url points "$side")" --no-write)
       if ((QUICK)); then f+=(--duration 3 --warmup 1); else f+=(--duration 10 --warmup 2); fi ;;
     audience)
-      local f=(--members 1000000 --seed 42 --database-url "$(db_url audience)" --no-write)
+      local f=(--members 1000000 --seed 42 --database-url "$(db_url audience "$side")" --no-write)
       ((REUSE_INDEX)) && f+=(--reuse-index)
       ((QUICK)) && f+=(--repeat 20 --warmup 2 --row-repeat 1 --row-budget 5 --export-repeat 3 --http-repeat 1) ;;
   esac
@@ -130,35 +138,35 @@ done
 
 # The databases are shared by both sides and every run migrates them: a new migration in AFTER would
 # change them under BEFORE (and the figures would not be of the same schema).
-if ! diff -q <(cd "$BEFORE/migrations/versions" && ls -- *.py) <(cd "$AFTER/migrations/versions" && ls -- *.py) >/dev/null; then
+if [[ -z $BEFORE_DBS ]] && ! diff -q <(cd "$BEFORE/migrations/versions" && ls -- *.py) <(cd "$AFTER/migrations/versions" && ls -- *.py) >/dev/null; then
   echo "WARNING: BEFORE and AFTER have different migrations (migrations/versions): AFTER's runs would migrate the shared bench databases" >&2
   diff <(cd "$BEFORE/migrations/versions" && ls -- *.py) <(cd "$AFTER/migrations/versions" && ls -- *.py) >&2
   ((FORCE)) || die "use databases of their own for AFTER, or pass --force"
 fi
 
-db_check() {  # prints a problem, or nothing when the database holds the prepared data
-  local bench=$1 url; url=$(db_url "$1")
-  local exists; exists=$(psql "$PG_BASE/postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'bench_$bench'")
-  [[ $exists == 1 ]] || { echo "database bench_$bench does not exist"; return; }
+db_check() {  # db_check BENCH SIDE: prints a problem, or nothing when the database holds the prepared data
+  local bench=$1 url name; url=$(db_url "$1" "$2"); name=$(db_name "$1" "$2")
+  local exists; exists=$(psql "$PG_BASE/postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$name'")
+  [[ $exists == 1 ]] || { [[ $bench == points ]] || echo "database $name does not exist"; return; }
   case $bench in
     profile_read|audience)
       local want=$([[ $bench == audience ]] && echo 1000000 || echo 100000)
       local n; n=$(psql "$url" -Atqc "SELECT count(*) FROM members m JOIN brands b ON b.id = m.brand_id JOIN groups g ON g.id = b.group_id WHERE g.code = 'demo'" 2>/dev/null)
-      [[ $n == "$want" ]] || echo "bench_$bench holds ${n:-no} demo members, not $want" ;;
+      [[ $n == "$want" ]] || echo "$name holds ${n:-no} demo members, not $want" ;;
     points) ;;  # reset by every run
   esac
   if [[ $bench == audience ]]; then
     local cur; cur=$(psql "$url" -Atqc "SELECT s.brand_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audience_changes c WHERE c.brand_id = b.id) FROM brands b LEFT JOIN audience_index_state s ON s.brand_id = b.id WHERE b.code = 'teahouse'" 2>/dev/null)
-    [[ $cur == t ]] || echo "bench_audience: the teahouse index is not current (the BEFORE run will rebuild it, ~15 s)"
+    [[ $cur == t ]] || echo "$name: the teahouse index is not current (the BEFORE run will rebuild it, ~15 s)"
   fi
 }
-for b in "${BENCHES[@]}"; do
-  problem=$(db_check "$b")
+for b in "${BENCHES[@]}"; do for side in before after; do
+  problem=$(db_check "$b" "$side")
   if [[ -n $problem ]]; then
     echo "WARNING: $problem" >&2
     [[ $problem == *"not current"* ]] || ((ALLOW_BUILD)) || die "prepare the data first (run each benchmark once from either checkout without --no-write; see docs/benchmarks.md) or pass --allow-build"
   fi
-done
+done; done
 
 busy_check() {  # CPU used by the rest of the machine over 3 s, in cores
   read -r _ a1 a2 a3 _ _ a6 a7 a8 _ < /proc/stat; local t1=$((a1+a2+a3+a6+a7+a8))
@@ -218,12 +226,12 @@ trap on_signal INT TERM
 failed=0
 pair_start=$SECONDS
 for bench in "${BENCHES[@]}"; do
-  mapfile -t flags < <(flags_for "$bench")
   for side in $ORDER; do
+    mapfile -t flags < <(flags_for "$bench" "$side")
     dir=$BEFORE; orig=$ORIG_BEFORE
     [[ $side == after ]] && { dir=$AFTER; orig=$ORIG_AFTER; }
     out=$RESULTS/$bench-$side.txt
-    psql "$(db_url "$bench")" -Atqc CHECKPOINT >/dev/null 2>&1  # no checkpoint left over from the last run's writes
+    psql "$(db_url "$bench" "$side")" -Atqc CHECKPOINT >/dev/null 2>&1  # no checkpoint left over from the last run's writes
     echo "== $bench $side: (cd $dir && .venv/bin/python bench/$bench.py ${flags[*]})" | tee -a "$SUMMARY"
     start=$SECONDS
     (cd "$dir" && exec .venv/bin/python "bench/$bench.py" "${flags[@]}") >"$out" 2>&1 &

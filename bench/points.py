@@ -15,7 +15,11 @@ response is checked. Balances for the redemptions are seeded through the API fir
 batched with aliases). After the load, the ledger's invariants are checked in SQL for every member
 of the brand, and the postings are counted against the responses wrk saw: PASS, or FAIL and exit
 status 1. The figures go to the "Points ledger" section of docs/benchmarks.md. With --profile,
-py-spy records the server during an extra run of the earnPoints scenario.
+py-spy records the server during an extra run of the earnPoints scenario (keys on).
+
+Access control: all of it (reset, seeding, load, check) runs twice (bench/keys.py), keys off
+(development mode, key-less requests as a `frontend`) and then keys on (production mode, a
+`frontend` key scoped to the bench brand in every request), and the report gives keys on / keys off.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import hotspots
+import keys
 import profile_read as common  # the read benchmark's helpers: database, server, CPU meter, environment
 import psutil
 import psycopg
@@ -70,6 +75,7 @@ AMOUNT = 10  # points per earn or redemption
 ORDER_YUAN = "88.00"
 SEED_BATCH = 25  # earnPoints per seeding request (aliases; the server allows 30)
 BASELINES = ("healthz", "typename")
+ROLE = "frontend"  # both modes' role (bench/keys.py): masked, and it may post points
 SCENARIO_KEYS = ("earn", "redeem", "order", "hot")
 
 _POSTED = "replayed posting { id idempotencyKey } member { pointsBalance }"
@@ -167,10 +173,24 @@ def reset_members(url: str, brand_id: int, count: int) -> tuple[int, ...]:
     return tuple(sorted(int(row[0]) for row in rows))
 
 
-def prepare_data(url: str, members: int, env: dict[str, str]) -> BenchData:
+def prepare_database(url: str, env: dict[str, str]) -> int:
+    """The bench brand's id, in a migrated database."""
     common.ensure_database(url)
     common.omnimember("migrate", env=env)
-    brand_id = asyncio.run(_ensure_brand(url))
+    return asyncio.run(_ensure_brand(url))
+
+
+def checkpoint(url: str) -> None:
+    """A checkpoint before the load, so that each mode starts alike: no checkpoint of the reset's and the
+    seeding's writes (or a timed one) in the middle of its runs, and the same full-page writes after it."""
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+    except psycopg.errors.InsufficientPrivilege:
+        print("note: no CHECKPOINT (needs a superuser or pg_checkpoint): the modes may differ by one", flush=True)
+
+
+def prepare_data(url: str, brand_id: int, members: int) -> BenchData:
     ids = reset_members(url, brand_id, members)
     common.vacuum_analyze(url)
     return BenchData(brand_id, ids)
@@ -237,6 +257,7 @@ class PointsWrk:
 
     wrk: str
     workdir: Path
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (wrk -H)
     accounts: list[Account] = field(default_factory=list)
 
     def _file(self, name: str, lines: Sequence[object]) -> Path:
@@ -250,10 +271,11 @@ class PointsWrk:
         members = self._file(f"{scenario.key}.members", scenario.members)
         pending = self.workdir / f"{prefix}.pending"
         script = [str(LUA_SCRIPT), base_url + "/graphql", "--", str(templates), str(members), prefix, str(pending)]
-        return [self.wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", *script]
+        flags = keys.header_flags(self.headers)
+        return [self.wrk, *flags, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", *script]
 
     def command(self, base_url: str, scenario: WriteScenario, connections: int, seconds: int, prefix: str) -> str:
-        return shlex.join(self.argv(base_url, scenario, connections, seconds, prefix))
+        return keys.hide_token(shlex.join(self.argv(base_url, scenario, connections, seconds, prefix)))
 
     def run(self, base_url: str, scenario: WriteScenario, connections: int, seconds: int, prefix: str) -> WriteStats:
         argv = self.argv(base_url, scenario, connections, seconds, prefix)
@@ -329,20 +351,23 @@ def seed_request(brand: str, amounts: Sequence[tuple[int, int]], prefix: str) ->
     return common.graphql_body(f"mutation Seed($brand: String!, {declared}) {{\n{fields}}}", variables)
 
 
-def seed_batch(base_url: str, body: str, size: int) -> None:
-    status, text = common.http_request(base_url + "/graphql", body, timeout=120)
+def seed_batch(base_url: str, body: str, size: int, headers: dict[str, str]) -> None:
+    status, text = common.http_request(base_url + "/graphql", body, timeout=120, headers=headers)
     if status != 200 or '"errors"' in text or text.count('"replayed":false') != size:
         raise BenchError(f"seeding failed: HTTP {status}: {text[:1000]}")
 
 
-def seed_balances(base_url: str, data: BenchData, prefix: str, accounts: list[Account]) -> None:
+def seed_balances(
+    base_url: str, data: BenchData, prefix: str, accounts: list[Account], headers: dict[str, str]
+) -> None:
     """SEED_POINTS for every member (HOT_SEED_POINTS for the hot one), one earnPoints each, via GraphQL."""
     amounts = [(m, HOT_SEED_POINTS if m == data.hot_id else SEED_POINTS) for m in data.member_ids]
     batches = [amounts[i : i + SEED_BATCH] for i in range(0, len(amounts), SEED_BATCH)]
     print(f"seeding balances: {len(amounts):,} earnPoints in {len(batches)} requests", flush=True)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for future in [pool.submit(seed_batch, base_url, seed_request(BRAND, b, prefix), len(b)) for b in batches]:
+        futures = [pool.submit(seed_batch, base_url, seed_request(BRAND, b, prefix), len(b), headers) for b in batches]
+        for future in futures:
             future.result()
     print(f"  done in {time.monotonic() - started:.1f}s", flush=True)
     accounts.append(Account(pattern=f"{prefix}-%", posted=len(amounts), pending=(), limit=0))
@@ -402,7 +427,7 @@ class Bench:
     base_url: str
     run_id: str
     wrk: PointsWrk
-    baseline_driver: WrkDriver
+    baseline_driver: keys.KeyedWrk
     meter: TreeCpuMeter
 
     def prefix(self, scenario: str, phase: str) -> str:
@@ -433,7 +458,7 @@ class Bench:
         )
 
     def baseline(self, scenario: Scenario) -> Result:
-        common.probe(self.base_url, scenario)
+        common.probe(self.base_url, scenario, self.wrk.headers)
         m = common.measure(self.baseline_driver, self.base_url, scenario, self.args.connections, self.args, self.meter)
         s = m.stats
         return Result(scenario.key, scenario.title, m.connections, s.rps, None, s.p50_ms, s.p99_ms, 0, m.cpu, m.command)
@@ -666,7 +691,38 @@ def describe(check: Check) -> str:
     return text if check.passed else text + " Problems: " + "; ".join(check.problems) + "."
 
 
-def section(findings: Findings, args: argparse.Namespace) -> str:
+def access_table(off: Findings, on: Findings) -> list[str]:
+    """Keys on against keys off, scenario by scenario: postings/s (req/s for the baselines)."""
+    lines = [
+        "| scenario | conns | keys off | keys on | on / off | server CPU/req off | on | CPU on / off |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    before = {r.key: r for r in off.results}
+    for b in on.results:
+        a = before[b.key]
+        rate_a, rate_b = (a.rps, b.rps) if b.postings is None else (a.postings or 0.0, b.postings)
+        unit = "req/s" if b.postings is None else "postings/s"
+        lines.append(
+            f"| {b.title} | {b.connections} | {rate_a:,.0f} {unit} | {rate_b:,.0f} {unit} | {rate_b / rate_a:.3f} "
+            f"| {a.cpu.server_ms:.2f} ms | {b.cpu.server_ms:.2f} ms | {b.cpu.server_ms / a.cpu.server_ms:.3f} |"
+        )
+    return lines
+
+
+def access_verdict(off: Findings, on: Findings) -> str:
+    """Issue 14's floor over the write scenarios (the baselines only frame them)."""
+    before = {r.key: r.postings or 0.0 for r in off.results}
+    ratios = [(r.key, (r.postings or 0.0) / before[r.key]) for r in on.results if r.postings is not None]
+    worst, low = min(ratios, key=lambda pair: pair[1])
+    met = "met" if low >= common.ACCESS_FLOOR else "**NOT met**"
+    return (
+        f"- Access control (issue 14), keys on within {1 - common.ACCESS_FLOOR:.0%} of keys off in postings/s: "
+        f"{met} (lowest on / off {low:.3f}: {worst})."
+    )
+
+
+def section(runs: Mapping[str, Findings], args: argparse.Namespace) -> str:
+    off, findings = runs["off"], runs["on"]
     env, cores = findings.machine, findings.machine.cpus
     lines = [
         SECTION,
@@ -680,7 +736,8 @@ def section(findings: Findings, args: argparse.Namespace) -> str:
         f"- Machine: {cores} CPUs ({env.cpu_model}), {env.ram_gib:.1f} GiB RAM, shared with the database.",
         f"- Database: {env.postgres}, at {urlsplit(args.database_url).hostname or 'a unix socket'}. "
         "VACUUM (ANALYZE) after the reset and again after the seeding: plans cached while the ledger tables were "
-        "near empty would otherwise keep scanning them whole (autovacuum would re-analyze in time, when on).",
+        "near empty would otherwise keep scanning them whole (autovacuum would re-analyze in time, when on); "
+        "then a CHECKPOINT, so that no checkpoint of those writes falls in the measured runs.",
         f"- Server: `omnimember serve --workers {args.workers}`, Python {env.python}; {env.libraries}.",
         f"- Connection pool: {env.pool}.",
         f"- Data: brand `{BRAND}` with {args.members:,} members, reset at the start; before the load every member "
@@ -696,10 +753,29 @@ def section(findings: Findings, args: argparse.Namespace) -> str:
         f"CPU ceiling: the req/s that cost allows on this machine alone, min(workers x 1000 / server ms, {cores} "
         "x 1000 / (server + PG ms)). Others' CPU: what the rest of the machine used during the run, in cores out of "
         f"{cores}; when it is high, req/s and latencies read low and the ceiling is the fairer figure.",
+        "- Access control: everything above (reset, seeding, load, check) runs twice, keys off, then keys on "
+        f"(bench/keys.py). Keys off: development mode, key-less requests acting as `{ROLE}` over every brand. Keys on: "
+        f"production mode, a `{ROLE}` key scoped to `{BRAND}` (`omnimember keys create`) as a bearer token in every "
+        "request. Every mutation writes an audit record in both modes. Both set "
+        f"OMNIMEMBER_RATE_LIMIT={keys.RATE_LIMIT} (the limiter runs but never refuses; its default, 5,000 requests a "
+        "second per key, is below these rates). The server restarts between the modes.",
+        "",
+        f"Keys off (development mode, `{ROLE}`):",
+        "",
+        *table(off.results, args.workers, cores),
+        "",
+        f"Keys on (a `{ROLE}` key):",
         "",
         *table(findings.results, args.workers, cores),
         "",
+        "Keys on / keys off:",
+        "",
+        *access_table(off, findings),
+        "",
+        access_verdict(off, findings),
         *verdict(findings, args),
+        f"- Invariant check after the keys-off load: {'PASS' if off.check.passed else '**FAIL**'}."
+        + ("" if off.check.passed else " Problems: " + "; ".join(off.check.problems) + "."),
         "",
         "<details><summary>Mutations</summary>",
         "",
@@ -710,7 +786,7 @@ def section(findings: Findings, args: argparse.Namespace) -> str:
         "</details>",
     ]
     if findings.profiled is not None:
-        lines += ["", f"### Profile: earnPoints over {args.members:,} members, c={args.connections}", ""]
+        lines += ["", f"### Profile: earnPoints over {args.members:,} members, c={args.connections}, keys on", ""]
         lines += hotspots.render(findings.profiled)
     return "\n".join(lines) + "\n"
 
@@ -818,48 +894,68 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     if wrk is None:
         raise BenchError("wrk not found (apt-get install -y wrk)")
     env = child_env(args, workdir / "home")
-    data = prepare_data(args.database_url, args.members, env)
-    run_id = f"pb{int(time.time()):x}"
+    brand_id = prepare_database(args.database_url, env)
+    token = keys.create_key(common.venv_bin("omnimember"), env, ROLE, ["--brand", BRAND], "bench points")
+    runs = {mode.key: run_mode(args, workdir / mode.key, wrk, brand_id, mode) for mode in keys.modes(env, ROLE, token)}
+    report(runs, args)
+    return 0 if all(findings.check.passed for findings in runs.values()) else 1
+
+
+def run_mode(args: argparse.Namespace, workdir: Path, wrk: str, brand_id: int, mode: keys.Mode) -> Findings:
+    """One mode from fresh data: reset, serve, seed, load, check."""
+    print(f"\n== {mode.title}", flush=True)
+    workdir.mkdir(parents=True)
+    data = prepare_data(args.database_url, brand_id, args.members)
+    run_id = f"pb{int(time.time()):x}{mode.key}"
     plan = write_scenarios(data, BRAND, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     plan = [scenario for scenario in plan if scenario.key in args.only]
     log = workdir / "server.log"
-    points_wrk = PointsWrk(wrk, workdir)
-    with server(args, env, log) as (base_url, pid), psycopg.connect(args.database_url, autocommit=True) as conn:
-        driver = WrkDriver(wrk, workdir)
-        machine = describe_machine(conn, driver, args, env)
+    points_wrk = PointsWrk(wrk, workdir, dict(mode.headers))
+    with server(args, mode.env, log) as (base_url, pid), psycopg.connect(args.database_url, autocommit=True) as conn:
+        driver = keys.KeyedWrk(wrk, workdir, headers=dict(mode.headers))
+        machine = describe_machine(conn, driver, args, mode.env)
         meter = TreeCpuMeter(pid, conn if common.is_local(args.database_url) else None)
         bench = Bench(args, base_url, run_id, points_wrk, driver, meter)
         try:
-            seed_balances(base_url, data, bench.prefix("seed", "earn"), points_wrk.accounts)
+            seed_balances(base_url, data, bench.prefix("seed", "earn"), points_wrk.accounts, points_wrk.headers)
             common.vacuum_analyze(args.database_url)
+            checkpoint(args.database_url)
             results = run_scenarios(bench, plan)
-            profiled = None if args.profile is None else profile_earn(bench, plan[0], pid, args.profile)
+            profiled = None
+            if args.profile is not None and mode.keys_on:
+                profiled = profile_earn(bench, plan[0], pid, args.profile)
         except LoadError as error:
             raise BenchError(f"{error}\nserver log:\n{common.tail(log)}") from error
     check = check_ledger(args.database_url, data.brand_id, points_wrk.accounts)
-    findings = Findings(results, plan, machine, check, meter.restarts, profiled)
-    report(findings, args)
-    return 0 if check.passed else 1
+    print(f"invariant check ({mode.title}): {'PASS' if check.passed else 'FAIL'}", flush=True)
+    return Findings(results, plan, machine, check, meter.restarts, profiled)
 
 
-def report(findings: Findings, args: argparse.Namespace) -> None:
+def report(runs: Mapping[str, Findings], args: argparse.Namespace) -> None:
     if set(args.only) == set(SCENARIO_KEYS):  # the section reports every scenario
-        text = section(findings, args)
+        text = section(runs, args)
         print()
         print(text)
-    print("load commands of the measured runs:")
-    for r in findings.results:
-        print(f"  {r.command}")
-    print(f"\ninvariant check: {'PASS' if findings.check.passed else 'FAIL'}")
-    for problem in findings.check.problems:
-        print(f"  {problem}")
+    else:
+        for mode, findings in runs.items():
+            print(f"\nkeys {mode}:")
+            print("\n".join(table(findings.results, args.workers, findings.machine.cpus)))
+    print("load commands of the measured runs (keys on: TOKEN=$(omnimember keys create ...), see bench/keys.py):")
+    for mode, findings in runs.items():
+        for r in findings.results:
+            print(f"  [keys {mode}] {r.command}")
+    for mode, findings in runs.items():
+        print(f"\ninvariant check, keys {mode}: {'PASS' if findings.check.passed else 'FAIL'}")
+        for problem in findings.check.problems:
+            print(f"  {problem}")
     if not args.no_write:  # only when every scenario ran (parse_args)
         common.write_section(DOCS, text, SECTION)
         print(f"wrote {DOCS.relative_to(ROOT)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.bench_main(run, parse_args(argv), "points-bench-", (BenchError, LoadError, psycopg.Error))
+    failures = (BenchError, LoadError, keys.KeysError, psycopg.Error)
+    return common.bench_main(run, parse_args(argv), "points-bench-", failures)
 
 
 if __name__ == "__main__":

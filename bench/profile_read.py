@@ -3,17 +3,23 @@
     .venv/bin/python bench/profile_read.py --members 100000 [--database-url URL] [--duration 15]
 
 Builds (once) the demo data with `omnimember demo`, starts `omnimember serve` (one uvicorn worker)
-and drives it with wrk at concurrency 1 and 16 through four scenarios:
+and drives it with wrk at concurrency 1 and 16 through these scenarios:
 
 - GET /healthz, a bare Starlette route, and the GraphQL query `{ __typename }`: in-run baselines;
 - (a) one member by id with its brand, profile fields, tier, identities, person and, once the
   schema has them, its last 10 points entries and its tags (see LATER_PROFILE_FIELDS);
-- (b) the first 100 members of a brand (id, tier, points).
+- (b) the first 100 members of a brand (id, tier, points);
+- (c) the same page of the demo's second brand.
+
+Access control: it runs them all twice on the same data (bench/keys.py), keys off (development mode,
+key-less requests as a `campaign`) and then keys on (production mode, a `campaign` key scoped to the
+demo group in every request). `campaign` is the masked role that may run every scenario (`frontend`
+may not list a brand's members); masked roles take the compiled read path and audit no reads.
 
 It prints req/s, p50 and p99 with each scenario's ratio to the baselines (these machines are
-noisy; ratios within one run are what compares), and writes them to docs/benchmarks.md.
-With --profile it then records the server with py-spy while wrk drives (a) (or
---profile-scenario) at the highest concurrency.
+noisy; ratios within one run are what compares), for each mode, and keys on / keys off, and
+writes them to docs/benchmarks.md. With --profile it then records the server with py-spy (keys on)
+while wrk drives (a) (or --profile-scenario) at the highest concurrency.
 """
 
 from __future__ import annotations
@@ -36,16 +42,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import hotspots
+import keys
+import loadgen
 import psutil
 import psycopg
-from loadgen import Driver, LoadError, LoadStats, PythonDriver, Scenario, WrkDriver
+from loadgen import Driver, LoadError, LoadStats, PythonDriver, Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -83,6 +91,10 @@ PAGE_QUERY = """query Page($brand: String!) {
   members(brand: $brand, first: 100) { nodes { id tier { code } pointsBalance } }
 }"""
 LABELS = {"profile": "(a) member profile", "page": "(b) page of 100 members"}
+# Both modes' role (bench/keys.py): masked, and it may list a brand's members, which (b) and (c) do.
+ROLE = "campaign"
+ACCESS_FLOOR = 0.9  # issue 14: keys on within 10% of keys off
+READS = ("profile", "page", "page2")  # the scenarios the floor is about (the others are baselines)
 
 
 class BenchError(RuntimeError):
@@ -241,10 +253,13 @@ def free_port() -> int:
         return port
 
 
-def http_request(url: str, body: str | None = None, timeout: float = 2) -> tuple[int, str]:
+def http_request(
+    url: str, body: str | None = None, timeout: float = 2, headers: Mapping[str, str] | None = None
+) -> tuple[int, str]:
     """GET, or POST a JSON body; (status, text)."""
     data = None if body is None else body.encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})  # noqa: S310
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, headers=sent)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (our own http URL)
             return response.status, response.read().decode()
@@ -307,6 +322,7 @@ def graphql_body(query: str, variables: dict[str, Any] | None = None) -> str:
 
 
 def member_fields(base_url: str) -> list[str]:
+    """The Member type's fields, by introspection: development mode only (production refuses it)."""
     status, text = http_request(base_url + "/graphql", graphql_body('{ __type(name: "Member") { fields { name } } }'))
     if status != 200:
         raise BenchError(f"introspection failed: HTTP {status}: {text[:500]}")
@@ -364,10 +380,10 @@ def scenarios(member_ids: Sequence[int], profile: str) -> list[Scenario]:
     ]
 
 
-def probe(base_url: str, scenario: Scenario) -> None:
+def probe(base_url: str, scenario: Scenario, headers: Mapping[str, str] | None = None) -> None:
     """One request, checked, before any load: fail loudly with the body the server returned."""
     body = scenario.bodies[0] if scenario.bodies else None
-    status, text = http_request(base_url + scenario.path, body, timeout=10)
+    status, text = http_request(base_url + scenario.path, body, timeout=10, headers=headers)
     if status != 200 or scenario.expect not in text or '"errors"' in text:
         raise BenchError(f"{scenario.title}: HTTP {status}, expected {scenario.expect!r} in:\n{text[:2000]}")
 
@@ -571,6 +587,37 @@ def table(results: Sequence[Measurement]) -> list[str]:
     return lines
 
 
+def access_table(off: Sequence[Measurement], on: Sequence[Measurement]) -> list[str]:
+    """Keys on against keys off, scenario by scenario."""
+    lines = [
+        "| scenario | conns | keys off req/s | keys on req/s | on / off | server CPU/req off | on | CPU on / off |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for a, b in paired(off, on):
+        lines.append(
+            f"| {b.scenario.title} | {b.connections} | {a.stats.rps:,.0f} | {b.stats.rps:,.0f} "
+            f"| {b.stats.rps / a.stats.rps:.3f} | {a.cpu.server_ms:.2f} ms | {b.cpu.server_ms:.2f} ms "
+            f"| {b.cpu.server_ms / a.cpu.server_ms:.3f} |"
+        )
+    return lines
+
+
+def paired(off: Sequence[Measurement], on: Sequence[Measurement]) -> list[tuple[Measurement, Measurement]]:
+    by_run = {(m.scenario.key, m.connections): m for m in off}
+    return [(by_run[m.scenario.key, m.connections], m) for m in on]
+
+
+def access_verdict(off: Sequence[Measurement], on: Sequence[Measurement]) -> str:
+    """Issue 14's floor over the GraphQL reads ((a), (b), (c); the baselines only frame them)."""
+    ratios = [(b, b.stats.rps / a.stats.rps) for a, b in paired(off, on) if b.scenario.key in READS]
+    worst, low = min(ratios, key=lambda pair: pair[1])
+    met = "met" if low >= ACCESS_FLOOR else "**NOT met**"
+    return (
+        f"- Access control (issue 14), keys on within {1 - ACCESS_FLOOR:.0%} of keys off over (a), (b) and (c): {met} "
+        f"(lowest on / off {low:.3f}: {worst.scenario.key}, c={worst.connections})."
+    )
+
+
 def verdict(results: Sequence[Measurement]) -> list[str]:
     top = max(m.connections for m in results)
     at_top = {m.scenario.key: m for m in results if m.connections == top}
@@ -598,7 +645,7 @@ def verdict(results: Sequence[Measurement]) -> list[str]:
 
 
 def section(
-    results: Sequence[Measurement],
+    runs: Mapping[str, Sequence[Measurement]],
     env: Environment,
     size: DataSize,
     args: argparse.Namespace,
@@ -629,23 +676,41 @@ def section(
         "(PG: the database's client backends); less sensitive to the noisy neighbour than req/s. "
         "Others' CPU: what the rest of the machine (other sessions, other databases) used during the run, "
         f"in cores out of {env.cpus}; when it is high, req/s and latencies read low.",
+        f"- Access control: every scenario runs twice on the same data, keys off, then keys on (bench/keys.py). "
+        f"Keys off: development mode, key-less requests acting as `{ROLE}` over every brand. Keys on: production "
+        f"mode, a `{ROLE}` key scoped to the group `{DEMO_GROUP}` (`omnimember keys create`) as a bearer token in "
+        f"every request. `{ROLE}`: the masked role that may run every scenario (`frontend` may not list a brand's "
+        "members), so the compiled read path and no read audit, as for `frontend`. Both modes set "
+        f"OMNIMEMBER_RATE_LIMIT={keys.RATE_LIMIT} (the limiter runs but never refuses; its default, 5,000 requests a "
+        "second per key, is below these rates). The server restarts between the modes.",
         "",
-        *table(results),
+        f"Keys off (development mode, `{ROLE}`):",
         "",
-        *verdict(results),
+        *table(runs["off"]),
+        "",
+        f"Keys on (a `{ROLE}` key):",
+        "",
+        *table(runs["on"]),
+        "",
+        "Keys on / keys off:",
+        "",
+        *access_table(runs["off"], runs["on"]),
+        "",
+        access_verdict(runs["off"], runs["on"]),
+        *verdict(runs["on"]),
         "",
         "<details><summary>Queries</summary>",
         "",
         "```graphql",
-        "\n\n".join(query_of(results, key) for key in ("profile", "page")),
+        "\n\n".join(query_of(runs["on"], key) for key in ("profile", "page")),
         "```",
         "",
         "</details>",
     ]
     if profiled is not None:
-        target = next(m.scenario.title for m in results if m.scenario.key == args.profile_scenario)
+        target = next(m.scenario.title for m in runs["on"] if m.scenario.key == args.profile_scenario)
         top = args.levels[-1]
-        lines += ["", f"### Profile: {target}, c={top}", "", *hotspots.render(profiled)]
+        lines += ["", f"### Profile: {target}, c={top}, keys on", "", *hotspots.render(profiled)]
     return "\n".join(lines) + "\n"
 
 
@@ -697,10 +762,11 @@ def reproduce_command(args: argparse.Namespace) -> str:
     return shlex.join(argv)
 
 
-def pick_driver(args: argparse.Namespace, workdir: Path) -> Driver:
+def pick_driver(args: argparse.Namespace, workdir: Path, headers: Mapping[str, str] | None = None) -> Driver:
+    """wrk, whose requests carry `headers`; else the Python client (see python_client_headers)."""
     wrk = None if args.python_client else shutil.which("wrk")
     if wrk is not None:
-        return WrkDriver(wrk, workdir)
+        return keys.KeyedWrk(wrk, workdir, headers=dict(headers or {}))
     why = "--python-client" if args.python_client else "wrk not found (apt-get install -y wrk)"
     print(
         f"WARNING: {why}: the Python client runs on the same cores as the server and takes CPU from it, "
@@ -708,6 +774,18 @@ def pick_driver(args: argparse.Namespace, workdir: Path) -> Driver:
         file=sys.stderr,
     )
     return PythonDriver()
+
+
+@contextlib.contextmanager
+def python_client_headers(headers: Mapping[str, str]) -> Iterator[None]:
+    """The Python client sends loadgen.HEADERS: with `headers` too, inside the block."""
+    saved = dict(loadgen.HEADERS)
+    loadgen.HEADERS.update(headers)
+    try:
+        yield
+    finally:
+        loadgen.HEADERS.clear()
+        loadgen.HEADERS.update(saved)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -758,19 +836,33 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         member_ids = sample_member_ids(conn, args.seed)
     if not member_ids:
         raise BenchError("the demo group has no live members")
-    driver = pick_driver(args, workdir)
-    port = args.port or free_port()
-    base_url = f"http://127.0.0.1:{port}"
+    token = keys.create_key(venv_bin("omnimember"), env, ROLE, ["--group", DEMO_GROUP], "bench profile_read")
     command = shlex.split(args.server_command) if args.server_command else [str(venv_bin("omnimember")), "serve"]
-    log = workdir / "server.log"
-    with running_server(command, port, env, log) as server, psycopg.connect(args.database_url, autocommit=True) as conn:
-        env_info = environment(conn, driver)
-        cpu = CpuMeter(server.pid, conn if is_local(args.database_url) else None)
-        try:
-            results, profiled = benchmark(driver, base_url, build_plan(base_url, member_ids), args, cpu)
-        except LoadError as error:
-            raise BenchError(f"{error}\nserver log:\n{tail(log)}") from error
-    report(results, env_info, size, args, profiled)
+    runs: dict[str, list[Measurement]] = {}
+    plan: list[Scenario] = []
+    env_info: Environment | None = None
+    profiled = None
+    for mode in keys.modes(env, ROLE, token):  # keys off first: its development mode allows introspection
+        print(f"\n== {mode.title}", flush=True)
+        driver = pick_driver(args, workdir, mode.headers)
+        port = args.port or free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        log = workdir / f"server-{mode.key}.log"
+        with (
+            python_client_headers(mode.headers),
+            running_server(command, port, mode.env, log) as server,
+            psycopg.connect(args.database_url, autocommit=True) as conn,
+        ):
+            env_info = env_info or environment(conn, driver)
+            plan = plan or build_plan(base_url, member_ids)
+            cpu = CpuMeter(server.pid, conn if is_local(args.database_url) else None)
+            try:
+                runs[mode.key], found = benchmark(driver, base_url, plan, args, cpu, mode)
+            except LoadError as error:
+                raise BenchError(f"{error}\nserver log:\n{tail(log)}") from error
+            profiled = found or profiled
+    assert env_info is not None
+    report(runs, env_info, size, args, profiled)
     return 0
 
 
@@ -784,10 +876,11 @@ def build_plan(base_url: str, member_ids: Sequence[int]) -> list[Scenario]:
 
 
 def benchmark(
-    driver: Driver, base_url: str, plan: Sequence[Scenario], args: argparse.Namespace, cpu: CpuMeter
+    driver: Driver, base_url: str, plan: Sequence[Scenario], args: argparse.Namespace, cpu: CpuMeter, mode: keys.Mode
 ) -> tuple[list[Measurement], hotspots.Hotspots | None]:
+    """Every scenario at every concurrency; with --profile, py-spy in the keys-on mode."""
     for scenario in plan:
-        probe(base_url, scenario)
+        probe(base_url, scenario, mode.headers)
     results = []
     for connections in args.levels:
         for scenario in plan:
@@ -796,26 +889,27 @@ def benchmark(
             print(f"{m.stats.rps:,.0f} req/s, p50 {m.stats.p50_ms:.2f} ms, p99 {m.stats.p99_ms:.2f} ms", flush=True)
             results.append(m)
     profiled = None
-    if args.profile is not None:
+    if args.profile is not None and mode.keys_on:
         target = next(s for s in plan if s.key == args.profile_scenario)
         profiled = profile(driver, base_url, target, args.levels[-1], args.duration, cpu.pid, args.profile)
     return results, profiled
 
 
 def report(
-    results: Sequence[Measurement],
+    runs: Mapping[str, Sequence[Measurement]],
     env: Environment,
     size: DataSize,
     args: argparse.Namespace,
     profiled: hotspots.Hotspots | None,
 ) -> None:
     command = reproduce_command(args)
-    text = section(results, env, size, args, command, profiled)
+    text = section(runs, env, size, args, command, profiled)
     print()
     print(text)
-    print("load commands of the runs:")
-    for m in results:
-        print(f"  {m.command}")
+    print("load commands of the runs (keys on: TOKEN=$(omnimember keys create ...), see bench/keys.py):")
+    for mode, results in runs.items():
+        for m in results:
+            print(f"  [keys {mode}] {m.command}")
     if not args.no_write:
         write_section(DOCS, text)
         print(f"\nwrote {DOCS.relative_to(ROOT)}")
@@ -833,7 +927,7 @@ def bench_main(run: Callable[[Any, Path], int], args: Any, prefix: str, failures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return bench_main(run, parse_args(argv), "profile_read-", (BenchError, LoadError, psycopg.Error))
+    return bench_main(run, parse_args(argv), "profile_read-", (BenchError, LoadError, keys.KeysError, psycopg.Error))
 
 
 if __name__ == "__main__":

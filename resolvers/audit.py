@@ -64,7 +64,7 @@ async def _record_mutation(context: Context, operation: str, arguments: dict[str
         summary=summary,
         request_id=context.request_id,
     )
-    await context.audit.append(record)
+    context.audit.append(record)
 
 
 def _summarised(name: str, value: Any) -> Any:
@@ -101,4 +101,4 @@ async def audit_clear_reads(context: Context) -> None:
             summary={"members": len(members)},
             request_id=context.request_id,
         )
-        await context.audit.append(record)
+        context.audit.append(record)

@@ -66,6 +66,10 @@ class Limits:
 LIMITS = Limits()
 # graphql-core's parser refusals by what their message says; anything else is a syntax error.
 _PARSE_CODES = {"tokens": "TOO_MANY_TOKENS", "comments": "TOO_MANY_TOKENS", "nested too deeply": "TOO_DEEP"}
+# Introspection's `__Type.ofType` (no field of the schema has the name) is not counted in the depth: a
+# chain of them only unwraps one list or non-null type after another, a few at most, one object each;
+# counted, GraphiQL's introspection query nests 15 and its schema (docs, completion) never loads.
+_UNWRAP = "ofType"
 # Checks of large documents at once, on worker threads: more would only queue on the GIL.
 _THREADS = anyio.CapacityLimiter(2)
 _SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
@@ -376,7 +380,7 @@ def _combine(
             size = _list_size(selection, variables)
             fields += 1 + inner.fields
             aliases += (selection.alias is not None) + inner.aliases
-            depth = max(depth, 1 + inner.depth)
+            depth = max(depth, (selection.name.value != _UNWRAP) + inner.depth)
             cost += 1 + size * inner.cost
             continue
         if isinstance(selection, FragmentSpreadNode):

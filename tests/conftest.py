@@ -91,14 +91,24 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with throwaway_database(server, "test") as url:
             migrate.upgrade(url)
             yield url
+            _drop_deferred()  # the session's apps have stopped: nothing of theirs is mid-result
     finally:
         if pg is not None:
             pg.cleanup()
 
 
+# Databases a test made and is done with, dropped when the session ends. Dropping one mid-session
+# could hang the run: DROP DATABASE waits until every backend on the server has absorbed a signal
+# barrier, a backend absorbs it only between messages, and one writing a large result to this
+# process (the shared app's index applier, say) waits for a reader, while the blocking DROP holds
+# the event loop that would read (seen: a whole run stuck in ProcSignalBarrier behind ClientWrite).
+_DEFERRED: list[tuple[str, str]] = []
+
+
 @contextlib.contextmanager
 def throwaway_database(server_url: str, purpose: str) -> Iterator[str]:
-    """A new empty database on the server of ``server_url``, dropped afterwards."""
+    """A new empty database on the server of ``server_url``; the session's own is dropped at its
+    end, the others once the session's apps have stopped (see `_DEFERRED`)."""
     name = f"omnimember_{purpose}_{secrets.token_hex(4)}"
     admin = libpq_url(server_url)
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -106,8 +116,20 @@ def throwaway_database(server_url: str, purpose: str) -> Iterator[str]:
     try:
         yield with_database(admin, name)
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if purpose == "test":
+            _drop(admin, name)
+        else:
+            _DEFERRED.append((admin, name))
+
+
+def _drop(admin: str, name: str) -> None:
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # generated name
+
+
+def _drop_deferred() -> None:
+    while _DEFERRED:
+        _drop(*_DEFERRED.pop())
 
 
 @pytest.fixture(scope="session")

@@ -451,3 +451,36 @@ async def test_a_wrong_key_is_answered_after_a_pause_and_a_missing_one_at_once(c
         assert response.status_code == 401
     assert timings[0] >= auth.WRONG_KEY_DELAY
     assert timings[1] < auth.WRONG_KEY_DELAY
+
+
+async def test_queued_audit_records_are_written_within_moments_and_at_shutdown(
+    database_url: str, tmp_path: Path, pool: AsyncConnectionPool[Any]
+) -> None:
+    brand = await new_brand(pool)
+    register = 'mutation($b: String!) { registerMember(brand: $b, channel: "pos", externalId: "c1") { __typename } }'
+
+    async def recorded(request_id: str) -> int:
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT count(*) FROM audit_log WHERE request_id = %s", [request_id])
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async with serving(database_url, tmp_path) as (http, _):
+        await http.post(
+            "/graphql", json={"query": register, "variables": {"b": brand}}, headers={"x-request-id": "soon"}
+        )
+        for _ in range(100):  # the writer's interval is 10 ms
+            if await recorded("soon"):
+                break
+            await asyncio.sleep(0.02)
+        assert await recorded("soon") == 1
+    async with serving(database_url, tmp_path) as (http, state):
+        state.audit._interval = 3600  # nothing written until shutdown, once the writer's current pause ends
+        await asyncio.sleep(0.05)
+        await http.post(
+            "/graphql", json={"query": register, "variables": {"b": brand}}, headers={"x-request-id": "late"}
+        )
+        await asyncio.sleep(0.05)
+        assert await recorded("late") == 0
+    assert await recorded("late") == 1

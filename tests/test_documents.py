@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from graphql import get_introspection_query
 from starlette.types import Receive, Scope, Send
 
 import api.graphql_app as graphql_app_module
@@ -126,6 +127,17 @@ async def test_fragment_cycles_are_refused_without_recursion(gate: httpx.AsyncCl
     error = await _refused(gate, "{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }")
     assert error["extensions"]["code"] == "INVALID_DOCUMENT"
     assert "cycle" in error["message"]
+
+
+def test_graphiqls_introspection_query_passes_the_depth_limit() -> None:
+    """`ofType` chains (wrapping types unwrapped) are not counted: GraphiQL's query nests 15 otherwise,
+    and GraphiQL then has no schema (no docs, no completion); every other field still counts."""
+    query = get_introspection_query(input_value_deprecation=True, schema_description=True, specified_by_url=True)
+    assert SCHEMA.documents.check(query).errors == []
+    deep = "{ __schema { types { " + "fields { type { " * 4 + "name" + " }" * 11  # nests 11
+    assert [e.extensions for e in SCHEMA.documents.check(deep).errors] == [
+        {"code": "TOO_DEEP", "limit": LIMITS.max_depth}
+    ]
 
 
 async def test_deep_nesting_is_refused(gate: httpx.AsyncClient) -> None:

@@ -298,6 +298,34 @@ async def run_applier(pool: AsyncConnectionPool[Any], interval: float = 1.0) -> 
         await asyncio.sleep(delay)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lag:
+    brand_code: str
+    seconds: float  # how far behind the oldest queued change or unswept tag expiry is (0: current)
+    pending: int  # queued member changes
+
+
+# Every brand in one statement (for /metrics): the queue grouped once, expiries through their index.
+_lags = Query(
+    sa.text("""
+SELECT b.code, coalesce(q.pending, 0) AS pending,
+       coalesce(extract(epoch FROM now() - least(q.oldest, e.expired)), 0)::float8 AS lag
+FROM brands b
+LEFT JOIN audience_index_state s ON s.brand_id = b.id
+LEFT JOIN (SELECT brand_id, count(*) AS pending, min(queued_at) AS oldest FROM audience_changes GROUP BY brand_id) q
+       ON q.brand_id = b.id
+LEFT JOIN LATERAL (SELECT min(t.expires_at) AS expired FROM member_tags t
+                   WHERE t.brand_id = b.id AND t.expires_at > s.applied_at AND t.expires_at <= now()) e ON true
+ORDER BY b.code
+""")
+)
+
+
+async def lags(conn: AsyncConnection[Any]) -> list[Lag]:
+    """Every brand's index lag and queued changes, in one statement (what /metrics reports)."""
+    return [Lag(row["code"], max(float(row["lag"]), 0.0), int(row["pending"])) for row in await _lags.all(conn)]
+
+
 async def freshness(conn: AsyncConnection[Any], brand_id: int) -> Freshness:
     row = await _freshness.one(conn, brand_id=brand_id)
     assert row is not None

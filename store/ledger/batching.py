@@ -69,6 +69,7 @@ class Batcher(Generic[Item, Result]):
         *,
         max_size: int = MAX_BATCH,
         in_flight: int = IN_FLIGHT,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
         self._batch = batch
@@ -82,6 +83,7 @@ class Batcher(Generic[Item, Result]):
         self._launching = False  # a launch is scheduled for the end of this turn of the loop
         self._tasks: set[asyncio.Task[None]] = set()
         self.batched = 0  # items posted by batches of two or more (tests and benchmarks read it)
+        self._on_batch = on_batch  # told the size of every batch launched (the /metrics histogram)
 
     async def submit(self, item: Item) -> Result:
         waiting: _Waiting[Item, Result] = _Waiting(item, asyncio.get_running_loop().create_future())
@@ -106,6 +108,8 @@ class Batcher(Generic[Item, Result]):
             if not batch:  # everything queued waits for a batch in flight
                 return
             self._flying.append(len(batch))
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
             self._spawn(self._run(batch))
 
     def _spawn(self, work: Awaitable[None]) -> None:

@@ -1,0 +1,241 @@
+"""What each request did, for the metrics (api.metrics) and one log line (logger
+``omnimember.requests``).
+
+`Observe`, the outermost middleware, times the request, takes the response's status from its
+start message and, once the response has ended (an export's whole stream), moves the counters and
+logs one line. What only the routes know (the GraphQL operation, the error codes answered) they
+note on the request's `Observation` through `operation` and `failed`, found in a context variable:
+no argument threads through the layers, and outside a request both do nothing.
+
+The log line holds no personal data: no query text, variables, phone, name or token; the key by its
+prefix and role; the path only when it matched a route (ids, never a query string). Labels of the
+metrics are bounded: the route's template, the outcome an error code of the service's own (or
+``HTTP_<status>``), the operation name only as `operation_label` allows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from graphql import DocumentNode, GraphQLError, OperationDefinitionNode
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.metrics import Metrics
+
+REQUEST_LOG = "omnimember.requests"
+MAX_OPERATIONS = 1_000  # distinct operation names a process labels; later new names count as "other"
+ANONYMOUS = "anonymous"
+_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_MOBILE_LIKE = re.compile(r"\d{7}")  # a name carrying a long run of digits could carry a phone number
+_FIXED_OUTCOMES = {401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+log = logging.getLogger(REQUEST_LOG)
+
+
+class Observation:
+    """What the routes noted about one request."""
+
+    __slots__ = ("codes", "operation")
+
+    def __init__(self) -> None:
+        self.operation: str | None = None
+        self.codes: list[str] | None = None
+
+
+_current: ContextVar[Observation | None] = ContextVar("omnimember_observation", default=None)
+_labels: dict[str, str] = {}  # operation name -> its label, at most MAX_OPERATIONS + 1 entries
+
+
+def failed(*codes: str) -> None:
+    """The request answers these error codes (the first is its outcome)."""
+    seen = _current.get()
+    if seen is not None:
+        seen.codes = [*(seen.codes or ()), *(_code_label(code) for code in codes)]
+
+
+def failed_with(errors: Iterable[GraphQLError]) -> None:
+    """The request answers these GraphQL errors."""
+    failed(*(str((error.extensions or {}).get("code") or "UNCODED") for error in errors))
+
+
+def operation(requested: str | None, document: DocumentNode | None) -> None:
+    """The operation the request runs: the one named in ``requested``, or the document's only one
+    (``document`` None: refused by the checks, so none: `anonymous`)."""
+    seen = _current.get()
+    if seen is not None:
+        seen.operation = ANONYMOUS if document is None else operation_label(_operation_name(requested, document))
+
+
+def _operation_name(requested: str | None, document: DocumentNode) -> str | None:
+    names = [
+        definition.name.value if definition.name else None
+        for definition in document.definitions
+        if isinstance(definition, OperationDefinitionNode)
+    ]
+    if requested is not None:
+        return requested if requested in names else None
+    return names[0] if len(names) == 1 else None
+
+
+def operation_label(name: str | None) -> str:
+    """A bounded label: the name if it is 1-64 of [A-Za-z0-9_] without a long run of digits, else
+    `anonymous`; names past the first MAX_OPERATIONS of the process are `other`."""
+    if name is None:
+        return ANONYMOUS
+    label = _labels.get(name)
+    if label is None:
+        if not _NAME.fullmatch(name) or _MOBILE_LIKE.search(name):
+            return ANONYMOUS
+        if len(_labels) >= MAX_OPERATIONS:
+            return "other"
+        label = _labels[name] = name
+    return label
+
+
+def _code_label(code: str) -> str:
+    return code if _CODE.fullmatch(code) else "OTHER"
+
+
+class Observe:
+    """Times every HTTP request, counts it and logs one line about it (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        seen = Observation()
+        token = _current.set(seen)
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, sending)
+        except Exception:
+            if status == 0:  # starlette's outermost middleware answers 500 for it
+                status = 500
+                seen.codes = ["INTERNAL"]
+            raise
+        finally:
+            _current.reset(token)
+            self._record(scope, seen, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, seen: Observation, status: int, seconds: float) -> None:
+        codes = seen.codes
+        if codes:
+            outcome = codes[0]
+        elif 200 <= status < 400:
+            outcome = "ok"
+        else:
+            outcome = "NO_RESPONSE" if status == 0 else _FIXED_OUTCOMES.get(status, f"HTTP_{status}")
+            codes = [outcome]
+        route = _route(scope)
+        self._metrics.observe(route or "other", seen.operation or "", outcome, seconds, codes)
+        if log.isEnabledFor(logging.INFO):
+            principal = scope.get("principal")
+            fields: dict[str, Any] = {
+                "request_id": scope.get("request_id"),  # set by api.auth (not for the open paths)
+                "method": scope["method"],
+                "path": scope["path"] if route else None,
+                "route": route or "other",
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+                "operation": seen.operation,
+                "key": principal.key_prefix if principal is not None else None,
+                "role": str(principal.role) if principal is not None else None,
+                "outcome": outcome,
+            }
+            if codes and len(codes) > 1:
+                fields["codes"] = list(dict.fromkeys(codes))
+            log.log(logging.WARNING if status >= 500 else logging.INFO, RequestLine(fields))
+
+
+def _route(scope: Scope) -> str | None:
+    """The template of the route the request matched (found again for a request refused before
+    routing, such as a 401), or None."""
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        for candidate in getattr(app, "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match != Match.NONE:
+                route = candidate
+                break
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+class RequestLine:
+    """A request's log message: its fields, written as JSON by `JsonLines`, else as one line of text."""
+
+    __slots__ = ("_text", "fields")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            f = self.fields
+            extras = " ".join(
+                f"{name}={f[name]}" for name in ("operation", "key", "role", "request_id") if f.get(name) is not None
+            )
+            where = f["path"] or f["route"]
+            self._text = f"{f['method']} {where} {f['status']} {f['duration_ms']} ms {f['outcome']} {extras}"
+        return self._text
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time (UTC), level, logger, then a request's fields, or the message
+    (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if isinstance(record.msg, RequestLine):
+            line.update(record.msg.fields)
+        else:
+            line["message"] = record.getMessage()
+            if record.exc_info:
+                line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class _ServerHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `configure_logging` installs (so that it installs it once per process)."""
+
+
+TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(log_format: str) -> None:
+    """The server's log output on standard error: every record of the service at INFO and above, as
+    JSON lines (``json``, the default) or text (``text``; OMNIMEMBER_LOG_FORMAT)."""
+    root = logging.getLogger()
+    if any(isinstance(handler, _ServerHandler) for handler in root.handlers):
+        return
+    handler = _ServerHandler()
+    handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
