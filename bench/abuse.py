@@ -206,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         driver = common.pick_driver(args, workdir)
         port = common.free_port()
         base_url = f"http://127.0.0.1:{port}"
-        command = [str(common.venv_bin("omnimember")), "serve"]
+        # Development mode, key-less requests as a masked role (the compiled read path), no rate limit.
+        command = [str(common.venv_bin("omnimember")), "serve", "--dev"]
+        env |= {"OMNIMEMBER_DEV_ROLE": "campaign", "OMNIMEMBER_RATE_LIMIT": "0"}
         with common.running_server(command, port, env, workdir / "server.log"):
             plan = {s.key: s for s in common.build_plan(base_url, member_ids)}
 

@@ -633,7 +633,9 @@ def run_http(
 ) -> tuple[Timings, int] | None:
     """CSV of the export query over HTTP, `--http-repeat` times; None when the server has no endpoint."""
     port = common.free_port()
-    command = [str(common.venv_bin("omnimember")), "serve"]
+    # Development mode, key-less requests as a campaign tool (it may export), no rate limit.
+    command = [str(common.venv_bin("omnimember")), "serve", "--dev"]
+    env = {**env, "OMNIMEMBER_DEV_ROLE": "campaign", "OMNIMEMBER_RATE_LIMIT": "0"}
     log = workdir / "server.log"
     print("$ omnimember serve", flush=True)
     with common.running_server(command, port, env, log):

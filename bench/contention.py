@@ -806,7 +806,9 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     log = workdir / "server.log"
     runs: list[Run] = []
     port = args.port or common.free_port()
-    command = [str(common.venv_bin("omnimember")), "serve", "--workers", str(args.workers)]
+    # Development mode, key-less requests as a frontend (bench/points.py compares keys on and off).
+    command = [str(common.venv_bin("omnimember")), "serve", "--dev", "--workers", str(args.workers)]
+    env |= {"OMNIMEMBER_DEV_ROLE": "frontend", "OMNIMEMBER_RATE_LIMIT": "0"}
     with psycopg.connect(args.database_url, autocommit=True) as conn:
         locked_before = deadlocks(conn)
         with common.running_server(command, port, env, log) as server:
