@@ -70,8 +70,8 @@ def create_app(settings: Settings) -> Starlette:
             )
             await pool.open(wait=True, timeout=30)
             try:
-                vault = PhoneVault(settings.phone_secret())
-                keys = Keys(settings.phone_secret())
+                secret = settings.phone_secret()  # one secret keys phones and pseudonyms alike
+                vault, keys = PhoneVault(secret), Keys(secret)
                 # Everything built at start-up lives as long as the process: keep the collector
                 # from walking it again and again (measured: fewer and shorter pauses under load).
                 gc.freeze()

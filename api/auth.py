@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import uuid
 
 from psycopg_pool import PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import observe
 from api.ide import ASSETS_PATH
+from api.replies import refuse
 from api.state import AppState
 from store.access.principals import Principal
 
@@ -80,7 +79,7 @@ class Authenticate:
     async def _authenticated(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: AppState = scope["state"]["omnimember"]
         if state.pool_wedged():  # answer at once, before a key lookup would queue for a connection
-            await _reply(send, 503, "SERVICE_UNAVAILABLE", BUSY, [(b"retry-after", b"1")])
+            await refuse(send, 503, "SERVICE_UNAVAILABLE", BUSY, [(b"retry-after", b"1")])
             return
         token = _bearer(scope)
         principal: Principal | None = None
@@ -88,7 +87,7 @@ class Authenticate:
             try:
                 principal = await state.keys.authenticate(state.pool.connection, token)
             except PoolTimeout:
-                await _reply(send, 503, "SERVICE_UNAVAILABLE", BUSY, [(b"retry-after", b"1")])
+                await refuse(send, 503, "SERVICE_UNAVAILABLE", BUSY, [(b"retry-after", b"1")])
                 return
         elif state.settings.dev and is_loopback((scope.get("client") or (None,))[0]):
             principal = state.developer
@@ -96,14 +95,14 @@ class Authenticate:
             if token is not None:
                 await asyncio.sleep(WRONG_KEY_DELAY)
             why = "this key is not valid (unknown, revoked or expired)" if token else "send an API key"
-            await _reply(
+            await refuse(
                 send, 401, "UNAUTHENTICATED", f"{why}: Authorization: Bearer <key>", [(b"www-authenticate", _CHALLENGE)]
             )
             return
         wait = state.limits.request(principal)
         if wait > 0:
             message = f"this key sent more than {state.settings.rate_limit:g} requests a second; retry shortly"
-            await _reply(send, 429, "RATE_LIMITED", message, [(b"retry-after", str(max(1, round(wait))).encode())])
+            await refuse(send, 429, "RATE_LIMITED", message, [(b"retry-after", str(max(1, round(wait))).encode())])
             return
         scope["principal"] = principal
         await self._app(scope, receive, send)
@@ -117,11 +116,3 @@ def _bearer(scope: Scope) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
     return None
-
-
-async def _reply(send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> None:
-    observe.failed(code)
-    body = json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]}).encode()
-    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": start})
-    await send({"type": "http.response.body", "body": body})

@@ -22,6 +22,7 @@ from strawberry.types import ExecutionResult
 from api import observe
 from api.auth import BUSY, principal_of, request_id
 from api.ide import render as render_ide
+from api.replies import refuse, respond
 from api.settings import Settings
 from api.state import AppState
 from resolvers.audit import audit_clear_reads
@@ -149,14 +150,14 @@ class GraphQLEndpoint:
             code, message = (
                 ("DEADLINE_EXCEEDED", _deadline_message(self._deadline)) if deadline else (UNAVAILABLE, BUSY)
             )
-            await _refuse(send, 503, code, message, [(b"retry-after", RETRY_AFTER.encode())])
+            await refuse(send, 503, code, message, [(b"retry-after", RETRY_AFTER.encode())])
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "GET":
             await self._get(scope, receive, send)
             return
         if not _is_json(scope):
-            await _refuse(send, 415, "UNSUPPORTED_MEDIA_TYPE", "send the request as application/json")
+            await refuse(send, 415, "UNSUPPORTED_MEDIA_TYPE", "send the request as application/json")
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_body:
@@ -166,7 +167,7 @@ class GraphQLEndpoint:
             body = await _read_body(receive, self._max_body, self._body_timeout)
         except TimeoutError:
             message = f"the request body did not arrive within {self._body_timeout:g} s"
-            await _refuse(send, 408, "REQUEST_TIMEOUT", message, [(b"connection", b"close")])
+            await refuse(send, 408, "REQUEST_TIMEOUT", message, [(b"connection", b"close")])
             return
         if body is None:  # the client went away
             return
@@ -179,17 +180,17 @@ class GraphQLEndpoint:
     async def _run(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         request, problem = _graphql_request(body)
         if request is None:
-            await _refuse(send, 400, "BAD_REQUEST", problem)
+            await refuse(send, 400, "BAD_REQUEST", problem)
             return
         refused = await self._check(request, principal_of(scope))
         if refused is not None:
-            await _respond(send, 200, refused)
+            await respond(send, 200, refused)
             return
         answer = await self._answer(scope, request)
         if answer is None:
             await self._general(scope, _replay(body, receive), send)
             return
-        await _respond(send, 200, answer)
+        await respond(send, 200, answer)
 
     async def _get(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
@@ -199,7 +200,7 @@ class GraphQLEndpoint:
                 request["variables"] = json.loads(params.get("variables") or "null")
             refused = await self._check(request, principal_of(scope))
             if refused is not None:
-                await _respond(send, 200, refused)
+                await respond(send, 200, refused)
                 return
         async with asyncio.timeout(self._deadline):
             await self._general(scope, receive, send)
@@ -214,7 +215,7 @@ class GraphQLEndpoint:
         )
         errors = [*checked.errors, *([too_costly] if too_costly else [])]
         if not errors and checked.document is not None:
-            forbidden = self._permissions.refusal(principal, request["query"], checked.document)
+            forbidden = self._permissions.refusal(principal, checked)
             errors = [forbidden] if forbidden is not None else []
         if not errors:
             return None
@@ -278,20 +279,6 @@ def _strings(value: Any, where: str) -> list[tuple[str, str]]:
     return found
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
-    await send({"type": "http.response.start", "status": status, "headers": start})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _refuse(
-    send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    observe.failed(code)
-    body = json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]}).encode()
-    await _respond(send, status, body, headers)
-
-
 def _deadline_message(seconds: float) -> str:
     return f"the request did not finish within {seconds:g} s; nothing it did is lost, and a retry is safe"
 
@@ -302,7 +289,7 @@ async def _too_large(send: Send, limit: int) -> None:
     message = f"the request body is larger than {limit:,} bytes"
     body = json.dumps({"errors": [{"message": message, "extensions": {"code": "BODY_TOO_LARGE", "limit": limit}}]})
     # The rest of the body is not read: close the connection rather than drain it.
-    await _respond(send, 413, body.encode(), [(b"connection", b"close")])
+    await respond(send, 413, body.encode(), [(b"connection", b"close")])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -12,7 +12,7 @@ from resolvers import audit_log
 from resolvers.context import Info
 from resolvers.domain import Row
 from schema.errors import or_graphql_error
-from schema.points import HistoryPageInfo
+from schema.points import HistoryPageInfo, page_info
 
 
 @strawberry.type(description="One audited operation: a mutation, an export or a read of personal data in clear.")
@@ -63,12 +63,7 @@ async def audit_log_page(info: Info, brand: str, first: int, after: str | None) 
     edges = [
         AuditEntryEdge(cursor=c, node=AuditEntry.from_row(r)) for r, c in zip(page.rows, page.cursors, strict=True)
     ]
-    info_ = HistoryPageInfo(
-        has_next_page=page.has_next_page,
-        has_previous_page=page.has_previous_page,
-        end_cursor=page.cursors[-1] if page.cursors else None,
-    )
-    return AuditEntryConnection(edges=edges, page_info=info_)
+    return AuditEntryConnection(edges=edges, page_info=page_info(page))
 
 
 BrandCode = Annotated[str, strawberry.argument(description="Brand code.")]

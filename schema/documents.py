@@ -44,6 +44,8 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
+from resolvers.domain import Capability
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -111,6 +113,8 @@ class Checked:
     sized_by_variables: bool = False
     static_cost: int = 0
     fragments: dict[str, FragmentDefinitionNode] = field(default_factory=dict)
+    # The capabilities its fields need, with the first field needing each (schema.permissions fills it once).
+    needs: tuple[tuple[Capability, str], ...] | None = None
 
 
 class Documents:

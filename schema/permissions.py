@@ -10,7 +10,6 @@ a type or a root field has no entry here.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 
 from graphql import (
@@ -26,6 +25,7 @@ from graphql import (
 )
 
 from resolvers.domain import Capability, Principal
+from schema.documents import Checked
 
 C = Capability
 RULES: dict[str, Capability | None] = {
@@ -129,8 +129,6 @@ RULES: dict[str, Capability | None] = {
     "Error": None,
 }
 
-_CACHE_SIZE = 2048
-
 
 def rule(type_name: str, field_name: str, is_error: bool = False) -> Capability | None:
     coordinate = f"{type_name}.{field_name}"
@@ -144,31 +142,25 @@ def rule(type_name: str, field_name: str, is_error: bool = False) -> Capability 
 
 
 class Permissions:
-    """The capabilities each document needs, worked out once per document text."""
+    """The capabilities a checked document needs, and the refusal of a caller who lacks one."""
 
     def __init__(self, schema: GraphQLSchema) -> None:
         self._schema = schema
         self._errors = {t.name for t in schema.type_map.values() if _implements_error(t)}
-        self._needs: OrderedDict[str, tuple[tuple[Capability, str], ...]] = OrderedDict()
 
-    def refusal(self, principal: Principal, text: str, document: DocumentNode) -> GraphQLError | None:
-        """FORBIDDEN naming the first field the caller may not select, or None."""
-        for capability, coordinate in self._document_needs(text, document):
+    def refusal(self, principal: Principal, checked: Checked) -> GraphQLError | None:
+        """FORBIDDEN naming the first field the caller may not select, or None. ``checked`` passed the
+        document checks; what it needs is worked out once and kept on it (Documents remembers it)."""
+        assert checked.document is not None
+        if checked.needs is None:
+            checked.needs = tuple(self._needs_of(checked.document))
+        for capability, coordinate in checked.needs:
             if not principal.may(capability):
                 return GraphQLError(
                     f"a {principal.role} key may not select {coordinate} (it needs {capability})",
                     extensions={"code": "FORBIDDEN", "field": coordinate, "needs": str(capability)},
                 )
         return None
-
-    def _document_needs(self, text: str, document: DocumentNode) -> tuple[tuple[Capability, str], ...]:
-        needs = self._needs.get(text)
-        if needs is None:
-            needs = tuple(self._needs_of(document))
-            self._needs[text] = needs
-            if len(self._needs) > _CACHE_SIZE:
-                self._needs.popitem(last=False)
-        return needs
 
     def _needs_of(self, document: DocumentNode) -> Iterable[tuple[Capability, str]]:
         found: dict[str, Capability] = {}

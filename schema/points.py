@@ -171,7 +171,7 @@ class PointsEntryConnection:
             PointsEntryEdge(cursor=c, node=PointsEntry.from_row(r))
             for r, c in zip(page.rows, page.cursors, strict=True)
         ]
-        return cls(edges=edges, page_info=_page_info(page))
+        return cls(edges=edges, page_info=page_info(page))
 
 
 @strawberry.type(description="An order and its cursor.")
@@ -192,10 +192,10 @@ class OrderConnection:
     @classmethod
     def from_page(cls, page: points.Page) -> OrderConnection:
         edges = [OrderEdge(cursor=c, node=Order.from_row(r)) for r, c in zip(page.rows, page.cursors, strict=True)]
-        return cls(edges=edges, page_info=_page_info(page))
+        return cls(edges=edges, page_info=page_info(page))
 
 
-def _page_info(page: points.Page) -> HistoryPageInfo:
+def page_info(page: points.Page) -> HistoryPageInfo:
     return HistoryPageInfo(
         has_next_page=page.has_next_page,
         has_previous_page=page.has_previous_page,

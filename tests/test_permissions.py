@@ -26,11 +26,10 @@ from graphql import (
     is_abstract_type,
     is_leaf_type,
     is_object_type,
-    parse,
-    validate,
 )
 from psycopg_pool import AsyncConnectionPool
 
+from schema.documents import Documents
 from schema.permissions import RULES, Permissions, rule
 from schema.root import build_schema
 from store.access.roles import ROLES, Capability, Role, table
@@ -39,7 +38,9 @@ from store.brands import brand_by_code
 from tests.conftest import ROOT, GraphQL, new_brand, new_key, principal, unique_code
 from tests.fragments import REGISTER
 
-SCHEMA = build_schema()._schema
+BUILT = build_schema()
+SCHEMA = BUILT._schema
+DOCUMENTS = BUILT.documents
 PERMISSIONS = Permissions(SCHEMA)
 ERRORS = {t.name for t in SCHEMA.type_map.values() if any(i.name == "Error" for i in getattr(t, "interfaces", []))}
 
@@ -135,9 +136,9 @@ def test_every_type_is_reached_by_the_matrix() -> None:
 def test_each_role_may_select_exactly_the_fields_its_capabilities_cover(role: Role) -> None:
     caller = principal(role)
     for (type_name, field), (document, path) in PATHS.items():
-        parsed = parse(document)
-        assert validate(SCHEMA, parsed) == [], document
-        refused = PERMISSIONS.refusal(caller, document, parsed)
+        checked = DOCUMENTS.check(document)
+        assert checked.errors == [], document
+        refused = PERMISSIONS.refusal(caller, checked)
         assert (refused is None) == _expected(role, path), (role, f"{type_name}.{field}", document)
         if refused is not None:
             assert refused.extensions is not None
@@ -147,9 +148,7 @@ def test_each_role_may_select_exactly_the_fields_its_capabilities_cover(role: Ro
 def test_a_field_without_a_rule_is_refused_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(RULES, "Member")
     with pytest.raises(LookupError, match=r"no permission rule for Member\.id"):
-        Permissions(SCHEMA).refusal(
-            principal(Role.ADMIN), "{ member(id: 1) { id } }", parse('{ member(id: "1") { id } }')
-        )
+        Permissions(SCHEMA).refusal(principal(Role.ADMIN), Documents(SCHEMA).check('{ member(id: "1") { id } }'))
 
 
 # --- over HTTP: every root field and the exports, every role, in and out of scope -------------------
