@@ -144,15 +144,8 @@ async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
 
 
 def principal(role: Role) -> Principal:
-    """A caller of ``role`` over every brand, without a stored key."""
-    row: dict[str, Any] = {
-        "id": None,
-        "name": f"test {role}",
-        "prefix": f"t{role}"[:8],
-        "role": str(role),
-        "grants": [],
-    }
-    return Keys(TEST_SECRET.encode()).principal(row, None, None)
+    """A caller of ``role`` over every brand, without a stored key (development mode's caller)."""
+    return Keys(TEST_SECRET.encode()).development(role)
 
 
 ADMIN = principal(Role.ADMIN)
