@@ -98,11 +98,16 @@ async def _operate(
     raise AssertionError(f"{key} never completed")
 
 
-async def _hammer(server: Server, operations: int, clients: int, seed: int) -> tuple[str, list[str], Tally]:
+async def _hammer(
+    server: Server, operations: int, clients: int, seed: int, loading: asyncio.Event | None = None
+) -> tuple[str, list[str], Tally]:
+    """Set up a brand, then load it; ``loading`` is set between the two (setup itself does not retry)."""
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=clients * 2)
     async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as http:
         brand, members = await _setup(http)
+        if loading is not None:
+            loading.set()
         tally = Tally()
         queue: asyncio.Queue[int] = asyncio.Queue()
         for n in range(operations):
@@ -160,11 +165,12 @@ async def test_64_clients_never_lose_or_double_a_point(server: Server, database_
 
 @pytest.mark.slow
 async def test_killed_connections_leave_postings_whole_and_retries_exact(server: Server, database_url: str) -> None:
-    stop = asyncio.Event()
+    stop, loading = asyncio.Event(), asyncio.Event()
     killed = 0
 
     async def killer() -> None:
         nonlocal killed
+        await loading.wait()
         async with await psycopg.AsyncConnection.connect(libpq_url(database_url), autocommit=True) as conn:
             while not stop.is_set():
                 await asyncio.sleep(0.15)
@@ -182,9 +188,10 @@ async def test_killed_connections_leave_postings_whole_and_retries_exact(server:
 
     task = asyncio.create_task(killer())
     try:
-        brand, members, tally = await _hammer(server, operations=2_000, clients=16, seed=11)
+        brand, members, tally = await _hammer(server, operations=2_000, clients=16, seed=11, loading=loading)
     finally:
         stop.set()
+        loading.set()
         await task
     assert killed > 0
     _check_journal(database_url, members, tally)
