@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import DEFAULT_TIERS, audience_index_state, brand_rules, brand_tiers, brands, groups
-from tagquery.bitmap_keys import BANDS_STATE, BANDS_VERSION
+from tagquery.bitmap_keys import ENCODING_STATE, ENCODING_VERSION
 
 _CODE_RULE = "2-32 characters: a lowercase letter, then lowercase letters, digits or _"
 
@@ -59,7 +59,7 @@ _empty_index = Query(
     insert(audience_index_state).values(
         brand_id=sa.bindparam("brand_id"),
         built_at=sa.func.now(),
-        widths=sa.cast(sa.literal(json.dumps({BANDS_STATE: BANDS_VERSION})), JSONB),
+        widths=sa.cast(sa.literal(json.dumps({ENCODING_STATE: ENCODING_VERSION})), JSONB),
     )
 )
 _insert_brand = Query(

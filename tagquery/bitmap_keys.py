@@ -8,21 +8,26 @@ member, so every row is exactly 2^16 bits. A key that has no row for a chunk has
     <dimension>:<value>       tier, city, status, gender (one value each), channel (any number)
     consent:<channel>         a granted marketing consent for the channel (or `guardian`), any number
     has:<field>               the field is not NULL (only for fields that can be NULL)
-    bit:<field>:<i>           bit i of the field's encoded value (bit-sliced, LSB = 0)
+    ge:<field>:d<i>:<j>       digit i of the field's encoded value is >= j (range-encoded digits)
+    bit:<field>:<i>           bit i of `order.<k>` (bit-sliced, LSB = 0)
     ge:<field>:<b>            the field's value is >= b, for the band boundaries b in BANDS
 
 Encoded values are non-negative integers: integers as they are (points, growth, order_count),
 money in fen (total_spend), dates as days since 1900-01-01 in the brand's time zone (registered,
 last_purchase, birthday, and `order.<k>`: the day of the member's k-th most recent order). Dates
-take DATE_WIDTH slices; integer fields as many as their largest value needs (kept per brand).
+take DATE_WIDTH bits; integer fields as many as their largest value needs (kept per brand).
 Lifecycle, age, days_since_last_purchase and orders_365d are not stored: they are computed at
 query time from the dates (see store.audiences.facts), so they are exact on the day the query runs.
 
-Bands: a threshold over bit slices costs one key and one operation per slice (18 for points
-around 100k). The thresholds operators actually use for points (1,000, 5,000 ...) are also kept
-range-encoded, one key each, so `points >= 1000` reads one key and `points BETWEEN 1000 AND 4999`
-two; `last_purchase` has a band key every DATE_BAND days (see there). An index built before bands
-existed, or with other ones, has none that count: its state says which (BANDS_VERSION).
+Digits: a threshold over bit slices read one key and did one operation per slice (17 for
+`points >= 350`), and a COUNT costs per key per chunk. So integer and date fields are stored as
+base-64 digits from the lowest (digit i = bits 6i .. 6i+5), each range-encoded: `x >= c` reads at
+most two keys per digit and one for the lowest (5 for an 18-bit field) whatever c is. The round
+thresholds operators use for points (1,000, 5,000 ...) also have a band key each, one read. The
+`order.<k>` days stay bit-sliced: there are dozens of them per brand and they are read only by
+`orders_365d` (and lifecycle), against one day a query. An index built with another encoding has
+no key the compiler may read: its state says which (ENCODING_VERSION), and it is rebuilt before
+any count reads it (store.audiences.deltas.readiness).
 """
 
 from __future__ import annotations
@@ -43,19 +48,17 @@ DATE_FIELDS = ("registered", "last_purchase", "birthday")
 NULLABLE = frozenset({"last_purchase", "birthday"})
 
 
-# Band boundaries per integer field, in its encoded unit. Changing them needs a new BANDS_VERSION
-# (indexes built with other boundaries fall back to the slices until `omnimember refresh`).
+# Band boundaries per integer field, in its encoded unit. Changing them (or the digits) needs a new
+# ENCODING_VERSION: an index built with another one is rebuilt before it is read.
 BANDS: dict[str, tuple[int, ...]] = {
     "points": (100, 200, 300, 500, 1000, 2000, 3000, 5000, 10000, 20000, 50000, 100000),
 }
-# Dates: a band key every DATE_BAND days (absolute days since EPOCH, multiples of it) inside
-# DATE_BAND_SPAN. `last_purchase >= d` is then ge(block start) when d starts a block, else
-# ge(next block) | (ge(this block) & the low log2(DATE_BAND) slices >= d's offset in the block):
-# at most 2 + 6 keys instead of 16 slices. Days outside the span use the slices.
-DATE_BAND = 64
-DATE_BANDED = ("last_purchase",)
-BANDS_VERSION = 2
-BANDS_STATE = "bands"  # where an index's state (its widths) records the bands version it holds
+DIGIT_BITS = 6
+DIGIT_BASE = 1 << DIGIT_BITS
+DIGIT_FIELDS = INTEGER_FIELDS + DATE_FIELDS  # range-encoded digits; `order.<k>` stays bit-sliced
+ENCODING_VERSION = 3  # 2: bit slices for every field and date bands; 3: digits
+# Where an index's state (its widths) records the encoding it was built with (the name predates digits).
+ENCODING_STATE = "bands"
 
 
 def tag_key(code: str) -> str:
@@ -66,18 +69,22 @@ def value_key(dimension: str, value: str) -> str:
     return f"{dimension}:{value}"
 
 
-def date_band_boundaries() -> range:
-    """The days (offsets) that have a date band key: multiples of DATE_BAND within the span."""
-    first, last = DATE_BAND_SPAN
-    return range(-(-first // DATE_BAND) * DATE_BAND, last + 1, DATE_BAND)
-
-
 def band_key(field: str, boundary: int) -> str:
     return f"ge:{field}:{boundary}"
 
 
 def has_key(field: str) -> str:
     return f"has:{field}"
+
+
+def digit_key(field: str, digit: int, at_least: int) -> str:
+    """The members whose digit `digit` (bits 6i .. 6i+5) of `field` is >= `at_least` (1 .. 63)."""
+    return f"ge:{field}:d{digit}:{at_least}"
+
+
+def digit_count(width: int) -> int:
+    """How many base-64 digits a value of `width` bits has."""
+    return max(1, -(-width // DIGIT_BITS))
 
 
 def bit_key(field: str, bit: int) -> str:
@@ -92,9 +99,6 @@ def order_field(k: int) -> str:
 def day_offset(day: date) -> int:
     """Days since EPOCH (negative before it): the domain date comparisons are compiled in."""
     return (day - EPOCH).days
-
-
-DATE_BAND_SPAN = (day_offset(date(2020, 1, 1)), day_offset(date(2036, 1, 1)))
 
 
 def fen(amount: Decimal) -> int:

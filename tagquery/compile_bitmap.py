@@ -5,16 +5,16 @@ The pivot form (design §4): one index scan over the needed keys (`key = ANY(:ke
 bitand / bitor / bitnot) over those columns. Keys and values travel as bound parameters; the only
 SQL text written here is fixed. A key without a row in a chunk reads as all zeros.
 
-Field terms become unions of closed intervals over the field's encoded integers and each interval
-a chain over the bit slices: `x >= c` folds the slices from the lowest bit up (`B_i & acc` where c
-has a 1, `B_i | acc` where it has a 0, starting from the field's presence), so a threshold costs
-one operation per slice. Derived fields are rewritten onto the stored dates first: `age` onto
-`birthday`, `days_since_last_purchase` onto `last_purchase`, and `orders_365d >= k` onto "the
-k-th most recent order is within 365 days". NULL rule: every chain starts from the field's
-presence, so a term on a missing fact is empty, and NOT is `universe & ~x`.
-
-Where the index holds a band key for an end of an interval (`ge:points:1000`: tagquery.bitmap_keys,
-BANDS), that end is one key instead of a chain.
+Field terms become unions of closed intervals over the field's encoded integers, each interval
+`x >= lo AND NOT x >= hi + 1`, and each threshold `x >= c` a chain over the field's range-encoded
+base-64 digits (tagquery.bitmap_keys), from the lowest digit up: GE_i = D_i(>= c_i + 1) |
+(D_i(>= c_i) & GE_(i-1)), at most two keys a digit and one for the lowest, whatever c is. Where
+the index holds a band key for c (`ge:points:1000`), the threshold is that key. `orders_365d >= k`
+("the k-th most recent order is within 365 days") folds the `order.<k>` bit slices instead:
+`B_i & acc` where c has a 1, `B_i | acc` where it has a 0. Derived fields are rewritten onto the
+stored dates first: `age` onto `birthday`, `days_since_last_purchase` onto `last_purchase`. NULL
+rule: every chain lies within the field's presence (digits and slices hold present members only),
+so a term on a missing fact is empty, and NOT is `universe & ~x`.
 
 Two savings rest on what the index holds (store.audiences.bitmaps; the differential tests check it): every
 row holds live members only, and a field's slices only members where the field is present. So
@@ -39,19 +39,18 @@ from sqlalchemy.dialects.postgresql import ARRAY, BIT
 from tagquery.ast import TAG, Op, Unit
 from tagquery.bitmap_keys import (
     BANDS,
-    BANDS_STATE,
-    BANDS_VERSION,
     CHUNK_SIZE,
-    DATE_BAND,
-    DATE_BANDED,
     DATE_FIELDS,
     DATE_WIDTH,
+    DIGIT_BASE,
+    DIGIT_BITS,
     NULLABLE,
     UNIVERSE,
     band_key,
     bit_key,
-    date_band_boundaries,
     day_offset,
+    digit_count,
+    digit_key,
     fen,
     has_key,
     order_field,
@@ -75,8 +74,8 @@ from tagquery.bound import (
 Bits = sa.ColumnElement[str]
 Interval = tuple[int | None, int | None]  # closed; None is unbounded
 Present = Callable[[], Bits]  # the field's presence, read only if a chain needs it (a pivot key is read once named)
+AtLeast = Callable[[int], Bits | None]  # `field >= value` (None: no member)
 NO_CHUNK_LIMIT = 2**31 - 1  # `:to_chunk` when a statement reads every chunk on from `from_chunk`
-Band = Callable[[int], Bits | None]  # `field >= value` from one band key, if the index has it
 VARBIT = BIT(varying=True)
 ORDERS_WINDOW_DAYS = 365  # orders_365d counts orders on or after today - 365 (as WITHIN 365d)
 # A fixed literal: all zeros, for keys without a row in a chunk.
@@ -166,14 +165,11 @@ class Pivot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Encoding:
-    """What a brand's index looks like: slices per integer field (only ever grows), and which
-    band keys it holds (tagquery.bitmap_keys: BANDS)."""
+    """What a brand's index looks like: the bits each integer field needs (only ever grows between
+    builds). Indexes of another encoding version are rebuilt before they are read
+    (store.audiences.deltas), so the keys themselves are always tagquery.bitmap_keys'."""
 
     widths: Mapping[str, int]
-
-    @property
-    def banded(self) -> bool:
-        return self.widths.get(BANDS_STATE) == BANDS_VERSION
 
 
 class BitmapCompiler:
@@ -212,43 +208,28 @@ class BitmapCompiler:
             case "orders_365d":
                 return or_all([self._orders_365d(interval) for interval in intervals])
             case "age":
-                return self._on_date("birthday", [_age_days(interval, self.today) for interval in intervals])
+                return self._ranged("birthday", [_age_days(interval, self.today) for interval in intervals])
             case "days_since_last_purchase":
                 today = day_offset(self.today)
-                return self._on_date("last_purchase", [_days_ago(interval, today) for interval in intervals])
-            case name if name in DATE_FIELDS:
-                return self._on_date(name, intervals)
-        width = self.encoding.widths.get(node.field, 0)
-        return self._sliced(node.field, width, lambda: self.universe, intervals, self._band(node.field))
+                return self._ranged("last_purchase", [_days_ago(interval, today) for interval in intervals])
+        return self._ranged(node.field, intervals)
 
-    def _band(self, field: str) -> Band:
-        """The band key for `field >= value` when the index holds one, else None."""
-        boundaries = BANDS.get(field, ()) if self.encoding.banded else ()
-        return lambda value: self.pivot(band_key(field, value)) if value in boundaries else None
-
-    def _on_date(self, field: str, intervals: Sequence[Interval]) -> Bits:
+    def _ranged(self, field: str, intervals: Sequence[Interval]) -> Bits:
+        """A stored integer or date field's intervals, over its digits and band keys."""
         present: Present = (lambda: self.pivot(has_key(field))) if field in NULLABLE else (lambda: self.universe)
-        return self._sliced(field, DATE_WIDTH, present, intervals, self._date_band(field, present))
+        width = DATE_WIDTH if field in DATE_FIELDS else self.encoding.widths.get(field, 0)
+        bands = BANDS.get(field, ())
 
-    def _date_band(self, field: str, present: Present) -> Band:
-        """`field >= day` from the block band keys around `day` and the slices inside its block."""
-        boundaries = date_band_boundaries() if self.encoding.banded and field in DATE_BANDED else range(0)
-        slice_of: Callable[[int], Bits] = lambda bit: self.pivot(bit_key(field, bit))  # noqa: E731
-
-        def at_least(day: int) -> Bits | None:
-            start = day - day % DATE_BAND
-            if start not in boundaries:
+        def at_least(value: int) -> Bits | None:
+            if value <= 0:
+                return present()
+            if value >> width:
                 return None
-            if day == start:
-                return self.pivot(band_key(field, start))
-            if start + DATE_BAND not in boundaries:
-                return None
-            within = _at_least(slice_of, DATE_BAND.bit_length() - 1, present, day - start)
-            return bitor(
-                self.pivot(band_key(field, start + DATE_BAND)), bitand(self.pivot(band_key(field, start)), within)
-            )
+            if value in bands:
+                return self.pivot(band_key(field, value))
+            return _digits_at_least(lambda digit, c: self.pivot(digit_key(field, digit, c)), width, value)
 
-        return at_least
+        return or_all([_within(at_least, interval) for interval in intervals])
 
     def _orders_365d(self, interval: Interval) -> Bits:
         low, high = interval
@@ -260,13 +241,9 @@ class BitmapCompiler:
         if k <= 0:
             return self.universe
         field = order_field(k)
-        return self._sliced(field, DATE_WIDTH, lambda: self.pivot(has_key(field)), [(since, None)])
-
-    def _sliced(
-        self, field: str, width: int, present: Present, intervals: Sequence[Interval], band: Band = lambda value: None
-    ) -> Bits:
-        slice_of: Callable[[int], Bits] = lambda bit: self.pivot(bit_key(field, bit))  # noqa: E731
-        return or_all([_banded(slice_of, width, present, interval, band) for interval in intervals])
+        if since <= 0:
+            return self.pivot(has_key(field))
+        return _slices_at_least(lambda bit: self.pivot(bit_key(field, bit)), DATE_WIDTH, since)
 
 
 def _membership_key(dimension: str, value: str) -> str:
@@ -277,52 +254,44 @@ def _membership_key(dimension: str, value: str) -> str:
     return value_key(dimension, value)
 
 
-def _banded(slice_of: Callable[[int], Bits], width: int, present: Present, interval: Interval, band: Band) -> Bits:
-    """An interval with its ends read from band keys where there are some, else from the slices."""
+def _within(at_least: AtLeast, interval: Interval) -> Bits:
+    """`lo <= x <= hi` as `x >= lo AND NOT x >= hi + 1` (an open end reads nothing)."""
     low, high = interval
     low = max(low or 0, 0)
-    lower = band(low) if low > 0 else None
-    upper = band(high + 1) if high is not None else None
-    if lower is None and upper is None:
-        return _interval(slice_of, width, present, interval)
     if high is not None and low > high:
         return ZERO
-    at_least = lower if lower is not None else _interval(slice_of, width, present, (low, None))
-    if high is None:
-        return at_least
-    return bitand(
-        at_least, bitnot(upper if upper is not None else _interval(slice_of, width, present, (high + 1, None)))
-    )
-
-
-def _interval(slice_of: Callable[[int], Bits], width: int, present: Present, interval: Interval) -> Bits:
-    low, high = interval
-    top = (1 << width) - 1
-    low = max(low or 0, 0)
-    high = top if high is None else min(high, top)
-    if low > high:
+    lower = at_least(low)
+    if lower is None:
         return ZERO
-    if low == high:
-        return _equal(slice_of, width, present, low)
-    lower = _at_least(slice_of, width, present, low)
-    return lower if high == top else bitand(lower, bitnot(_at_least(slice_of, width, present, high + 1)))
+    upper = None if high is None else at_least(high + 1)
+    return lower if upper is None else bitand(lower, bitnot(upper))
 
 
-def _at_least(slice_of: Callable[[int], Bits], width: int, present: Present, value: int) -> Bits:
-    """Members whose value is >= `value` (0 < value < 2^width): one operation per slice from the
-    lowest 1 bit of `value` up (slices hold present members only: module docstring)."""
-    if value <= 0:
-        return present()
+def _digits_at_least(digit_of: Callable[[int, int], Bits], width: int, value: int) -> Bits:
+    """Members whose value is >= `value` (0 < value < 2^width), from the range-encoded digits
+    D_i(>= j) (`digit_of(i, j)`): GE_i = D_i(>= c_i + 1) | (D_i(>= c_i) & GE_(i-1)), where GE below
+    the lowest non-zero digit of `value` is every present member (digits hold present members only)."""
+    acc: Bits | None = None
+    for digit in range(digit_count(width)):
+        c = value >> (DIGIT_BITS * digit) & (DIGIT_BASE - 1)
+        if acc is None:
+            if c:
+                acc = digit_of(digit, c)
+            continue
+        same = bitand(digit_of(digit, c), acc) if c else acc
+        acc = same if c == DIGIT_BASE - 1 else bitor(digit_of(digit, c + 1), same)
+    assert acc is not None, "0 < value"
+    return acc
+
+
+def _slices_at_least(slice_of: Callable[[int], Bits], width: int, value: int) -> Bits:
+    """Members whose value is >= `value` (0 < value < 2^width) from bit slices: one operation per
+    slice from the lowest 1 bit of `value` up (slices hold present members only: module docstring)."""
     lowest = (value & -value).bit_length() - 1
     acc = slice_of(lowest)
     for bit in range(lowest + 1, width):
         acc = bitand(slice_of(bit), acc) if value >> bit & 1 else bitor(slice_of(bit), acc)
     return acc
-
-
-def _equal(slice_of: Callable[[int], Bits], width: int, present: Present, value: int) -> Bits:
-    parts = [slice_of(bit) if value >> bit & 1 else bitnot(slice_of(bit)) for bit in range(width)]
-    return and_all([present(), *parts])
 
 
 def _intervals(node: FieldCompare | FieldIn | FieldBetween | FieldWithin, today: date) -> list[Interval]:

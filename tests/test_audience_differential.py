@@ -36,7 +36,7 @@ from store.sql import Query
 from store.tables import CHANNELS, CONSENT_CHANNELS, members
 from tagquery import bind, evaluate, parse
 from tagquery.ast import Node
-from tagquery.bitmap_keys import BANDS, EPOCH, date_band_boundaries
+from tagquery.bitmap_keys import BANDS, EPOCH
 from tagquery.bound import Bound, BoundAnd
 from tagquery.compile_bitmap import Encoding
 from tagquery.compile_rows import compile_rows
@@ -63,6 +63,10 @@ class Indexed:
     """Independently loaded facts of every member (merged-away ones included)."""
 
 
+# Where a base-64 digit carries or is at its ends (tagquery.bitmap_keys: digits).
+DIGIT_EDGES = sorted({max(0, m + shift) for m in (63, 64, 4032, 4095, 4096, 4159, 262_143) for shift in (-1, 0, 1)})
+
+
 def _points(rng: random.Random) -> int:
     """Small balances (the expressions' own range), balances at and beside the band boundaries
     (one key answers `points >= b` there), and large ones."""
@@ -74,11 +78,26 @@ def _points(rng: random.Random) -> int:
     return rng.randrange(200_000)
 
 
+def _at_digit_edges(member_id: int, points: int, growth: int, birthday: date | None) -> tuple[int, int, date | None]:
+    """Some members' values moved to where the digits carry, drawn apart from the data's own random
+    stream (which the kinds of member the tests rely on come from)."""
+    edge = random.Random(-member_id)
+    if edge.random() < 0.15:
+        points = edge.choice(DIGIT_EDGES)
+    if edge.random() < 0.15:
+        growth = edge.choice(DIGIT_EDGES)
+    if birthday is not None and edge.random() < 0.1:
+        birthday = EPOCH + timedelta(days=edge.choice(_DAY_DIGIT_EDGES))
+    return points, growth, birthday
+
+
 def _moment(rng: random.Random, start: date, end: date) -> datetime:
     seconds = rng.randrange(int((end - start).total_seconds()) + 86_400)
     return datetime(start.year, start.month, start.day, tzinfo=UTC) + timedelta(seconds=seconds)
 
 
+# Days (since EPOCH) where the lowest digits carry: 8 * 4096 is 1989-09-17.
+_DAY_DIGIT_EDGES = [8 * 4096 + shift for shift in (-65, -64, -63, -1, 0, 1, 63, 64)]
 # Days the definitions turn on (windows of 30, 120 and 365 days), each side of the edge.
 _EDGES = (0, 1, 29, 30, 31, 119, 120, 121, 364, 365, 366)
 
@@ -115,25 +134,27 @@ async def _insert_members(conn: AsyncConnection[Any], brand_id: int, ids: range,
     for member_id in ids:
         paid = sorted((_paid(rng) for _ in range(rng.choice([0, 0, 1, 2, 4, 4, 5, 7]))), reverse=True)
         last = paid[0] if paid else (_moment(rng, date(2024, 1, 1), TODAY) if rng.random() < 0.1 else None)
+        row: list[Any] = [
+            member_id,
+            brand_id,
+            rng.choice(TIERS),
+            _points(rng),
+            rng.randrange(81),
+            rng.choice(["male", "female", "unknown"]),
+            _birthday(rng),
+            rng.choice(CITIES),
+            _moment(rng, date(2024, 1, 1), date(2025, 4, 30)),
+            paid[-1] if paid else last,
+            last,
+            len(paid),
+            Decimal(rng.randrange(10_001)) / 100,
+        ]
+        row[3], row[4], row[6] = _at_digit_edges(member_id, row[3], row[4], row[6])
         await conn.execute(
             "INSERT INTO members (id, brand_id, tier, points_balance, growth_value, gender, birthday, city,"
             " registered_at, first_purchase_at, last_purchase_at, order_count, total_spend)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                member_id,
-                brand_id,
-                rng.choice(TIERS),
-                _points(rng),
-                rng.randrange(81),
-                rng.choice(["male", "female", "unknown"]),
-                _birthday(rng),
-                rng.choice(CITIES),
-                _moment(rng, date(2024, 1, 1), date(2025, 4, 30)),
-                paid[-1] if paid else last,
-                last,
-                len(paid),
-                Decimal(rng.randrange(10_001)) / 100,
-            ),
+            row,
         )
         await _insert_orders(conn, brand_id, member_id, paid)
         for channel in rng.sample(CHANNELS, rng.randrange(4)):
@@ -439,24 +460,26 @@ _BAND_TERMS = [
     "points BETWEEN 1000 AND 4999",
     "points BETWEEN 200 AND 300 OR points IN (99, 5000)",
     "NOT points >= 500 AND points >= 100",
-    # last_purchase: days that start a date band block, and their neighbours
+    # where a digit carries, and digits at 63 (the top of a digit has no D(>= c + 1))
+    *(f"points {op} {v}" for op in (">=", ">", "<=", "=") for v in DIGIT_EDGES),
+    *(f"growth >= {v}" for v in (63, 64, 4096, 4159)),
+    "total_spend >= 40.95 OR total_spend BETWEEN 40.96 AND 41.59",
+    # dates where the lowest digit carries (45,376 = 709 * 64 is 2024-03-27), and ages over birthdays
+    # that sit where digits carry (_DAY_DIGIT_EDGES)
     *(
-        f"last_purchase {op} {(EPOCH + timedelta(days=start + shift)).isoformat()}"
-        for start in date_band_boundaries()
-        if date(2024, 3, 1) <= EPOCH + timedelta(days=start) <= date(2025, 4, 1)
+        f"last_purchase {op} {(EPOCH + timedelta(days=45_376 + shift)).isoformat()}"
         for shift in (-1, 0, 1)
-        for op in (">=", "<")
+        for op in (">=", "<", "=")
     ),
+    *(f"age {op} {n}" for n in (35, 36) for op in (">=", "=")),
 ]
 
 
 @pytest.mark.parametrize("text", _BAND_TERMS)
-async def test_band_boundaries_on_a_build_and_after_deltas(
+async def test_thresholds_at_bands_and_digit_edges_on_a_build_and_after_deltas(
     pool: AsyncConnectionPool[Any], built: Indexed, changed: Indexed, text: str
 ) -> None:
-    """Thresholds at the band boundaries read band keys (tests/test_compile_bitmap_keys.py)."""
-    assert built.brand.encoding.banded
-    assert changed.brand.encoding.banded
+    """Thresholds at the band boundaries read band keys, elsewhere digits (tests/test_compile_bitmap_keys.py)."""
     await _three_ways(pool, built, parse(text))
     await _three_ways(pool, changed, parse(text))
 

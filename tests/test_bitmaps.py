@@ -108,13 +108,15 @@ async def test_a_delta_rewrites_the_touched_rows_and_nothing_else(pool: AsyncCon
         assert not applied.rebuilt  # (the server's applier, if running, may have applied it first)
         keys = await _keys(conn, brand_id)
         assert (keys["city:上海"], keys["city:北京"]) == (4, 1)
-        assert {key for key in keys if key.startswith("bit:points:")} == {f"bit:points:{i}" for i in (2, 3, 5, 8)}
+        # 300 = 4 * 64 + 44: digit 0 is >= 1 .. 44, digit 1 >= 1 .. 4 (the others hold 0 points)
+        digits = {*(f"ge:points:d0:{j}" for j in range(1, 45)), *(f"ge:points:d1:{j}" for j in range(1, 5))}
+        assert {key for key in keys if key.startswith("ge:points:d")} == digits
         after = await conn.execute(
             "SELECT key, xmin::text FROM audience_bitmaps WHERE brand_id = %s ORDER BY 1, 2", (brand_id,)
         )
         rewritten = {key for key, version in await after.fetchall() if versions.get(key) != version}
         bands = {"ge:points:100", "ge:points:200", "ge:points:300"}  # 300 points reach these boundaries
-        assert rewritten == {"city:上海", "city:北京", *(f"bit:points:{i}" for i in (2, 3, 5, 8)), *bands}
+        assert rewritten == {"city:上海", "city:北京", *digits, *bands}
         widths = await conn.execute("SELECT widths FROM audience_index_state WHERE brand_id = %s", (brand_id,))
         assert ((await widths.fetchone()) or [{}])[0]["points"] == 9
 

@@ -1,18 +1,21 @@
 """Which index keys the bitmap compiler reads: NOT under an AND and thresholds read no more than needed.
 
-Every index row holds live members only and a field's slices only members where it is present, so
-`a AND NOT b` needs no universe and `x >= c` starts at the lowest 1 bit of c. What the results are
-is held by the differential tests (tests/test_audience_differential.py); this pins the savings.
+Every index row holds live members only and a field's digits only members where it is present, so
+`a AND NOT b` needs no universe and `x >= c` starts at the lowest non-zero digit of c. What the
+results are is held by the differential tests (tests/test_audience_differential.py); this pins the
+savings: a threshold at any value reads at most two keys per digit (one for the lowest).
 """
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tagquery import bind, member_catalog, parse
-from tagquery.bitmap_keys import BANDS_STATE, BANDS_VERSION, DATE_BAND, EPOCH, day_offset
+from tagquery.bitmap_keys import DATE_WIDTH, digit_count
 from tagquery.compile_bitmap import BitmapCompiler, Encoding
 
 CATALOG = member_catalog(
@@ -25,11 +28,11 @@ CATALOG = member_catalog(
     lifecycles=("introduction", "growth", "mature", "at_risk", "churned"),
 )
 TODAY = date(2025, 3, 31)
+POINTS_WIDTH = 18  # three digits
 
 
-def _keys(text: str, *, banded: bool = False) -> list[str]:
-    widths = {"points": 12, BANDS_STATE: BANDS_VERSION} if banded else {"points": 12}
-    compiler = BitmapCompiler(Encoding(widths), TODAY)
+def _keys(text: str) -> list[str]:
+    compiler = BitmapCompiler(Encoding({"points": POINTS_WIDTH, "total_spend": 24}), TODAY)
     compiler.bitmap(bind(parse(text), CATALOG))
     return compiler.pivot.keys
 
@@ -42,19 +45,24 @@ def _keys(text: str, *, banded: bool = False) -> list[str]:
         ("NOT tag:a AND NOT tag:b", ["u", "tag:a", "tag:b"]),
         ("tag:a OR NOT tag:b", ["tag:a", "u", "tag:b"]),
         ("tag:a AND (tag:b OR NOT tag:c)", ["tag:a", "tag:b", "u", "tag:c"]),
-        ("points >= 1000", [f"bit:points:{bit}" for bit in range(3, 12)]),  # 1000 = 0b1111101000
-        ("points >= 1", [f"bit:points:{bit}" for bit in range(12)]),
+        # 350 = 5 * 64 + 30: D0(>= 30), then D1(>= 6) | (D1(>= 5) & ..), then D2(>= 1) | ..
+        ("points >= 350", ["ge:points:d0:30", "ge:points:d1:6", "ge:points:d1:5", "ge:points:d2:1"]),
+        ("points >= 320", ["ge:points:d1:5", "ge:points:d2:1"]),  # 5 * 64: no lowest digit, D1(>= 5) alone
+        ("points >= 4096", ["ge:points:d2:1"]),
+        ("points >= 4095", ["ge:points:d0:63", "ge:points:d1:63", "ge:points:d2:1"]),  # no D(>= 64)
+        ("points >= 1", ["ge:points:d0:1", "ge:points:d1:1", "ge:points:d2:1"]),
         ("points >= 0", ["u"]),
-        ("points = 5", ["u", *(f"bit:points:{bit}" for bit in range(12))]),
+        ("points >= 262144", []),  # past the field's width: nobody, nothing read
+        ("points = 5", ["ge:points:d0:5", "ge:points:d0:6", "ge:points:d1:1", "ge:points:d2:1"]),
     ],
 )
 def test_keys_read(text: str, keys: list[str]) -> None:
     assert sorted(_keys(text)) == sorted(keys)
 
 
-def test_a_date_threshold_reads_no_presence_but_equality_does() -> None:
+def test_a_date_threshold_reads_no_presence_but_an_upper_bound_does() -> None:
     assert "has:last_purchase" not in _keys("last_purchase WITHIN 30d")
-    assert "has:last_purchase" in _keys("last_purchase = 2025-03-01")
+    assert "has:last_purchase" in _keys("last_purchase < 2025-03-01")
 
 
 @pytest.mark.parametrize(
@@ -64,31 +72,29 @@ def test_a_date_threshold_reads_no_presence_but_equality_does() -> None:
         ("points > 999", ["ge:points:1000"]),
         ("points < 5000", ["u", "ge:points:5000"]),
         ("points BETWEEN 1000 AND 4999", ["ge:points:1000", "ge:points:5000"]),
-        ("points >= 1001", [f"bit:points:{bit}" for bit in range(12)]),  # not a boundary: the slices
-        ("points BETWEEN 1000 AND 1000", ["ge:points:1000", *(f"bit:points:{bit}" for bit in range(12))]),
     ],
 )
 def test_band_boundaries_read_one_key_each(text: str, keys: list[str]) -> None:
-    assert sorted(_keys(text, banded=True)) == sorted(keys)
+    assert sorted(_keys(text)) == sorted(keys)
 
 
-def test_an_index_built_without_bands_is_read_through_its_slices() -> None:
-    assert not any(key.startswith("ge:") for key in _keys("points >= 1000"))
+@given(st.integers(min_value=1, max_value=(1 << POINTS_WIDTH) - 1))
+def test_any_threshold_reads_at_most_two_keys_a_digit(value: int) -> None:
+    keys = _keys(f"points >= {value}")
+    assert 1 <= len(keys) <= 2 * digit_count(POINTS_WIDTH) - 1
+    assert all(key.startswith("ge:points:") for key in keys)
 
 
-def test_a_recent_purchase_window_reads_its_block_bands_and_the_low_slices() -> None:
-    keys = _keys("last_purchase WITHIN 30d", banded=True)  # on or after 2025-03-01
-    start = day_offset(date(2025, 3, 1)) // DATE_BAND * DATE_BAND
-    bands = {f"ge:last_purchase:{start}", f"ge:last_purchase:{start + DATE_BAND}"}
-    assert bands <= set(keys)
-    assert set(keys) - bands <= {f"bit:last_purchase:{bit}" for bit in range(6)}
+@given(st.integers(min_value=1, max_value=(1 << 24) - 1))
+def test_any_money_threshold_reads_at_most_two_keys_a_digit(fen: int) -> None:
+    assert len(_keys(f"total_spend >= {fen // 100}.{fen % 100:02d}")) <= 2 * digit_count(24) - 1
 
 
-def test_a_day_that_starts_a_block_is_one_key() -> None:
-    start = day_offset(date(2025, 3, 1)) // DATE_BAND * DATE_BAND
-    day = EPOCH + timedelta(days=start)
-    assert _keys(f"last_purchase >= {day.isoformat()}", banded=True) == [f"ge:last_purchase:{start}"]
+@given(st.dates(min_value=date(1900, 1, 2), max_value=date(2079, 6, 5)))
+def test_any_day_reads_at_most_two_keys_a_digit(day: date) -> None:
+    assert len(_keys(f"last_purchase >= {day.isoformat()}")) <= 2 * digit_count(DATE_WIDTH) - 1
 
 
-def test_days_outside_the_band_span_use_the_slices() -> None:
-    assert not any(key.startswith("ge:") for key in _keys("last_purchase >= 2019-05-05", banded=True))
+def test_a_recent_purchase_window_reads_the_last_purchase_digits_only() -> None:
+    keys = _keys("last_purchase WITHIN 30d")  # on or after 2025-03-01
+    assert keys and all(key.startswith("ge:last_purchase:d") for key in keys)

@@ -146,3 +146,34 @@ async def test_a_list_of_brands_reads_their_indexes_on_one_connection(
     assert len(brands) >= 12
     # The brands, then their indexes (and the background applier's passes): not one per brand.
     assert len(checkouts) < len(brands) / 2
+
+
+async def test_an_index_of_an_older_encoding_is_rebuilt_before_any_count_reads_it(
+    gql: GraphQL, client: httpx.AsyncClient, pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index built before range-encoded digits holds bit slices, no digit keys: read as it is,
+    `points >= 350` would count nobody. It counts as not built until the rebuild (an upgrade's first
+    start), which the applier runs unasked."""
+    brand = await new_brand(pool)
+    brand_id = await _bulk_load(pool, brand, request_build=True)
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE members SET points_balance = 400 WHERE brand_id = %s", (brand_id,))
+        await apply_brand(conn, brand_id, wait=True)
+        # What the previous encoding's build left: its version in the state, slices instead of digits.
+        await conn.execute(
+            "UPDATE audience_index_state SET widths = widths || '{\"bands\": 2}' WHERE brand_id = %s", (brand_id,)
+        )
+        await conn.execute("DELETE FROM audience_bitmaps WHERE brand_id = %s AND key LIKE 'ge:points:d%%'", (brand_id,))
+    monkeypatch.setattr(selections, "INDEX_WAIT", 0.0)
+    threshold = 'query($b: String!) { audience(brand: $b, expression: "points >= 350") { count } }'
+    body = await gql.raw(threshold, b=brand)
+    if body.get("data") is not None:  # only if the app's applier rebuilt it in between
+        assert body["data"]["audience"]["count"] == MEMBERS
+    else:
+        assert body["errors"][0]["extensions"]["code"] == "INDEX_NOT_READY"
+        assert brand in (await client.get("/readyz")).json()["audienceIndex"]["building"]
+    async with pool.connection() as conn:
+        applied = await apply_brand(conn, brand_id, wait=True)
+    assert applied is not None
+    assert (await gql(threshold, b=brand))["audience"]["count"] == MEMBERS
+    assert (await _index(gql, brand))["state"] == "READY"

@@ -29,19 +29,21 @@ from store.tables import audience_bitmaps, audience_changes, audience_index_stat
 from store.urls import libpq_url
 from tagquery.bitmap_keys import (
     BANDS,
-    BANDS_STATE,
-    BANDS_VERSION,
     CHUNK_BITS,
     CHUNK_SIZE,
-    DATE_BANDED,
     DATE_FIELDS,
     DATE_WIDTH,
+    DIGIT_BASE,
+    DIGIT_BITS,
+    ENCODING_STATE,
+    ENCODING_VERSION,
     INTEGER_FIELDS,
     MAX_DAY,
     NULLABLE,
     band_key,
     bit_key,
-    date_band_boundaries,
+    digit_count,
+    digit_key,
     has_key,
     order_field,
 )
@@ -91,17 +93,14 @@ def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
     for field in INTEGER_FIELDS:
         column = np.maximum(values[:, VALUE_COLUMNS.index(field)], 0)
         widths[field] = max(1, int(column.max(initial=0)).bit_length())
-        keys.update(_slices(field, ids, column, widths[field]))
+        keys.update(_digits(field, ids, column, widths[field]))
         keys.update(_bands(field, ids, column, BANDS.get(field, ())))
     for field in DATE_FIELDS:
         column = values[:, VALUE_COLUMNS.index(field)]
         present = column != NULL
         if field in NULLABLE:
             keys[has_key(field)] = ids[present]
-        days = np.clip(column[present], 0, MAX_DAY)
-        keys.update(_slices(field, ids[present], days, DATE_WIDTH))
-        if field in DATE_BANDED:
-            keys.update(_bands(field, ids[present], days, date_band_boundaries()))
+        keys.update(_digits(field, ids[present], np.clip(column[present], 0, MAX_DAY), DATE_WIDTH))
     for k in np.unique(facts.orders[:, 1]):
         nth = facts.orders[facts.orders[:, 1] == k]
         field = order_field(int(k))
@@ -115,6 +114,18 @@ def _bands(field: str, ids: Ids, values: Ids, boundaries: Iterable[int]) -> Iter
         chosen = ids[values >= boundary]
         if chosen.size:
             yield band_key(field, boundary), chosen
+
+
+def _digits(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str, Ids]]:
+    """Each base-64 digit range-encoded: the members whose digit is >= j, for j = 1 .. 63 (a suffix
+    of the members sorted by that digit)."""
+    for digit in range(digit_count(width)):
+        digits = (values >> (DIGIT_BITS * digit)) & (DIGIT_BASE - 1)
+        order = np.argsort(digits, kind="stable")
+        starts = np.searchsorted(digits[order], np.arange(1, DIGIT_BASE))
+        for at_least, start in enumerate(starts.tolist(), start=1):
+            if start < order.size:
+                yield digit_key(field, digit, at_least), ids[order[start:]]
 
 
 def _slices(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str, Ids]]:
@@ -178,11 +189,14 @@ async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress 
     dropped; changes committed while it runs stay queued for the next delta.
     """
     report = progress or (lambda stage, done, total: None)
+    report("waiting for the brand's lock", 0, 1)  # a running applier or build holds it meanwhile
     await lock_brand(conn, brand_id, wait=True)
     await drain.all(conn, brand_id=brand_id)
     report("reading facts", 0, 1)
     facts = await load_index_facts(conn, brand_id, None)
+    report("computing bitmaps", 0, 1)
     keys, widths = bit_sets(facts)
+    report("clearing the old index", 0, 1)
     await _clear.run(conn, brand_id=brand_id)
     written = 0
 
@@ -197,8 +211,8 @@ async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress 
     async with conn.cursor() as cur:
         copy = "COPY audience_bitmaps (brand_id, key, chunk, bits) FROM STDIN (FORMAT BINARY)"
         await copy_rows(cur, copy, binary_rows(rows(), "qtib"))
-    # Only a full build writes every band key: deltas keep this marker, never set it.
-    await _upsert_state.run(conn, brand_id=brand_id, widths=Jsonb({**widths, BANDS_STATE: BANDS_VERSION}))
+    # Only a full build writes every key of the encoding: deltas keep this marker, never set it.
+    await _upsert_state.run(conn, brand_id=brand_id, widths=Jsonb({**widths, ENCODING_STATE: ENCODING_VERSION}))
     return written
 
 
@@ -221,7 +235,10 @@ async def refresh(url: str, brand: str | None, progress: Callable[[str], Progres
         chosen = [await brand_by_code(conn, brand)] if brand is not None else await list_brands(conn)
         for row in chosen:
             started = time.perf_counter()
+            report = progress(row["code"]) if progress is not None else (lambda stage, done, total: None)
             async with conn.transaction():
-                rows = await rebuild(conn, row["id"], None if progress is None else progress(row["code"]))
+                rows = await rebuild(conn, row["id"], report)
+                report("committing", 0, 1)
+            report("done", 1, 1)
             done.append(Refreshed(row["code"], rows, time.perf_counter() - started))
     return done

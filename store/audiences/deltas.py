@@ -29,11 +29,22 @@ from store.audiences.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows
 from store.audiences.index_facts import Ids, Maintenance, among, load_index_facts
 from store.sql import Query
 from store.tables import audience_index_state, member_tags
-from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES, family_of, family_sql
+from tagquery.bitmap_keys import (
+    ALL_FAMILIES,
+    CHUNK_SIZE,
+    ENCODING_STATE,
+    ENCODING_VERSION,
+    FAMILIES,
+    family_of,
+    family_sql,
+)
 
 log = logging.getLogger(__name__)
 REBUILD_OVER = 100_000  # queued members beyond which a full rebuild is cheaper than a delta
 _state = audience_index_state.c
+# An index built with another encoding (tagquery.bitmap_keys) holds no key the compiler may read:
+# it counts as not built, and the applier rebuilds it (an upgrade's first start, a restore).
+_OUTDATED = f"(s.widths ->> '{ENCODING_STATE}') IS DISTINCT FROM '{ENCODING_VERSION}'"
 _ZERO = f"repeat('0', {CHUNK_SIZE})::varbit"
 
 _read_state = Maintenance(
@@ -53,15 +64,16 @@ _mark_applied = Maintenance(
     .where(_state.brand_id == sa.bindparam("brand_id"))
     .values(applied_at=sa.func.now(), widths=sa.bindparam("widths"))
 )
-# Brands with queued changes, or with tags that expired since their last apply (no write marks those).
+# Brands with queued changes, with tags that expired since their last apply (no write marks those),
+# or whose index has another encoding.
 _due = Maintenance(
-    sa.text("""
+    sa.text(f"""
 SELECT DISTINCT brand_id FROM audience_changes
 UNION
 SELECT s.brand_id FROM audience_index_state s
-WHERE EXISTS (SELECT 1 FROM member_tags t
+WHERE {_OUTDATED} OR EXISTS (SELECT 1 FROM member_tags t
               WHERE t.brand_id = s.brand_id AND t.expires_at > s.applied_at AND t.expires_at <= now())
-""")
+""")  # noqa: S608 (constant text)
 )
 # Behind by the oldest queued change or the earliest expiry not swept yet; else current.
 _freshness = Query(
@@ -146,13 +158,13 @@ class Readiness:
 
 
 _readiness = Query(
-    sa.text("""
-SELECT s.built_at IS NOT NULL AS built,
+    sa.text(f"""
+SELECT s.built_at IS NOT NULL AND NOT {_OUTDATED} AS built,
        EXISTS (SELECT 1 FROM audience_changes c WHERE c.brand_id = :brand_id AND c.member_id = 0) AS rebuild_due,
        (SELECT count(*) FROM (SELECT 1 FROM audience_changes c WHERE c.brand_id = :brand_id LIMIT :over) q) AS pending,
        EXISTS (SELECT 1 FROM members m WHERE m.brand_id = :brand_id) AS has_members
 FROM (SELECT 1) AS one LEFT JOIN audience_index_state s ON s.brand_id = :brand_id
-""")
+""")  # noqa: S608 (constant text)
 )
 # Member 0 asks the applier for a full build of the brand (as a demo load does).
 _request_build = Query(
@@ -164,12 +176,12 @@ SELECT :brand_id, 0 WHERE NOT EXISTS (SELECT 1 FROM audience_changes WHERE brand
 
 
 _building = Query(
-    sa.text("""
+    sa.text(f"""
 SELECT b.code FROM brands b LEFT JOIN audience_index_state s ON s.brand_id = b.id
 WHERE EXISTS (SELECT 1 FROM audience_changes c WHERE c.brand_id = b.id AND c.member_id = 0)
-   OR (s.built_at IS NULL AND EXISTS (SELECT 1 FROM members m WHERE m.brand_id = b.id))
+   OR ((s.built_at IS NULL OR {_OUTDATED}) AND EXISTS (SELECT 1 FROM members m WHERE m.brand_id = b.id))
 ORDER BY b.code
-""")
+""")  # noqa: S608 (constant text)
 )
 
 
@@ -217,7 +229,7 @@ async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool =
         for row in await drain.all(conn, brand_id=brand_id):
             changed[row["member_id"]] = changed.get(row["member_id"], 0) | _families(row["families"])
         state = await _read_state.one(conn, brand_id=brand_id)
-        if state is None or 0 in changed or len(changed) > REBUILD_OVER:
+        if state is None or 0 in changed or len(changed) > REBUILD_OVER or _outdated(state["widths"]):
             await rebuild(conn, brand_id)
             return Applied(brand_id, len(changed), rebuilt=True)
         for row in await _expired.all(conn, brand_id=brand_id, since=state["applied_at"]):
@@ -245,6 +257,10 @@ async def _apply_delta(
     await _add_new.run(conn, brand_id=brand_id)
     await _drop_empty_cities.run(conn, brand_id=brand_id)
     return {field: max(needed.get(field, 0), widths.get(field, 0)) for field in {*needed, *widths}}
+
+
+def _outdated(widths: Mapping[str, int] | None) -> bool:
+    return (widths or {}).get(ENCODING_STATE) != ENCODING_VERSION
 
 
 def _families(queued: int) -> int:
