@@ -97,4 +97,5 @@ def test_any_day_reads_at_most_two_keys_a_digit(day: date) -> None:
 
 def test_a_recent_purchase_window_reads_the_last_purchase_digits_only() -> None:
     keys = _keys("last_purchase WITHIN 30d")  # on or after 2025-03-01
-    assert keys and all(key.startswith("ge:last_purchase:d") for key in keys)
+    assert keys
+    assert all(key.startswith("ge:last_purchase:d") for key in keys)
