@@ -27,7 +27,9 @@ the bitmap side on the brand's index rows repeated to N members' worth of chunks
 estimate for a size whose demo takes too long to build; counts checked, no row compiler).
 `--reuse-index` skips the rebuild when the brand's index is current.
 
-The measured brand is one of the demo's two (teahouse: 60% of `--members`).
+The measured brand is one of the demo's two (teahouse: 60% of `--members`). Counts with thresholds
+off the bands (`points >= 350`, `total_spend >= 777.5`, days that start no block), against the
+same query on a band value, in process, scaled and over HTTP: bench/thresholds.py, on this data.
 
 Ledger of the data (`--ledger`): up to OPENING_FROM members the demo writes the full points ledger
 (`--points`: every order's posting, entry and lot, refunds, expiries); above it, by default, the
