@@ -32,11 +32,21 @@ def _run(work: Any) -> Any:
 def create(
     role: Annotated[str, typer.Option(help="admin, frontend, campaign, partner or support (README: roles).")],
     name: Annotated[str, typer.Option(help='Who holds it, e.g. "SMS tool".')],
-    brand: Annotated[list[str], typer.Option(help="A brand in scope (repeat for more).")] = [],  # noqa: B006
-    group: Annotated[list[str], typer.Option(help="A group whose brands are all in scope (repeat).")] = [],  # noqa: B006
+    brand: Annotated[list[str], typer.Option(help="A brand in scope (repeat for more).", show_default="none")] = [],  # noqa: B006
+    group: Annotated[
+        list[str], typer.Option(help="A group whose brands are all in scope (repeat).", show_default="none")
+    ] = [],  # noqa: B006
     all_brands: Annotated[bool, typer.Option("--all-brands", help="Every brand, present and future.")] = False,
-    grant: Annotated[list[str], typer.Option(help="An extra capability the role may take, e.g. write_points.")] = [],  # noqa: B006
-    expires_in_days: Annotated[int | None, typer.Option(min=1, help="Expire after this many days.")] = None,
+    grant: Annotated[
+        list[str], typer.Option(help="An extra capability the role may take, e.g. write_points.", show_default="none")
+    ] = [],  # noqa: B006
+    expires_in_days: Annotated[
+        int | None, typer.Option(min=1, help="Expire after this many days.", show_default="never")
+    ] = None,
+    trusted_documents: Annotated[
+        bool,
+        typer.Option("--trusted-documents", help="Run registered documents only (`omnimember documents register`)."),
+    ] = False,
 ) -> None:
     """Create a key and print its token: it is shown this once and stored only as a hash."""
     from store.access.keys import KeyRefused, create_key
@@ -59,6 +69,7 @@ def create(
             all_brands=all_brands,
             grants=grants,
             expires_at=expires,
+            trusted_documents=trusted_documents,
         )
 
     try:
@@ -88,7 +99,8 @@ def list_command() -> None:
             state = "live" + (f" until {row['expires_at']:%Y-%m-%d}" if row["expires_at"] else "")
         scope = "all brands" if row["all_brands"] else f"brands {row['brand_ids']} groups {row['group_ids']}"
         grants = f" +{','.join(row['grants'])}" if row["grants"] else ""
-        typer.echo(f"{row['prefix']}  {row['role']}{grants}  {row['name']!r}  {scope}  {state}")
+        trusted = "  trusted documents only" if row["trusted_documents"] else ""
+        typer.echo(f"{row['prefix']}  {row['role']}{grants}  {row['name']!r}  {scope}  {state}{trusted}")
 
 
 @keys.command()

@@ -281,16 +281,29 @@ def _unstorable_argument(document: DocumentNode) -> GraphQLError | None:
     return None
 
 
+# Arguments that say how many items a field returns: page sizes, and federation's entity references
+# (`_entities` answers one entity per reference, schema.federation).
+_SIZES = ("first", "last")
+_REFERENCES = "representations"
+
+
 def _sized_by_variable(node: FieldNode) -> bool:
-    return any(a.name.value in ("first", "last") and isinstance(a.value, VariableNode) for a in node.arguments or ())
+    return any(
+        a.name.value in (*_SIZES, _REFERENCES) and isinstance(a.value, VariableNode) for a in node.arguments or ()
+    )
 
 
 def _list_size(node: FieldNode, variables: Mapping[str, Any]) -> int:
     """How many items a field may return per parent, as far as its arguments say (1 if they don't)."""
     for argument in node.arguments or ():
-        if argument.name.value not in ("first", "last"):
-            continue
         value = argument.value
+        if argument.name.value == _REFERENCES:
+            references = variables.get(value.name.value) if isinstance(value, VariableNode) else None
+            if isinstance(value, ListValueNode):
+                return max(len(value.values), 1)
+            return max(len(references), 1) if isinstance(references, list) else 1
+        if argument.name.value not in _SIZES:
+            continue
         if isinstance(value, IntValueNode):
             return max(int(value.value), 1)
         if isinstance(value, VariableNode) and isinstance(variables.get(value.name.value), int):

@@ -17,16 +17,17 @@ from typing import Any
 
 import httpx
 import pytest
-from graphql import build_schema
+from graphql import ValueNode, build_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import Mode, from_schema, mutations, nodes, queries
 
 from tests.conftest import ROOT
+from tests.entity_references import ANY_REFERENCE
 from tests.server import Server
 
 SDL = (ROOT / "schema" / "schema.graphql").read_text()
-SCALARS = {
+SCALARS: dict[str, st.SearchStrategy[ValueNode]] = {
     "Date": st.dates().map(lambda d: nodes.String(d.isoformat())),
     "DateTime": st.datetimes(timezones=st.timezones()).map(lambda d: nodes.String(d.isoformat())),
     "Decimal": st.one_of(
@@ -39,6 +40,9 @@ SCALARS = {
 }
 # Mostly non-empty text: an empty string is refused by the first check and reaches nothing deeper.
 SCALARS["String"] = st.one_of(st.text(min_size=1, max_size=30), st.just("")).map(nodes.String)
+
+
+SCALARS["_Any"] = ANY_REFERENCE
 SCHEMA = build_schema(SDL)
 # Every root field gets its own examples: one strategy over all of them reaches few deep enough.
 FIELDS = [

@@ -26,6 +26,7 @@ from store.access.roles import ROLES, Role
 from store.audiences.deltas import apply_brand
 from store.brands import brand_by_code
 from tests.conftest import LEAKS, ROOT, GraphQL, new_brand, new_key, serving, unique_code
+from tests.entity_references import WELL_FORMED_REFERENCE
 from tests.fragments import REGISTER
 
 MOBILE = re.compile(r"(?<![0-9A-Za-z])1[3-9]\d{9}(?![0-9A-Za-z])")
@@ -156,7 +157,8 @@ async def test_a_partner_fuzz_run_sees_no_personal_data(
         )
         people.append((data["registerMember"]["member"]["id"], phone, unionid, f"19{80 + n}-0{n + 1}-1{n}"))
     partner = GraphQL(client, await new_key(database_url, Role.PARTNER, brand_codes=[brand]))
-    strategy = queries(SDL, fields=QUERY_FIELDS, custom_scalars={"String": st.text(max_size=8).map(nodes.String)})
+    scalars = {"String": st.text(max_size=8).map(nodes.String), "_Any": WELL_FORMED_REFERENCE}
+    strategy = queries(SDL, fields=QUERY_FIELDS, custom_scalars=scalars)
     answers: list[str] = []
 
     def aimed(document: str, n: int) -> str:

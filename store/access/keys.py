@@ -51,7 +51,18 @@ def _prefix_of(token: str) -> str | None:
     return prefix if sep and len(prefix) == 8 else None
 
 
-_GIVEN = ("prefix", "secret_hash", "name", "role", "grants", "brand_ids", "group_ids", "all_brands", "expires_at")
+_GIVEN = (
+    "prefix",
+    "secret_hash",
+    "name",
+    "role",
+    "grants",
+    "brand_ids",
+    "group_ids",
+    "all_brands",
+    "expires_at",
+    "trusted_documents",
+)
 _insert = Query(
     sa.insert(api_keys)
     .values({name: sa.bindparam(name, api_keys.c[name].type) for name in _GIVEN})
@@ -88,6 +99,7 @@ async def create_key(
     all_brands: bool = False,
     grants: frozenset[Capability] = frozenset(),
     expires_at: dt.datetime | None = None,
+    trusted_documents: bool = False,
 ) -> NewKey:
     """A new key; its token is in the result and nowhere else."""
     if not 1 <= len(name) <= 200:
@@ -113,6 +125,7 @@ async def create_key(
         group_ids=await _ids(conn, _group_ids, group_codes, "group"),
         all_brands=all_brands,
         expires_at=expires_at,
+        trusted_documents=trusted_documents,
     )
     assert row is not None
     return NewKey(token, row)
@@ -176,6 +189,7 @@ class Keys:
             brand_ids=brand_ids,
             group_ids=group_ids,
             pseudonym_key=pseudonym_key(self._secret, row["prefix"]),
+            trusted_documents=bool(row.get("trusted_documents", False)),
         )
 
     def development(self, role: Role = Role.ADMIN) -> Principal:

@@ -17,6 +17,7 @@ class Principal:
     brand_ids: frozenset[int] | None  # every brand in scope (groups resolved); None: all brands
     group_ids: frozenset[int] | None  # groups named by the key (brands may be created there); None: all
     pseudonym_key: bytes  # keys this caller's pseudonyms of channel ids
+    trusted_documents: bool = False  # runs registered documents only (api.persisted)
 
     def may(self, capability: Capability) -> bool:
         return capability in self.capabilities

@@ -96,6 +96,32 @@ _member_id_by_identity = Query(
         member_identities.c.external_id == sa.bindparam("external_id"),
     )
 )
+# Many identities at once (federation's entity references, resolvers/entities.py): one row per bound key.
+_identity_keys = (
+    sa.func.unnest(
+        sa.bindparam("brand_ids", type_=ARRAY(sa.BigInteger)),
+        sa.bindparam("channels", type_=ARRAY(sa.Text)),
+        sa.bindparam("external_ids", type_=ARRAY(sa.Text)),
+    )
+    .table_valued("brand_id", "channel", "external_id")
+    .render_derived(name="k")
+)
+_member_ids_by_identity = Query(
+    sa.select(
+        member_identities.c.brand_id,
+        member_identities.c.channel,
+        member_identities.c.external_id,
+        member_identities.c.member_id,
+    ).join_from(
+        _identity_keys,
+        member_identities,
+        sa.and_(
+            member_identities.c.brand_id == _identity_keys.c.brand_id,
+            member_identities.c.channel == _identity_keys.c.channel,
+            member_identities.c.external_id == _identity_keys.c.external_id,
+        ),
+    )
+)
 # The live holder of a phone, else the most recently merged-away holder (whose survivor it resolves to).
 _member_id_by_phone = Query(
     sa.select(members.c.id)
@@ -185,6 +211,17 @@ async def member_id_by_identity(
         conn, brand_id=brand_id, channel=channel, external_id=external_id
     )
     return member_id
+
+
+async def member_ids_by_identity(conn: AsyncConnection[Any], keys: Sequence[tuple[int, str, str]]) -> list[Row]:
+    """The member each (brand id, channel, external id) is bound to: ``brand_id``, ``channel``,
+    ``external_id``, ``member_id`` per bound key; a key bound to nobody has no row."""
+    return await _member_ids_by_identity.all(
+        conn,
+        brand_ids=[key[0] for key in keys],
+        channels=[key[1] for key in keys],
+        external_ids=[key[2] for key in keys],
+    )
 
 
 async def survivor_of(conn: AsyncConnection[Any], member_id: int) -> int | None:
