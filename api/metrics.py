@@ -1,5 +1,5 @@
 """Prometheus metrics at GET /metrics (prometheus-client), one registry per app and so per worker
-process: every worker's /metrics reports that worker alone (docs/configuration.md#operating-it).
+process: every worker's /metrics reports that worker alone (docs/observability.md#metrics).
 
 Per request (`api.observe.Observe`) a counter and a histogram move, through label children looked
 up once per (route, operation, outcome); errors by code only when there are some. What describes

@@ -1,5 +1,5 @@
-"""What each request did, for the metrics (api.metrics) and one log line (logger
-``omnimember.requests``).
+"""What each request did, for the metrics (api.metrics), one log line (logger ``omnimember.requests``)
+and the request's trace (api.tracing).
 
 `Observe`, the outermost middleware, times the request, takes the response's status from its
 start message and, once the response has ended (an export's whole stream), moves the counters and
@@ -11,6 +11,9 @@ The log line holds no personal data: no query text, variables, phone, name or to
 prefix and role; the path only when it matched a route (ids, never a query string). Labels of the
 metrics are bounded: the route's template, the outcome an error code of the service's own (or
 ``HTTP_<status>``), the operation name only as `operation_label` allows.
+
+The metrics (OMNIMEMBER_METRICS) and the log line (OMNIMEMBER_REQUEST_LOG) can each be turned off;
+with both off and no traces the app has no `Observe` at all (api.app).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from graphql import DocumentNode, GraphQLError, OperationDefinitionNode
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.metrics import Metrics
+if TYPE_CHECKING:
+    from api.metrics import Metrics
 
 REQUEST_LOG = "omnimember.requests"
 MAX_OPERATIONS = 1_000  # distinct operation names a process labels; later new names count as "other"
@@ -53,6 +57,11 @@ class Observation:
 
 _current: ContextVar[Observation | None] = ContextVar("omnimember_observation", default=None)
 _labels: dict[str, str] = {}  # operation name -> its label, at most MAX_OPERATIONS + 1 entries
+
+
+def current() -> Observation | None:
+    """What the routes noted so far about the request being answered (None outside `Observe`)."""
+    return _current.get()
 
 
 def failed(*codes: str) -> None:
@@ -106,11 +115,13 @@ def _code_label(code: str) -> str:
 
 
 class Observe:
-    """Times every HTTP request, counts it and logs one line about it (see the module docstring)."""
+    """Times every HTTP request, counts it and logs one line about it (see the module docstring);
+    ``metrics`` None: nothing counted, ``log_requests`` False: no line."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, log_requests: bool = True) -> None:
         self._app = app
         self._metrics = metrics
+        self._log_requests = log_requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,9 +158,10 @@ class Observe:
         else:
             outcome = "NO_RESPONSE" if status == 0 else _FIXED_OUTCOMES.get(status, f"HTTP_{status}")
             codes = [outcome]
-        route = _route(scope)
-        self._metrics.observe(route or "other", seen.operation or "", outcome, seconds, codes)
-        if log.isEnabledFor(logging.INFO):
+        route = route_template(scope)
+        if self._metrics is not None:
+            self._metrics.observe(route or "other", seen.operation or "", outcome, seconds, codes)
+        if self._log_requests and log.isEnabledFor(logging.INFO):
             principal = scope.get("principal")
             fields: dict[str, Any] = {
                 "request_id": scope.get("request_id"),  # set by api.auth (not for the open paths)
@@ -168,7 +180,7 @@ class Observe:
             log.log(logging.WARNING if status >= 500 else logging.INFO, RequestLine(fields))
 
 
-def _route(scope: Scope) -> str | None:
+def route_template(scope: Scope) -> str | None:
     """The template of the route the request matched (found again for a request refused before
     routing, such as a 401), or None."""
     route = scope.get("route")
@@ -229,13 +241,13 @@ class _ServerHandler(logging.StreamHandler):  # type: ignore[type-arg]
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(log_format: str) -> None:
-    """The server's log output on standard error: every record of the service at INFO and above, as
-    JSON lines (``json``, the default) or text (``text``; OMNIMEMBER_LOG_FORMAT)."""
+def configure_logging(log_format: str, stream: TextIO | None = None) -> None:
+    """The server's log output on standard error (or ``stream``): every record of the service at INFO
+    and above, as JSON lines (``json``, the default) or text (``text``; OMNIMEMBER_LOG_FORMAT)."""
     root = logging.getLogger()
     if any(isinstance(handler, _ServerHandler) for handler in root.handlers):
         return
-    handler = _ServerHandler()
+    handler = _ServerHandler(stream)
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)

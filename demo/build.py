@@ -15,8 +15,10 @@ Here: the demo group and its brands, the plan (which ids every block gets, reser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -206,16 +208,22 @@ def build_demo(
             raise DemoError(
                 f"the demo brands already have {existing:,} members: pass --replace (replace=True) to rebuild them"
             )
-        plans = _plans(brand_ids, _reserve_member_ids(conn, members), members, seed)
-        identity_ids = _identity_ids(conn, plans)
-        posting = None if ledger is Ledger.NONE else _ledger(conn, plans, ledger)
-        catalogs = {p.brand_id: demo_tags.define(conn, p.brand_id, p.brand.code, seed) for p in plans if tags}
-        source = Source(plans, vault, identity_ids, posting, catalogs)
         with _progress() as progress:
+            with _stage(progress, "reserve ids"):
+                plans = _plans(brand_ids, _reserve_member_ids(conn, members), members, seed)
+                identity_ids = _identity_ids(conn, plans)
+            posting = None
+            if ledger is not Ledger.NONE:
+                with _stage(progress, "plan orders and points"):
+                    posting = _ledger(conn, plans, ledger)
+            catalogs = {}
+            if tags:
+                with _stage(progress, "define tags"):
+                    catalogs = {p.brand_id: demo_tags.define(conn, p.brand_id, p.brand.code, seed) for p in plans}
+            source = Source(plans, vault, identity_ids, posting, catalogs)
             totals = load(conn, url, source, progress, replace=existing > 0)
-            analyzing = progress.add_task("analyze", total=1)
-            conn.execute(_ANALYZE)  # fresh statistics, or the first queries plan for empty tables
-            progress.advance(analyzing)
+            with _stage(progress, "analyze"):
+                conn.execute(_ANALYZE)  # fresh statistics, or the first queries plan for empty tables
     summary = DemoSummary(
         members=totals.count,
         prospects=totals.prospects,
@@ -228,6 +236,14 @@ def build_demo(
     )
     _print_summary(summary)
     return summary
+
+
+@contextlib.contextmanager
+def _stage(progress: Progress, name: str) -> Iterator[None]:
+    """A one-step bar for a stage that counts nothing: it shows the stage and its time, then done."""
+    task = progress.add_task(name, total=1)
+    yield
+    progress.advance(task)
 
 
 def _progress() -> Progress:

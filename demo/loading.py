@@ -335,7 +335,8 @@ def load(conn: Connection, url: str, source: Source, progress: Progress, *, repl
     """
     brand_ids = [plan.brand_id for plan in source.plans]
     deleting = progress.add_task("delete the old demo", total=1) if replace else None
-    tasks = {plan.brand.code: _brand_tasks(progress, plan) for plan in source.plans}
+    tasks = {plan.brand.code: _brand_tasks(progress, plan, source) for plan in source.plans}
+    committing = progress.add_task("commit", total=1, start=False)
     with contextlib.ExitStack() as stack:
         others = (
             [] if replace else [stack.enter_context(psycopg.connect(url, autocommit=True)) for _ in range(1, LOADERS)]
@@ -352,6 +353,8 @@ def load(conn: Connection, url: str, source: Source, progress: Progress, *, repl
         totals = _copy_blocks(loaders, source, progress, tasks)
         if any(skips):  # the audience index's queue triggers did not see (all of) the load
             conn.execute(_queue_rebuild.sql, {"brand_ids": brand_ids})
+        progress.start_task(committing)  # leaving the block commits every loader's transaction
+    progress.advance(committing)
     return totals
 
 
@@ -399,12 +402,15 @@ def _copy_chunk(conn: Connection, chunk: _Chunk) -> None:
         demo_tags.copy(conn, chunk.tags)
 
 
-def _brand_tasks(progress: Progress, plan: Plan) -> tuple[TaskID, TaskID]:
+def _brand_tasks(progress: Progress, plan: Plan, source: Source) -> tuple[TaskID, TaskID]:
     identities = sum(
         int(identity_counts(plan.rand, np.arange(start, stop, dtype=np.uint64)).sum())
         for _, start, stop in blocks([plan])
     )
+    # A block's orders, points and tags are copied with its members: that bar counts them too.
+    with_them = ("orders, points" if source.ledger else "", "tags" if source.tags else "")
+    members = " + ".join(("members", *(part for part in with_them if part)))
     return (
-        progress.add_task(f"{plan.brand.code} members", total=plan.size),
+        progress.add_task(f"{plan.brand.code} {members}", total=plan.size),
         progress.add_task(f"{plan.brand.code} identities", total=identities),
     )

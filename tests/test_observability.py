@@ -16,9 +16,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
 
 from api import metrics as api_metrics
 from api import observe
+from api.app import create_app
+from api.auth import Authenticate
 from api.settings import Settings
 from store.audiences.bitmaps import lock_brand
 from store.brands import brand_by_code
@@ -255,3 +258,43 @@ def test_log_format_setting() -> None:
     record = logging.LogRecord("api.app", logging.INFO, __file__, 1, "home %s", ("/srv",), None)
     line = json.loads(observe.JsonLines().format(record))
     assert (line["level"], line["logger"], line["message"]) == ("info", "api.app", "home /srv")
+
+
+async def test_metrics_off_answers_no_metrics_and_still_logs(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(database_url, tmp_path, metrics=False) as (http, _):
+        with caplog.at_level(logging.INFO, logger=observe.REQUEST_LOG):
+            response = await http.post("/graphql", json={"query": BRANDS})
+            token = http.headers.pop("authorization")
+            scraped = await http.get("/metrics")
+            http.headers["authorization"] = token
+    assert response.status_code == 200
+    assert scraped.status_code == 404  # no route: nothing counts what it would answer
+    assert [line["operation"] for line in request_lines(caplog)] == ["Brands", None]
+
+
+async def test_the_request_log_off_writes_no_line_and_still_counts(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(database_url, tmp_path, request_log=False) as (http, _):
+        with caplog.at_level(logging.DEBUG):
+            await http.post("/graphql", json={"query": BRANDS})
+            samples = await scrape(http)
+    assert request_lines(caplog) == []
+    assert value(samples, "omnimember_requests_total", route="/graphql", operation="Brands", outcome="ok") == 1
+
+
+def test_with_metrics_log_and_traces_off_nothing_observes_requests(tmp_path: Path) -> None:
+    settings = Settings.from_env({"OMNIMEMBER_METRICS": "off", "OMNIMEMBER_REQUEST_LOG": "0"})
+    assert (settings.metrics, settings.request_log, settings.traces) == (False, False, False)
+    app = create_app(settings)
+    assert middleware_of(app) == [Authenticate]
+    assert "/metrics" not in {getattr(route, "path", None) for route in app.routes}
+    (observing, _) = create_app(Settings.from_env({"OMNIMEMBER_METRICS": "0"})).user_middleware
+    assert observing.kwargs == {"metrics": None, "log_requests": True}
+    assert middleware_of(create_app(Settings.from_env({}))) == [observe.Observe, Authenticate]
+
+
+def middleware_of(app: Starlette) -> list[object]:
+    return [middleware.cls for middleware in app.user_middleware]
