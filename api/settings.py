@@ -15,6 +15,7 @@ from store.urls import redacted
 ROOT_HOME = Path("/var/lib/omnimember")
 USER_HOME = Path(".omnimember")
 LOG_FORMATS = ("json", "text")
+TRUSTED_DOCUMENTS = ("off", "partners", "all")  # who runs registered documents only (api.persisted)
 
 
 def _flag(value: str | None) -> bool | None:
@@ -28,6 +29,13 @@ def _log_format(value: str) -> str:
     chosen = value.strip().lower()
     if chosen not in LOG_FORMATS:
         raise ValueError(f"OMNIMEMBER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+    return chosen
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    chosen = value.strip().lower()
+    if chosen not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return chosen
 
 
@@ -60,7 +68,12 @@ class Settings:
     body_timeout: float = 30.0  # seconds a client has to send a request's body
     max_exports: int = 4  # exports streaming at once per process; more answer 429
     shutdown_timeout: float = 10.0  # seconds in-flight requests get after SIGTERM
+    metrics: bool = True  # GET /metrics and the counting behind it (api.metrics)
+    request_log: bool = True  # one log line per request (api.observe)
+    traces: bool = False  # OpenTelemetry traces (api.tracing): on when an OTLP endpoint is set
+    traces_protocol: str = "http/protobuf"  # OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL: the only one supported
     log_format: str = "json"  # the server's log lines, one per request among them: json or text
+    trusted_documents: str = "off"  # off, partners (every partner key) or all: held to registered documents
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -89,7 +102,22 @@ class Settings:
             body_timeout=number("OMNIMEMBER_BODY_TIMEOUT", defaults.body_timeout),
             max_exports=int(number("OMNIMEMBER_MAX_EXPORTS", defaults.max_exports)),
             shutdown_timeout=number("OMNIMEMBER_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
+            metrics=_flag(environ.get("OMNIMEMBER_METRICS")) is not False,  # unset: on
+            request_log=_flag(environ.get("OMNIMEMBER_REQUEST_LOG")) is not False,
+            # The OpenTelemetry SDK reads its own OTEL_* variables; these two decide whether it is used.
+            traces=bool(environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            and not _flag(environ.get("OTEL_SDK_DISABLED")),
+            traces_protocol=(
+                environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or defaults.traces_protocol
+            ),
             log_format=_log_format(environ.get("OMNIMEMBER_LOG_FORMAT") or defaults.log_format),
+            trusted_documents=_one_of(
+                "OMNIMEMBER_TRUSTED_DOCUMENTS",
+                environ.get("OMNIMEMBER_TRUSTED_DOCUMENTS") or defaults.trusted_documents,
+                TRUSTED_DOCUMENTS,
+            ),
         )
 
     @property

@@ -6,6 +6,7 @@ serves one statement at a time.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cached_property
 from typing import Any
@@ -14,8 +15,10 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
+from store.audiences import stage_history
 from store.audiences.deltas import Freshness, freshness
 from store.brands import ScopedBrands
+from store.errors import DomainError
 from store.ledger import history
 from store.members import consent, merges, profiles
 from store.sql import Row, group_by, index_by
@@ -64,6 +67,12 @@ class Loaders:
         return DataLoader(self._many(profiles.identities_by_member, "member_id"))
 
     @cached_property
+    def member_id_by_identity(self) -> DataLoader[tuple[str, str, str], int | None]:
+        """(brand code, channel, external id) → the member bound to it; None for a brand the caller
+        does not see, exactly as for one that does not exist (federation's entity references)."""
+        return DataLoader(self._identities)
+
+    @cached_property
     def merge_by_id(self) -> DataLoader[int, Row | None]:
         return DataLoader(self._one(merges.merges_by_id, "id"))
 
@@ -90,6 +99,14 @@ class Loaders:
     @cached_property
     def tier_changes_by_member(self) -> DataLoader[int, list[Row]]:
         return DataLoader(self._many(history.tier_changes_by_member, "member_id"))
+
+    @cached_property
+    def stage_changes_by_member(self) -> DataLoader[int, list[Row]]:
+        return DataLoader(self._many(stage_history.stage_histories, "member_id"))
+
+    @cached_property
+    def stage_by_member(self) -> DataLoader[int, Row | None]:
+        return DataLoader(self._one(stage_history.current_stages, "member_id"))
 
     @cached_property
     def tags_by_member(self) -> DataLoader[int, list[Row]]:
@@ -128,6 +145,18 @@ class Loaders:
         for row in rows:  # they came with their identities: spare that loader a statement
             self.identities_by_member.prime(row["id"], profiles.identities_of(row))
         return index_by(rows, "id", keys)
+
+    async def _identities(self, keys: list[tuple[str, str, str]]) -> list[int | None]:
+        """All keys on one connection: each brand code looked up once, then one statement."""
+        brand_ids: dict[str, int] = {}
+        async with self._pool.connection() as conn:
+            for code in dict.fromkeys(brand for brand, _, _ in keys):
+                with contextlib.suppress(DomainError):  # UNKNOWN_BRAND: unknown or out of scope
+                    brand_ids[code] = (await self._directory.get(conn, code))["id"]
+            known = [(brand_ids[b], c, e) for b, c, e in keys if b in brand_ids]
+            rows = await profiles.member_ids_by_identity(conn, known) if known else []
+        bound = {(r["brand_id"], r["channel"], r["external_id"]): r["member_id"] for r in rows}
+        return [bound.get((brand_ids[b], c, e)) if b in brand_ids else None for b, c, e in keys]
 
     def _cached(self, fetch: Cached, key: str) -> Callable[[list[Any]], Awaitable[list[Row | None]]]:
         async def load(keys: list[Any]) -> list[Row | None]:

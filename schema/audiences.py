@@ -220,7 +220,8 @@ class Audience:
 
     @strawberry.field(description="When the bitmap index last caught up with writes.")
     async def freshness(self, info: Info) -> IndexFreshness:
-        return IndexFreshness.of(await or_query_error(audiences.freshness(info, self.chosen)))
+        fresh = await or_query_error(audiences.freshness(info, self.chosen))
+        return IndexFreshness.of(fresh, self.chosen.brand.brand_id)
 
 
 async def audience(info: Info, brand: str, expression: str | None, filter: AudienceFilter | None) -> Audience:

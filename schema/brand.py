@@ -10,6 +10,7 @@ from resolvers import brands
 from resolvers.context import Info
 from resolvers.domain import Row
 from schema.freshness import IndexFreshness
+from schema.lifecycle import LifecycleRules, brand_rule_versions, brand_rules
 
 
 @strawberry.type(description="A company that owns several brands and may look across them.")
@@ -59,7 +60,15 @@ class Brand:
         "built (BUILDING: audience reads answer INDEX_NOT_READY until it is done)."
     )
     async def audience_index(self, info: Info) -> IndexFreshness:
-        return IndexFreshness.of(await brands.audience_index(info, brand_id=int(self.id)))
+        return IndexFreshness.of(await brands.audience_index(info, brand_id=int(self.id)), int(self.id))
+
+    @strawberry.field(description="The lifecycle rules in force: the thresholds of the five stages.")
+    async def lifecycle_rules(self, info: Info) -> LifecycleRules:
+        return await brand_rules(info, int(self.id))
+
+    @strawberry.field(description="Every version of the brand's lifecycle rules, newest first; the defaults last.")
+    async def lifecycle_rule_versions(self, info: Info) -> list[LifecycleRules]:
+        return await brand_rule_versions(info, int(self.id))
 
     @strawberry.field(description="The brand's tiers, entry tier first.")
     async def tiers(self, info: Info) -> list[Tier]:

@@ -28,6 +28,13 @@ class InvalidExpression(Error):
     snippet: str | None = strawberry.field(description="The source line and a line of carets under the problem.")
     suggestion: str | None = strawberry.field(description="The closest known name, for an unknown one.")
     path: str | None = strawberry.field(description="Where in a structured filter, e.g. `filter.and[1].field.op`.")
+    valid_values: list[str] | None = strawberry.field(
+        description="For an unknown tag, dimension, field or value: the valid ones, all of them when there are "
+        "at most 20, else the closest few (`validValueCount` says how many there are); null for other errors."
+    )
+    valid_value_count: int | None = strawberry.field(
+        description="For an unknown name: how many valid ones there are; null for other errors."
+    )
 
 
 @strawberry.type(description="No saved audience has this id.")
@@ -59,6 +66,8 @@ def audience_error(error: DomainError) -> Any:
             snippet=error.snippet,
             suggestion=error.suggestion,
             path=error.path,
+            valid_values=error.valid_values,
+            valid_value_count=error.valid_count,
             **common,
         )
     if error.code is ErrorCode.UNKNOWN_AUDIENCE:

@@ -8,8 +8,10 @@ import datetime as dt
 import strawberry
 
 from resolvers import audiences
+from resolvers.context import Info
 from resolvers.domain import Freshness
 from schema.enums import AudienceIndexState
+from schema.lifecycle import LifecycleFreshness, lifecycle_freshness
 
 
 @strawberry.type(description="How current the bitmap index is.")
@@ -25,12 +27,24 @@ class IndexFreshness:
         "audience reads answer INDEX_NOT_READY until it is done."
     )
 
+    fresh: strawberry.Private[Freshness]
+    brand_id: strawberry.Private[int | None]
+
     @classmethod
-    def of(cls, fresh: Freshness) -> IndexFreshness:
+    def of(cls, fresh: Freshness, brand_id: int | None = None) -> IndexFreshness:
         return cls(
             as_of=fresh.as_of,
             lag_seconds=audiences.lag_seconds(fresh),
             pending=fresh.pending,
             built_at=fresh.built_at,
             state=AudienceIndexState(fresh.state.value),
+            fresh=fresh,
+            brand_id=brand_id,
         )
+
+    @strawberry.field(
+        description="How current the brand's kept lifecycle stages (stage history, transitions) are; null where "
+        "this freshness is not one brand's."
+    )
+    async def lifecycle(self, info: Info) -> LifecycleFreshness | None:
+        return None if self.brand_id is None else await lifecycle_freshness(info, self.brand_id, self.fresh)

@@ -16,6 +16,8 @@ from schema.brand import Brand, Tier
 from schema.consent import Consent, member_consents
 from schema.enums import Channel, Gender, MemberStatus
 from schema.errors import or_graphql_error
+from schema.federation_spec import FieldSet, Key
+from schema.lifecycle import LifecycleStage, StageChange, current_stage, stage_history
 from schema.points import ExpiringLot, ExpiringPoints, OrderConnection, PointsEntryConnection, TierChange
 from schema.tags import MemberTag, member_tags
 
@@ -48,7 +50,10 @@ class Identity:
         return pii.channel_id(info, self.member_id, self.channel.value, self.raw_external_id)
 
 
-@strawberry.type(description="One member profile of a brand, unified across channels.")
+@strawberry.type(
+    description="One member profile of a brand, unified across channels.",
+    directives=[Key(fields=FieldSet("id"))],  # a federation entity (schema/federation.py)
+)
 class Member:
     id: strawberry.ID = strawberry.field(description="Member id.")
     status: MemberStatus = strawberry.field(description="PROSPECT until a first purchase, MEMBER after.")
@@ -189,6 +194,17 @@ class Member:
             TierChange(from_tier=r["from_tier"], to_tier=r["to_tier"], cause=r["cause"], changed_at=r["changed_at"])
             for r in rows
         ]
+
+    @strawberry.field(
+        description="The lifecycle stage the member is in, as last computed (Brand.audienceIndex.lifecycle says "
+        "when); null for a member merged away or erased."
+    )
+    async def lifecycle_stage(self, info: Info) -> LifecycleStage | None:
+        return await current_stage(info, int(self.id))
+
+    @strawberry.field(description="Every change of the member's lifecycle stage, oldest first, with its cause.")
+    async def stage_history(self, info: Info) -> list[StageChange]:
+        return await stage_history(info, int(self.id))
 
     @strawberry.field(description="Merges this member took part in, as survivor or as merged member, oldest first.")
     async def merges(self, info: Info) -> list[MemberMerge]:

@@ -40,8 +40,15 @@ RULES: dict[str, Capability | None] = {
     "Query.savedAudiences": C.AUDIENCES,
     "Query.savedAudience": C.AUDIENCES,
     "Query.compareSnapshots": C.AUDIENCES,
+    "Query.channelOverlap": C.AUDIENCES,
+    "Query.brandOverlap": C.AUDIENCES,
     "Query.tags": C.READ_TAGS,
     "Query.auditLog": C.READ_AUDIT,
+    "Query.lifecycleTransitions": C.AUDIENCES,
+    # Federation (schema/federation.py): entities are members, read as `member` reads them; the SDL is
+    # for the operator who adds the subgraph to a supergraph (docs/federation.md).
+    "Query._entities": C.READ_MEMBERS,
+    "Query._service": C.MANAGE_BRANDS,
     "Mutation.createBrand": C.MANAGE_BRANDS,
     "Mutation.registerMember": C.WRITE_MEMBERS,
     "Mutation.bindIdentity": C.WRITE_MEMBERS,
@@ -61,6 +68,7 @@ RULES: dict[str, Capability | None] = {
     "Mutation.refreshAudience": C.AUDIENCES,
     "Mutation.setConsent": C.WRITE_MEMBERS,
     "Mutation.setGuardianConsent": C.WRITE_MEMBERS,
+    "Mutation.setLifecycleRules": C.MANAGE_BRANDS,
     # Members and what hangs off them.
     "Member": C.READ_MEMBERS,
     "Member.pointsHistory": C.READ_POINTS,
@@ -78,6 +86,7 @@ RULES: dict[str, Capability | None] = {
     "IdentityBound": None,
     "MembersMerged": None,
     "MembersUnmerged": None,
+    "ChannelIdentity": C.READ_MEMBERS,
     "Consent": C.READ_MEMBERS,
     "ConsentRecorded": None,
     "MemberErased": None,
@@ -114,6 +123,20 @@ RULES: dict[str, Capability | None] = {
     "AudienceSaved": None,
     "AudienceRefreshed": None,
     "Reach": C.AUDIENCES,
+    # Lifecycle: a member's stages are read as the member is; transitions are an audience; the
+    # brand's rules and the stages' freshness are open, as the brand and its index's freshness are.
+    "StageChange": C.READ_MEMBERS,
+    "LifecycleTransitions": C.AUDIENCES,
+    "LifecycleTransitionPair": C.AUDIENCES,
+    "LifecycleRules": None,
+    "LifecycleRulesSet": None,
+    "LifecycleFreshness": None,
+    "ChannelOverlap": C.AUDIENCES,
+    "ChannelShare": C.AUDIENCES,
+    "ChannelPair": C.AUDIENCES,
+    "BrandOverlap": C.AUDIENCES,
+    "BrandShare": C.AUDIENCES,
+    "BrandPair": C.AUDIENCES,
     # The audit log.
     "AuditEntry": C.READ_AUDIT,
     "AuditEntryConnection": C.READ_AUDIT,
@@ -127,6 +150,7 @@ RULES: dict[str, Capability | None] = {
     "PageInfo": None,
     "HistoryPageInfo": None,
     "Error": None,
+    "_Service": None,
 }
 
 

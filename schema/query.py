@@ -11,6 +11,8 @@ from resolvers.context import Info
 from resolvers.domain import Row
 from schema import audiences as audience_fields
 from schema import audit
+from schema import lifecycle_transitions as transitions
+from schema import overlap as overlap_fields
 from schema.audiences import Audience, AudienceFilter, SavedAudience, SnapshotComparison
 from schema.brand import Brand
 from schema.connection import MemberConnection
@@ -108,6 +110,41 @@ class Query:
         ] = None,
     ) -> Audience:
         return await audience_fields.audience(info, brand, expression, filter)
+
+    @strawberry.field(
+        description="How a brand's channels overlap: each channel's members, every pair's intersection and "
+        "rates, members in two channels or more; among every live member or an audience (at most one of "
+        "`expression` and `filter`). From the bitmap index (docs/audiences.md#overlap)."
+    )
+    async def channel_overlap(
+        self,
+        info: Info,
+        brand: overlap_fields.BrandCode,
+        expression: overlap_fields.Expression = None,
+        filter: overlap_fields.Filter = None,
+    ) -> overlap_fields.ChannelOverlap:
+        return await overlap_fields.channel_overlap(info, brand, expression, filter)
+
+    @strawberry.field(
+        description="How a group's brands share persons (the same phone within the group): each brand's live "
+        "members, every pair's shared persons and rates. The key must see every brand of the group "
+        "(NOT_ALLOWED otherwise; UNKNOWN_GROUP for a group it sees none of)."
+    )
+    async def brand_overlap(self, info: Info, group: overlap_fields.GroupCode) -> overlap_fields.BrandOverlap:
+        return await overlap_fields.brand_overlap(info, group)
+
+    @strawberry.field(description=transitions.DESCRIPTION)
+    async def lifecycle_transitions(
+        self,
+        info: Info,
+        brand: transitions.BrandCode,
+        since: transitions.Since,
+        from_stage: transitions.From = None,
+        to_stage: transitions.To = None,
+        until: transitions.Until = None,
+        where: transitions.Where = None,
+    ) -> transitions.LifecycleTransitions:
+        return await transitions.lifecycle_transitions(info, brand, from_stage, to_stage, since, until, where)
 
     @strawberry.field(description="A brand's saved audiences, oldest first.")
     async def saved_audiences(

@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import strawberry
@@ -16,18 +15,20 @@ from strawberry.schema.types.base_scalars import DateTimeDefinition
 from strawberry.types import ExecutionContext
 
 from resolvers.domain import UNEXPECTED
+from schema import federation, federation_spec
 from schema.audiences import AudienceMutation
 from schema.consent import ConsentMutation
 from schema.documents import LIMITS, CheckedDocuments, Documents, Limits
 from schema.erasure import ErasureMutation
 from schema.errors import Error
+from schema.lifecycle import LifecycleMutation
 from schema.mutation import MemberMutation
 from schema.points_mutation import PointsMutation
 from schema.query import Query
 from schema.tags import TagMutation
 
 log = logging.getLogger("omnimember.graphql")
-SDL_PATH = Path(__file__).with_name("schema.graphql")
+SDL_PATH = federation.SDL_PATH  # what `_service` answers
 
 
 def _is_unexpected(error: GraphQLError) -> bool:
@@ -36,7 +37,16 @@ def _is_unexpected(error: GraphQLError) -> bool:
 
 
 @strawberry.type(description="Change members, identities, brands, points, orders, tags and saved audiences.")
-class Mutation(MemberMutation, PointsMutation, TagMutation, AudienceMutation, ErasureMutation, ConsentMutation):
+class Mutation(
+    MemberMutation, PointsMutation, TagMutation, AudienceMutation, ErasureMutation, ConsentMutation, LifecycleMutation
+):
+    pass
+
+
+@strawberry.type(
+    name="Query", description="Read member profiles and tag catalogs; entities for a federated supergraph."
+)
+class RootQuery(Query, federation.EntityQuery):
     pass
 
 
@@ -100,10 +110,12 @@ def build_schema(*, introspection: bool = True, suggestions: bool = True) -> Sch
     return Schema(
         introspection=introspection,
         suggestions=suggestions,
-        query=Query,
+        query=RootQuery,
         mutation=Mutation,
-        types=[Error],
-        scalar_overrides={dt.datetime: DATETIME},
+        types=[Error, federation.ChannelIdentity],
+        # A subgraph of an Apollo Federation 2 supergraph (schema.federation, docs/federation.md).
+        schema_directives=[federation_spec.FEDERATION_LINK],
+        scalar_overrides={dt.datetime: DATETIME, **federation_spec.SCALARS, **federation.SCALARS},
         # Parsing and validating dominate the cost of a small query: each document once, and
         # within limits (schema.documents).
         extensions=[CheckedDocuments],

@@ -455,6 +455,71 @@ audience_snapshots = sa.Table(
     sa.Index("ix_audience_snapshots_audience_id_id", "audience_id", "id"),
 )
 
+# Lifecycle (issue 15; store.audiences.lifecycle). A brand's stage thresholds, one row per version,
+# never overwritten (none: the defaults, version 0).
+LIFECYCLE_STAGES = ("introduction", "growth", "mature", "at_risk", "churned")
+STAGE_CAUSES = ("write", "time", "rules", "rebuild")
+
+lifecycle_rules = sa.Table(
+    "lifecycle_rules",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("params", JSONB, nullable=False),  # {"mature_orders": 4, "at_risk_days": 120, "churned_days": 365}
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("created_by", sa.Text, nullable=False),  # the API key's name
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+)
+
+# Each live member's current stage, as bitmaps like the index's (one row per stage and chunk, bit
+# member id & 0xFFFF), so that a change of stage is a difference of bitmaps. lz4 (set in 0011).
+lifecycle_stages = sa.Table(
+    "lifecycle_stages",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, primary_key=True),
+    sa.Column("stage", sa.Text, primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True),
+    sa.Column("bits", BIT(varying=True), nullable=False),
+    sa.CheckConstraint(_in("stage", LIFECYCLE_STAGES), name="stage_known"),
+    sa.CheckConstraint("length(bits) = 65536", name="chunk_length"),
+)
+
+# As of which brand day and rules version the stages are, and which build of the index they follow.
+lifecycle_state = sa.Table(
+    "lifecycle_state",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), primary_key=True),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("rules_version", sa.Integer, nullable=False),
+    sa.Column("index_built_at", sa.DateTime(timezone=True)),  # audience_index_state.built_at when last compared
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+)
+
+# Every change of a member's stage: NULL `from_stage` is a member that became live (registered,
+# unmerged), NULL `to_stage` one that stopped being live (merged away, erased). Ids only, no
+# personal data; no foreign key, so history outlives a deleted member as the audit log does.
+member_stage_changes = sa.Table(
+    "member_stage_changes",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("member_id", sa.BigInteger, nullable=False),
+    sa.Column("from_stage", sa.Text),
+    sa.Column("to_stage", sa.Text),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rules_version", sa.Integer, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.CheckConstraint(f"from_stage IS NULL OR {_in('from_stage', LIFECYCLE_STAGES)}", name="from_stage_known"),
+    sa.CheckConstraint(f"to_stage IS NULL OR {_in('to_stage', LIFECYCLE_STAGES)}", name="to_stage_known"),
+    sa.CheckConstraint("from_stage IS DISTINCT FROM to_stage", name="a_change"),
+    sa.CheckConstraint(_in("cause", STAGE_CAUSES), name="cause_known"),
+    sa.Index("ix_member_stage_changes_member_id_changed_at", "member_id", "changed_at"),
+    # lifecycleTransitions: a brand's changes into (or out of) a stage within a time range.
+    sa.Index("ix_member_stage_changes_brand_id_to_stage_changed_at", "brand_id", "to_stage", "changed_at"),
+    sa.Index("ix_member_stage_changes_brand_id_from_stage_changed_at", "brand_id", "from_stage", "changed_at"),
+    sa.Index("ix_member_stage_changes_brand_id_changed_at", "brand_id", "changed_at"),
+)
+
 # API keys (store.access.keys): only a hash of the secret is kept; the token is shown once. A key's
 # scope is its brands and its groups' brands, or everything when `all_brands`.
 api_keys = sa.Table(
@@ -473,8 +538,28 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    # Held to trusted documents: runs only registered ones (api.persisted, persisted_documents below).
+    sa.Column("trusted_documents", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.CheckConstraint(_in("role", ("admin", "frontend", "campaign", "partner", "support")), name="role_known"),
     sa.CheckConstraint("length(name) BETWEEN 1 AND 200", name="name_length"),
+)
+
+# Documents registered by `omnimember documents register` (store.access.documents): one operation
+# each, with the fragments it uses, in canonical print; found by the SHA-256 of that text, which the
+# database checks. Keys held to trusted documents run only these (docs/persisted-documents.md).
+OPERATION_TYPES = ("query", "mutation", "subscription")
+persisted_documents = sa.Table(
+    "persisted_documents",
+    metadata,
+    sa.Column("sha256", sa.Text, primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("operation_type", sa.Text, nullable=False),
+    sa.Column("operation_name", sa.Text),
+    sa.Column("source", sa.Text, nullable=False),  # the file it came from, or the name given
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.CheckConstraint("sha256 = encode(sha256(convert_to(body, 'UTF8')), 'hex')", name="sha256_of_body"),
+    sa.CheckConstraint(_in("operation_type", OPERATION_TYPES), name="operation_type_known"),
+    sa.CheckConstraint("length(source) BETWEEN 1 AND 500", name="source_length"),
 )
 
 # Who did what (store.access.audit): every mutation and every read of personal data in clear.
@@ -520,4 +605,28 @@ member_consents = sa.Table(
     sa.CheckConstraint("length(source) BETWEEN 1 AND 200", name="source_length"),
     # The index build reads a brand's granted consents per channel.
     sa.Index("ix_member_consents_brand_id_channel", "brand_id", "channel"),
+)
+
+# Bulk imports (store.imports): how far each file got, so that an interrupted import resumes after
+# its last committed chunk. One row per brand, kind and file (by its SHA-256); rows are kept as a
+# record of what was loaded.
+IMPORT_KINDS = ("members", "orders", "tags")
+
+import_checkpoints = sa.Table(
+    "import_checkpoints",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("file_sha256", BYTEA, primary_key=True),
+    sa.Column("file_name", sa.Text, nullable=False),
+    # The line on which the last record of the last committed chunk starts: a resume reads on from
+    # the record after it.
+    sa.Column("line", sa.BigInteger, nullable=False, server_default="0"),
+    # Rows by outcome so far ({"created": ..., "rejected": ...}).
+    sa.Column("counts", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint(_in("kind", IMPORT_KINDS), name="kind_known"),
+    sa.CheckConstraint("line >= 0", name="line_non_negative"),
 )

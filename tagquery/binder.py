@@ -1,8 +1,10 @@
 """The checker: resolve a syntax tree's names against a catalog and type its values.
 
 Errors point at the name for an unknown or misused name, at the value for an unknown or ill-typed
-value, and suggest the closest known name. The binder trusts the tree's size: `parse` and
-`from_filter` bound it.
+value, and suggest the closest known name. An unknown name also carries the valid ones (all of them
+up to LIST_ALL, else the closest few and how many there are), named in its text when no single one
+is close enough to suggest: `unknown lifecycle 'active' at 1:11; expected one of at_risk, churned,
+growth, introduction, mature`. The binder trusts the tree's size: `parse` and `from_filter` bound it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ _MAX_WINDOW_DAYS = 36_600  # about a hundred years
 _UNIT_DAYS = {Unit.DAY: 1, Unit.WEEK: 7, Unit.MONTH: 31, Unit.YEAR: 366}
 _T = TypeVar("_T")
 _TYPE_NAMES = {FieldType.INTEGER: "a whole-number", FieldType.MONEY: "a money", FieldType.DATE: "a date"}
+LIST_ALL = 20  # up to this many valid names an unknown one lists them all (channels, tiers, stages ...)
+CLOSEST = 5  # beyond, it names this many of the closest (cities, tags) and how many there are
+_SOME_LIKENESS = 0.3  # difflib ratio under which a name is too unlike to be worth naming as close
 
 
 def bind(node: Node, catalog: Catalog, *, source: str | None = None) -> Bound:
@@ -105,7 +110,8 @@ class _Binder:
             kind = self._catalog.fields[name]
             return FieldIn(name, kind, _unique(self._scalar(node, name, kind, v, i) for i, v in values))
         names = [TAG, *self._catalog.dimensions, *self._catalog.fields]
-        raise self._unknown(ErrorCode.UNKNOWN_FIELD, "field or dimension", name, names, _name_span(node, name))
+        at = _name_span(node, name)
+        raise self._unknown(ErrorCode.UNKNOWN_FIELD, "field or dimension", name, names, at, plural="names")
 
     def _within(self, node: Within) -> Bound:
         kind = self._field(node, node.field)
@@ -123,7 +129,8 @@ class _Binder:
         code = self._catalog.tag_code(text)
         if code is None:
             at = _value_span(node, index)
-            raise self._unknown(ErrorCode.UNKNOWN_TAG, "tag", text, self._catalog.tag_names(), at)
+            names = self._catalog.tag_names()  # codes and display names: close ones are named either way
+            raise self._unknown(ErrorCode.UNKNOWN_TAG, "tag", text, names, at, plural="tags", codes=self._catalog.tags)
         return code
 
     def _dimension(self, node: Dimension, name: str) -> DimensionSpec:
@@ -133,12 +140,13 @@ class _Binder:
             hint = f"compare it instead, e.g. {name} = {value_text(node.value)}"
             raise self._type(f"{name} is a field, not a dimension", _name_span(node, name), hint)
         known = self._catalog.dimensions
-        raise self._unknown(ErrorCode.UNKNOWN_DIMENSION, "dimension", name, known, _name_span(node, name))
+        at = _name_span(node, name)
+        raise self._unknown(ErrorCode.UNKNOWN_DIMENSION, "dimension", name, known, at, plural="dimensions")
 
     def _member(self, node: Term, name: str, spec: DimensionSpec, value: str, index: int) -> str:
         if value not in spec.values:
             at = _value_span(node, index)
-            raise self._unknown(ErrorCode.UNKNOWN_VALUE, name, value, spec.values, at)
+            raise self._unknown(ErrorCode.UNKNOWN_VALUE, name, value, spec.values, at, plural=f"{name} values")
         return value
 
     def _field(self, node: Term, name: str) -> FieldType:
@@ -147,7 +155,8 @@ class _Binder:
         if name in self._catalog.dimensions:
             hint = f"write {name}:value or {name} IN (a, b)"
             raise self._type(f"{name} is a dimension, not a field", _name_span(node, name), hint)
-        raise self._unknown(ErrorCode.UNKNOWN_FIELD, "field", name, self._catalog.fields, _name_span(node, name))
+        at = _name_span(node, name)
+        raise self._unknown(ErrorCode.UNKNOWN_FIELD, "field", name, self._catalog.fields, at, plural="fields")
 
     # Values.
 
@@ -192,12 +201,45 @@ class _Binder:
         return QueryTypeError(message, code=code, source=self._source, span=at, hint=hint)
 
     def _unknown(
-        self, code: ErrorCode, what: str, name: str, known: Iterable[str], at: Span | None
+        self,
+        code: ErrorCode,
+        what: str,
+        name: str,
+        known: Iterable[str],
+        at: Span | None,
+        *,
+        plural: str,
+        codes: Iterable[str] | None = None,
     ) -> UnknownNameError:
-        """`unknown <what> '<name>'`, suggesting the closest of `known`."""
-        suggestion = next(iter(difflib.get_close_matches(name, list(known), n=1)), None)
-        message = f"unknown {what} '{name}'"
-        return UnknownNameError(message, code=code, source=self._source, span=at, suggestion=suggestion)
+        """`unknown <what> '<name>'`, suggesting the closest of `known` and carrying the valid names:
+        `codes` when `known` names each twice (a tag's code and its display name), else `known`."""
+        names = sorted(set(known))
+        listed = names if codes is None else sorted(set(codes))
+        suggestion = next(iter(difflib.get_close_matches(name, names, n=1)), None)
+        total = len(listed)
+        valid = listed if total <= LIST_ALL else difflib.get_close_matches(name, names, CLOSEST, _SOME_LIKENESS)
+        return UnknownNameError(
+            f"unknown {what} '{name}'",
+            code=code,
+            source=self._source,
+            span=at,
+            suggestion=suggestion,
+            hint=None if suggestion else _expected(valid, total, plural, values=code in _VALUE_CODES),
+            valid_values=tuple(valid),
+            valid_count=total,
+        )
+
+
+_VALUE_CODES = (ErrorCode.UNKNOWN_VALUE, ErrorCode.UNKNOWN_TAG)
+
+
+def _expected(valid: Sequence[str], total: int, plural: str, *, values: bool) -> str:
+    """What an unknown name should have been; values written as a query writes them (quoted when
+    not a bare word: `"New York"`), names (dimensions, fields, `tag`) as they are."""
+    listed = ", ".join(value_text(value) if values else value for value in valid)
+    if total <= LIST_ALL:
+        return f"expected one of {listed}" if valid else f"there are no {plural}"
+    return f"expected one of {total} {plural}" + (f", the closest: {listed}" if valid else "")
 
 
 def _name_span(node: Term, name: str) -> Span | None:

@@ -43,8 +43,9 @@ class TagQueryError(Exception):
     """Base of every error the tag language raises on bad input.
 
     `message` names the problem without position; `str()` adds the position (line:column for text,
-    `path` for structured filters), the suggestion for an unknown name, a hint on how to write it,
-    and the source line with carets under the offending span.
+    `path` for structured filters), the suggestion for an unknown name, a hint on how to write it
+    (for an unknown name with nothing close, the valid names), and the source line with carets
+    under the offending span.
     """
 
     def __init__(
@@ -57,6 +58,8 @@ class TagQueryError(Exception):
         suggestion: str | None = None,
         hint: str | None = None,
         path: str | None = None,
+        valid_values: tuple[str, ...] = (),
+        valid_count: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -66,6 +69,10 @@ class TagQueryError(Exception):
         self.suggestion = suggestion
         self.hint = hint
         self.path = path
+        # For an unknown name: the valid ones (all of them, or the closest few when there are many)
+        # and how many there are.
+        self.valid_values = valid_values
+        self.valid_count = valid_count
 
     @property
     def line(self) -> int | None:

@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import threading
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pytest
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from store.audiences import deltas
+from store.audiences import bitmaps, deltas
 from store.audiences.bitmaps import chunk_rows
 from store.audiences.deltas import IndexState, apply_brand, freshness, run_applier
 from store.audiences.engine import decode_chunks
@@ -239,3 +241,31 @@ async def test_the_background_applier_catches_up_within_its_interval(pool: Async
         applier.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await applier
+
+
+async def test_building_bitmaps_runs_off_the_event_loop(
+    pool: AsyncConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's applier shares its event loop with every request: a rebuild or delta that packs bits
+    on it stalls them all (found in a full test run: `brands { audienceIndex }` past its 30 s deadline
+    while the in-process app rebuilt large brands). The CPU work runs in worker threads."""
+    loop_thread = threading.current_thread()
+    seen: set[threading.Thread] = set()
+
+    def recorded(key: str, ids: Any) -> Any:
+        seen.add(threading.current_thread())
+        return chunk_rows(key, ids)
+
+    monkeypatch.setattr(bitmaps, "chunk_rows", recorded)
+    monkeypatch.setattr(deltas, "chunk_rows", recorded)
+    brand_id, ids = await _brand(pool, 5)  # a delta
+    async with pool.connection() as conn:
+        await conn.execute("INSERT INTO audience_changes (brand_id, member_id) VALUES (%s, 0)", (brand_id,))
+        rebuilt = await apply_brand(conn, brand_id, wait=True)  # a full build
+        assert rebuilt is not None
+        assert rebuilt.rebuilt
+        await conn.execute("UPDATE members SET points_balance = 777 WHERE id = %s", (ids[0],))
+        applied = await apply_brand(conn, brand_id, wait=True)  # a delta
+    assert applied is not None
+    assert seen
+    assert loop_thread not in seen

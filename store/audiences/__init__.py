@@ -9,6 +9,8 @@
 - `export`: members of an audience as CSV or NDJSON; `offline`: count and export from the CLI.
 - `reach`: who of an audience may be contacted on a touch channel (consent, minors), for counts
   and touch-channel exports.
+- `overlap`: how a brand's channels share members (from the index) and a group's brands share
+  persons (through the phone).
 
 May use: the shared modules and `tagquery`. Never members, ledger or tags: it reads their tables
 (through `store.tables`), and writers reach it only through the change-queue triggers.

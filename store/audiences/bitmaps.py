@@ -11,13 +11,13 @@ never a half-built one.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
@@ -86,6 +86,8 @@ def lock_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool) -> Any:
 
 def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
     """Key -> ids of members whose bit is set, and the slices each integer field needs."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     keys = dict(facts.sets)
     values = facts.values
     ids = values[:, 0]
@@ -119,6 +121,8 @@ def _bands(field: str, ids: Ids, values: Ids, boundaries: Iterable[int]) -> Iter
 def _digits(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str, Ids]]:
     """Each base-64 digit range-encoded: the members whose digit is >= j, for j = 1 .. 63 (a suffix
     of the members sorted by that digit)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     for digit in range(digit_count(width)):
         digits = (values >> (DIGIT_BITS * digit)) & (DIGIT_BASE - 1)
         order = np.argsort(digits, kind="stable")
@@ -137,6 +141,8 @@ def _slices(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str
 
 def chunk_rows(key: str, ids: Ids) -> Iterator[Row]:
     """One row per chunk that holds any of `ids`: 2^16 bits, bit (id & 0xFFFF) set."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     if not ids.size:
         return
     ids = np.sort(ids)  # sort + diff: np.unique's hashing measured ~10x slower here
@@ -170,16 +176,23 @@ def binary_rows(rows: Iterator[tuple[Any, ...]], formats: str) -> Iterator[bytes
 
 
 async def copy_rows(cur: AsyncCursor[Any], statement: str, data: Iterator[bytes]) -> None:
+    """COPY `data`, each batch packed in a worker thread: packing bits is CPU work (seconds for a large
+    brand's rebuild), and the server's applier shares its event loop with every request."""
     async with cur.copy(statement) as copy:
-        buffer: list[bytes] = []
-        size = 0
-        for part in data:
-            buffer.append(part)
-            size += len(part)
-            if size >= _COPY_BATCH:
-                await copy.write(b"".join(buffer))
-                buffer, size = [], 0
-        await copy.write(b"".join(buffer))
+        while (batch := await asyncio.to_thread(_next_batch, data)) is not None:
+            await copy.write(batch)
+
+
+def _next_batch(data: Iterator[bytes]) -> bytes | None:
+    """About _COPY_BATCH bytes of `data` (None once it is spent)."""
+    buffer: list[bytes] = []
+    size = 0
+    for part in data:
+        buffer.append(part)
+        size += len(part)
+        if size >= _COPY_BATCH:
+            break
+    return b"".join(buffer) if buffer else None
 
 
 async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress | None = None) -> int:
@@ -195,7 +208,7 @@ async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress 
     report("reading facts", 0, 1)
     facts = await load_index_facts(conn, brand_id, None)
     report("computing bitmaps", 0, 1)
-    keys, widths = bit_sets(facts)
+    keys, widths = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
     report("clearing the old index", 0, 1)
     await _clear.run(conn, brand_id=brand_id)
     written = 0

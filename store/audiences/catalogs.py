@@ -1,9 +1,10 @@
 """A brand's tag-language catalog and index encoding, read from the database and cached.
 
-Names and values come from the system of record (tag definitions, tiers, the channel list) and,
-for cities, from the index keys (a DISTINCT over tens of millions of members would cost a scan;
-the index lists a brand's cities in one short range). A cached entry lives `ttl` seconds: a tag
-defined a moment ago becomes nameable within that time (or at once after `invalidate`).
+Names and values come from the system of record (tag definitions, tiers, the channel list, the
+brand's lifecycle rules) and, for cities, from the index keys (a DISTINCT over tens of millions of
+members would cost a scan; the index lists a brand's cities in one short range). A cached entry
+lives `ttl` seconds: a tag defined (or lifecycle rules set) a moment ago is seen within that time
+(or at once after `invalidate`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from psycopg import AsyncConnection
 
 from store.audiences.bitmaps import stored_widths
 from store.audiences.deltas import IndexState, Readiness, readiness
-from store.audiences.facts import LIFECYCLE, brand_timezone
+from store.audiences.facts import DEFAULT_RULES, STAGES, LifecycleRules, brand_timezone
+from store.audiences.lifecycle_rules import current_rules
 from store.sql import Query
 from store.tables import CHANNELS, CONSENT_CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
 from tagquery import Catalog, member_catalog
@@ -69,6 +71,9 @@ class BrandCatalog:
     """The first and last chunk of the brand's universe when loaded (new members may add more)."""
     index: Readiness = READY
     """Whether the index could answer when the catalog was loaded."""
+    lifecycle: LifecycleRules = DEFAULT_RULES
+    """The brand's current lifecycle rules: what `lifecycle:<stage>` means (facts.expand_derived)."""
+    lifecycle_version: int = 0
 
     def today(self, now: datetime | None = None) -> date:
         """The brand's calendar day (its time zone) at `now` (default: now)."""
@@ -85,7 +90,7 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
         cities=[row["city"] for row in await _cities.all(conn, brand_id=brand_id)],
         statuses=STATUSES,
         genders=GENDERS,
-        lifecycles=LIFECYCLE,
+        lifecycles=STAGES,
         consents=CONSENT_CHANNELS,
     )
     timezone: str = await _timezone.scalar(conn, brand_id=brand_id)
@@ -93,7 +98,8 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
     span = await _chunks.one(conn, brand_id=brand_id)
     chunks = (0, 0) if span is None or span["first"] is None else (span["first"], span["last"])
     index = await readiness(conn, brand_id)
-    return BrandCatalog(brand_id, timezone, catalog, encoding, chunks, index)
+    rules = await current_rules(conn, brand_id)
+    return BrandCatalog(brand_id, timezone, catalog, encoding, chunks, index, rules.rules, rules.version)
 
 
 class CatalogCache:

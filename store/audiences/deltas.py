@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
@@ -27,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from store.audiences.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows, drain, lock_brand, rebuild
 from store.audiences.index_facts import Ids, Maintenance, among, load_index_facts
+from store.audiences.lifecycle import after_apply
 from store.sql import Query
 from store.tables import audience_index_state, member_tags
 from tagquery.bitmap_keys import (
@@ -231,20 +231,25 @@ async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool =
         state = await _read_state.one(conn, brand_id=brand_id)
         if state is None or 0 in changed or len(changed) > REBUILD_OVER or _outdated(state["widths"]):
             await rebuild(conn, brand_id)
+            await after_apply(conn, brand_id, None)  # lifecycle stages: every member compared
             return Applied(brand_id, len(changed), rebuilt=True)
         for row in await _expired.all(conn, brand_id=brand_id, since=state["applied_at"]):
             changed[row["member_id"]] = changed.get(row["member_id"], 0) | FAMILIES["tag"]
         widths = await _apply_delta(conn, brand_id, changed, state["widths"]) if changed else state["widths"]
         await _mark_applied.run(conn, brand_id=brand_id, widths=Jsonb(widths))
+        await after_apply(conn, brand_id, changed)  # lifecycle stages of the members just applied
         return Applied(brand_id, len(changed), rebuilt=False)
 
 
 async def _apply_delta(
     conn: AsyncConnection[Any], brand_id: int, changed: Mapping[int, int], widths: Mapping[str, int]
 ) -> dict[str, int]:
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     ids = np.fromiter(changed, dtype=np.int64, count=len(changed))
     families = np.fromiter(changed.values(), dtype=np.int64, count=len(changed))
-    keys, needed = bit_sets(await load_index_facts(conn, brand_id, ids.tolist()))
+    facts = await load_index_facts(conn, brand_id, ids.tolist())
+    keys, needed = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
     await _compress_like_index.run(conn)
     async with conn.cursor() as cur:
         for statement in _TEMP:
@@ -282,6 +287,8 @@ def _masks(ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
 
 def _delta_rows(keys: Mapping[str, Ids], ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
     """The new bits of those members, key by key (only members whose change touches its family)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     recomputed = {family: np.sort(_in_family(ids, families, family)) for family in FAMILIES}
     for key, members in keys.items():
         yield from chunk_rows(key, members[among(members, recomputed[family_of(key)])])

@@ -15,10 +15,8 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -27,7 +25,7 @@ from store.audiences.bitmaps import stored_widths
 from store.audiences.catalogs import BrandCatalog
 from store.audiences.deltas import Freshness
 from store.audiences.deltas import freshness as index_freshness
-from store.audiences.facts import LIFECYCLE, expand_derived, member_facts
+from store.audiences.facts import expand_derived, lifecycle_terms, member_facts
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import audience_bitmaps, audience_index_state
@@ -35,6 +33,10 @@ from tagquery.bitmap_keys import CHUNK_BITS, CHUNK_SIZE, value_key
 from tagquery.bound import Bound, BoundAnd, BoundNot, BoundOr
 from tagquery.compile_bitmap import BitmapCompiler, Bits, Encoding, bitand
 from tagquery.evaluate import evaluate
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 # From this many chunks (2^21 members' worth of ids) a COUNT with a pool runs in two halves at once;
 # below it the second statement's fixed cost (a connection, planning) is more than half the work.
@@ -92,10 +94,11 @@ async def run_pivot(
 ) -> Row:
     """Run a one-row statement; compile again if the index's widths moved since `brand` was loaded.
 
-    `key` identifies `statement` (it must differ whenever the statement would)."""
+    `key` identifies `statement` (it must differ whenever the statement would, the brand's lifecycle
+    rules aside: they are part of the cache's key here)."""
     encoding = brand.encoding
     for _ in range(3):
-        query = _compiled.get(key, today, encoding, statement)
+        query = _compiled.get((key, brand.lifecycle), today, encoding, statement)
         row = await query.one(conn, brand_id=brand.brand_id, **params)
         assert row is not None
         if (row["widths"] or {}) == encoding.widths:
@@ -104,8 +107,8 @@ async def run_pivot(
     raise RuntimeError("the audience index's encoding keeps changing; try again")
 
 
-def _audience(node: Bound) -> Callable[[BitmapCompiler], Bits]:
-    expanded = expand_derived(node)
+def _audience(node: Bound, brand: BrandCatalog) -> Callable[[BitmapCompiler], Bits]:
+    expanded = expand_derived(node, brand.lifecycle)
     return lambda compiler: compiler.bitmap(expanded)
 
 
@@ -121,7 +124,7 @@ async def count(
     is counted in two halves at once, the upper half on a second connection: a COUNT's time is
     per key per chunk on one core, and there are two. Each half reads its own snapshot, so a
     delta applied between them shows in one half only, as it would in two counts a moment apart."""
-    audience = _audience(node)
+    audience = _audience(node, brand)
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
         pivot = compiler.pivot.select(audience_bitmaps, {"bits": audience(compiler)}).subquery()
@@ -147,7 +150,7 @@ async def member_ids(
     conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, today: date, *, after: int = 0
 ) -> npt.NDArray[np.int64]:
     """The ids of the audience's members above `after`, ascending."""
-    audience = _audience(node)
+    audience = _audience(node, brand)
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
         rows = compiler.pivot.select(audience_bitmaps, {"bits": audience(compiler)}).subquery()
@@ -161,6 +164,8 @@ async def member_ids(
 
 def decode_chunks(data: bytes | None) -> npt.NDArray[np.int64]:
     """Ids from `int4send(chunk) || varbit_send(bits)` records: numpy unpackbits, no Python loop."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     if not data:
         return np.empty(0, dtype=np.int64)
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, _RECORD)
@@ -192,12 +197,12 @@ async def breakdown(
     per channel it has; a city-less member is in no city)."""
     if by not in BREAKDOWNS:
         raise ValueError(f"cannot break down by {by!r}")
-    audience = _audience(node)
+    audience = _audience(node, brand)
     values = sorted(brand.catalog.dimensions[by].values)
 
     def value_bits(compiler: BitmapCompiler, value: str) -> Bits:
         if by == "lifecycle":
-            return compiler.bitmap(LIFECYCLE[value])
+            return compiler.bitmap(lifecycle_terms(brand.lifecycle)[value])
         return compiler.pivot(value_key(by, value))
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
@@ -214,7 +219,7 @@ async def breakdown(
 async def funnel(conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, today: date) -> list[FunnelStep]:
     """Live members, then the count after each operand of the top-level AND, in order."""
     operands: Sequence[Bound] = node.operands if isinstance(node, BoundAnd) else (node,)
-    parts = [_audience(operand) for operand in operands]
+    parts = [_audience(operand, brand) for operand in operands]
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
         columns = {"u": compiler.universe} | {f"o{i}": part(compiler) for i, part in enumerate(parts)}
@@ -262,7 +267,7 @@ async def why_member(
     conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, today: date, member_id: int
 ) -> WhyMember:
     """Each node's truth value for one member, from its facts in the system of record."""
-    facts = await member_facts(conn, brand.brand_id, brand.timezone, member_id, today)
+    facts = await member_facts(conn, brand.brand_id, brand.timezone, member_id, today, brand.lifecycle)
     if facts is None:
         raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no member {member_id} in this brand", field="id")
     tree = _why(node, facts, today)

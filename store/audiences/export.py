@@ -19,10 +19,8 @@ import dataclasses
 import json
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
@@ -32,12 +30,15 @@ from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import CHANNELS, member_identities, members
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 BATCH = 1_000  # ids per statement: a slow reader holds one batch's text at most
 CHUNK_CHARS = 65_536  # characters per chunk handed out (a single longer line goes alone)
 _MAX_ID_DIGITS = 19  # of a bigint
 _ROWLESS = {"id", "brand"}
 _SENTINEL = -123456789  # stands for the id while a line template is rendered
-_POWERS = 10 ** np.arange(19, dtype=np.int64)
 FORMATS = ("csv", "ndjson")
 DEFAULT_FIELDS = ("id", "tier", "maskedPhone")
 _CHANNEL = "channel:"
@@ -118,6 +119,8 @@ async def without_erased(
 ) -> npt.NDArray[np.int64]:
     """``ids`` less the brand's erased members (a frozen snapshot keeps their ids; its export does
     not list them, and the count it announces is what it sends)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     erased = np.fromiter((row["id"] for row in await _erased.all(conn, brand_id=brand_id)), dtype=np.int64)
     return ids[~np.isin(ids, erased)] if erased.size else ids
 
@@ -141,6 +144,8 @@ async def lines(
 ) -> AsyncGenerator[str, None]:
     """The export in text chunks of at most CHUNK_CHARS characters (a header first for CSV); one
     connection per batch, given back before the batch's first chunk is handed out."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     size = batch or BATCH
     render = _csv if chosen.format == "csv" else _ndjson
     if chosen.format == "csv":
@@ -238,12 +243,15 @@ def rowless_lines(ids: npt.NDArray[np.int64], before: str, after: str | None) ->
     """``before + str(id) + after`` for every id, built with numpy: 4M ids in tens of milliseconds,
     where formatting them one by one takes a second. Ids are ascending, so the ids of each decimal
     width form one run and become one block of fixed-width rows."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     if after is None:  # the same line for every member
         return before * ids.size
     if not before.isascii() or not after.isascii():
         return "".join(f"{before}{member_id}{after}" for member_id in ids.tolist())
     head, tail = np.frombuffer(before.encode(), np.uint8), np.frombuffer(after.encode(), np.uint8)
-    bounds = np.searchsorted(ids, _POWERS[1:])  # where each width starts
+    powers = 10 ** np.arange(_MAX_ID_DIGITS, dtype=np.int64)
+    bounds = np.searchsorted(ids, powers[1:])  # where each width starts
     blocks = []
     start = 0
     for width, end in enumerate([*bounds.tolist(), ids.size], start=1):
@@ -251,7 +259,7 @@ def rowless_lines(ids: npt.NDArray[np.int64], before: str, after: str | None) ->
         start = end
         if run.size == 0:
             continue
-        digits = (run[:, None] // _POWERS[width - 1 :: -1]) % 10 + ord("0")
+        digits = (run[:, None] // powers[width - 1 :: -1]) % 10 + ord("0")
         block = np.empty((run.size, head.size + width + tail.size), np.uint8)
         block[:, : head.size] = head
         block[:, head.size : head.size + width] = digits

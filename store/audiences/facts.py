@@ -14,15 +14,17 @@ brand's time zone (`brand_rules.timezone`).
     age               whole years since `birthday`, on the day the query runs
     days_since_last_purchase      today - last_purchase
     orders_365d       orders (refunded or not, as order_count) paid on or after today - 365
-    lifecycle         derived from the above, see LIFECYCLE: exactly one stage per member
+    lifecycle         derived from the above by the brand's LifecycleRules: exactly one stage per member
 
 The row compiler reads these through MemberRowFacts, the bitmap index is built from
 `load_index_facts`, `member_facts` feeds the reference evaluator, and lifecycle is expanded into
-the same bound terms for all three (`expand_derived`).
+the same bound terms for all three (`expand_derived`, with the brand's rules).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping
 from datetime import date
 from types import MappingProxyType
@@ -49,50 +51,80 @@ from tagquery.compile_bitmap import ORDERS_WINDOW_DAYS
 from tagquery.evaluate import evaluate
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
-AT_RISK_ORDERS = 4  # "4+ orders in the past year" (DOMAIN.md)
-RECENT_DAYS = 120  # "... but no order in the last 120 days"
+STAGES = ("introduction", "growth", "mature", "at_risk", "churned")
 
 
-_purchased = FieldCompare("last_purchase", FieldType.DATE, Op.GTE, date(1, 1, 1))
-_active = FieldWithin("last_purchase", ORDERS_WINDOW_DAYS, Unit.DAY)
-_recent = FieldWithin("last_purchase", RECENT_DAYS, Unit.DAY)
-_frequent = FieldCompare("orders_365d", FieldType.INTEGER, Op.GTE, AT_RISK_ORDERS)
+@dataclasses.dataclass(frozen=True, slots=True)
+class LifecycleRules:
+    """A brand's lifecycle thresholds (DOMAIN.md). The five stage shapes are fixed; only these
+    numbers are the brand's (store.audiences.lifecycle keeps their versions). The year in which
+    orders are counted is `orders_365d`'s: 365 days."""
 
-# The lifecycle stages (DOMAIN.md), a partition of the live members, as terms of the language:
-# introduction  registered, never purchased (no last purchase)
-# churned       purchased, but not in the last 365 days
-# growth        purchased in the last 365 days, fewer than 4 orders in them
-# mature        4+ orders in the last 365 days and a purchase in the last 120
-# at_risk       4+ orders in the last 365 days but none in the last 120
-LIFECYCLE: Mapping[str, Bound] = MappingProxyType(
-    {
-        "introduction": BoundNot(_purchased),
-        "growth": BoundAnd((_active, BoundNot(_frequent))),
-        "mature": BoundAnd((_active, _frequent, _recent)),
-        "at_risk": BoundAnd((_active, _frequent, BoundNot(_recent))),
-        "churned": BoundAnd((_purchased, BoundNot(_active))),
+    mature_orders: int = 4
+    """Orders in the past 365 days from which a member is mature (or, without a recent one, at risk)."""
+    at_risk_days: int = 120
+    """A frequent buyer with no purchase in this many days is at risk (预流失)."""
+    churned_days: int = 365
+    """A buyer with no purchase in this many days has churned."""
+
+
+DEFAULT_RULES = LifecycleRules()
+
+
+@functools.cache
+def lifecycle_terms(rules: LifecycleRules) -> Mapping[str, Bound]:
+    """The stages as terms of the language: a partition of the live members by construction (a
+    decision tree: purchased? within churned_days? frequent? recent?), whatever the numbers; a
+    purchase within a window implies one at all (a missing date is in no window).
+
+    introduction  registered, never purchased (no last purchase)
+    churned       purchased, but not in the last `churned_days`
+    growth        purchased in the last `churned_days`, fewer than `mature_orders` orders in the last 365 days
+    mature        ... `mature_orders`+ orders in the last 365 days and a purchase in the last `at_risk_days`
+    at_risk       ... `mature_orders`+ orders in the last 365 days but none in the last `at_risk_days`
+    """
+    purchased = FieldCompare("last_purchase", FieldType.DATE, Op.GTE, date(1, 1, 1))
+    active = FieldWithin("last_purchase", rules.churned_days, Unit.DAY)
+    recent = FieldWithin("last_purchase", rules.at_risk_days, Unit.DAY)
+    frequent = FieldCompare("orders_365d", FieldType.INTEGER, Op.GTE, rules.mature_orders)
+    terms: dict[str, Bound] = {
+        "introduction": BoundNot(purchased),
+        "growth": BoundAnd((active, BoundNot(frequent))),
+        "mature": BoundAnd((active, frequent, recent)),
+        "at_risk": BoundAnd((active, frequent, BoundNot(recent))),
+        "churned": BoundAnd((purchased, BoundNot(active))),
     }
-)
+    return MappingProxyType({stage: terms[stage] for stage in STAGES})
 
 
-def expand_derived(node: Bound) -> Bound:
-    """`node` with every lifecycle term replaced by its definition (compilers never see lifecycle)."""
-    match node:
-        case BoundAnd(operands):
-            return BoundAnd(tuple(map(expand_derived, operands)))
-        case BoundOr(operands):
-            return BoundOr(tuple(map(expand_derived, operands)))
-        case BoundNot(operand):
-            return BoundNot(expand_derived(operand))
-        case Membership("lifecycle", values):
-            stages = tuple(LIFECYCLE[value] for value in values)
-            return stages[0] if len(stages) == 1 else BoundOr(stages)
-    return node
+# The default stages (what every brand has until it sets its own rules).
+LIFECYCLE: Mapping[str, Bound] = lifecycle_terms(DEFAULT_RULES)
 
 
-def lifecycle_of(facts: Mapping[str, Any], today: date) -> str:
+def expand_derived(node: Bound, rules: LifecycleRules = DEFAULT_RULES) -> Bound:
+    """`node` with every lifecycle term replaced by its definition under the brand's `rules`
+    (compilers never see lifecycle)."""
+    stages = lifecycle_terms(rules)
+
+    def expand(node: Bound) -> Bound:
+        match node:
+            case BoundAnd(operands):
+                return BoundAnd(tuple(map(expand, operands)))
+            case BoundOr(operands):
+                return BoundOr(tuple(map(expand, operands)))
+            case BoundNot(operand):
+                return BoundNot(expand(operand))
+            case Membership("lifecycle", values):
+                chosen = tuple(stages[value] for value in values)
+                return chosen[0] if len(chosen) == 1 else BoundOr(chosen)
+        return node
+
+    return expand(node)
+
+
+def lifecycle_of(facts: Mapping[str, Any], today: date, rules: LifecycleRules = DEFAULT_RULES) -> str:
     """The stage of a member whose other facts are known (for the reference evaluator)."""
-    return next(stage for stage, rule in LIFECYCLE.items() if evaluate(rule, facts, today))
+    return next(stage for stage, rule in lifecycle_terms(rules).items() if evaluate(rule, facts, today))
 
 
 def local_date(moment: sa.ColumnElement[Any], timezone: sa.ColumnElement[str]) -> sa.ColumnElement[date]:
@@ -214,7 +246,12 @@ _member = Query(
 
 
 async def member_facts(
-    conn: AsyncConnection[Any], brand_id: int, timezone: str, member_id: int, today: date
+    conn: AsyncConnection[Any],
+    brand_id: int,
+    timezone: str,
+    member_id: int,
+    today: date,
+    rules: LifecycleRules = DEFAULT_RULES,
 ) -> dict[str, Any] | None:
     """One member's facts as tagquery.evaluate reads them (None: no such member in the brand)."""
     row = await _member.one(conn, brand_id=brand_id, member_id=member_id, today=today, tz=timezone)
@@ -226,5 +263,5 @@ async def member_facts(
         "channel": frozenset(row.pop("channels")),
         "consent": frozenset(row.pop("consents")),
     }
-    facts["lifecycle"] = lifecycle_of(facts, today)
+    facts["lifecycle"] = lifecycle_of(facts, today, rules)
     return facts

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import numpy as np
-import numpy.typing as npt
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 
 from store.audiences.facts import DEFAULT_TIMEZONE
 from store.sql import Query
 from tagquery.bitmap_keys import UNIVERSE
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 class Maintenance(Query):
@@ -33,7 +35,7 @@ class Maintenance(Query):
         return {**self._constants, **params} if self._constants else params
 
 
-Ids = npt.NDArray[np.int64]
+Ids: TypeAlias = "npt.NDArray[np.int64]"
 NULL = -(2**62)  # a missing date in `values`
 VALUE_COLUMNS = ("id", "points", "growth", "order_count", "total_spend", "registered", "last_purchase", "birthday")
 
@@ -128,6 +130,8 @@ class IndexFacts:
 
 async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Sequence[int] | None) -> IndexFacts:
     """The facts of every live member of the brand, or of those among `ids`."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     sets_q, values_q, orders_q = _ALL if ids is None else _SOME
     params: dict[str, Any] = {"brand_id": brand_id} if ids is None else {"brand_id": brand_id, "ids": list(ids)}
     rows = await sets_q.all(conn, **params)
@@ -145,11 +149,15 @@ _OWNED = ("channel:", "tag:", "consent:")
 
 def among(ids: Ids, universe: Ids) -> npt.NDArray[np.bool_]:
     """Which of `ids` are in the sorted `universe` (live members, recomputed ones)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     at = np.minimum(np.searchsorted(universe, ids), max(universe.size - 1, 0))
     return universe[at] == ids if universe.size else np.zeros(ids.size, dtype=np.bool_)
 
 
 def _int8s(data: bytes | None) -> Ids:
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     if data is None:
         return np.empty(0, dtype=np.int64)
     return np.frombuffer(data, dtype=">i8").astype(np.int64)

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import numpy as np
-import numpy.typing as npt
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -41,9 +39,13 @@ from tagquery.bound import Bound, BoundAnd, BoundNot, FieldCompare, Membership
 from tagquery.catalog import FieldType
 from tagquery.compile_bitmap import BitmapCompiler, Bits, bitand, bitnot
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 MINOR_AGE = 14  # PIPL: personal information of a child under 14 needs a guardian's consent
 CONSENT = "consent"
-Ids = npt.NDArray[np.int64]
+Ids: TypeAlias = "npt.NDArray[np.int64]"
 
 MINOR_WITHOUT_GUARDIAN: Bound = BoundAnd(
     (
@@ -89,7 +91,7 @@ def _count(bits: Bits) -> sa.ColumnElement[int]:
 
 async def reach(conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, today: date, touch: str) -> Reach:
     """The audience's reach on `touch`, in one statement over the index."""
-    audience = expand_derived(node)
+    audience = expand_derived(node, brand.lifecycle)
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
         columns = {
@@ -130,6 +132,8 @@ async def unreachable(conn: AsyncConnection[Any], brand: BrandCatalog, today: da
 
 def split(ids: Ids, consenting: Ids, minors: Ids, touch: str) -> tuple[Ids, Reach]:
     """`ids` less those without consent and the minors without a guardian's consent, and the counts."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     has_consent = np.isin(ids, consenting, assume_unique=True)
     minor = has_consent & np.isin(ids, minors, assume_unique=True)
     kept = ids[has_consent & ~minor]

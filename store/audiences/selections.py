@@ -50,6 +50,9 @@ class InvalidExpressionError(DomainError):
         self.snippet = error.snippet or None
         self.suggestion = error.suggestion
         self.path = error.path
+        # An unknown name's valid names (None for other errors): docs/audiences.md#bad-expressions.
+        self.valid_values = list(error.valid_values) if error.valid_count is not None else None
+        self.valid_count = error.valid_count
 
     def details(self) -> dict[str, Any]:
         """What clients get besides code and message (GraphQL extensions, the export's 400 body)."""
@@ -61,6 +64,8 @@ class InvalidExpressionError(DomainError):
             "snippet": self.snippet,
             "suggestion": self.suggestion,
             "path": self.path,
+            "validValues": self.valid_values,
+            "validValueCount": self.valid_count,
         }
 
 
@@ -102,9 +107,7 @@ async def select(
 ) -> Selection:
     """Bind `node` to the brand's catalog. An unknown name is checked once more against a freshly
     loaded catalog: a tag defined (or a city indexed) after the cached copy was read must work."""
-    catalog = await cache.get(conn, brand["id"])
-    if catalog.index.state is not IndexState.READY:
-        catalog = await _when_built(conn, cache, brand)
+    catalog = await ready_catalog(conn, cache, brand)
     try:
         bound = _bind(node, catalog, source, field)
     except InvalidExpressionError as error:
@@ -114,6 +117,13 @@ async def select(
         catalog = await cache.get(conn, brand["id"])
         bound = _bind(node, catalog, source, field)
     return Selection(brand["code"], catalog, node, bound, today or catalog.today())
+
+
+async def ready_catalog(conn: AsyncConnection[Any], cache: CatalogCache, brand: dict[str, Any]) -> BrandCatalog:
+    """The brand's catalog once its index can answer (IndexNotReadyError after INDEX_WAIT): what
+    every read of the index starts from, with an expression (`select`) or without one."""
+    catalog = await cache.get(conn, brand["id"])
+    return catalog if catalog.index.state is IndexState.READY else await _when_built(conn, cache, brand)
 
 
 INDEX_WAIT = 3.0  # seconds an audience read waits for its brand's index to be built, then refuses
