@@ -150,15 +150,18 @@ def refresh(
     brand: Annotated[str | None, typer.Option(help="Brand code.", show_default="every brand")] = None,
 ) -> None:
     """Rebuild the audience bitmap index from the system of record (readers never see it half-built),
-    then bring the brands' lifecycle stages up to date (changes recorded as in the server)."""
+    then bring the brands' lifecycle stages up to date (changes recorded as in the server) and
+    recompute their RFM quintiles."""
     from store.audiences.bitmaps import refresh as run
     from store.audiences.lifecycle import refresh_stages
+    from store.audiences.rfm_store import refresh as refresh_rfm
     from store.errors import DomainError
 
     with database(Settings.from_env()) as url, index_progress() as progress:
         try:
             built = asyncio.run(run(url, brand, progress))
             stages = asyncio.run(refresh_stages(url, brand))
+            rfm = asyncio.run(refresh_rfm(url, brand))
         except DomainError as error:
             typer.echo(f"error: {error.message}", err=True)
             raise typer.Exit(1) from None
@@ -167,6 +170,8 @@ def refresh(
     for code, synced in stages:
         if synced is not None:
             typer.echo(f"{code}: lifecycle stages as of {synced.day}: {_stage_changes(synced)}")
+    for code, thresholds in rfm:
+        typer.echo(f"{code}: RFM quintiles over {thresholds.buyers} buyers as of {thresholds.day}")
 
 
 def _stage_changes(synced: Any) -> str:

@@ -137,7 +137,7 @@ class Explanation:
 async def explain(info: Info, chosen: Selection) -> Explanation:
     """The canonical text, the plan and the keys it reads, and the funnel of the top-level AND."""
     compiler = BitmapCompiler(chosen.brand.encoding, chosen.today)
-    compiler.bitmap(expand_derived(chosen.bound, chosen.brand.lifecycle))
+    compiler.bitmap(expand_derived(chosen.bound, chosen.brand.lifecycle, chosen.brand.rfm))
     async with info.context.pool.connection() as conn:
         funnel = await engine.funnel(conn, chosen.brand, chosen.bound, chosen.today)
     clauses = chosen.node.operands if isinstance(chosen.node, And) else (chosen.node,)

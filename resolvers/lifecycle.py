@@ -32,13 +32,11 @@ __all__ = ["DEFAULT_RULES", "ORDERS_WINDOW_DAYS", "LifecycleRules", "RulesVersio
 
 
 async def current_rules(info: Info, brand_id: int) -> RulesVersion:
-    async with info.context.pool.connection() as conn:
-        return await lifecycle_rules.current_rules(conn, brand_id)
+    return await info.context.loaders.lifecycle_rules_by_brand.load(brand_id)
 
 
 async def rules_versions(info: Info, brand_id: int) -> list[RulesVersion]:
-    async with info.context.pool.connection() as conn:
-        return await lifecycle_rules.rules_history(conn, brand_id)
+    return await info.context.loaders.lifecycle_rule_versions_by_brand.load(brand_id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -15,8 +15,10 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
-from store.audiences import stage_history
-from store.audiences.deltas import Freshness, freshness
+from store.audiences import lifecycle_rules, rfm_store, stage_history
+from store.audiences.deltas import Freshness, freshness_of_brands
+from store.audiences.lifecycle_rules import RulesVersion
+from store.audiences.rfm_store import StoredThresholds
 from store.brands import ScopedBrands
 from store.errors import DomainError
 from store.ledger import history
@@ -60,7 +62,32 @@ class Loaders:
     async def _audience_indexes(self, brand_ids: Sequence[int]) -> list[Freshness]:
         """On one connection: a list of every brand must not take a pooled connection per brand."""
         async with self._pool.connection() as conn:
-            return [await freshness(conn, brand_id) for brand_id in brand_ids]
+            found = await freshness_of_brands(conn, brand_ids)
+        return [found[brand_id] for brand_id in brand_ids]
+
+    @cached_property
+    def lifecycle_rules_by_brand(self) -> DataLoader[int, RulesVersion]:
+        return DataLoader(self._one_by_one(lifecycle_rules.current_rules))
+
+    @cached_property
+    def lifecycle_rule_versions_by_brand(self) -> DataLoader[int, list[RulesVersion]]:
+        return DataLoader(self._one_by_one(lifecycle_rules.rules_history))
+
+    @cached_property
+    def rfm_by_brand(self) -> DataLoader[int, StoredThresholds]:
+        return DataLoader(self._one_by_one(rfm_store.current))
+
+    def _one_by_one(
+        self, load: Callable[[AsyncConnection[Any], int], Awaitable[Any]]
+    ) -> Callable[[Sequence[int]], Awaitable[list[Any]]]:
+        """Per brand, one after another on one connection: a list of every brand must not take a
+        pooled connection per brand (the pool runs dry, the request past its deadline)."""
+
+        async def batch(brand_ids: Sequence[int]) -> list[Any]:
+            async with self._pool.connection() as conn:
+                return [await load(conn, brand_id) for brand_id in brand_ids]
+
+        return batch
 
     @cached_property
     def identities_by_member(self) -> DataLoader[int, list[Row]]:

@@ -111,6 +111,7 @@ class AudienceDimension(Enum):
     LIFECYCLE = "lifecycle"
     STATUS = "status"
     GENDER = "gender"
+    RFM = strawberry.enum_value("rfm", description="The RFM cell (Brand.rfm); members who never bought are in none.")
 
 
 @strawberry.enum(description="How an audience was computed.")

@@ -11,6 +11,7 @@ from resolvers.context import Info
 from resolvers.domain import Row
 from schema.freshness import IndexFreshness
 from schema.lifecycle import LifecycleRules, brand_rule_versions, brand_rules
+from schema.rfm import RfmThresholds, brand_rfm
 
 
 @strawberry.type(description="A company that owns several brands and may look across them.")
@@ -65,6 +66,12 @@ class Brand:
     @strawberry.field(description="The lifecycle rules in force: the thresholds of the five stages.")
     async def lifecycle_rules(self, info: Info) -> LifecycleRules:
         return await brand_rules(info, int(self.id))
+
+    @strawberry.field(
+        description="The RFM quintile bounds in force and the named cells (`rfm_r >= 4`, `rfm:champions`)."
+    )
+    async def rfm(self, info: Info) -> RfmThresholds:
+        return await brand_rfm(info, int(self.id))
 
     @strawberry.field(description="Every version of the brand's lifecycle rules, newest first; the defaults last.")
     async def lifecycle_rule_versions(self, info: Info) -> list[LifecycleRules]:

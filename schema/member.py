@@ -19,6 +19,7 @@ from schema.errors import or_graphql_error
 from schema.federation_spec import FieldSet, Key
 from schema.lifecycle import LifecycleStage, StageChange, current_stage, stage_history
 from schema.points import ExpiringLot, ExpiringPoints, OrderConnection, PointsEntryConnection, TierChange
+from schema.rfm import RfmScores, member_rfm
 from schema.tags import MemberTag, member_tags
 
 
@@ -201,6 +202,15 @@ class Member:
     )
     async def lifecycle_stage(self, info: Info) -> LifecycleStage | None:
         return await current_stage(info, int(self.id))
+
+    @strawberry.field(
+        description="The member's RFM scores and cell under the brand's thresholds in force (Brand.rfm), on the "
+        "brand's day; null for a member who never bought or was merged away."
+    )
+    async def rfm(self, info: Info) -> RfmScores | None:
+        if self.merged_into_id is not None:
+            return None
+        return await member_rfm(info, self.brand_id, self.last_purchase_at, self.order_count, self.total_spend)
 
     @strawberry.field(description="Every change of the member's lifecycle stage, oldest first, with its cause.")
     async def stage_history(self, info: Info) -> list[StageChange]:

@@ -131,6 +131,10 @@ RULES: dict[str, Capability | None] = {
     "LifecycleRules": None,
     "LifecycleRulesSet": None,
     "LifecycleFreshness": None,
+    # RFM thresholds are open as the lifecycle rules are (what `rfm:<cell>` means, no member data).
+    "RfmThresholds": None,
+    "RfmCell": None,
+    "RfmScores": C.READ_MEMBERS,
     "ChannelOverlap": C.AUDIENCES,
     "ChannelShare": C.AUDIENCES,
     "ChannelPair": C.AUDIENCES,

@@ -520,6 +520,24 @@ member_stage_changes = sa.Table(
     sa.Index("ix_member_stage_changes_brand_id_changed_at", "brand_id", "changed_at"),
 )
 
+# RFM (issue 15; store.audiences.rfm): a brand's quintile bounds over its live buyers, recomputed by
+# the server's daily pass and `omnimember refresh`; one row per brand, replaced each time.
+rfm_thresholds = sa.Table(
+    "rfm_thresholds",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), primary_key=True),
+    sa.Column("day", sa.Date, nullable=False),  # the brand day recency was measured on
+    sa.Column("buyers", sa.Integer, nullable=False),
+    sa.Column("recency_days", sa.ARRAY(sa.Integer), nullable=False),
+    sa.Column("frequency", sa.ARRAY(sa.Integer), nullable=False),
+    sa.Column("monetary", sa.ARRAY(sa.Numeric(14, 2)), nullable=False),  # yuan, as total_spend
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.CheckConstraint(
+        "cardinality(recency_days) = 4 AND cardinality(frequency) = 4 AND cardinality(monetary) = 4",
+        name="four_bounds",
+    ),
+)
+
 # API keys (store.access.keys): only a hash of the secret is kept; the token is shown once. A key's
 # scope is its brands and its groups' brands, or everything when `all_brands`.
 api_keys = sa.Table(

@@ -36,6 +36,11 @@ MEMBER_FIELDS: Mapping[str, FieldType] = MappingProxyType(
     }
 )
 
+# RFM scores 1-5 (None for a member who never bought), in a catalog built with `rfm_cells`.
+RFM_FIELDS: Mapping[str, FieldType] = MappingProxyType(
+    {"rfm_r": FieldType.INTEGER, "rfm_f": FieldType.INTEGER, "rfm_m": FieldType.INTEGER}
+)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DimensionSpec:
@@ -85,10 +90,12 @@ def member_catalog(
     genders: Iterable[str],
     lifecycles: Iterable[str],
     consents: Iterable[str] = (),
+    rfm_cells: Iterable[str] = (),
 ) -> Catalog:
     """The member catalog of design §3: six dimensions (channel set-valued) and MEMBER_FIELDS, and
     `consent` (set-valued: the channels a member has a granted marketing consent for) when
-    `consents` names any. A new dimension takes no name a valid expression used, so saved
+    `consents` names any, and the `rfm` dimension with the RFM_FIELDS when `rfm_cells` names any.
+    A new dimension takes no name a valid expression used, so saved
     expressions keep their meaning (GRAMMAR_VERSION is about the syntax, which is unchanged)."""
     dimensions = {
         "tier": DimensionSpec(frozenset(tiers)),
@@ -101,4 +108,9 @@ def member_catalog(
     consent_values = frozenset(consents)
     if consent_values:
         dimensions["consent"] = DimensionSpec(consent_values, multi=True)
-    return Catalog(tags=MappingProxyType(dict(tags)), dimensions=MappingProxyType(dimensions))
+    cells = frozenset(rfm_cells)
+    fields = MEMBER_FIELDS
+    if cells:
+        dimensions["rfm"] = DimensionSpec(cells)
+        fields = MappingProxyType({**MEMBER_FIELDS, **RFM_FIELDS})
+    return Catalog(tags=MappingProxyType(dict(tags)), dimensions=MappingProxyType(dimensions), fields=fields)

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from store.audiences import engine
+from store.audiences import engine, rfm, rfm_store
 from store.audiences.bitmaps import rebuild
 from store.audiences.catalogs import BrandCatalog, load_catalog
 from store.audiences.deltas import Freshness, apply_brand, freshness
@@ -312,8 +312,12 @@ def _lifecycle(member: dict[str, Any]) -> str:
 
 async def _indexed(pool: AsyncConnectionPool[Any], brand_id: int) -> Indexed:
     async with pool.connection() as conn:
+        await rfm_store.recompute(conn, brand_id, TODAY)  # as `omnimember refresh` does, on the tests' day
         brand = await load_catalog(conn, brand_id)
-    return Indexed(brand=brand, facts=await load_facts(pool, brand_id))
+    facts = await load_facts(pool, brand_id)
+    for member in facts.values():
+        member.update(rfm.scores(member, TODAY, brand.rfm))
+    return Indexed(brand=brand, facts=facts)
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +395,7 @@ async def _three_ways(pool: AsyncConnectionPool[Any], indexed: Indexed, tree: No
 
 async def row_compiled(conn: AsyncConnection[Any], brand: BrandCatalog, bound: Bound) -> list[int]:
     m = members.alias("m")
-    where = compile_rows(expand_derived(bound), MemberRowFacts(m), TODAY)
+    where = compile_rows(expand_derived(bound, brand.lifecycle, brand.rfm), MemberRowFacts(m), TODAY)
     query = Query(sa.select(m.c.id).where(live_members(m), where))
     return [row["id"] for row in await query.all(conn, brand_id=brand.brand_id, today=TODAY, tz=brand.timezone)]
 
@@ -482,6 +486,41 @@ async def test_thresholds_at_bands_and_digit_edges_on_a_build_and_after_deltas(
     """Thresholds at the band boundaries read band keys, elsewhere digits (tests/test_compile_bitmap_keys.py)."""
     await _three_ways(pool, built, parse(text))
     await _three_ways(pool, changed, parse(text))
+
+
+# RFM (store.audiences.rfm): every score and comparison, and every cell, over the quintiles of each
+# brand's own buyers (the changed brand's recomputed after its new orders and merges).
+_RFM_TERMS = [
+    *(f"rfm_{x} {op} {k}" for x in "rfm" for op in ("=", "!=", "<", ">=") for k in (0, 1, 2, 3, 4, 5, 6)),
+    *(f"rfm_{x} {op} {k}" for x in "rfm" for op in ("<=", ">") for k in (1, 3, 5)),
+    "rfm_r IN (1, 3, 5)",
+    "rfm_m BETWEEN 2 AND 4",
+    "NOT rfm_f >= 3",
+    *(f"rfm:{cell}" for cell in rfm.CELLS),
+    "rfm IN (champions, lost) OR rfm_r = 3",
+    "NOT rfm:champions AND lifecycle:mature",
+]
+
+
+@pytest.mark.parametrize("text", _RFM_TERMS)
+async def test_rfm_terms_on_a_build_and_after_deltas(
+    pool: AsyncConnectionPool[Any], built: Indexed, changed: Indexed, text: str
+) -> None:
+    await _three_ways(pool, built, parse(text))
+    await _three_ways(pool, changed, parse(text))
+
+
+async def test_every_live_buyer_is_in_exactly_one_rfm_cell(built: Indexed, changed: Indexed) -> None:
+    for indexed in (built, changed):
+        live = [facts for facts in indexed.facts.values() if facts["live"]]
+        buyers = [facts for facts in live if facts["last_purchase"] is not None]
+        assert buyers
+        assert len(buyers) < len(live)
+        assert all(facts["rfm"] is None for facts in live if facts["last_purchase"] is None)
+        cells = {cell: _expected(indexed, bind(parse(f"rfm:{cell}"), indexed.brand.catalog)) for cell in rfm.CELLS}
+        for facts in buyers:
+            assert [cell for cell, ids in cells.items() if facts["id"] in ids] == [facts["rfm"]]
+        assert len({facts["rfm"] for facts in buyers}) >= 6  # the data spreads over the grid
 
 
 async def test_a_count_in_two_halves_adds_up(

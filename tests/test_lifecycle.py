@@ -226,7 +226,10 @@ async def test_incremental_stages_equal_a_full_recompute_and_the_reference(
         await shop.register()
     await catch_up(pool, brand_id)  # the stages' first computation: nothing recorded
     async with pool.connection() as conn:
+        # The app's own applier may have computed the stages first, with fewer members, and recorded
+        # the rest as they came: the chains below start from this snapshot and the changes after it.
         initial = await kept(conn, brand_id)
+        recorded_before = len(await history(conn, brand_id))
     for step in steps:
         match step:
             case ("register",):
@@ -275,7 +278,7 @@ async def test_incremental_stages_equal_a_full_recompute_and_the_reference(
         rows = await history(conn, brand_id)
     # Every member's recorded changes chain from where it started to where it is.
     where: dict[int, str | None] = dict(initial)
-    for member_id, from_stage, to_stage, _, _, _ in rows:
+    for member_id, from_stage, to_stage, _, _, _ in rows[recorded_before:]:
         assert where.get(member_id) == from_stage, (member_id, from_stage, to_stage)
         where[member_id] = to_stage
     assert {m: s for m, s in where.items() if s is not None} == stages
@@ -528,11 +531,19 @@ async def test_transitions_count_and_page_the_members_who_made_them(
     rest = await ask(**{"from": "MATURE", "to": "AT_RISK", "after": slid["members"]["pageInfo"]["endCursor"]})
     assert [n["id"] for n in rest["members"]["nodes"]] == members[2:3]
     every = await ask()
-    assert (every["count"], every["changes"]) == (3, 6)
-    assert {(p["fromStage"], p["toStage"]) for p in every["pairs"]} == {
+    # Into mature straight from introduction, or through growth when the app's own applier saw a
+    # member between two of its orders: each of the three is counted once, each change once.
+    pairs = {(p["fromStage"], p["toStage"]): p["changes"] for p in every["pairs"]}
+    assert set(pairs) <= {
         ("INTRODUCTION", "MATURE"),
+        ("INTRODUCTION", "GROWTH"),
+        ("GROWTH", "MATURE"),
         ("MATURE", "AT_RISK"),
     }
+    assert pairs[("MATURE", "AT_RISK")] == 3
+    assert pairs.get(("INTRODUCTION", "MATURE"), 0) + pairs.get(("GROWTH", "MATURE"), 0) == 3
+    assert pairs.get(("INTRODUCTION", "GROWTH"), 0) == pairs.get(("GROWTH", "MATURE"), 0)
+    assert (every["count"], every["changes"]) == (3, sum(pairs.values()))
     assert (await ask(until=(started + timedelta(milliseconds=1)).isoformat()))["count"] == 0
     # As an audience: within those who made the change, only members an expression selects.
     other_tier = await ask(to="AT_RISK", where="tier:gold")

@@ -1,7 +1,7 @@
 """A brand's tag-language catalog and index encoding, read from the database and cached.
 
 Names and values come from the system of record (tag definitions, tiers, the channel list, the
-brand's lifecycle rules) and, for cities, from the index keys (a DISTINCT over tens of millions of
+brand's lifecycle rules and RFM thresholds) and, for cities, from the index keys (a DISTINCT over tens of millions of
 members would cost a scan; the index lists a brand's cities in one short range). A cached entry
 lives `ttl` seconds: a tag defined (or lifecycle rules set) a moment ago is seen within that time
 (or at once after `invalidate`).
@@ -22,6 +22,8 @@ from store.audiences.bitmaps import stored_widths
 from store.audiences.deltas import IndexState, Readiness, readiness
 from store.audiences.facts import DEFAULT_RULES, STAGES, LifecycleRules, brand_timezone
 from store.audiences.lifecycle_rules import current_rules
+from store.audiences.rfm import CELLS, NO_THRESHOLDS, RfmThresholds
+from store.audiences.rfm_store import current as current_rfm
 from store.sql import Query
 from store.tables import CHANNELS, CONSENT_CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
 from tagquery import Catalog, member_catalog
@@ -74,6 +76,8 @@ class BrandCatalog:
     lifecycle: LifecycleRules = DEFAULT_RULES
     """The brand's current lifecycle rules: what `lifecycle:<stage>` means (facts.expand_derived)."""
     lifecycle_version: int = 0
+    rfm: RfmThresholds = NO_THRESHOLDS
+    """The brand's RFM quintile bounds: what `rfm_r >= 4` and `rfm:champions` mean (store.audiences.rfm)."""
 
     def today(self, now: datetime | None = None) -> date:
         """The brand's calendar day (its time zone) at `now` (default: now)."""
@@ -92,6 +96,7 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
         genders=GENDERS,
         lifecycles=STAGES,
         consents=CONSENT_CHANNELS,
+        rfm_cells=CELLS,
     )
     timezone: str = await _timezone.scalar(conn, brand_id=brand_id)
     encoding = Encoding(dict(await stored_widths(conn, brand_id)))
@@ -99,7 +104,8 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
     chunks = (0, 0) if span is None or span["first"] is None else (span["first"], span["last"])
     index = await readiness(conn, brand_id)
     rules = await current_rules(conn, brand_id)
-    return BrandCatalog(brand_id, timezone, catalog, encoding, chunks, index, rules.rules, rules.version)
+    thresholds = (await current_rfm(conn, brand_id)).thresholds
+    return BrandCatalog(brand_id, timezone, catalog, encoding, chunks, index, rules.rules, rules.version, thresholds)
 
 
 class CatalogCache:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -75,16 +75,21 @@ WHERE {_OUTDATED} OR EXISTS (SELECT 1 FROM member_tags t
               WHERE t.brand_id = s.brand_id AND t.expires_at > s.applied_at AND t.expires_at <= now())
 """)  # noqa: S608 (constant text)
 )
-# Behind by the oldest queued change or the earliest expiry not swept yet; else current.
+# Behind by the oldest queued change or the earliest expiry not swept yet; else current. With what
+# `readiness` reads, for many brands in one statement.
 _freshness = Query(
-    sa.text("""
-SELECT now() AS now, s.built_at AS built, s.applied_at AS applied,
-       (SELECT min(queued_at) FROM audience_changes WHERE brand_id = :brand_id) AS oldest,
-       (SELECT count(*) FROM audience_changes WHERE brand_id = :brand_id) AS pending,
-       (SELECT min(t.expires_at) FROM member_tags t
-        WHERE t.brand_id = :brand_id AND t.expires_at > s.applied_at AND t.expires_at <= now()) AS expired
-FROM (SELECT 1) AS one LEFT JOIN audience_index_state s ON s.brand_id = :brand_id
-""")
+    sa.text(f"""
+SELECT b.id AS brand_id, now() AS now, s.built_at, s.applied_at AS applied,
+       s.built_at IS NOT NULL AND NOT {_OUTDATED} AS built,
+       q.oldest, coalesce(q.pending, 0) AS pending, coalesce(q.rebuild_due, false) AS rebuild_due, e.expired,
+       EXISTS (SELECT 1 FROM members m WHERE m.brand_id = b.id) AS has_members
+FROM unnest(CAST(:brand_ids AS bigint[])) AS b(id)
+LEFT JOIN audience_index_state s ON s.brand_id = b.id
+LEFT JOIN LATERAL (SELECT min(c.queued_at) AS oldest, count(*) AS pending, bool_or(c.member_id = 0) AS rebuild_due
+                   FROM audience_changes c WHERE c.brand_id = b.id) q ON true
+LEFT JOIN LATERAL (SELECT min(t.expires_at) AS expired FROM member_tags t
+                   WHERE t.brand_id = b.id AND t.expires_at > s.applied_at AND t.expires_at <= now()) e ON true
+""")  # noqa: S608 (constant text)
 )
 _TEMP = [
     'CREATE TEMP TABLE IF NOT EXISTS audience_delta (key text COLLATE "C", chunk int, bits varbit, '
@@ -195,6 +200,10 @@ async def readiness(conn: AsyncConnection[Any], brand_id: int) -> Readiness:
     (and nothing queued that would build it) gets a build queued here: the applier runs it."""
     row = await _readiness.one(conn, brand_id=brand_id, over=REBUILD_OVER + 1)
     assert row is not None
+    return await _ready(conn, brand_id, row)
+
+
+async def _ready(conn: AsyncConnection[Any], brand_id: int, row: Mapping[str, Any]) -> Readiness:
     pending = int(row["pending"])
     if row["rebuild_due"] or pending > REBUILD_OVER:
         return Readiness(IndexState.BUILDING, pending)
@@ -350,14 +359,21 @@ async def lags(conn: AsyncConnection[Any]) -> list[Lag]:
 
 
 async def freshness(conn: AsyncConnection[Any], brand_id: int) -> Freshness:
-    row = await _freshness.one(conn, brand_id=brand_id)
-    assert row is not None
-    behind = [moment for moment in (row["oldest"], row["expired"]) if moment is not None]
-    as_of = None if row["applied"] is None else min(behind, default=row["now"])
-    return Freshness(
-        as_of=as_of,
-        lag=None if as_of is None else max(row["now"] - as_of, timedelta(0)),
-        pending=row["pending"],
-        built_at=row["built"],
-        state=(await readiness(conn, brand_id)).state,
-    )
+    return (await freshness_of_brands(conn, [brand_id]))[brand_id]
+
+
+async def freshness_of_brands(conn: AsyncConnection[Any], brand_ids: Sequence[int]) -> dict[int, Freshness]:
+    """Each brand's freshness and readiness in one statement, whatever the number of brands (a list of
+    every brand took two statements a brand, and went past its deadline with thousands of them)."""
+    found = {}
+    for row in await _freshness.all(conn, brand_ids=list(brand_ids)):
+        behind = [moment for moment in (row["oldest"], row["expired"]) if moment is not None]
+        as_of = None if row["applied"] is None else min(behind, default=row["now"])
+        found[row["brand_id"]] = Freshness(
+            as_of=as_of,
+            lag=None if as_of is None else max(row["now"] - as_of, timedelta(0)),
+            pending=int(row["pending"]),
+            built_at=row["built_at"],
+            state=(await _ready(conn, row["brand_id"], row)).state,
+        )
+    return found

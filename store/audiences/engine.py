@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from store.audiences import rfm
 from store.audiences.bitmaps import stored_widths
 from store.audiences.catalogs import BrandCatalog
 from store.audiences.deltas import Freshness
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 # From this many chunks (2^21 members' worth of ids) a COUNT with a pool runs in two halves at once;
 # below it the second statement's fixed cost (a connection, planning) is more than half the work.
 SPLIT_CHUNKS = 32
-BREAKDOWNS = ("tier", "channel", "city", "lifecycle", "status", "gender")
+BREAKDOWNS = ("tier", "channel", "city", "lifecycle", "status", "gender", "rfm")
 _RECORD = 4 + 4 + CHUNK_SIZE // 8  # chunk (int4), bit count (int4), bits
 _WIDTHS = (
     sa.select(audience_index_state.c.widths)
@@ -95,10 +96,10 @@ async def run_pivot(
     """Run a one-row statement; compile again if the index's widths moved since `brand` was loaded.
 
     `key` identifies `statement` (it must differ whenever the statement would, the brand's lifecycle
-    rules aside: they are part of the cache's key here)."""
+    rules and RFM thresholds aside: they are part of the cache's key here)."""
     encoding = brand.encoding
     for _ in range(3):
-        query = _compiled.get((key, brand.lifecycle), today, encoding, statement)
+        query = _compiled.get((key, brand.lifecycle, brand.rfm), today, encoding, statement)
         row = await query.one(conn, brand_id=brand.brand_id, **params)
         assert row is not None
         if (row["widths"] or {}) == encoding.widths:
@@ -108,7 +109,7 @@ async def run_pivot(
 
 
 def _audience(node: Bound, brand: BrandCatalog) -> Callable[[BitmapCompiler], Bits]:
-    expanded = expand_derived(node, brand.lifecycle)
+    expanded = expand_derived(node, brand.lifecycle, brand.rfm)
     return lambda compiler: compiler.bitmap(expanded)
 
 
@@ -203,6 +204,8 @@ async def breakdown(
     def value_bits(compiler: BitmapCompiler, value: str) -> Bits:
         if by == "lifecycle":
             return compiler.bitmap(lifecycle_terms(brand.lifecycle)[value])
+        if by == rfm.DIMENSION:  # buyers only: a member who never bought is in no cell
+            return compiler.bitmap(rfm.cell_terms(brand.rfm)[value])
         return compiler.pivot(value_key(by, value))
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
@@ -267,7 +270,7 @@ async def why_member(
     conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, today: date, member_id: int
 ) -> WhyMember:
     """Each node's truth value for one member, from its facts in the system of record."""
-    facts = await member_facts(conn, brand.brand_id, brand.timezone, member_id, today, brand.lifecycle)
+    facts = await member_facts(conn, brand.brand_id, brand.timezone, member_id, today, brand.lifecycle, brand.rfm)
     if facts is None:
         raise DomainError(ErrorCode.UNKNOWN_MEMBER, f"no member {member_id} in this brand", field="id")
     tree = _why(node, facts, today)

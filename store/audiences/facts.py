@@ -15,10 +15,11 @@ brand's time zone (`brand_rules.timezone`).
     days_since_last_purchase      today - last_purchase
     orders_365d       orders (refunded or not, as order_count) paid on or after today - 365
     lifecycle         derived from the above by the brand's LifecycleRules: exactly one stage per member
+    rfm_r, rfm_f, rfm_m, rfm      RFM scores 1-5 and cell, derived by the brand's RfmThresholds (store.audiences.rfm)
 
 The row compiler reads these through MemberRowFacts, the bitmap index is built from
 `load_index_facts`, `member_facts` feeds the reference evaluator, and lifecycle is expanded into
-the same bound terms for all three (`expand_derived`, with the brand's rules).
+the same bound terms for all three (`expand_derived`, with the brand's rules), as RFM is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from store.audiences import rfm
 from store.sql import Query
 from store.tables import (
     brand_rules,
@@ -45,7 +47,17 @@ from store.tables import (
     tag_definitions,
 )
 from tagquery.ast import TAG, Op, Unit
-from tagquery.bound import Bound, BoundAnd, BoundNot, BoundOr, FieldCompare, FieldWithin, Membership
+from tagquery.bound import (
+    Bound,
+    BoundAnd,
+    BoundNot,
+    BoundOr,
+    FieldBetween,
+    FieldCompare,
+    FieldIn,
+    FieldWithin,
+    Membership,
+)
 from tagquery.catalog import FieldType
 from tagquery.compile_bitmap import ORDERS_WINDOW_DAYS
 from tagquery.evaluate import evaluate
@@ -101,9 +113,11 @@ def lifecycle_terms(rules: LifecycleRules) -> Mapping[str, Bound]:
 LIFECYCLE: Mapping[str, Bound] = lifecycle_terms(DEFAULT_RULES)
 
 
-def expand_derived(node: Bound, rules: LifecycleRules = DEFAULT_RULES) -> Bound:
-    """`node` with every lifecycle term replaced by its definition under the brand's `rules`
-    (compilers never see lifecycle)."""
+def expand_derived(
+    node: Bound, rules: LifecycleRules = DEFAULT_RULES, thresholds: rfm.RfmThresholds = rfm.NO_THRESHOLDS
+) -> Bound:
+    """`node` with every lifecycle and RFM term replaced by its definition under the brand's `rules`
+    and RFM `thresholds` (compilers never see lifecycle or RFM)."""
     stages = lifecycle_terms(rules)
 
     def expand(node: Bound) -> Bound:
@@ -117,6 +131,11 @@ def expand_derived(node: Bound, rules: LifecycleRules = DEFAULT_RULES) -> Bound:
             case Membership("lifecycle", values):
                 chosen = tuple(stages[value] for value in values)
                 return chosen[0] if len(chosen) == 1 else BoundOr(chosen)
+            case Membership(rfm.DIMENSION, values):
+                cells = tuple(rfm.cell_terms(thresholds)[value] for value in values)
+                return cells[0] if len(cells) == 1 else BoundOr(cells)
+            case FieldCompare() | FieldIn() | FieldBetween() if node.field in rfm.FIELDS:
+                return rfm.field_term(thresholds, node)
         return node
 
     return expand(node)
@@ -252,6 +271,7 @@ async def member_facts(
     member_id: int,
     today: date,
     rules: LifecycleRules = DEFAULT_RULES,
+    thresholds: rfm.RfmThresholds = rfm.NO_THRESHOLDS,
 ) -> dict[str, Any] | None:
     """One member's facts as tagquery.evaluate reads them (None: no such member in the brand)."""
     row = await _member.one(conn, brand_id=brand_id, member_id=member_id, today=today, tz=timezone)
@@ -264,4 +284,5 @@ async def member_facts(
         "consent": frozenset(row.pop("consents")),
     }
     facts["lifecycle"] = lifecycle_of(facts, today, rules)
+    facts.update(rfm.scores(facts, today, thresholds))
     return facts

@@ -43,6 +43,7 @@ from psycopg.errors import LockNotAvailable
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import insert
 
+from store.audiences import rfm_store
 from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows, lock_brand
 from store.audiences.facts import DEFAULT_TIMEZONE, STAGES, LifecycleRules, lifecycle_terms
 from store.audiences.index_facts import Ids, Maintenance
@@ -465,6 +466,8 @@ async def run_lifecycle(pool: AsyncConnectionPool[Any], interval: float = INTERV
             for report in await sync_due(pool):
                 if report.changes or report.initialized:
                     log.info("lifecycle stages: %s", report)
+            for brand_id in await rfm_store.recompute_due(pool):  # once a brand day
+                log.info("rfm thresholds recomputed for brand %s", brand_id)
             delay = interval
         except Exception:
             if delay == interval:

@@ -182,7 +182,7 @@ async def channel_sums(
 ) -> Row:
     """One statement's sums (`total`, `any`, `multi`, `n<i>`, `s<i>`, `p<i>_<j>`) over the chunks
     from `from_chunk` and below `to_chunk` (default: all of them)."""
-    statement = _channel_statement(None if node is None else expand_derived(node, brand.lifecycle), channels)
+    statement = _channel_statement(None if node is None else expand_derived(node, brand.lifecycle, brand.rfm), channels)
     return await run_pivot(conn, brand, today, ("channel_overlap", node, tuple(channels)), statement, **chunks)
 
 

@@ -91,7 +91,7 @@ def _count(bits: Bits) -> sa.ColumnElement[int]:
 
 async def reach(conn: AsyncConnection[Any], brand: BrandCatalog, node: Bound, today: date, touch: str) -> Reach:
     """The audience's reach on `touch`, in one statement over the index."""
-    audience = expand_derived(node, brand.lifecycle)
+    audience = expand_derived(node, brand.lifecycle, brand.rfm)
 
     def statement(compiler: BitmapCompiler) -> sa.Select[Any]:
         columns = {
