@@ -407,6 +407,9 @@ audience_changes = sa.Table(
     # The key families the change can touch (tagquery.bitmap_keys.FAMILIES); by default all.
     sa.Column("families", sa.Integer, nullable=False, server_default="32767"),
     sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    # Every reader asks by brand (the applier's drain, readiness, freshness, /readyz's rebuild requests):
+    # without it each asked by scanning the whole queue, once per brand (migration 0013).
+    sa.Index("ix_audience_changes_brand_id_member_id", "brand_id", "member_id"),
 )
 
 audience_index_state = sa.Table(
