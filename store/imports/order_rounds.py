@@ -25,7 +25,15 @@ from sqlalchemy.dialects.postgresql import BYTEA
 
 from store.imports.rows import staging_table
 from store.ledger import journal, tiers
-from store.ledger.orders import CURRENT_TIER, EARNING_FROM, bought, earning_columns, parts, unchanged_buyer
+from store.ledger.orders import (
+    CURRENT_TIER,
+    EARNING_FROM,
+    ORDER_WRITTEN,
+    bought,
+    earning_columns,
+    parts,
+    unchanged_buyer,
+)
 from store.sql import Query
 from store.tables import (
     audience_changes,
@@ -190,19 +198,7 @@ _post = Query(
 )
 _order = Query(
     sa.insert(orders).from_select(
-        [
-            "id",
-            "brand_id",
-            "member_id",
-            "channel",
-            "external_order_id",
-            "amount",
-            "paid_at",
-            "store",
-            "posting_id",
-            "points_earned",
-            "growth_earned",
-        ],
+        ["id", *ORDER_WRITTEN],  # the columns recording an order writes (store.ledger.orders)
         sa.select(
             ITEMS.c.order_id,
             _BRAND,
