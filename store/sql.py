@@ -7,8 +7,11 @@ server after a few executions. User input only ever travels as a bound parameter
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection, AsyncRawCursor
@@ -25,12 +28,32 @@ DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 _NUMBERED = psycopg_dialect.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 
 
+@dataclass
+class StatementCount:
+    value: int = 0
+
+
+_COUNT: ContextVar[StatementCount | None] = ContextVar("statement_count", default=None)
+
+
+@contextmanager
+def counted_statements() -> Iterator[StatementCount]:
+    """Count the statements run inside the block by this task and the tasks and threads it starts
+    (tests use it to prove loaders batch: no N+1). A context variable rather than a process-wide
+    counter: the app's background loops (the index applier, the lifecycle pass) run statements of
+    their own at any moment, and must not land in a request's count."""
+    count = StatementCount()
+    token = _COUNT.set(count)
+    try:
+        yield count
+    finally:
+        _COUNT.reset(token)
+
+
 class Query:
     """A Core statement compiled once for the psycopg dialect."""
 
     __slots__ = ("_constants", "_names", "_numbered", "sql")
-    # Statements executed by this process: tests use it to prove loaders batch (no N+1).
-    executions: ClassVar[int] = 0
 
     def __init__(self, statement: ClauseElement) -> None:
         compiled = statement.compile(dialect=DIALECT)
@@ -50,7 +73,9 @@ class Query:
         return tuple(merged[name] for name in self._names)
 
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
-        Query.executions += 1
+        count = _COUNT.get()
+        if count is not None:
+            count.value += 1
         return {**self._constants, **params} if self._constants else params
 
     async def all(self, conn: AsyncConnection[Any], **params: Any) -> list[Row]:

@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import resolvers.audiences
 from schema.root import build_schema
-from store.sql import Query
+from store.sql import counted_statements
 from tests.audience_seed import (
     Seeded,
     catch_up,
@@ -383,10 +383,10 @@ async def test_tag_members_by_expression_errors(gql: GraphQL, seeded: Seeded, mo
 async def test_a_sample_page_costs_the_same_statements_whatever_its_size(gql: GraphQL, seeded: Seeded) -> None:
     async def statements(first: int) -> int:
         await gql(AUDIENCE, brand=seeded.code, expression="tag:vip", first=first)  # warm the catalog cache
-        before = Query.executions
-        found = await gql(AUDIENCE, brand=seeded.code, expression="tag:vip", first=first)
+        with counted_statements() as counted:
+            found = await gql(AUDIENCE, brand=seeded.code, expression="tag:vip", first=first)
         assert len(found["audience"]["sample"]["edges"]) == first
-        return Query.executions - before
+        return counted.value
 
     # count, the sample's ids, its members (one batch), totalCount (the count again)
     assert await statements(2) == await statements(15) == 4

@@ -24,7 +24,7 @@ from schema.federation import MAX_REPRESENTATIONS
 from schema.root import SDL_PATH, build_schema
 from store.access.roles import Role
 from store.brands import BrandDirectory, ScopedBrands, brand_by_code
-from store.sql import Query
+from store.sql import counted_statements
 from tests.conftest import ROOT, GraphQL, new_brand, new_key, unique_code
 from tests.fragments import MERGE, REGISTER
 
@@ -351,9 +351,9 @@ async def test_a_routers_batch_costs_a_few_statements(gql: GraphQL, pool: AsyncC
         """``count`` members by id and ``count`` others by their identities, in one request."""
         references = [_member(i) for i in ids[:count]]
         references += [_identity(brand, f"card-{n}", channel="POS") for n in range(count, 2 * count)]
-        before = Query.executions
-        found = (await gql(document, representations=references))["_entities"]
-        spent = Query.executions - before
+        with counted_statements() as counted:
+            found = (await gql(document, representations=references))["_entities"]
+        spent = counted.value
         assert [entity["id"] for entity in found[:count]] == ids[:count]
         assert [entity["member"]["id"] for entity in found[count:]] == ids[count : 2 * count]
         return spent

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from store.sql import Query
+from store.sql import counted_statements
 from tests.conftest import GraphQL, new_brand
 from tests.fragments import REGISTER
 
@@ -153,11 +153,11 @@ async def test_a_page_costs_the_same_statements_whatever_its_size(gql: GraphQL, 
         await gql(tag, b=brand, c=code, ids=ids[::every])
 
     async def statements(first: int) -> int:
-        before = Query.executions
-        data = await gql(FULL_PAGE, brand=brand, first=first)
+        with counted_statements() as counted:
+            data = await gql(FULL_PAGE, brand=brand, first=first)
         assert len(data["members"]["nodes"]) == first
         assert [t["code"] for t in data["members"]["nodes"][0]["tags"]] == ["f4", "r5"]
-        return Query.executions - before
+        return counted.value
 
     await statements(5)  # warm the per-process brand directory
     small, large = await statements(5), await statements(100)

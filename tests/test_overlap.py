@@ -28,7 +28,7 @@ from store.audiences.deltas import apply_brand
 from store.audiences.engine import SPLIT_CHUNKS
 from store.brands import brand_by_code
 from store.errors import DomainError, ErrorCode
-from store.sql import Query
+from store.sql import counted_statements
 from store.tables import CHANNELS, DEFAULT_TIERS
 from tagquery import bind, parse
 from tests.audience_seed import reference_ids
@@ -468,14 +468,9 @@ async def test_statements_do_not_grow_with_brands_or_pairs(gql: GraphQL, seeded:
     }"""
 
     async def statements(query: str, **variables: str) -> int:
-        """The fewest statements over three runs: the app's background loops (the index applier, the
-        lifecycle pass) run statements too, and one of theirs may land inside a run."""
-        counts = []
-        for _ in range(3):
-            before = Query.executions
+        with counted_statements() as counted:
             await gql(query, **variables)
-            counts.append(Query.executions - before)
-        return min(counts)
+        return counted.value
 
     await gql(document, g=seeded.group)  # loads and caches the brands' catalogs
     assert await statements(document, g=seeded.group) == 5

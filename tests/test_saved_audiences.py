@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from store.audiences.engine import decode_chunks
 from store.audiences.saved import compare, encode_ids
-from store.sql import Query
+from store.sql import counted_statements
 from tests.audience_seed import Seeded, catch_up, has_vip, reference_ids, seed
 from tests.conftest import GraphQL
 
@@ -179,9 +179,9 @@ async def test_statements_do_not_grow_with_the_number_of_audiences(gql: GraphQL,
 
     async def statements() -> int:
         await gql(query, b=seeded.code)  # warm caches (brand directory)
-        before = Query.executions
-        await gql(query, b=seeded.code)
-        return Query.executions - before
+        with counted_statements() as counted:
+            await gql(query, b=seeded.code)
+        return counted.value
 
     await gql(SAVE, brand=seeded.code, name="one", expression="tag:vip")
     one = await statements()

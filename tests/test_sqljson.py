@@ -19,7 +19,7 @@ from resolvers.sqljson import Needs, Plan, Plans
 from resolvers.sqljson.documents import MAX_TEXT, Memo
 from schema.root import build_schema
 from store.brands import BrandDirectory, ScopedBrands
-from store.sql import Query
+from store.sql import counted_statements
 from tests.conftest import MASKED, GraphQL, make_context, new_brand, unique_code
 from tests.fragments import EARN, MERGE, RECORD_ORDER, REDEEM, REGISTER
 
@@ -242,13 +242,13 @@ async def test_one_statement_answers_a_whole_profile(world: World, pool: AsyncCo
     query += " identities { channel } } }"
     plan = PLANS.plan(query, None)
     assert plan is not None
-    before = Query.executions
-    body = await PLANS.answer(
-        plan,
-        {"id": world.member_ids[0]},
-        Needs(brands=ScopedBrands(BrandDirectory(), None), pool=pool, principal=MASKED),
-    )
-    assert Query.executions - before == 1
+    with counted_statements() as counted:
+        body = await PLANS.answer(
+            plan,
+            {"id": world.member_ids[0]},
+            Needs(brands=ScopedBrands(BrandDirectory(), None), pool=pool, principal=MASKED),
+        )
+    assert counted.value == 1
     assert body is not None
     assert json.loads(body)["data"]["member"]["id"] == world.member_ids[0]
 

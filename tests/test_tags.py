@@ -13,7 +13,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from store.members import merges
-from store.sql import Query
+from store.sql import counted_statements
 from store.tags import assignments as tags
 from store.tags.catalog import definition
 from tagquery import parse
@@ -408,10 +408,10 @@ async def test_a_call_costs_the_same_statements_for_3_or_3000_members(
     await tag(gql, brand, "bulk", ids[:1])  # warm the brand directory
 
     async def statements(call: Any, members: list[int]) -> int:
-        before = Query.executions
-        done = await call(gql, brand, "bulk", members)
+        with counted_statements() as counted:
+            done = await call(gql, brand, "bulk", members)
         assert done["__typename"] in {"MembersTagged", "MembersUntagged"}
-        return Query.executions - before
+        return counted.value
 
     assert await statements(tag, ids[:3]) == await statements(tag, ids) <= 4
     assert await statements(untag, ids[:3]) == await statements(untag, ids) <= 4
@@ -437,10 +437,10 @@ async def test_the_catalog_costs_two_statements_whatever_its_size(
         await tag(gql, brand, f"t{n:02}", ids[: n % 4])
 
     async def statements(category: str) -> int:
-        before = Query.executions
-        found = await catalog(gql, brand, category)
+        with counted_statements() as counted:
+            found = await catalog(gql, brand, category)
         assert len(found) == (2 if category == "RFM" else 18)
-        return Query.executions - before
+        return counted.value
 
     assert await statements("RFM") == await statements("CUSTOM") == 2
     assert [t["memberCount"] for t in await catalog(gql, brand, "RFM")] == [0, 1]

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 
 class Maintenance(Query):
-    """A statement of index upkeep. It runs in the background (the applier), so it stays out of
-    Query.executions, which tests read to count the statements of one request."""
+    """A statement of index upkeep (the applier), which a request may await when it waits for the
+    index: it stays out of store.sql.counted_statements, which tests read to count a request's."""
 
     __slots__ = ()
 

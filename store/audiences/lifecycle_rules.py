@@ -74,7 +74,7 @@ def _version(row: Mapping[str, Any]) -> RulesVersion:
 
 async def current_rules(conn: AsyncConnection[Any], brand_id: int, *, upkeep: bool = False) -> RulesVersion:
     """The brand's rules in force; `upkeep` for the background passes (store.audiences.lifecycle),
-    whose statements stay out of Query.executions, which tests read to count a request's."""
+    whose statements stay out of store.sql.counted_statements, which tests read to count a request's."""
     row = await (_current_in_upkeep if upkeep else _current).one(conn, brand_id=brand_id)
     return DEFAULT_VERSION if row is None else _version(row)
 
