@@ -7,13 +7,18 @@ it."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
@@ -298,3 +303,45 @@ def test_with_metrics_log_and_traces_off_nothing_observes_requests(tmp_path: Pat
 
 def middleware_of(app: Starlette) -> list[object]:
     return [middleware.cls for middleware in app.user_middleware]
+
+
+_TIMESTAMPS = st.floats(min_value=0, max_value=4e9, allow_nan=False) | st.integers(0, 4 * 10**15).map(lambda n: n / 1e6)
+
+
+@settings(max_examples=500)
+@given(created=_TIMESTAMPS)
+def test_the_line_time_is_what_datetime_writes(created: float) -> None:
+    """The per-second cache of the time's text writes what isoformat does, to the millisecond,
+    rounding included (a timestamp a hair under a whole second)."""
+    record = logging.LogRecord("api.app", logging.INFO, __file__, 1, "x", (), None)
+    record.created = created
+    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    assert json.loads(observe.JsonLines().format(record))["time"] == expected
+
+
+def _record(message: str, level: int = logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord(observe.REQUEST_LOG, level, __file__, 1, message, (), None)
+
+
+def test_the_server_log_writes_lines_in_batches_and_loses_none() -> None:
+    stream = io.StringIO()
+    handler = observe._ServerHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for n in range(3):
+        handler.handle(_record(f"line {n}"))
+    assert stream.getvalue() == ""  # held for the batch
+    deadline = time.monotonic() + 5
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stream.getvalue() == "line 0\nline 1\nline 2\n"  # written within FLUSH_SECONDS, in order
+    handler.handle(_record("held"))
+    handler.handle(_record("failed", logging.WARNING))
+    assert stream.getvalue().endswith("held\nfailed\n")  # a warning goes out at once, with what waited
+    for n in range(observe._ServerHandler.FLUSH_LINES):
+        handler.handle(_record(f"burst {n}"))
+    assert stream.getvalue().endswith(f"burst {observe._ServerHandler.FLUSH_LINES - 1}\n")  # a full batch at once
+    handler.handle(_record("last"))
+    handler.close()  # as logging.shutdown at exit: flushes, then closes
+    handler.flush()
+    assert stream.getvalue().endswith("last\n")
+    assert stream.getvalue().count("\n") == 6 + observe._ServerHandler.FLUSH_LINES
