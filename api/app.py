@@ -32,6 +32,7 @@ from store.access.keys import Keys
 from store.access.roles import Role
 from store.audiences.deltas import run_applier
 from store.audiences.lifecycle import run_lifecycle
+from store.audiences.rule_tags import run_rule_tags
 from store.brands import BrandDirectory
 from store.ledger.batchers import Postings
 from store.members.phones import PhoneVault
@@ -95,6 +96,8 @@ def create_app(settings: Settings) -> Starlette:
                     asyncio.create_task(run_applier(pool), name="audience-index-applier"),
                     # Stages that move with days passing, new rules or a rebuilt index, with no write.
                     asyncio.create_task(run_lifecycle(pool), name="lifecycle-stages"),
+                    # Rule tags whose rules move with the day (`last_purchase WITHIN 30d`), with no write.
+                    asyncio.create_task(run_rule_tags(pool), name="rule-tags"),
                     asyncio.create_task(
                         watch(
                             pool, warn_after=settings.request_deadline * 2, reclaim_after=settings.request_deadline * 10

@@ -151,14 +151,18 @@ def refresh(
 ) -> None:
     """Rebuild the audience bitmap index from the system of record (readers never see it half-built),
     then bring the brands' lifecycle stages up to date (changes recorded as in the server) and
-    recompute their RFM quintiles."""
+    recompute their RFM quintiles. Rule tags are computed first, so the index holds them."""
     from store.audiences.bitmaps import refresh as run
     from store.audiences.lifecycle import refresh_stages
     from store.audiences.rfm_store import refresh as refresh_rfm
+    from store.audiences.rule_tags import refresh as refresh_rule_tags
     from store.errors import DomainError
 
     with database(Settings.from_env()) as url, index_progress() as progress:
         try:
+            # Rule tags first: they are computed from the system of record, and the build then
+            # indexes what they assigned.
+            rule_tags = asyncio.run(refresh_rule_tags(url, brand))
             built = asyncio.run(run(url, brand, progress))
             stages = asyncio.run(refresh_stages(url, brand))
             rfm = asyncio.run(refresh_rfm(url, brand))
@@ -172,6 +176,9 @@ def refresh(
             typer.echo(f"{code}: lifecycle stages as of {synced.day}: {_stage_changes(synced)}")
     for code, thresholds in rfm:
         typer.echo(f"{code}: RFM quintiles over {thresholds.buyers} buyers as of {thresholds.day}")
+    for code, computed in rule_tags:
+        if computed is not None and computed.tags:
+            typer.echo(f"{code}: {computed.tags} rule tags computed (+{computed.added} -{computed.removed})")
 
 
 def _stage_changes(synced: Any) -> str:

@@ -12,6 +12,7 @@ medians of `--rounds`):
     stages      every member's lifecycle stage computed from the index and compared with the kept
                 ones (store.audiences.lifecycle, as after a rebuild)
     rfm         the RFM quintile bounds over the live buyers (store.audiences.rfm_store)
+    persons     the brand's persons for brandOverlap (store.audiences.persons)
     rule tags   every rule tag of the brand evaluated and its assignments written
                 (store.audiences.rule_tags), when the brand has rule tags
 
@@ -34,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from store.audiences import lifecycle, rfm_store
+from store.audiences import lifecycle, persons, rfm_store
 from store.audiences.bitmaps import lock_brand, rebuild
 from store.audiences.deltas import apply_brand
 from store.brands import brand_by_code
@@ -62,7 +63,12 @@ async def _rfm(conn: AsyncConnection[Any], brand_id: int) -> object:
     return f"{found.buyers:,} buyers"
 
 
-PARTS: dict[str, Work] = {"index": _index, "stages": _stages, "rfm": _rfm}
+async def _persons(conn: AsyncConnection[Any], brand_id: int) -> object:
+    await lock_brand(conn, brand_id, wait=True)
+    return f"{await persons.build(conn, brand_id):,} persons"
+
+
+PARTS: dict[str, Work] = {"index": _index, "stages": _stages, "rfm": _rfm, "persons": _persons}
 
 
 async def _rolled_back(conn: AsyncConnection[Any], brand_id: int, work: Work) -> tuple[float, object]:

@@ -77,7 +77,13 @@ _sequence = sql.SQL("pg_get_serial_sequence({}, 'id')").format(sql.Literal(table
 _ANALYZE = sql.SQL("ANALYZE {}").format(
     sql.SQL(", ").join(
         sql.Identifier(table.name)
-        for table in (tables.members, tables.member_identities, tables.member_tags, *ledger_rows.TABLES)
+        for table in (
+            tables.members,
+            tables.member_identities,
+            tables.member_tags,
+            *ledger_rows.TABLES,
+            tables.order_lines,
+        )
     )
 )
 

@@ -43,6 +43,7 @@ class Copies:
     draws: bytes
     orders: bytes
     order_count: int
+    lines: bytes = b""  # order_lines (demo.products), after their orders
 
 
 def upper_bounds(orders: int, members: int) -> Ids:
@@ -176,6 +177,10 @@ _COPIES = (
                 "created_at",
             ),
         ),
+    ),
+    (
+        "lines",
+        _copy_statement(tables.order_lines.name, ("order_id", "line", "sku", "category", "quantity", "amount")),
     ),
 )
 TABLES = (tables.points_postings, tables.points_entries, tables.points_lots, tables.lot_draws, tables.orders)

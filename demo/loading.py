@@ -9,6 +9,7 @@ what ``--replace`` clears, and when checking foreign keys row by row can be skip
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import threading
 from collections import deque
@@ -29,6 +30,7 @@ from demo import ledger as demo_ledger
 from demo import ledger_rows
 from demo import opening as demo_opening
 from demo import orders as demo_orders
+from demo import products as demo_products
 from demo import tags as demo_tags
 from demo.people import NONE, Block, Plan, identity_counts, identity_text, member_block, member_text
 from store import tables
@@ -54,6 +56,7 @@ class Ledger(StrEnum):
 # for the demo brands. lot_draws has no brand_id; its rows go with their entries and lots.
 _CLEARED = (
     tables.lot_draws,
+    tables.order_lines,
     tables.member_tags,
     tables.member_consents,
     tables.orders,
@@ -87,7 +90,12 @@ _deletes = [
             tables.lot_draws.c.lot_id.in_(sa.select(tables.points_lots.c.id).where(_of_brands(tables.points_lots)))
         )
     ),
-    *(Query(sa.delete(table).where(_of_brands(table))) for table in _CLEARED[1:]),
+    Query(  # lines have no brand_id: they go with their orders
+        sa.delete(tables.order_lines).where(
+            tables.order_lines.c.order_id.in_(sa.select(tables.orders.c.id).where(_of_brands(tables.orders)))
+        )
+    ),
+    *(Query(sa.delete(table).where(_of_brands(table))) for table in _CLEARED[2:]),
 ]
 _referencing_tables = (
     "SELECT DISTINCT conrelid::regclass::text FROM pg_constraint"
@@ -233,6 +241,9 @@ def _chunk(
         ids, rules = ledger.ids[plan.brand_id, start], ledger.rules[plan.brand_id]
         post = demo_opening.open_balances if ledger.mode is Ledger.OPENING else demo_ledger.post
         totals, copies = post(buyers, ids, plan.rand, rules, ledger.as_of)
+        key, cents = demo_orders.order_amounts(buyers, plan.rand)
+        products = demo_products.catalog(plan.brand.code)
+        copies = dataclasses.replace(copies, lines=demo_products.line_text(products, ids.order, key, cents, plan.rand))
     return _Chunk(
         plan=plan,
         members=member_text(block, vault, totals),

@@ -126,6 +126,16 @@ def _orders(buyers: Buyers, rand: Randomness, rules: Rules, as_of: int) -> Order
     )
 
 
+def order_amounts(buyers: Buyers, rand: Randomness) -> tuple[U64, I64]:
+    """Each order's random stream index and cents, in the order `earnings` gives the orders (their ids'
+    order): what the order lines (demo.products) split, without the rest of an order's numbers."""
+    counts = buyers.orders
+    owner = np.repeat(np.arange(len(counts)), counts)
+    number = np.arange(len(owner)) - (np.cumsum(counts) - counts)[owner]
+    key = (buyers.index[owner] << ORDER_BITS) | number.astype(np.uint64)
+    return key, _split_spend(buyers, owner, number, rand.uniform("order/amount", key))
+
+
 def _paid_times(buyers: Buyers, owner: I64, number: I64, u: F64) -> I64:
     """The first and last orders at the first and last purchase, the others in between, sorted."""
     first, last = buyers.first[owner], buyers.last[owner]

@@ -196,8 +196,10 @@ class DirectMutations:
         names = {}
         for argument in field.arguments:
             names[self._strawberry.config.name_converter.get_graphql_name(argument)] = argument.python_name
+        given = {argument.name.value for argument in selected.node.arguments or ()}
         for name, graphql_argument in mutation_type.fields[selected.name].args.items():
-            if not _scalar_input(graphql_argument.type):
+            # An input object the document leaves out takes its default (recordOrder's `lines`: null).
+            if name in given and not _scalar_input(graphql_argument.type):
                 raise NotCompilable(f"argument {name} is not a scalar")
         graphql_field = mutation_type.fields[selected.name]
         return _Root(

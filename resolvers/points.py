@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -17,6 +17,7 @@ from store.errors import DomainError, ErrorCode
 from store.ledger import history, orders, points
 from store.ledger.batched import Change
 from store.ledger.journal import Posting, Request, check_key
+from store.ledger.order_lines import OrderLine
 from store.members import profiles
 from store.members.unification import check_channel, check_external_id
 from store.sql import Row
@@ -24,6 +25,8 @@ from store.transactions import transact
 
 MAX_PAGE = 100
 _UNIX_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+Line = tuple[str, str, int, Decimal]
+"""An order line as the API sends it: sku, category, quantity, amount (store.ledger.order_lines)."""
 ACTOR = "api"  # until API keys say who is calling (security issue)
 
 
@@ -143,6 +146,7 @@ async def record_order(
     amount: Decimal,
     paid_at: dt.datetime,
     store: str | None,
+    lines: Sequence[Line] = (),
 ) -> PostingOutcome:
     if (member_id is None) == (buyer_id is None):
         raise DomainError(ErrorCode.INVALID_INPUT, "give exactly one of memberId and buyerId", field="memberId")
@@ -154,7 +158,14 @@ async def record_order(
             member_id = await _buyer(conn, brand_id, code, buyer_id)
     assert member_id is not None
     order = orders.OrderInput(
-        brand_id, member_id, code, check_external_id(external_order_id), amount, paid_at, store and store.strip()
+        brand_id,
+        member_id,
+        code,
+        check_external_id(external_order_id),
+        amount,
+        paid_at,
+        store and store.strip(),
+        tuple(OrderLine(*line) for line in lines),
     )
     # through the process's batches (see store.ledger.batching), like earn and redeem
     return _order_answered(info, await info.context.postings.record(orders.purchase(order, ACTOR)))

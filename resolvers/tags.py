@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,11 +13,15 @@ from psycopg import AsyncConnection
 from resolvers import audiences
 from resolvers.context import Info
 from resolvers.cursors import parse_id
+from store.audiences import rule_tags
 from store.errors import DomainError, ErrorCode
 from store.sql import Row
 from store.tags import assignments as tags
-from store.tags import catalog
+from store.tags import catalog, rules
 from store.transactions import transact
+from tagquery import GRAMMAR_VERSION
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +60,107 @@ def _forget_cached(info: Info) -> None:
     info.context.loaders.member_count_by_tag.clear_all()
 
 
-async def define_tag(info: Info, *, brand: str, code: str, name: str, category: str, ttl_days: int | None) -> Row:
+COMPUTE_WAIT = 2.0  # seconds a rule change waits for the brand's index lock, then leaves it to the schedule
+
+
+async def define_tag(
+    info: Info, *, brand: str, code: str, name: str, category: str, ttl_days: int | None, rule: str | None = None
+) -> Row:
+    """Add a tag; with a rule, checked and kept in the same transaction, then computed (`_compute`)."""
+
     async def work(conn: AsyncConnection[Any]) -> Row:
         brand_id: int = (await info.context.brands.get(conn, brand))["id"]
-        return await catalog.define(conn, brand_id=brand_id, code=code, name=name, category=category, ttl_days=ttl_days)
+        if rule is not None:
+            await rules.lock(conn, brand_id)
+        row = await catalog.define(
+            conn,
+            brand_id=brand_id,
+            code=code,
+            name=name,
+            category=category,
+            ttl_days=ttl_days,
+            ruled=rule is not None,
+        )
+        if rule is not None:
+            await _set_rule(info, conn, row, rule)
+        return row
 
-    return await transact(info.context.pool, work)
+    row = await transact(info.context.pool, work)
+    if rule is None:
+        return row
+    await _compute(info, row["brand_id"], row["code"])
+    return await _definition(info, row["brand_id"], row["code"])
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    tag: Row
+    changed: bool
+    computed: rule_tags.Evaluated | None
+    """None: the rule is unchanged, or computing it was left to the server's scheduled pass."""
+
+
+async def set_tag_rule(info: Info, *, brand: str, tag: str, rule: str) -> RuleSet:
+    """Give a tag a new rule (a new version), then compute it and the rule tags that depend on it; the
+    current rule again is no change. A tag assigned by hand becomes a rule tag."""
+
+    async def work(conn: AsyncConnection[Any]) -> tuple[Row, bool]:
+        brand_id: int = (await info.context.brands.get(conn, brand))["id"]
+        await rules.lock(conn, brand_id)
+        row = await catalog.definition(conn, brand_id=brand_id, code=tag)
+        if row["ttl_days"] is not None:
+            raise DomainError(
+                ErrorCode.INVALID_INPUT,
+                f"tag {tag!r} has ttlDays: a rule tag has none (its rule decides who carries it)",
+                field="tag",
+            )
+        return row, await _set_rule(info, conn, row, rule)
+
+    row, changed = await transact(info.context.pool, work)
+    computed = await _compute(info, row["brand_id"], row["code"]) if changed else None
+    return RuleSet(await _definition(info, row["brand_id"], row["code"]), changed, computed)
+
+
+async def _set_rule(info: Info, conn: AsyncConnection[Any], tag: Row, text: str) -> bool:
+    """Check the rule (catalog, cycles) and keep it as the tag's current version; whether it changed.
+    The caller holds the brand's rules lock."""
+    checked = await rule_tags.check_rule(conn, tag["brand_id"], text)
+    references = [rules.Reference(code, span) for code, span in checked.references]
+    cycle = rules.find_cycle(tag["code"], references, await rule_tags.rule_graph(conn, tag["brand_id"]))
+    if cycle is not None:
+        raise rule_tags.RuleCycleError(cycle.text, cycle.at.span, text)
+    _, changed = await rules.set_rule(
+        conn, tag=tag, rule=checked.text, grammar_version=GRAMMAR_VERSION, created_by=info.context.principal.key_name
+    )
+    return changed
+
+
+async def _compute(info: Info, brand_id: int, code: str) -> rule_tags.Evaluated | None:
+    """The tag and its dependents for every member, in a transaction of its own: the rule is kept
+    whatever happens here, and the scheduled pass computes what this could not (the brand's index
+    busy past COMPUTE_WAIT)."""
+    _forget_cached(info)
+    try:
+        async with info.context.pool.connection() as conn:
+            return await rule_tags.sync_locked(conn, brand_id, wait=True, codes={code}, lock_timeout=COMPUTE_WAIT)
+    except Exception:
+        log.exception("rule tag %s of brand %s: not computed now; the scheduled pass will", code, brand_id)
+        return None
+
+
+async def _definition(info: Info, brand_id: int, code: str) -> Row:
+    async with info.context.pool.connection() as conn:
+        return await catalog.definition(conn, brand_id=brand_id, code=code)
+
+
+async def get_rule_history(info: Info, *, tag_id: int) -> list[rules.RuleVersion]:
+    async with info.context.pool.connection() as conn:
+        return (await rules.history(conn, [tag_id]))[tag_id]
+
+
+async def get_rule_freshness(info: Info, *, tag_id: int) -> rule_tags.RuleFreshness | None:
+    async with info.context.pool.connection() as conn:
+        return await rule_tags.freshness(conn, tag_id)
 
 
 async def _chosen_ids(info: Info, brand: str, member_ids: Sequence[str] | None, where: str | None) -> list[int]:

@@ -52,8 +52,14 @@ class FieldOp(Enum):
 
 @strawberry.input(description="A dimension term: `tier:gold`, or `tier IN (gold, platinum)` with several values.")
 class DimensionFilter:
-    name: str = strawberry.field(description="tier, channel, city, status, gender, lifecycle, consent (or `tag`).")
+    name: str = strawberry.field(
+        description="tier, channel, city, status, gender, lifecycle, consent, rfm, bought, first_channel (or `tag`)."
+    )
     values: list[str] = strawberry.field(description="One value or more; any of them matches.")
+    within: str | None = strawberry.field(
+        default=None,
+        description="For a dated dimension (`bought`): a window such as `90d`, `bought:snacks WITHIN 90d`.",
+    )
 
 
 @strawberry.input(
@@ -63,13 +69,22 @@ class DimensionFilter:
 class FieldFilter:
     name: str = strawberry.field(
         description="points, growth, order_count, total_spend, orders_365d, days_since_last_purchase, age, "
-        "registered, last_purchase."
+        "registered, last_purchase, first_purchase, spend_30d .. spend_365d and orders_30d .. orders_365d (30, 90, "
+        "180, 365 days)."
     )
     op: FieldOp = strawberry.field(description="The comparison.")
     value: str | None = strawberry.field(default=None, description="The value, typed like the field.")
     values: list[str] | None = strawberry.field(default=None, description="Values for IN.")
     low: str | None = strawberry.field(default=None, description="Lower bound for BETWEEN (inclusive).")
     high: str | None = strawberry.field(default=None, description="Upper bound for BETWEEN (inclusive).")
+    qualifier: str | None = strawberry.field(
+        default=None,
+        description="A product category for a windowed purchase field: `spend_90d:snacks >= 500`.",
+    )
+    within: str | None = strawberry.field(
+        default=None,
+        description="With IN on a dated dimension: a window such as `30d` (`bought IN (a, b) WITHIN 30d`).",
+    )
 
 
 @strawberry.input(

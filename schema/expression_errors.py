@@ -21,7 +21,8 @@ T = TypeVar("T")
 class InvalidExpression(Error):
     reason: str = strawberry.field(
         description="The tag language's code: SYNTAX, INVALID_FILTER, UNKNOWN_TAG, UNKNOWN_DIMENSION, "
-        "UNKNOWN_FIELD, UNKNOWN_VALUE, TYPE_MISMATCH, OUT_OF_RANGE, TOO_LONG, TOO_DEEP, TOO_MANY_TERMS."
+        "UNKNOWN_FIELD, UNKNOWN_VALUE, TYPE_MISMATCH, OUT_OF_RANGE, TOO_LONG, TOO_DEEP, TOO_MANY_TERMS; and CYCLE for "
+        "a rule tag's rule that would make rule tags depend on themselves."
     )
     line: int | None = strawberry.field(description="1-based line of the offending text.")
     column: int | None = strawberry.field(description="1-based column (in characters) of the offending text.")

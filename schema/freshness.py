@@ -12,6 +12,7 @@ from resolvers.context import Info
 from resolvers.domain import Freshness
 from schema.enums import AudienceIndexState
 from schema.lifecycle import LifecycleFreshness, lifecycle_freshness
+from schema.rfm import RfmThresholds, brand_rfm
 
 
 @strawberry.type(description="How current the bitmap index is.")
@@ -48,3 +49,10 @@ class IndexFreshness:
     )
     async def lifecycle(self, info: Info) -> LifecycleFreshness | None:
         return None if self.brand_id is None else await lifecycle_freshness(info, self.brand_id, self.fresh)
+
+    @strawberry.field(
+        description="The brand's RFM bounds in force, with when they were computed and their age (`lagSeconds`); "
+        "null where this freshness is not one brand's."
+    )
+    async def rfm(self, info: Info) -> RfmThresholds | None:
+        return None if self.brand_id is None else await brand_rfm(info, self.brand_id)

@@ -64,6 +64,7 @@ RULES: dict[str, Capability | None] = {
     "Mutation.defineTag": C.WRITE_TAGS,
     "Mutation.tagMembers": C.WRITE_TAGS,
     "Mutation.untagMembers": C.WRITE_TAGS,
+    "Mutation.setTagRule": C.WRITE_TAGS,
     "Mutation.saveAudience": C.AUDIENCES,
     "Mutation.refreshAudience": C.AUDIENCES,
     "Mutation.setConsent": C.WRITE_MEMBERS,
@@ -110,6 +111,9 @@ RULES: dict[str, Capability | None] = {
     "TagDefined": None,
     "MembersTagged": None,
     "MembersUntagged": None,
+    "TagRuleSet": None,
+    "TagRuleVersion": C.READ_TAGS,
+    "RuleTagFreshness": C.READ_TAGS,
     # Audiences.
     "Audience": C.AUDIENCES,
     "AudienceExplain": C.AUDIENCES,

@@ -51,6 +51,22 @@ OrderNumber = Annotated[
 ]
 
 
+@strawberry.input(description="A line of an order: what it bought (docs/audiences.md#purchase-behaviour).")
+class OrderLineInput:
+    sku: str = strawberry.field(description="The product's code (1-64 letters, digits, `_`, `.`, `-`).")
+    category: str = strawberry.field(
+        description="The product's category code, one word like the sku (`stage3_formula`, `snacks`)."
+    )
+    quantity: int = strawberry.field(description="Units bought, 1 or more.")
+    amount: Decimal = strawberry.field(
+        description="Yuan paid for the line (0 for a gift), 2 decimals at most; the lines together at most the "
+        "order's amount."
+    )
+
+    def to_line(self, index: int) -> points.Line:
+        return (self.sku, self.category, self.quantity, inputs.yuan(self.amount, f"lines[{index}].amount"))
+
+
 @strawberry.type(description="The posting was made (or, for a retried key, found).")
 class PointsPosted:
     posting_id: strawberry.Private[int]
@@ -326,6 +342,14 @@ class PointsMutation:
             str | None,
             strawberry.argument(description=f"Store code, for offline orders (1-{inputs.STORE} characters)."),
         ] = None,
+        lines: Annotated[
+            list[OrderLineInput] | None,
+            strawberry.argument(
+                description="What the order bought (at most 200 lines): what purchase behaviour in audiences reads "
+                "(`bought:stage3_formula WITHIN 90d`). Part of the request: resent with the same lines it "
+                "replays, with others it is DuplicateRequest."
+            ),
+        ] = None,
     ) -> RecordOrderResult:
         return await _order(  # type: ignore[no-any-return]
             info,
@@ -339,6 +363,7 @@ class PointsMutation:
                 amount=inputs.yuan(amount, "amount"),
                 paid_at=inputs.moment(paid_at, "paidAt"),
                 store=inputs.text(store, "store", inputs.STORE),
+                lines=tuple(line.to_line(i) for i, line in enumerate(lines or ())),
             ),
             OrderRecorded,
         )

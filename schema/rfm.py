@@ -26,6 +26,10 @@ class RfmCell:
 class RfmThresholds:
     as_of_day: dt.date | None = strawberry.field(description="The brand day recency was measured on.")
     computed_at: dt.datetime | None = strawberry.field(description="When they were computed.")
+    lag_seconds: float | None = strawberry.field(
+        description="Now minus `computedAt`: how old the bounds are (null: never computed). A member's own scores "
+        "follow its orders at once; only the bounds wait for the daily pass."
+    )
     buyers: int = strawberry.field(description="The live buyers they were computed over.")
     recency_days: list[int] = strawberry.field(description="Days since the last purchase: R 5 at or below the first.")
     frequency: list[int] = strawberry.field(description="order_count bounds: F 5 above the last.")
@@ -38,6 +42,9 @@ class RfmThresholds:
         return cls(
             as_of_day=found.day,
             computed_at=found.computed_at,
+            lag_seconds=None
+            if found.computed_at is None
+            else (dt.datetime.now(dt.UTC) - found.computed_at).total_seconds(),
             buyers=found.buyers,
             recency_days=list(bounds.recency_days),
             frequency=list(bounds.frequency),

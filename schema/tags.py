@@ -22,7 +22,6 @@ from schema.errors import (
     UnknownBrand,
     UnknownMembers,
     UnknownTag,
-    error_result,
 )
 from schema.expression_errors import IndexNotReady, InvalidExpression, audience_error
 
@@ -48,6 +47,13 @@ class TagDefinition:
         description="Assignments expire this many days after they are made, unless they say otherwise."
     )
     created_at: dt.datetime = strawberry.field(description="When the tag was defined.")
+    rule: str | None = strawberry.field(
+        description="A rule tag's current rule (canonical text of the tag language, tags named by code): the "
+        "engine assigns the tag to exactly the live members it selects. Null: a tag assigned by hand."
+    )
+    rule_version: int | None = strawberry.field(
+        description="The current version of the rule (1 for the first; each change is a new one). Null: no rule."
+    )
 
     @classmethod
     def from_row(cls, row: Row) -> TagDefinition:
@@ -58,11 +64,69 @@ class TagDefinition:
             category=TagCategory(row["category"]),
             ttl_days=row["ttl_days"],
             created_at=row["created_at"],
+            rule=row.get("rule"),
+            rule_version=row.get("rule_version"),
         )
 
     @strawberry.field(description="Members carrying the tag now; expired assignments do not count.")
     async def member_count(self, info: Info) -> int:
         return await tags.get_member_count(info, tag_id=int(self.id))
+
+    @strawberry.field(description="Every version of the tag's rule, oldest first; empty for a tag assigned by hand.")
+    async def rule_versions(self, info: Info) -> list[TagRuleVersion]:
+        if self.rule_version is None:
+            return []
+        return [TagRuleVersion.of(found) for found in await tags.get_rule_history(info, tag_id=int(self.id))]
+
+    @strawberry.field(
+        description="For a rule tag: when it was last computed and how far behind the writes and the calendar it "
+        "is. Null: a tag assigned by hand."
+    )
+    async def computation(self, info: Info) -> RuleTagFreshness | None:
+        if self.rule_version is None:
+            return None
+        found = await tags.get_rule_freshness(info, tag_id=int(self.id))
+        return None if found is None else RuleTagFreshness.of(found)
+
+
+@strawberry.type(description="One version of a rule tag's rule; every version is kept.")
+class TagRuleVersion:
+    version: int = strawberry.field(description="1 for the first rule, then one more for each change.")
+    rule: str = strawberry.field(description="The rule: canonical text of the tag language, tags named by code.")
+    created_at: dt.datetime = strawberry.field(description="When this version was set.")
+    created_by: str = strawberry.field(description="The name of the API key that set it.")
+
+    @classmethod
+    def of(cls, found: Any) -> TagRuleVersion:
+        return cls(version=found.version, rule=found.rule, created_at=found.created_at, created_by=found.created_by)
+
+
+@strawberry.type(
+    description="How current a rule tag's assignments are. It is computed for the members of each write as the "
+    "audience index applies it, for every member when its rule changes, and again each brand day (rules such as "
+    "`last_purchase WITHIN 30d` move with the clock)."
+)
+class RuleTagFreshness:
+    computed_at: dt.datetime | None = strawberry.field(
+        description="When the tag was last computed (for every member, or for the members of a write); null: not yet."
+    )
+    as_of_day: dt.date | None = strawberry.field(
+        description="The brand day its time-relative terms were last evaluated for, for every member."
+    )
+    as_of: dt.datetime | None = strawberry.field(
+        description="Every write committed and every day begun before this instant is reflected; null: not computed "
+        "yet."
+    )
+    lag_seconds: float | None = strawberry.field(description="Now minus `asOf`.")
+
+    @classmethod
+    def of(cls, found: Any) -> RuleTagFreshness:
+        return cls(
+            computed_at=found.computed_at,
+            as_of_day=found.day,
+            as_of=found.as_of,
+            lag_seconds=None if found.lag is None else found.lag.total_seconds(),
+        )
 
 
 @strawberry.type(description="A tag a member carries (expired assignments are never shown).")
@@ -73,6 +137,13 @@ class MemberTag:
     source: str = strawberry.field(description="Where the assignment came from: manual, rule, import, demo …")
     assigned_at: dt.datetime = strawberry.field(description="When the member was (last) given the tag.")
     expires_at: dt.datetime | None = strawberry.field(description="When the assignment lapses; null: never.")
+    rule_version: int | None = strawberry.field(
+        description="For an assignment a rule made: the version of the rule that made it (it keeps it while it "
+        "holds under later versions). Null otherwise."
+    )
+    computed_at: dt.datetime | None = strawberry.field(
+        description="For an assignment a rule made: when it was computed. Null otherwise."
+    )
 
     @classmethod
     def from_row(cls, row: Row) -> MemberTag:
@@ -83,6 +154,8 @@ class MemberTag:
             source=row["source"],
             assigned_at=row["assigned_at"],
             expires_at=row["expires_at"],
+            rule_version=row.get("rule_version"),
+            computed_at=row.get("computed_at"),
         )
 
 
@@ -107,9 +180,29 @@ class MembersUntagged:
     removed: int = strawberry.field(description="Members that carried the tag and no longer do.")
 
 
+@strawberry.type(description="The tag has the rule now.")
+class TagRuleSet:
+    tag: TagDefinition = strawberry.field(description="The tag, with its current rule and version.")
+    changed: bool = strawberry.field(
+        description="False when the rule was the current one already (no new version, nothing computed)."
+    )
+    added: int | None = strawberry.field(
+        description="Assignments made by computing the new rule for every member (with the rule tags that depend "
+        "on it: theirs too); null when nothing was computed now: the rule is unchanged, or the brand's index was "
+        "busy and the server's scheduled pass computes it within a minute (`tag.computation` says when)."
+    )
+    removed: int | None = strawberry.field(
+        description="Assignments taken away by that computation (members the rule no longer selects); null as `added`."
+    )
+
+
 DefineTagResult = Annotated[
-    TagDefined | UnknownBrand | InvalidTagCode | DuplicateTag | InvalidInput,
+    TagDefined | UnknownBrand | InvalidTagCode | DuplicateTag | InvalidInput | InvalidExpression,
     strawberry.union("DefineTagResult", description="Result of defineTag."),
+]
+SetTagRuleResult = Annotated[
+    TagRuleSet | UnknownBrand | UnknownTag | InvalidInput | InvalidExpression,
+    strawberry.union("SetTagRuleResult", description="Result of setTagRule."),
 ]
 TagMembersResult = Annotated[
     MembersTagged
@@ -134,6 +227,12 @@ UntagMembersResult = Annotated[
     strawberry.union("UntagMembersResult", description="Result of untagMembers."),
 ]
 
+RULE_ARGUMENT = (
+    "The rule: an expression of the tag language, checked as `audience(expression:)` checks one "
+    "(InvalidExpression with the position). It may name other tags, rule tags included, but not form a cycle "
+    "through them (InvalidExpression, reason CYCLE, naming it). The engine assigns the tag to exactly the live "
+    "members it selects, and keeps it so; nobody assigns it by hand."
+)
 BrandCode = Annotated[str, strawberry.argument(description="Brand code.")]
 TagCode = Annotated[str, strawberry.argument(description="The tag's code.")]
 MemberIds = Annotated[
@@ -174,14 +273,44 @@ class TagMutation:
             int | None,
             strawberry.argument(description="Default life of an assignment in days (1-36500); null: no expiry."),
         ] = None,
+        rule: Annotated[
+            str | None,
+            strawberry.argument(description=RULE_ARGUMENT + " Not with `ttlDays`. Null: a tag assigned by hand."),
+        ] = None,
     ) -> DefineTagResult:
         try:
             row = await tags.define_tag(
-                info, brand=brand, code=code, name=name, category=category.value, ttl_days=ttl_days
+                info, brand=brand, code=code, name=name, category=category.value, ttl_days=ttl_days, rule=rule
             )
         except DomainError as error:
-            return error_result(error)  # type: ignore[no-any-return]
+            return audience_error(error)  # type: ignore[no-any-return]
         return TagDefined(tag=TagDefinition.from_row(row))
+
+    @strawberry.mutation(
+        description="Give a tag a rule, or change it: a new version (every version is kept), and the tag (with the "
+        "rule tags that depend on it) computed for every member at once (or, when the brand's index is busy, by the "
+        "server's scheduled pass). The current rule again changes nothing. "
+        "A tag assigned by hand becomes a rule tag (its hand assignments are replaced); a tag with ttlDays cannot."
+    )
+    @audited("setTagRule")
+    async def set_tag_rule(
+        self,
+        info: Info,
+        brand: BrandCode,
+        tag: TagCode,
+        rule: Annotated[str, strawberry.argument(description=RULE_ARGUMENT)],
+    ) -> SetTagRuleResult:
+        try:
+            done = await tags.set_tag_rule(info, brand=brand, tag=tag, rule=rule)
+        except DomainError as error:
+            return audience_error(error)  # type: ignore[no-any-return]
+        computed = done.computed
+        return TagRuleSet(
+            tag=TagDefinition.from_row(done.tag),
+            changed=done.changed,
+            added=None if computed is None else computed.added,
+            removed=None if computed is None else computed.removed,
+        )
 
     @strawberry.mutation(
         description="Give members a tag. Members who carry it already have it refreshed (assigned time, expiry, "

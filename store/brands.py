@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import DEFAULT_TIERS, audience_index_state, brand_rules, brand_tiers, brands, groups
+from store.urls import libpq_url
 from tagquery.bitmap_keys import ENCODING_STATE, ENCODING_VERSION
 
 _CODE_RULE = "2-32 characters: a lowercase letter, then lowercase letters, digits or _"
@@ -276,3 +277,19 @@ class ScopedBrands:
 
     async def tiers(self, pool: AsyncConnectionPool[Any], brand_ids: Sequence[int]) -> list[Row]:
         return await self._directory.tiers(pool, [i for i in brand_ids if self.sees(i)])
+
+
+Done = TypeVar("Done")
+
+
+async def for_each_brand(
+    url: str, brand: str | None, work: Callable[[AsyncConnection[Any], Row], Awaitable[Done]]
+) -> list[tuple[str, Done]]:
+    """`work` for one brand (by code) or for every brand, in turn on one autocommit connection
+    (`omnimember refresh`'s parts): (brand code, what it returned) for each."""
+    done: list[tuple[str, Done]] = []
+    async with await AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
+        chosen = [await brand_by_code(conn, brand)] if brand is not None else await list_brands(conn)
+        for row in chosen:
+            done.append((row["code"], await work(conn, row)))
+    return done

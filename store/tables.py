@@ -319,6 +319,25 @@ orders = sa.Table(
     sa.Index("ix_orders_member_id_paid_at", "member_id", "paid_at"),
 )
 
+# Order lines (issue 15): what an order bought, for purchase behaviour in audiences. A product's
+# sku and category are codes that index keys and expressions carry as they are (no ':').
+PRODUCT_CODE = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+order_lines = sa.Table(
+    "order_lines",
+    metadata,
+    sa.Column("order_id", sa.BigInteger, sa.ForeignKey("orders.id"), primary_key=True),
+    sa.Column("line", sa.SmallInteger, primary_key=True),  # 1, 2, ... in the order given
+    sa.Column("sku", sa.Text, nullable=False),
+    sa.Column("category", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("amount", sa.Numeric(14, 2), nullable=False),
+    sa.CheckConstraint("line >= 1", name="line_positive"),
+    sa.CheckConstraint(f"sku ~ '{PRODUCT_CODE}'", name="sku_format"),
+    sa.CheckConstraint(f"category ~ '{PRODUCT_CODE}'", name="category_format"),
+    sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
+    sa.CheckConstraint("amount >= 0", name="amount_not_negative"),
+)
+
 tier_changes = sa.Table(
     "tier_changes",
     metadata,
@@ -379,6 +398,47 @@ member_tags = sa.Table(
     # (tag, NULL), so btree deduplication keeps it near 6 bytes an assignment.
     sa.Index("ix_member_tags_tag_id_expires_at", "tag_id", "expires_at"),
 )
+
+# Rule tags (issue 15; store.tags.rules keeps the rules, store.audiences.rule_tags computes them). A
+# tag with a rule is assigned by the engine only, as ordinary member_tags rows (source "rule"), so
+# `tag:<code>`, the index, counts and exports need no special case. Every version of a rule is kept.
+tag_rules = sa.Table(
+    "tag_rules",
+    metadata,
+    sa.Column("tag_id", sa.BigInteger, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    # Canonical text (tagquery.to_text), tags named by code: what the engine binds and runs.
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("grammar_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("created_by", sa.Text, nullable=False),  # the API key's name
+    sa.ForeignKeyConstraint(["tag_id", "brand_id"], ["tag_definitions.id", "tag_definitions.brand_id"]),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+    sa.CheckConstraint("length(rule) BETWEEN 1 AND 4000", name="rule_length"),
+)
+
+# One row per rule tag: its current version and how current its assignments are. `day`,
+# `lifecycle_version` and `rfm_computed_at` are what the last full evaluation read (time-relative
+# terms, lifecycle and RFM terms move with them); `computed_at` is the last evaluation of any kind.
+rule_tag_state = sa.Table(
+    "rule_tag_state",
+    metadata,
+    sa.Column("tag_id", sa.BigInteger, primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("day", sa.Date),
+    sa.Column("lifecycle_version", sa.Integer),
+    sa.Column("rfm_computed_at", sa.DateTime(timezone=True)),
+    sa.Column("computed_at", sa.DateTime(timezone=True)),
+    sa.ForeignKeyConstraint(["tag_id", "brand_id"], ["tag_definitions.id", "tag_definitions.brand_id"]),
+    sa.ForeignKeyConstraint(["tag_id", "version"], ["tag_rules.tag_id", "tag_rules.version"]),
+    sa.Index("ix_rule_tag_state_brand_id", "brand_id"),
+)
+
+# An assignment a rule made: the rule's version and when it was computed (NULL for other sources).
+member_tags.append_column(sa.Column("rule_version", sa.Integer))
+member_tags.append_column(sa.Column("computed_at", sa.DateTime(timezone=True)))
 
 # The audience bitmap index (design §4): derived from the tables above, rebuilt by `omnimember
 # refresh`, kept current by batched deltas. Key scheme and encodings: tagquery.bitmap_keys.
@@ -650,4 +710,45 @@ import_checkpoints = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint(_in("kind", IMPORT_KINDS), name="kind_known"),
     sa.CheckConstraint("line >= 0", name="line_non_negative"),
+)
+
+# The person index (store.audiences.persons): every phone hash of a group as a dense person id,
+# each live member with a phone as its person (what the bitmaps were built from, so that a change
+# knows which person it replaces), and each brand's persons as bitmaps of 65,536 person ids a chunk,
+# bit (person id & 0xFFFF) of chunk person id >> 16. lz4 (set in 0016).
+group_persons = sa.Table(
+    "group_persons",
+    metadata,
+    sa.Column("group_id", sa.BigInteger, sa.ForeignKey("groups.id"), primary_key=True),
+    sa.Column("phone_hash", BYTEA, primary_key=True),
+    sa.Column("person_id", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("person_id >= 0", name="person_id_natural"),
+    sa.UniqueConstraint("group_id", "person_id"),
+)
+
+# No foreign keys: rows follow members through the applier, which may run after a member is gone.
+brand_persons = sa.Table(
+    "brand_persons",
+    metadata,
+    sa.Column("member_id", sa.BigInteger, primary_key=True),
+    sa.Column("brand_id", sa.BigInteger, nullable=False),
+    sa.Column("person_id", sa.BigInteger, nullable=False),
+    sa.Index("ix_brand_persons_brand_id_person_id", "brand_id", "person_id"),
+)
+
+person_bitmaps = sa.Table(
+    "person_bitmaps",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True),
+    sa.Column("bits", BIT(varying=True), nullable=False),
+    sa.CheckConstraint("length(bits) = 65536", name="chunk_length"),
+)
+
+person_index_state = sa.Table(
+    "person_index_state",
+    metadata,
+    sa.Column("brand_id", sa.BigInteger, sa.ForeignKey("brands.id"), primary_key=True),
+    sa.Column("built_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -6,7 +6,12 @@ equality, so `parse(to_text(node)) == node`. Values stay strings here: whether `
 
 Invariants (checked on construction, so that every tree prints to text that parses back to it):
 `And` / `Or` have at least two operands and are flat (no `And` directly inside an `And`); names are
-bare words that are not keywords (`In` may also name `tag`); `In` has at least one value.
+bare words that are not keywords (`In` may also name `tag`); `In` has at least one value; `tag IN`
+has no qualifier.
+
+Purchase behaviour (issue 15) added two optional parts, both None in every older tree: a window on
+a dimension term (`bought:stage3_formula WITHIN 90d`, `bought IN (a, b) WITHIN 30d`) and a
+qualifier on a field (`spend_90d:snacks >= 500`: the field restricted to a category).
 Build conjunctions and disjunctions with `conjoin` / `disjoin`, which flatten and unwrap.
 """
 
@@ -58,6 +63,15 @@ def _check_name(name: str) -> None:
         raise ValueError(f"{name!r} is not a name")
 
 
+Window = tuple[int, Unit]
+"""A duration: (amount, unit), `90d` is (90, Unit.DAY)."""
+
+
+def _check_window(window: Window | None) -> None:
+    if window is not None and window[0] < 0:
+        raise ValueError("a duration is not negative")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Tag:
     """`tag:code`: the member carries the tag (code or display name, resolved by the binder)."""
@@ -69,24 +83,28 @@ class Tag:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Dimension:
-    """`name:value`, e.g. `tier:gold`, `channel:tmall`, `city:上海`."""
+    """`name:value`, e.g. `tier:gold`, `channel:tmall`, `city:上海`; with a window on a dated dimension,
+    `bought:stage3_formula WITHIN 90d`."""
 
     name: str
     value: str
+    within: Window | None = None
     span: Span | None = dataclasses.field(default=None, compare=False, repr=False, kw_only=True)
     value_spans: tuple[Span, ...] = dataclasses.field(default=(), compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        _check_window(self.within)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Compare:
-    """`field op value`, e.g. `points >= 1000`, `registered < 2024-01-01`."""
+    """`field op value`, e.g. `points >= 1000`, `registered < 2024-01-01`, `spend_90d:snacks >= 500`."""
 
     field: str
     op: Op
     value: str
+    qualifier: str | None = None
     span: Span | None = dataclasses.field(default=None, compare=False, repr=False, kw_only=True)
     value_spans: tuple[Span, ...] = dataclasses.field(default=(), compare=False, repr=False, kw_only=True)
 
@@ -96,18 +114,24 @@ class Compare:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class In:
-    """`name IN (v, ...)` on a field, a dimension or `tag`: any of the values."""
+    """`name IN (v, ...)` on a field, a dimension or `tag`: any of the values. A field may carry a
+    qualifier (`orders_90d:snacks IN (1, 2)`), a list a window (`bought IN (a, b) WITHIN 30d`)."""
 
     name: str
     values: tuple[str, ...]
+    qualifier: str | None = None
+    within: Window | None = None
     span: Span | None = dataclasses.field(default=None, compare=False, repr=False, kw_only=True)
     value_spans: tuple[Span, ...] = dataclasses.field(default=(), compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.name != TAG:
             _check_name(self.name)
+        elif self.qualifier is not None:
+            raise ValueError("tag IN takes no qualifier")
         if not self.values:
             raise ValueError("IN needs at least one value")
+        _check_window(self.within)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +141,7 @@ class Between:
     field: str
     low: str
     high: str
+    qualifier: str | None = None
     span: Span | None = dataclasses.field(default=None, compare=False, repr=False, kw_only=True)
     value_spans: tuple[Span, ...] = dataclasses.field(default=(), compare=False, repr=False, kw_only=True)
 

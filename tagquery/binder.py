@@ -25,10 +25,12 @@ from tagquery.ast import (
     In,
     Node,
     Not,
+    Op,
     Or,
     Tag,
     Term,
     Unit,
+    Window,
     Within,
     parse_duration,
 )
@@ -44,7 +46,7 @@ from tagquery.bound import (
     Membership,
     Scalar,
 )
-from tagquery.catalog import Catalog, DimensionSpec, FieldType
+from tagquery.catalog import Catalog, DimensionSpec, FieldType, window_of
 from tagquery.errors import ErrorCode, QueryTypeError, Span, UnknownNameError
 from tagquery.printer import value_text
 
@@ -57,6 +59,7 @@ _MONEY_LIMIT = Decimal(10) ** 15
 _MAX_WINDOW_DAYS = 36_600  # about a hundred years
 _UNIT_DAYS = {Unit.DAY: 1, Unit.WEEK: 7, Unit.MONTH: 31, Unit.YEAR: 366}
 _T = TypeVar("_T")
+_MISMATCH = ErrorCode.TYPE_MISMATCH
 _TYPE_NAMES = {FieldType.INTEGER: "a whole-number", FieldType.MONEY: "a money", FieldType.DATE: "a date"}
 LIST_ALL = 20  # up to this many valid names an unknown one lists them all (channels, tiers, stages ...)
 CLOSEST = 5  # beyond, it names this many of the closest (cities, tags) and how many there are
@@ -83,32 +86,45 @@ class _Binder:
                 return BoundNot(self.bind(operand))
             case Tag(code):
                 return Membership(TAG, (self._tag(node, code, 0),), multi=True)
-            case Dimension(name, value):
+            case Dimension(name, value, within):
                 spec = self._dimension(node, name)
-                return Membership(name, (self._member(node, name, spec, value, 0),), spec.multi)
+                value = self._member(node, name, spec, value, 0)
+                return Membership(name, (value,), spec.multi, self._window(node, name, spec, within))
             case In():
                 return self._in(node)
-            case Compare(field, op, value):
+            case Compare(field, op, value, qualifier):
                 kind = self._field(node, field)
-                return FieldCompare(field, kind, op, self._scalar(node, field, kind, value, 0))
-            case Between(field, low, high):
+                qualifier = self._qualifier(node, field, qualifier)
+                scalar = self._scalar(node, field, kind, value, 0)
+                self._stepped(node, field, op, scalar)
+                return FieldCompare(field, kind, op, scalar, qualifier)
+            case Between(field, low, high, qualifier):
                 kind = self._field(node, field)
+                qualifier = self._qualifier(node, field, qualifier)
+                self._stepped(node, field, None, None)
                 low_value, high_value = (self._scalar(node, field, kind, text, i) for i, text in enumerate((low, high)))
-                return FieldBetween(field, kind, low_value, high_value)
+                return FieldBetween(field, kind, low_value, high_value, qualifier)
             case Within():
                 return self._within(node)
         raise TypeError(f"not a tag query node: {node!r}")
 
     def _in(self, node: In) -> Bound:
         name, values = node.name, enumerate(node.values)
+        if node.qualifier is not None and name not in self._catalog.fields:
+            self._field(node, name)  # a dimension or an unknown name: raises
         if name == TAG:
+            self._window(node, TAG, None, node.within)
             return Membership(TAG, _unique(self._tag(node, code, i) for i, code in values), multi=True)
         if name in self._catalog.dimensions:
             spec = self._catalog.dimensions[name]
-            return Membership(name, _unique(self._member(node, name, spec, v, i) for i, v in values), spec.multi)
+            chosen = _unique(self._member(node, name, spec, v, i) for i, v in values)
+            return Membership(name, chosen, spec.multi, self._window(node, name, spec, node.within))
         if name in self._catalog.fields:
             kind = self._catalog.fields[name]
-            return FieldIn(name, kind, _unique(self._scalar(node, name, kind, v, i) for i, v in values))
+            qualifier = self._qualifier(node, name, node.qualifier)
+            self._window(node, name, None, node.within)
+            self._stepped(node, name, None, None)
+            return FieldIn(name, kind, _unique(self._scalar(node, name, kind, v, i) for i, v in values), qualifier)
         names = [TAG, *self._catalog.dimensions, *self._catalog.fields]
         at = _name_span(node, name)
         raise self._unknown(ErrorCode.UNKNOWN_FIELD, "field or dimension", name, names, at, plural="names")
@@ -118,10 +134,52 @@ class _Binder:
         if kind is not FieldType.DATE:
             message = f"WITHIN applies to date fields; {node.field} is {_TYPE_NAMES[kind]} field"
             raise self._type(message, _name_span(node, node.field))
-        if node.amount * _UNIT_DAYS[node.unit] > _MAX_WINDOW_DAYS:
-            message = f"a window of {node.amount}{node.unit} reaches back more than a hundred years"
-            raise self._type(message, _value_span(node, 0), code=ErrorCode.OUT_OF_RANGE)
+        self._window_range(node, node.amount, node.unit, _value_span(node, 0))
         return FieldWithin(node.field, node.amount, node.unit)
+
+    # Purchase behaviour: windows on dated dimensions, qualifiers, spend steps.
+
+    def _window(self, node: Term, name: str, spec: DimensionSpec | None, within: Window | None) -> Window | None:
+        if within is None:
+            return None
+        if spec is None or not spec.dated:
+            dated = sorted(n for n, s in self._catalog.dimensions.items() if s.dated)
+            message = f"WITHIN after {name} needs a dated dimension ({', '.join(dated) or 'none here'})"
+            hint = f"for a date field write {name} WITHIN {within[0]}{within[1]}" if spec is None else None
+            raise self._type(message, node.span, hint)
+        self._window_range(node, within[0], within[1], node.span)
+        return within
+
+    def _window_range(self, node: Term, amount: int, unit: Unit, at: Span | None) -> None:
+        if amount * _UNIT_DAYS[unit] > _MAX_WINDOW_DAYS:
+            message = f"a window of {amount}{unit} reaches back more than a hundred years"
+            raise self._type(message, at, code=ErrorCode.OUT_OF_RANGE)
+
+    def _qualifier(self, node: Term, field: str, qualifier: str | None) -> str | None:
+        if qualifier is None:
+            return None
+        at = _qualifier_span(node, field, qualifier)
+        allowed = self._catalog.qualifiers.get(field)
+        if allowed is None:
+            qualified = ", ".join(sorted(self._catalog.qualifiers)) or "none here"
+            raise self._type(f"{field} takes no qualifier (fields that do: {qualified})", at)
+        if qualifier not in allowed:
+            raise self._unknown(ErrorCode.UNKNOWN_VALUE, "category", qualifier, allowed, at, plural="categories")
+        return qualifier
+
+    def _stepped(self, node: Term, field: str, op: Op | None, value: Scalar | None) -> None:
+        """Spend in a window: `>=` or `<` against one of the catalog's steps for it, nothing else."""
+        steps = self._catalog.steps.get(field)
+        if steps is None or (op in (Op.GTE, Op.LT) and value in steps):
+            return
+        listed = ", ".join(str(step) for step in steps)
+        if op in (Op.GTE, Op.LT):
+            at = _value_span(node, 0)
+            message = f"{field} is compared with one of the amounts {listed}, not {value}"
+        else:
+            at, message = node.span, f"{field} is compared with >= or < against one of the amounts {listed}"
+        hint = f"e.g. {field} >= {steps[len(steps) // 2]} or {field} < {steps[1]}"
+        raise self._type(message, at, hint, code=ErrorCode.OUT_OF_RANGE if op in (Op.GTE, Op.LT) else _MISMATCH)
 
     # Names.
 
@@ -156,7 +214,14 @@ class _Binder:
             hint = f"write {name}:value or {name} IN (a, b)"
             raise self._type(f"{name} is a dimension, not a field", _name_span(node, name), hint)
         at = _name_span(node, name)
-        raise self._unknown(ErrorCode.UNKNOWN_FIELD, "field", name, self._catalog.fields, at, plural="fields")
+        error = self._unknown(ErrorCode.UNKNOWN_FIELD, "field", name, self._catalog.fields, at, plural="fields")
+        windowed = window_of(name)
+        if windowed is not None:
+            same = {field: window_of(field) for field in self._catalog.fields}
+            valid = sorted((f for f, w in same.items() if w and w[0] == windowed[0]), key=lambda f: same[f] or ())
+            if valid:
+                error.hint = f"{windowed[0]} has the windows {', '.join(valid)}"
+        raise error
 
     # Values.
 
@@ -240,6 +305,14 @@ def _expected(valid: Sequence[str], total: int, plural: str, *, values: bool) ->
     if total <= LIST_ALL:
         return f"expected one of {listed}" if valid else f"there are no {plural}"
     return f"expected one of {total} {plural}" + (f", the closest: {listed}" if valid else "")
+
+
+def _qualifier_span(node: Term, field: str, qualifier: str) -> Span | None:
+    # `field:qualifier` starts the term (a quoted qualifier's span is its text's, quotes aside).
+    if node.span is None:
+        return None
+    start = node.span[0] + len(field) + 1
+    return (start, start + len(value_text(qualifier)))
 
 
 def _name_span(node: Term, name: str) -> Span | None:

@@ -11,6 +11,8 @@ member, so every row is exactly 2^16 bits. A key that has no row for a chunk has
     ge:<field>:d<i>:<j>       digit i of the field's encoded value is >= j (range-encoded digits)
     bit:<field>:<i>           bit i of `order.<k>` (bit-sliced, LSB = 0)
     ge:<field>:<b>            the field's value is >= b, for the band boundaries b in BANDS
+    first_channel:<c>         the member's first order was on channel c (purchase family)
+    has:buy.* / bit:buy.*     purchase behaviour days, bit-sliced like `order.<k>` (below)
 
 Encoded values are non-negative integers: integers as they are (points, growth, order_count),
 money in fen (total_spend), dates as days since 1900-01-01 in the brand's time zone (registered,
@@ -18,6 +20,18 @@ last_purchase, birthday, and `order.<k>`: the day of the member's k-th most rece
 take DATE_WIDTH bits; integer fields as many as their largest value needs (kept per brand).
 Lifecycle, age, days_since_last_purchase and orders_365d are not stored: they are computed at
 query time from the dates (see store.audiences.facts), so they are exact on the day the query runs.
+
+Purchase behaviour (issue 15) is stored the same way, as days, bit-sliced with a `has:` key, so
+every window is answered against the query's own day:
+    buy.first                 the day of the member's first order (first_purchase)
+    buy.bought.<p>            the last day the member bought product p (a line whose category or sku is p)
+    buy.order.<k>.<c>         the day of the member's k-th most recent order with a line of category c
+    buy.spend.<f>             the latest day from which the member's spend (net of refunds, in fen)
+                              reaches f: `spend_90d >= X` is `buy.spend.<X> >= today - 90`, exact for
+                              every X in SPEND_STEPS on any day
+    buy.spend.<f>.<c>         the same over the lines of category c
+Spend thresholds are therefore the steps (tagquery.catalog.SPEND_STEPS, which the binder enforces);
+an amount between two steps would need a day per amount (a staircase per member), not stored.
 
 Digits: a threshold over bit slices read one key and did one operation per slice (17 for
 `points >= 350`), and a COUNT costs per key per chunk. So integer and date fields are stored as
@@ -34,6 +48,8 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
+
+from tagquery.catalog import FIRST_CHANNEL, SPEND_STEPS
 
 CHUNK_BITS = 16
 CHUNK_SIZE = 1 << CHUNK_BITS
@@ -56,7 +72,10 @@ BANDS: dict[str, tuple[int, ...]] = {
 DIGIT_BITS = 6
 DIGIT_BASE = 1 << DIGIT_BITS
 DIGIT_FIELDS = INTEGER_FIELDS + DATE_FIELDS  # range-encoded digits; `order.<k>` stays bit-sliced
-ENCODING_VERSION = 3  # 2: bit slices for every field and date bands; 3: digits
+# 2: bit slices for every field and date bands; 3: digits; 4: purchase behaviour keys (the keys of
+# 3 are unchanged, but an index of 3 holds no `buy.*` or `first_channel:` key and would answer
+# every purchase term with nobody: it is rebuilt before it is read, like any older one).
+ENCODING_VERSION = 4
 # Where an index's state (its widths) records the encoding it was built with (the name predates digits).
 ENCODING_STATE = "bands"
 
@@ -96,6 +115,28 @@ def order_field(k: int) -> str:
     return f"order.{k}"
 
 
+PURCHASE_PREFIX = "buy."
+FIRST_PURCHASE_DAY = "buy.first"
+
+
+def bought_field(product: str) -> str:
+    """The (date) field holding the last day the member bought `product` (a category or a sku)."""
+    return f"buy.bought.{product}"
+
+
+def category_order_field(category: str, k: int) -> str:
+    """The day of the member's k-th most recent order with a line of `category` (k >= 1)."""
+    return f"buy.order.{k}.{category}"
+
+
+def spend_day_field(fen: int, category: str | None = None) -> str:
+    """The latest day from which the member's net spend (of `category`'s lines) reaches `fen`."""
+    return f"buy.spend.{fen}" if category is None else f"buy.spend.{fen}.{category}"
+
+
+SPEND_FEN = tuple(int(step * 100) for step in SPEND_STEPS)
+
+
 def day_offset(day: date) -> int:
     """Days since EPOCH (negative before it): the domain date comparisons are compiled in."""
     return (day - EPOCH).days
@@ -128,6 +169,9 @@ FAMILIES = {
     # A change that touches the universe (`u`: a new, deleted or merged member) touches every
     # family, so the applier reads `u` as ALL_FAMILIES (store.audiences.deltas).
     "consent": 32768,
+    # Purchase behaviour (`buy.*` days, `first_channel:`): queued by orders, their lines and refunds
+    # (migration 0015), and by anything that touches the universe.
+    "purchase": 65536,
 }
 ALL_FAMILIES = sum(FAMILIES.values())
 
@@ -137,14 +181,18 @@ def family_of(key: str) -> str:
     head, _, rest = key.partition(":")
     if head in ("has", "bit", "ge"):
         field = rest.partition(":")[0]
+        if field.startswith(PURCHASE_PREFIX):
+            return "purchase"
         return "order" if field.startswith("order.") else field
-    return head
+    return "purchase" if head == FIRST_CHANNEL else head
 
 
 def family_sql(key: str) -> str:
     """`family_of` as an SQL expression over the key column `key` (fixed text)."""
     return (
-        f"CASE WHEN {key} LIKE 'has:order.%' OR {key} LIKE 'bit:order.%' THEN 'order'"
+        f"CASE WHEN {key} LIKE 'has:buy.%' OR {key} LIKE 'bit:buy.%' OR {key} LIKE 'first_channel:%'"
+        " THEN 'purchase'"
+        f" WHEN {key} LIKE 'has:order.%' OR {key} LIKE 'bit:order.%' THEN 'order'"
         f" WHEN {key} LIKE 'has:%' OR {key} LIKE 'bit:%' OR {key} LIKE 'ge:%' THEN split_part({key}, ':', 2)"
         f" ELSE split_part({key}, ':', 1) END"
     )

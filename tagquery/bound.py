@@ -19,7 +19,7 @@ import dataclasses
 from datetime import date, timedelta
 from decimal import Decimal
 
-from tagquery.ast import Op, Unit
+from tagquery.ast import Op, Unit, Window
 from tagquery.catalog import FieldType
 
 Scalar = int | Decimal | date
@@ -27,11 +27,13 @@ Scalar = int | Decimal | date
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Membership:
-    """The member has any of `values` for `dimension` (`tag` for tags; `multi` for set-valued)."""
+    """The member has any of `values` for `dimension` (`tag` for tags; `multi` for set-valued); with
+    `within`, on a day no earlier than `window_start(today, *within)` (a dated dimension: bought)."""
 
     dimension: str
     values: tuple[str, ...]
     multi: bool
+    within: Window | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,6 +42,8 @@ class FieldCompare:
     type: FieldType
     op: Op
     value: Scalar
+    qualifier: str | None = None
+    """A windowed purchase field restricted to this product category (`spend_90d:snacks`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +51,7 @@ class FieldIn:
     field: str
     type: FieldType
     values: tuple[Scalar, ...]
+    qualifier: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +62,7 @@ class FieldBetween:
     type: FieldType
     low: Scalar
     high: Scalar
+    qualifier: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

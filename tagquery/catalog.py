@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from types import MappingProxyType
 
 from tagquery.ast import is_name
@@ -42,11 +44,52 @@ RFM_FIELDS: Mapping[str, FieldType] = MappingProxyType(
 )
 
 
+# Purchase behaviour (issue 15), in a catalog built with `products`: the day of the first order,
+# and spend and order counts over the last N days for these N (orders_365d is one of them), each
+# optionally per product category (`spend_90d:snacks`).
+WINDOWS = (30, 90, 180, 365)
+# Spend in a window is compared with `>=` or `<` against one of these amounts (yuan): the index
+# keeps, per amount, the day from which the member's spend reaches it (tagquery.bitmap_keys), which
+# answers the comparison exactly on any day, for any window.
+SPEND_STEPS: tuple[Decimal, ...] = tuple(
+    Decimal(step) for step in (1, 50, 100, 200, 300, 500, 800, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000)
+)
+BOUGHT = "bought"  # dimension: a product category or sku the member bought (dated: WITHIN)
+FIRST_CHANNEL = "first_channel"  # dimension: the channel of the member's first order
+FIRST_PURCHASE = "first_purchase"
+_WINDOWED = re.compile(r"(spend|orders)_([0-9]+)d", re.ASCII)
+
+
+def spend_field(days: int) -> str:
+    return f"spend_{days}d"
+
+
+def orders_field(days: int) -> str:
+    return f"orders_{days}d"
+
+
+def window_of(name: str) -> tuple[str, int] | None:
+    """("spend" | "orders", days) for a windowed purchase field's name (any number of days)."""
+    match = _WINDOWED.fullmatch(name)
+    return None if match is None else (match[1], int(match[2]))
+
+
+PURCHASE_FIELDS: Mapping[str, FieldType] = MappingProxyType(
+    {
+        FIRST_PURCHASE: FieldType.DATE,
+        **{spend_field(days): FieldType.MONEY for days in WINDOWS},
+        **{orders_field(days): FieldType.INTEGER for days in WINDOWS},
+    }
+)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class DimensionSpec:
     values: frozenset[str]
     multi: bool = False
     """Set-valued: a member has any number of values (channels), not exactly one (tier)."""
+    dated: bool = False
+    """Each value has a day (the last purchase of a product): a term may take a window (WITHIN 90d)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,6 +98,10 @@ class Catalog:
     """Tag code -> display name. A display name resolves to its code when no other tag shares it."""
     dimensions: Mapping[str, DimensionSpec]
     fields: Mapping[str, FieldType] = dataclasses.field(default_factory=lambda: MEMBER_FIELDS)
+    qualifiers: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    """Fields that take a qualifier (`spend_90d:snacks`) -> the qualifiers they take."""
+    steps: Mapping[str, tuple[Decimal, ...]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    """Fields compared only with `>=` or `<` against one of these values (spend in a window)."""
     _by_display: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,12 +138,17 @@ def member_catalog(
     lifecycles: Iterable[str],
     consents: Iterable[str] = (),
     rfm_cells: Iterable[str] = (),
+    products: Iterable[str] | None = None,
+    categories: Iterable[str] = (),
 ) -> Catalog:
     """The member catalog of design §3: six dimensions (channel set-valued) and MEMBER_FIELDS, and
     `consent` (set-valued: the channels a member has a granted marketing consent for) when
     `consents` names any, and the `rfm` dimension with the RFM_FIELDS when `rfm_cells` names any.
+    With `products` (the categories and skus members bought), purchase behaviour: the dated
+    dimension `bought`, `first_channel` (the channels), PURCHASE_FIELDS, the windowed ones
+    qualified by `categories`, spend compared against SPEND_STEPS.
     A new dimension takes no name a valid expression used, so saved
-    expressions keep their meaning (GRAMMAR_VERSION is about the syntax, which is unchanged)."""
+    expressions keep their meaning (GRAMMAR_VERSION is about the syntax, which only grew)."""
     dimensions = {
         "tier": DimensionSpec(frozenset(tiers)),
         "channel": DimensionSpec(frozenset(channels), multi=True),
@@ -109,8 +161,22 @@ def member_catalog(
     if consent_values:
         dimensions["consent"] = DimensionSpec(consent_values, multi=True)
     cells = frozenset(rfm_cells)
-    fields = MEMBER_FIELDS
+    fields = dict(MEMBER_FIELDS)
     if cells:
         dimensions["rfm"] = DimensionSpec(cells)
-        fields = MappingProxyType({**MEMBER_FIELDS, **RFM_FIELDS})
-    return Catalog(tags=MappingProxyType(dict(tags)), dimensions=MappingProxyType(dimensions), fields=fields)
+        fields.update(RFM_FIELDS)
+    qualifiers: dict[str, frozenset[str]] = {}
+    steps: dict[str, tuple[Decimal, ...]] = {}
+    if products is not None:
+        dimensions[BOUGHT] = DimensionSpec(frozenset(products), multi=True, dated=True)
+        dimensions[FIRST_CHANNEL] = DimensionSpec(dimensions["channel"].values)
+        fields.update(PURCHASE_FIELDS)
+        qualifiers = {name: frozenset(categories) for name in PURCHASE_FIELDS if window_of(name)}
+        steps = {spend_field(days): SPEND_STEPS for days in WINDOWS}
+    return Catalog(
+        tags=MappingProxyType(dict(tags)),
+        dimensions=MappingProxyType(dimensions),
+        fields=MappingProxyType(fields),
+        qualifiers=MappingProxyType(qualifiers),
+        steps=MappingProxyType(steps),
+    )

@@ -16,6 +16,11 @@ stored dates first: `age` onto `birthday`, `days_since_last_purchase` onto `last
 rule: every chain lies within the field's presence (digits and slices hold present members only),
 so a term on a missing fact is empty, and NOT is `universe & ~x`.
 
+Purchase behaviour (issue 15) reads days the same way: `bought:<p> WITHIN w`, `first_purchase`,
+`orders_<N>d:<c> >= k` and `spend_<N>d >= X` are each one day field (`buy.*`, bit-sliced) against
+today - N; `spend_<N>d` is answered only for the steps (tagquery.catalog.SPEND_STEPS), and any other
+comparison of it raises rather than compile to something wrong (the binder never lets one through).
+
 Two savings rest on what the index holds (store.audiences.bitmaps; the differential tests check it): every
 row holds live members only, and a field's slices only members where the field is present. So
 every compiled bitmap lies within the universe, and `a AND NOT b` is `a & ~b` (the universe is read
@@ -44,16 +49,20 @@ from tagquery.bitmap_keys import (
     DATE_WIDTH,
     DIGIT_BASE,
     DIGIT_BITS,
+    FIRST_PURCHASE_DAY,
     NULLABLE,
     UNIVERSE,
     band_key,
     bit_key,
+    bought_field,
+    category_order_field,
     day_offset,
     digit_count,
     digit_key,
     fen,
     has_key,
     order_field,
+    spend_day_field,
     tag_key,
     value_key,
 )
@@ -70,6 +79,7 @@ from tagquery.bound import (
     Scalar,
     window_start,
 )
+from tagquery.catalog import SPEND_STEPS, window_of
 
 Bits = sa.ColumnElement[str]
 Interval = tuple[int | None, int | None]  # closed; None is unbounded
@@ -192,6 +202,9 @@ class BitmapCompiler:
                 return or_all([self.bitmap(operand) for operand in operands])
             case BoundNot(operand):
                 return bitand(self.universe, bitnot(self.bitmap(operand)))
+            case Membership("bought", values, _, within):  # catalog.BOUGHT
+                since = None if within is None else day_offset(window_start(self.today, *within))
+                return or_all([self._day_at_least(bought_field(value), since) for value in values])
             case Membership(dimension, values):
                 return or_all([self.pivot(_membership_key(dimension, value)) for value in values])
         return self._field(node)
@@ -203,10 +216,16 @@ class BitmapCompiler:
         return and_all([*(positive or [self.universe]), *negated])
 
     def _field(self, node: FieldCompare | FieldIn | FieldBetween | FieldWithin) -> Bits:
+        windowed = window_of(node.field)
+        if windowed is not None:
+            category = None if isinstance(node, FieldWithin) else node.qualifier
+            if windowed[0] == "spend":
+                return self._spend(node, windowed[1], category)
+            return or_all([self._orders(interval, windowed[1], category) for interval in _intervals(node, self.today)])
         intervals = _intervals(node, self.today)
         match node.field:
-            case "orders_365d":
-                return or_all([self._orders_365d(interval) for interval in intervals])
+            case "first_purchase":
+                return or_all([_within(self._sliced_at_least(FIRST_PURCHASE_DAY), i) for i in intervals])
             case "age":
                 return self._ranged("birthday", [_age_days(interval, self.today) for interval in intervals])
             case "days_since_last_purchase":
@@ -231,19 +250,51 @@ class BitmapCompiler:
 
         return or_all([_within(at_least, interval) for interval in intervals])
 
-    def _orders_365d(self, interval: Interval) -> Bits:
+    def _orders(self, interval: Interval, days: int, category: str | None) -> Bits:
+        """Orders (with a line of `category`) in the last `days` days within `interval`: at least k of
+        them is "the k-th most recent one is in the window" (`order.<k>` days, never missing: 0)."""
         low, high = interval
-        since = day_offset(window_start(self.today, ORDERS_WINDOW_DAYS, Unit.DAY))
-        at_least = self._at_least_orders(low, since) if low is not None and low > 0 else self.universe
-        return at_least if high is None else bitand(at_least, bitnot(self._at_least_orders(high + 1, since)))
+        since = day_offset(window_start(self.today, days, Unit.DAY))
+        at_least = self._at_least_orders(low, since, category) if low is not None and low > 0 else self.universe
+        if high is None:
+            return at_least
+        return bitand(at_least, bitnot(self._at_least_orders(high + 1, since, category)))
 
-    def _at_least_orders(self, k: int, since: int) -> Bits:
+    def _at_least_orders(self, k: int, since: int, category: str | None = None) -> Bits:
         if k <= 0:
             return self.universe
-        field = order_field(k)
-        if since <= 0:
-            return self.pivot(has_key(field))
-        return _slices_at_least(lambda bit: self.pivot(bit_key(field, bit)), DATE_WIDTH, since)
+        return self._day_at_least(order_field(k) if category is None else category_order_field(category, k), since)
+
+    def _spend(
+        self, node: FieldCompare | FieldIn | FieldBetween | FieldWithin, days: int, category: str | None
+    ) -> Bits:
+        """`spend_<N>d >= X` (or `<`) for a step X: the day from which the member's spend reaches X is
+        in the window (tagquery.bitmap_keys). Any other comparison has no keys: refused, never guessed."""
+        if not (isinstance(node, FieldCompare) and node.op in (Op.GTE, Op.LT) and node.value in SPEND_STEPS):
+            raise ValueError(
+                f"the audience index answers {node.field} only with >= or < against one of the amounts "
+                f"{', '.join(map(str, SPEND_STEPS))} (tagquery.bind refuses the rest)"
+            )
+        assert isinstance(node.value, Decimal)
+        since = day_offset(window_start(self.today, days, Unit.DAY))
+        reached = self._day_at_least(spend_day_field(fen(node.value), category), since)
+        return reached if node.op is Op.GTE else bitand(self.universe, bitnot(reached))
+
+    def _day_at_least(self, field: str, since: int | None) -> Bits:
+        """Members with a day in `field` (bit-sliced, with a `has:` key) on or after day `since`
+        (None: any day)."""
+        found = self._sliced_at_least(field)(since or 0)
+        return ZERO if found is None else found
+
+    def _sliced_at_least(self, field: str) -> AtLeast:
+        def at_least(value: int) -> Bits | None:
+            if value <= 0:
+                return self.pivot(has_key(field))
+            if value >> DATE_WIDTH:
+                return None
+            return _slices_at_least(lambda bit: self.pivot(bit_key(field, bit)), DATE_WIDTH, value)
+
+        return at_least
 
 
 def _membership_key(dimension: str, value: str) -> str:

@@ -34,11 +34,12 @@ Predicate = sa.ColumnElement[bool]
 class RowFacts(Protocol):
     """How each name of the catalog reads from the system of record, for one member row."""
 
-    def membership(self, dimension: str, values: tuple[str, ...]) -> Predicate:
-        """True when the member has any of `values` (False, never NULL, when it has none)."""
+    def membership(self, dimension: str, values: tuple[str, ...], since: date | None = None) -> Predicate:
+        """True when the member has any of `values` (False, never NULL, when it has none); for a dated
+        dimension with `since`, on that day or later."""
 
-    def field(self, name: str) -> sa.ColumnElement[Any]:
-        """The field's value for the member, NULL when missing."""
+    def field(self, name: str, qualifier: str | None = None) -> sa.ColumnElement[Any]:
+        """The field's value for the member, NULL when missing (of one category, when qualified)."""
 
 
 def compile_rows(node: Bound, facts: RowFacts, today: date) -> Predicate:
@@ -49,9 +50,10 @@ def compile_rows(node: Bound, facts: RowFacts, today: date) -> Predicate:
             return sa.or_(sa.false(), *(compile_rows(operand, facts, today) for operand in operands))
         case BoundNot(operand):
             return sa.not_(compile_rows(operand, facts, today))
-        case Membership(dimension, values):
-            return facts.membership(dimension, values)
-    return sa.func.coalesce(_test(node, facts.field(node.field), today), sa.false())
+        case Membership(dimension, values, _, within):
+            return facts.membership(dimension, values, None if within is None else window_start(today, *within))
+    qualifier = None if isinstance(node, FieldWithin) else node.qualifier
+    return sa.func.coalesce(_test(node, facts.field(node.field, qualifier), today), sa.false())
 
 
 def _test(

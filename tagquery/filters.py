@@ -8,7 +8,10 @@ member (members set to None count as unset, as GraphQL sends them):
     {"dimension": {"name": "tier", "values": ["gold"]}}          tier:gold (two or more: tier IN (...))
     {"field": {"name": "points", "op": "GTE", "value": "1000"}}  points >= 1000
         op EQ NE LT LTE GT GTE take "value"; IN takes "values"; BETWEEN takes "low" and "high";
-        WITHIN takes a duration "value" such as "30d".
+        WITHIN takes a duration "value" such as "30d". IN may take a "within" (a dated dimension's window).
+    {"dimension": {"name": "bought", "values": ["snacks"], "within": "90d"}}  bought:snacks WITHIN 90d
+    {"field": {"name": "spend_90d", "qualifier": "snacks", "op": "GTE", "value": "500"}}
+                                                                 spend_90d:snacks >= 500
 
 Values are strings, typed later by the binder exactly as text values are. An empty and / or list
 is refused rather than read as TRUE / FALSE: the text language has no way to write it, and every
@@ -93,13 +96,18 @@ class _Reader:
 
 
 def _dimension(data: object, path: str) -> Term:
-    fields = _exactly(data, path, {"name", "values"})
+    fields = _exactly(data, path, {"name", "values"}, optional={"within"})
     name = _name(fields["name"], f"{path}.name", allow_tag=True)
     items = _list(fields["values"], f"{path}.values")
     values = tuple(_string(item, f"{path}.values[{i}]") for i, item in enumerate(items))
+    within = (
+        None if "within" not in fields else _duration(_string(fields["within"], f"{path}.within"), f"{path}.within")
+    )
+    if name == TAG and within is not None:
+        raise _error("a tag takes no window", f"{path}.within")
     if len(values) > 1:
-        return In(name, values)
-    return Tag(values[0]) if name == TAG else Dimension(name, values[0])
+        return In(name, values, within=within)
+    return Tag(values[0]) if name == TAG else Dimension(name, values[0], within)
 
 
 def _field(data: object, path: str) -> Term:
@@ -109,17 +117,25 @@ def _field(data: object, path: str) -> Term:
     op = _string(raw_op, f"{path}.op")
     if op not in _OPERANDS:
         raise _error(f"unknown op '{op}', expected one of {', '.join(FIELD_OPS)}", f"{path}.op")
-    fields = _exactly(data, path, {"name", "op", *_OPERANDS[op]})
-    name = _name(fields["name"], f"{path}.name", allow_tag=op == "IN")
+    optional = {"qualifier", "within"} if op == "IN" else {"qualifier"}
+    fields = _exactly(data, path, {"name", "op", *_OPERANDS[op]}, optional=optional)
+    qualifier = None if "qualifier" not in fields else _string(fields["qualifier"], f"{path}.qualifier")
+    name = _name(fields["name"], f"{path}.name", allow_tag=op == "IN" and qualifier is None)
     if op == "IN":
         items = _list(fields["values"], f"{path}.values")
-        return In(name, tuple(_string(item, f"{path}.values[{i}]") for i, item in enumerate(items)))
+        values = tuple(_string(item, f"{path}.values[{i}]") for i, item in enumerate(items))
+        within = (
+            None if "within" not in fields else _duration(_string(fields["within"], f"{path}.within"), f"{path}.within")
+        )
+        return In(name, values, qualifier, within)
     if op == "BETWEEN":
-        return Between(name, _string(fields["low"], f"{path}.low"), _string(fields["high"], f"{path}.high"))
+        return Between(name, _string(fields["low"], f"{path}.low"), _string(fields["high"], f"{path}.high"), qualifier)
     value = _string(fields["value"], f"{path}.value")
     if op == "WITHIN":
+        if qualifier is not None:
+            raise _error("WITHIN takes no qualifier (a dimension's window is dimension.within)", f"{path}.qualifier")
         return Within(name, *_duration(value, f"{path}.value"))
-    return Compare(name, _COMPARISONS[op], value)
+    return Compare(name, _COMPARISONS[op], value, qualifier)
 
 
 # Shapes.
@@ -133,8 +149,11 @@ def _only_member(data: object, path: str) -> tuple[str, object]:
     return next(iter(present.items()))
 
 
-def _exactly(data: object, path: str, keys: set[str]) -> dict[str, object]:
-    present = _present(_object(data, path), path, sorted(keys))
+def _exactly(
+    data: object, path: str, keys: set[str], optional: frozenset[str] | set[str] = frozenset()
+) -> dict[str, object]:
+    """The members of `data`: all of `keys`, any of `optional`, nothing else."""
+    present = _present(_object(data, path), path, sorted(keys | optional))
     missing = sorted(keys - present.keys())
     if missing:
         raise _error(f"missing '{missing[0]}'", f"{path}.{missing[0]}")

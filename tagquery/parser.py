@@ -22,6 +22,7 @@ from tagquery.ast import (
     Op,
     Tag,
     Term,
+    Window,
     Within,
     conjoin,
     disjoin,
@@ -133,16 +134,25 @@ class _Parser:
         raise self.unexpected(f"':', a comparison, IN, BETWEEN or WITHIN after '{name.text}'")
 
     def _dimension(self, name: Token) -> Term:
+        """`name:value`, then: a window (`bought:x WITHIN 90d`), or, when a comparison, IN or BETWEEN
+        follows, `value` qualifies a field (`spend_90d:snacks >= 500`)."""
         self.advance()
         value, span = self._value()
-        return Dimension(name.text, value, span=(name.start, span[1]), value_spans=(span,))
+        qualified = self._QUALIFIED.get(self.peek().kind)
+        if qualified is not None:
+            return qualified(self, name, value)
+        within = self._window()
+        end = span[1] if within is None else within[1][1]
+        return Dimension(
+            name.text, value, None if within is None else within[0], span=(name.start, end), value_spans=(span,)
+        )
 
-    def _compare(self, name: Token) -> Term:
+    def _compare(self, name: Token, qualifier: str | None = None) -> Term:
         op = Op(self.advance().text)
         value, span = self._value()
-        return Compare(name.text, op, value, span=(name.start, span[1]), value_spans=(span,))
+        return Compare(name.text, op, value, qualifier, span=(name.start, span[1]), value_spans=(span,))
 
-    def _in(self, name: Token, subject: str | None = None) -> Term:
+    def _in(self, name: Token, subject: str | None = None, qualifier: str | None = None) -> Term:
         self.advance()
         self.expect(TokenKind.LPAREN, "'(' after IN")
         items = [self._value()]
@@ -151,24 +161,44 @@ class _Parser:
         close = self.expect(TokenKind.RPAREN, "',' or ')' in the IN list")
         values = tuple(value for value, _ in items)
         spans = tuple(span for _, span in items)
-        return In(subject or name.text, values, span=(name.start, close.end), value_spans=spans)
+        within = self._window()
+        end = close.end if within is None else within[1][1]
+        window = None if within is None else within[0]
+        return In(subject or name.text, values, qualifier, window, span=(name.start, end), value_spans=spans)
 
-    def _between(self, name: Token) -> Term:
+    def _between(self, name: Token, qualifier: str | None = None) -> Term:
         self.advance()
         low, low_span = self._value()
         self.expect(TokenKind.AND, "AND between the bounds of BETWEEN")
         high, high_span = self._value()
-        return Between(name.text, low, high, span=(name.start, high_span[1]), value_spans=(low_span, high_span))
+        return Between(
+            name.text, low, high, qualifier, span=(name.start, high_span[1]), value_spans=(low_span, high_span)
+        )
 
     def _within(self, name: Token) -> Term:
         self.advance()
+        duration, span = self._duration()
+        return Within(name.text, *duration, span=(name.start, span[1]), value_spans=(span,))
+
+    def _window(self) -> tuple[Window, Span] | None:
+        """An optional `WITHIN <duration>` ending a dimension term or an IN list."""
+        if self.expect_optional(TokenKind.WITHIN) is None:
+            return None
+        return self._duration()
+
+    def _duration(self) -> tuple[Window, Span]:
         token = self.peek()
         duration = parse_duration(token.text) if token.kind is TokenKind.WORD else None
         if duration is None:
             raise self.unexpected("a duration such as 30d, 12w, 6m or 1y")
         self.advance()
-        span = (token.start, token.end)
-        return Within(name.text, *duration, span=(name.start, token.end), value_spans=(span,))
+        return duration, (token.start, token.end)
+
+    _QUALIFIED: ClassVar[dict[TokenKind, Callable[[_Parser, Token, str], Term]]] = {
+        TokenKind.OP: lambda parser, name, qualifier: parser._compare(name, qualifier),
+        TokenKind.IN: lambda parser, name, qualifier: parser._in(name, None, qualifier),
+        TokenKind.BETWEEN: lambda parser, name, qualifier: parser._between(name, qualifier),
+    }
 
     _FORMS: ClassVar[dict[TokenKind, Callable[[_Parser, Token], Term]]] = {
         TokenKind.COLON: _dimension,

@@ -4,11 +4,13 @@ Rules: keywords upper case (`tag` lower case); one space around AND / OR / IN / 
 comparison operators, none around ':'; IN lists as `(a, b)` in the given order; parentheses only
 where precedence needs them (OR < AND < NOT < term: an OR inside an AND, an AND or OR under NOT);
 values bare when they lex back as one word, otherwise double-quoted with `\\" \\\\ \\n \\t \\r` escaped.
+A qualifier follows its field after ':' (`spend_90d:snacks >= 500`), a window ends its term
+(`bought:snacks WITHIN 30d`).
 """
 
 from __future__ import annotations
 
-from tagquery.ast import TAG, And, Between, Compare, Dimension, In, Node, Not, Or, Tag, Within
+from tagquery.ast import TAG, And, Between, Compare, Dimension, In, Node, Not, Or, Tag, Window, Within
 from tagquery.lexer import ESCAPES
 from tagquery.tokens import is_bare_word
 
@@ -55,14 +57,22 @@ def _term(node: Node) -> str:
     match node:
         case Tag(code):
             return f"{TAG}:{value_text(code)}"
-        case Dimension(name, value):
-            return f"{name}:{value_text(value)}"
-        case Compare(field, op, value):
-            return f"{field} {op} {value_text(value)}"
-        case In(name, values):
-            return f"{name} IN ({', '.join(map(value_text, values))})"
-        case Between(field, low, high):
-            return f"{field} BETWEEN {value_text(low)} AND {value_text(high)}"
+        case Dimension(name, value, within):
+            return f"{name}:{value_text(value)}{_window(within)}"
+        case Compare(field, op, value, qualifier):
+            return f"{_subject(field, qualifier)} {op} {value_text(value)}"
+        case In(name, values, qualifier, within):
+            return f"{_subject(name, qualifier)} IN ({', '.join(map(value_text, values))}){_window(within)}"
+        case Between(field, low, high, qualifier):
+            return f"{_subject(field, qualifier)} BETWEEN {value_text(low)} AND {value_text(high)}"
         case Within(field, amount, unit):
             return f"{field} WITHIN {amount}{unit}"
     raise TypeError(f"not a tag query node: {node!r}")
+
+
+def _subject(name: str, qualifier: str | None) -> str:
+    return name if qualifier is None else f"{name}:{value_text(qualifier)}"
+
+
+def _window(within: Window | None) -> str:
+    return "" if within is None else f" WITHIN {within[0]}{within[1]}"

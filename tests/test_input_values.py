@@ -240,7 +240,7 @@ LIMITS = [
 # String arguments that name something (a lookup answers UNKNOWN_*, or the form is checked: a code,
 # a phone, an expression of at most 4,000 characters), so their length is bounded by what they name.
 NAMES = {
-    "brand", "channel", "tag", "code", "group", "phone", "expression", "where", "idempotencyKey", "tiers",
+    "brand", "channel", "tag", "code", "group", "phone", "expression", "where", "idempotencyKey", "tiers", "rule",
 }  # fmt: skip
 
 

@@ -226,6 +226,7 @@ ROOT_CALLS: dict[str, str] = {
     ),
     "Mutation.refreshAudience": _mutation("", 'refreshAudience(id: "999999999")'),
     "Mutation.setLifecycleRules": _mutation("($b: String!)", "setLifecycleRules(brand: $b, atRiskDays: 90)"),
+    "Mutation.setTagRule": _mutation("($b: String!)", 'setTagRule(brand: $b, tag: "none", rule: "tier:silver")'),
 }
 # Root fields whose own tests check their scope (tests/test_consent.py, tests/test_erasure.py,
 # tests/test_overlap.py: brandOverlap names a group, which the matrix's key sees only part of).

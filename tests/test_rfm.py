@@ -208,3 +208,29 @@ async def test_counts_follow_recomputed_thresholds_not_a_cached_statement(pool: 
         after = await load_catalog(conn, brand_id)
         assert after.rfm.frequency == (1, 1, 2, 4)
         assert await engine.count(conn, after, query, TODAY) == 8  # orders 5, 6, 7 above 4
+
+
+FRESHNESS = """query($b: String!) {
+  audience(brand: $b, expression: "rfm_r >= 1") { count freshness { rfm { computedAt lagSeconds buyers } } } }"""
+
+
+async def test_the_audience_freshness_says_when_the_bounds_were_computed_and_how_old_they_are(
+    pool: AsyncConnectionPool[Any], gql: GraphQL
+) -> None:
+    shop = Shop(gql, await new_brand(pool))
+    for n in range(3):
+        await shop.order(await shop.register(), 10 + n)
+    brand_id = await brand_id_of(pool, shop.code)
+    await catch_up(pool, brand_id)
+    async with pool.connection() as conn:
+        stored = await rfm_store.recompute(conn, brand_id)
+        await conn.execute(
+            "UPDATE rfm_thresholds SET computed_at = computed_at - interval '2 hours' WHERE brand_id = %s", (brand_id,)
+        )
+    found = (await gql(FRESHNESS, b=shop.code))["audience"]
+    assert found["count"] == 3
+    assert stored.computed_at is not None
+    fresh = found["freshness"]["rfm"]
+    assert datetime.fromisoformat(fresh["computedAt"]) == stored.computed_at - timedelta(hours=2)
+    assert 7200 <= fresh["lagSeconds"] < 7200 + 60
+    assert fresh["buyers"] == 3

@@ -178,6 +178,8 @@ def _tags(c: Compiler, field: Selected, member_id: Any) -> sa.ColumnElement[Any]
         "source": mt.c.source,
         "assignedAt": iso_datetime(mt.c.assigned_at),
         "expiresAt": iso_datetime(mt.c.expires_at),
+        "ruleVersion": mt.c.rule_version,
+        "computedAt": iso_datetime(mt.c.computed_at),
     }
     element = json_object([(f.key, _pick(values, "MemberTag", f)) for f in c.subfields(field, "MemberTag")])
     return (

@@ -12,6 +12,9 @@
 - `overlap`: how a brand's channels share members (from the index) and a group's brands share
   persons (through the phone).
 
+- `rule_tags`: rule tags computed from their rules (on a change, after each delta, each brand day)
+  into `member_tags`: the one table of another domain it writes, as the tags' source `rule`.
+
 May use: the shared modules and `tagquery`. Never members, ledger or tags: it reads their tables
 (through `store.tables`), and writers reach it only through the change-queue triggers.
 """

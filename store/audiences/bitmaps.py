@@ -23,10 +23,10 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
 from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, Maintenance, load_index_facts
-from store.brands import brand_by_code, list_brands
+from store.audiences.purchases import purchase_keys
+from store.brands import for_each_brand
 from store.sql import Query
 from store.tables import audience_bitmaps, audience_changes, audience_index_state
-from store.urls import libpq_url
 from tagquery.bitmap_keys import (
     BANDS,
     CHUNK_BITS,
@@ -58,6 +58,9 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 _BITS_HEADER = struct.pack(">ii", 4 + CHUNK_SIZE // 8, CHUNK_SIZE)
 _COPY_BATCH = 1 << 20
+# Below this many members a key's rows are set bit by bit (measured: 10-100 ids 35-50 us against
+# 50-90 us packing booleans; from about 1,000 packing wins). Purchase keys are mostly this sparse.
+_SPARSE = 512
 
 _lock = Maintenance(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
 _try_lock = Maintenance(sa.select(sa.func.pg_try_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
@@ -108,6 +111,7 @@ def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
         field = order_field(int(k))
         keys[has_key(field)] = nth[:, 0]
         keys.update(_slices(field, nth[:, 0], np.clip(nth[:, 2], 0, MAX_DAY), DATE_WIDTH))
+    keys.update(purchase_keys(facts.orders, facts.categories, facts.products))
     return keys, widths
 
 
@@ -149,9 +153,15 @@ def chunk_rows(key: str, ids: Ids) -> Iterator[Row]:
     high = ids >> CHUNK_BITS
     starts = np.flatnonzero(np.diff(high, prepend=-1))
     chunks, row_of = high[starts], np.cumsum(np.diff(high, prepend=high[0]) != 0)
-    bits = np.zeros((chunks.size, CHUNK_SIZE), dtype=np.bool_)
-    bits[row_of, ids & (CHUNK_SIZE - 1)] = True
-    for chunk, packed in zip(chunks.tolist(), np.packbits(bits, axis=1), strict=True):
+    low = ids & (CHUNK_SIZE - 1)
+    if ids.size < _SPARSE:  # set the bits in place: no 64 Ki booleans per chunk to pack
+        rows = np.zeros((chunks.size, CHUNK_SIZE // 8), dtype=np.uint8)
+        np.bitwise_or.at(rows, (row_of, low >> 3), np.uint8(128) >> (low & 7).astype(np.uint8))
+    else:
+        bits = np.zeros((chunks.size, CHUNK_SIZE), dtype=np.bool_)
+        bits[row_of, low] = True
+        rows = np.packbits(bits, axis=1)
+    for chunk, packed in zip(chunks.tolist(), rows, strict=True):
         yield key, chunk, packed.tobytes()
 
 
@@ -243,15 +253,14 @@ class Refreshed:
 
 async def refresh(url: str, brand: str | None, progress: Callable[[str], Progress] | None = None) -> list[Refreshed]:
     """Rebuild the index of one brand (by code) or of every brand, one transaction per brand."""
-    done: list[Refreshed] = []
-    async with await AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
-        chosen = [await brand_by_code(conn, brand)] if brand is not None else await list_brands(conn)
-        for row in chosen:
-            started = time.perf_counter()
-            report = progress(row["code"]) if progress is not None else (lambda stage, done, total: None)
-            async with conn.transaction():
-                rows = await rebuild(conn, row["id"], report)
-                report("committing", 0, 1)
-            report("done", 1, 1)
-            done.append(Refreshed(row["code"], rows, time.perf_counter() - started))
-    return done
+
+    async def rebuilt(conn: AsyncConnection[Any], row: dict[str, Any]) -> Refreshed:
+        started = time.perf_counter()
+        report = progress(row["code"]) if progress is not None else (lambda stage, done, total: None)
+        async with conn.transaction():
+            rows = await rebuild(conn, row["id"], report)
+            report("committing", 0, 1)
+        report("done", 1, 1)
+        return Refreshed(row["code"], rows, time.perf_counter() - started)
+
+    return [refreshed for _, refreshed in await for_each_brand(url, brand, rebuilt)]

@@ -27,7 +27,7 @@ from store.audiences.rfm_store import current as current_rfm
 from store.sql import Query
 from store.tables import CHANNELS, CONSENT_CHANNELS, GENDERS, audience_bitmaps, brand_tiers, tag_definitions
 from tagquery import Catalog, member_catalog
-from tagquery.bitmap_keys import UNIVERSE
+from tagquery.bitmap_keys import UNIVERSE, bought_field, category_order_field, has_key
 from tagquery.compile_bitmap import Encoding
 
 STATUSES = ("prospect", "member")
@@ -41,15 +41,25 @@ _tags = Query(
 _tiers = Query(
     sa.select(brand_tiers.c.code).where(brand_tiers.c.brand_id == sa.bindparam("brand_id")).order_by(brand_tiers.c.rank)
 )
-_cities = Query(
-    sa.select(sa.func.substr(audience_bitmaps.c.key, len(_CITY) + 1).label("city"))
-    .distinct()
-    .where(
-        audience_bitmaps.c.brand_id == sa.bindparam("brand_id"),
-        audience_bitmaps.c.key >= _CITY,
-        audience_bitmaps.c.key < _CITY[:-1] + chr(ord(_CITY[-1]) + 1),
+
+
+def _named(prefix: str) -> Query:
+    """The distinct names after `prefix` in the brand's index keys (one short range of its rows)."""
+    return Query(
+        sa.select(sa.func.substr(audience_bitmaps.c.key, len(prefix) + 1).label("name"))
+        .distinct()
+        .where(
+            audience_bitmaps.c.brand_id == sa.bindparam("brand_id"),
+            audience_bitmaps.c.key >= prefix,
+            audience_bitmaps.c.key < prefix[:-1] + chr(ord(prefix[-1]) + 1),
+        )
     )
-)
+
+
+_cities = _named(_CITY)
+# Products (categories and skus) and categories members bought: purchase behaviour's values.
+_products = _named(has_key(bought_field("")))
+_categories = _named(has_key(category_order_field("", 1)))
 _timezone = Query(sa.select(brand_timezone()))
 _chunks = Query(
     sa.select(
@@ -91,12 +101,14 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
         tags=tags,
         tiers=[row["code"] for row in await _tiers.all(conn, brand_id=brand_id)],
         channels=CHANNELS,
-        cities=[row["city"] for row in await _cities.all(conn, brand_id=brand_id)],
+        cities=[row["name"] for row in await _cities.all(conn, brand_id=brand_id)],
         statuses=STATUSES,
         genders=GENDERS,
         lifecycles=STAGES,
         consents=CONSENT_CHANNELS,
         rfm_cells=CELLS,
+        products=[row["name"] for row in await _products.all(conn, brand_id=brand_id)],
+        categories=[row["name"] for row in await _categories.all(conn, brand_id=brand_id)],
     )
     timezone: str = await _timezone.scalar(conn, brand_id=brand_id)
     encoding = Encoding(dict(await stored_widths(conn, brand_id)))

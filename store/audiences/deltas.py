@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from store.audiences.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows, drain, lock_brand, rebuild
 from store.audiences.index_facts import Ids, Maintenance, among, load_index_facts
 from store.audiences.lifecycle import after_apply
+from store.audiences.persons import after_apply as persons_after_apply
 from store.sql import Query
 from store.tables import audience_index_state, member_tags
 from tagquery.bitmap_keys import (
@@ -241,13 +242,24 @@ async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool =
         if state is None or 0 in changed or len(changed) > REBUILD_OVER or _outdated(state["widths"]):
             await rebuild(conn, brand_id)
             await after_apply(conn, brand_id, None)  # lifecycle stages: every member compared
+            await persons_after_apply(conn, brand_id, None)  # the brand's persons, rebuilt
+            await _rule_tags_after_apply(conn, brand_id, None)  # rule tags: every member computed
             return Applied(brand_id, len(changed), rebuilt=True)
         for row in await _expired.all(conn, brand_id=brand_id, since=state["applied_at"]):
             changed[row["member_id"]] = changed.get(row["member_id"], 0) | FAMILIES["tag"]
         widths = await _apply_delta(conn, brand_id, changed, state["widths"]) if changed else state["widths"]
         await _mark_applied.run(conn, brand_id=brand_id, widths=Jsonb(widths))
         await after_apply(conn, brand_id, changed)  # lifecycle stages of the members just applied
+        await persons_after_apply(conn, brand_id, changed)  # the persons of those members
+        await _rule_tags_after_apply(conn, brand_id, changed)  # rule tags of the members just applied
         return Applied(brand_id, len(changed), rebuilt=False)
+
+
+async def _rule_tags_after_apply(conn: AsyncConnection[Any], brand_id: int, changed: Mapping[int, int] | None) -> None:
+    # Imported here: store.audiences.rule_tags reads catalogs, which import this module.
+    from store.audiences.rule_tags import after_apply as rule_tags_after_apply
+
+    await rule_tags_after_apply(conn, brand_id, changed)
 
 
 async def _apply_delta(

@@ -16,6 +16,8 @@ brand's time zone (`brand_rules.timezone`).
     orders_365d       orders (refunded or not, as order_count) paid on or after today - 365
     lifecycle         derived from the above by the brand's LifecycleRules: exactly one stage per member
     rfm_r, rfm_f, rfm_m, rfm      RFM scores 1-5 and cell, derived by the brand's RfmThresholds (store.audiences.rfm)
+    bought, first_purchase, first_channel, spend_<N>d, orders_<N>d (and per category)
+                      purchase behaviour from orders and their lines (store.audiences.purchases)
 
 The row compiler reads these through MemberRowFacts, the bitmap index is built from
 `load_index_facts`, `member_facts` feeds the reference evaluator, and lifecycle is expanded into
@@ -28,6 +30,7 @@ import dataclasses
 import functools
 from collections.abc import Mapping
 from datetime import date
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -35,7 +38,7 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from store.audiences import rfm
+from store.audiences import purchases, rfm
 from store.sql import Query
 from store.tables import (
     brand_rules,
@@ -43,6 +46,7 @@ from store.tables import (
     member_identities,
     member_tags,
     members,
+    order_lines,
     orders,
     tag_definitions,
 )
@@ -58,9 +62,8 @@ from tagquery.bound import (
     FieldWithin,
     Membership,
 )
-from tagquery.catalog import FieldType
-from tagquery.compile_bitmap import ORDERS_WINDOW_DAYS
-from tagquery.evaluate import evaluate
+from tagquery.catalog import BOUGHT, FIRST_CHANNEL, FieldType, window_of
+from tagquery.evaluate import Purchase, evaluate
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 STAGES = ("introduction", "growth", "mature", "at_risk", "churned")
@@ -161,8 +164,12 @@ class MemberRowFacts:
         self.today = sa.bindparam("today", type_=sa.Date)
         self.tz = sa.bindparam("tz", type_=sa.Text)
 
-    def membership(self, dimension: str, values: tuple[str, ...]) -> sa.ColumnElement[bool]:
+    def membership(self, dimension: str, values: tuple[str, ...], since: date | None = None) -> sa.ColumnElement[bool]:
         wanted = sa.literal(list(values), ARRAY(sa.Text))
+        if dimension == BOUGHT:
+            return self._bought(wanted, since)
+        if dimension == FIRST_CHANNEL:
+            return sa.func.coalesce(self._first_order(orders.c.channel) == sa.any_(wanted), sa.false())
         if dimension == TAG:
             return sa.exists().where(
                 member_tags.c.member_id == self.m.c.id,
@@ -182,9 +189,14 @@ class MemberRowFacts:
             )
         return sa.func.coalesce(self.m.c[dimension] == sa.any_(wanted), sa.false())
 
-    def field(self, name: str) -> sa.ColumnElement[Any]:
+    def field(self, name: str, qualifier: str | None = None) -> sa.ColumnElement[Any]:
         m = self.m.c
+        windowed = window_of(name)
+        if windowed is not None:
+            return self._windowed(*windowed, qualifier)
         match name:
+            case "first_purchase":
+                return self._first_order(local_date(orders.c.paid_at, self.tz))
             case "registered":
                 return local_date(m.registered_at, self.tz)
             case "last_purchase":
@@ -193,17 +205,48 @@ class MemberRowFacts:
                 return self.today - local_date(m.last_purchase_at, self.tz)
             case "age":
                 return _age(self.today, m.birthday)
-            case "orders_365d":
-                return self._orders_365d()
         return m[_COLUMNS[name]]
 
-    def _orders_365d(self) -> sa.ColumnElement[int]:
-        since = self.today - ORDERS_WINDOW_DAYS
+    # Purchase behaviour (store.audiences.purchases says what each name means).
+
+    def _bought(self, wanted: sa.ColumnElement[Any], since: date | None) -> sa.ColumnElement[bool]:
+        o, line = orders.alias("o"), order_lines.alias("l")
+        when = [] if since is None else [local_date(o.c.paid_at, self.tz) >= sa.literal(since, sa.Date)]
+        return sa.exists().where(
+            o.c.member_id == self.m.c.id,
+            line.c.order_id == o.c.id,
+            sa.or_(line.c.category == sa.any_(wanted), line.c.sku == sa.any_(wanted)),
+            *when,
+        )
+
+    def _first_order(self, what: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """`what` of the member's first order (earliest paid_at, then lowest id); NULL without one."""
         return (
-            sa.select(sa.func.count())
-            .where(orders.c.member_id == self.m.c.id, local_date(orders.c.paid_at, self.tz) >= since)
+            sa.select(what)
+            .where(orders.c.member_id == self.m.c.id)
+            .order_by(orders.c.paid_at, orders.c.id)
+            .limit(1)
             .scalar_subquery()
         )
+
+    def _windowed(self, kind: str, days: int, category: str | None) -> sa.ColumnElement[Any]:
+        """Orders or net spend (yuan) paid on or after today - `days`, of `category`'s lines if given."""
+        o, line = orders.alias("o"), order_lines.alias("l")
+        in_window = [o.c.member_id == self.m.c.id, local_date(o.c.paid_at, self.tz) >= self.today - days]
+        of_category = sa.and_(line.c.order_id == o.c.id, line.c.category == sa.literal(category, sa.Text))
+        if kind == "orders":
+            counted = sa.select(sa.func.count()).select_from(o).where(*in_window)
+            if category is not None:
+                counted = counted.where(sa.exists().where(of_category))
+            return counted.scalar_subquery()
+        if category is None:
+            net = sa.literal_column(purchases.ORDER_NET_FEN, sa.BigInteger)
+            spent = sa.select(sa.func.sum(net)).select_from(o).where(*in_window)
+        else:
+            net = sa.literal_column(purchases.LINE_NET_FEN, sa.BigInteger)
+            spent = sa.select(sa.func.sum(net)).select_from(o).join(line, of_category).where(*in_window)
+        fen = sa.func.coalesce(spent.scalar_subquery(), 0)
+        return sa.cast(fen, sa.Numeric(16, 2)) / 100
 
 
 _COLUMNS = {
@@ -238,7 +281,16 @@ def live_members(member: sa.FromClause) -> sa.ColumnElement[bool]:
 
 _m = members.alias("m")
 _row_facts = MemberRowFacts(_m)
-_SCALARS = ("points", "growth", "order_count", "total_spend", "registered", "last_purchase", "orders_365d")
+_SCALARS = (
+    "points",
+    "growth",
+    "order_count",
+    "total_spend",
+    "registered",
+    "last_purchase",
+    "orders_365d",
+    "first_purchase",
+)
 _member = Query(
     sa.select(
         *(_m.c[name] for name in ("tier", "city", "status", "gender", "birthday", "merged_into", "erased_at")),
@@ -283,6 +335,43 @@ async def member_facts(
         "channel": frozenset(row.pop("channels")),
         "consent": frozenset(row.pop("consents")),
     }
+    facts.update(await _purchase_facts(conn, member_id, timezone))
     facts["lifecycle"] = lifecycle_of(facts, today, rules)
     facts.update(rfm.scores(facts, today, thresholds))
     return facts
+
+
+_o, _l = orders.alias("o"), order_lines.alias("l")
+_member_orders = Query(
+    sa.select(
+        _o.c.id,
+        _o.c.channel,
+        local_date(_o.c.paid_at, sa.bindparam("tz", type_=sa.Text)).label("day"),
+        sa.literal_column(purchases.ORDER_NET_FEN, sa.BigInteger).label("net"),
+        _l.c.category,
+        _l.c.sku,
+        sa.literal_column(purchases.LINE_NET_FEN, sa.BigInteger).label("line_net"),
+    )
+    .select_from(_o.outerjoin(_l, _l.c.order_id == _o.c.id))
+    .where(_o.c.member_id == sa.bindparam("member_id"))
+    .order_by(_o.c.paid_at, _o.c.id, _l.c.line)
+)
+
+
+async def _purchase_facts(conn: AsyncConnection[Any], member_id: int, timezone: str) -> dict[str, Any]:
+    """`purchases`, `bought`, `first_channel` as tagquery.evaluate reads them (first_purchase is a scalar)."""
+    rows = await _member_orders.all(conn, member_id=member_id, tz=timezone)
+    by_order: dict[int, tuple[date, Decimal, dict[str, Decimal]]] = {}
+    bought: dict[str, date] = {}
+    for row in rows:
+        day, _, categories = by_order.setdefault(row["id"], (row["day"], Decimal(row["net"]) / 100, {}))
+        if row["category"] is None:
+            continue  # an order without lines
+        categories[row["category"]] = categories.get(row["category"], Decimal(0)) + Decimal(row["line_net"]) / 100
+        for product in (row["category"], row["sku"]):
+            bought[product] = max(bought.get(product, day), day)
+    return {
+        "purchases": [Purchase(day, spend, categories) for day, spend, categories in by_order.values()],
+        "bought": bought,
+        "first_channel": rows[0]["channel"] if rows else None,
+    }

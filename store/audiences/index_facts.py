@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 
+from store.audiences import purchases
 from store.audiences.facts import DEFAULT_TIMEZONE
 from store.sql import Query
 from tagquery.bitmap_keys import UNIVERSE
@@ -76,7 +77,7 @@ UNION ALL SELECT 'tag:' || d.code, t.ids FROM (
 ) t JOIN tag_definitions d ON d.id = t.tag_id
 UNION ALL SELECT 'consent:' || c.channel, {_AGG.format("c.member_id")}
     FROM member_consents c WHERE c.brand_id = :brand_id AND c.granted{only("c")} GROUP BY c.channel
-"""  # noqa: S608
+{purchases.first_channel_sets(ids)}"""  # noqa: S608
 
 
 def _day(expression: str) -> str:
@@ -97,21 +98,22 @@ FROM live, tz
 """  # noqa: S608
 
 
-# The day of each order, numbered from the most recent (k = 1).
+# The day of each order, numbered from the most recent (k = 1), and its net amount in fen.
 def _orders(ids: bool) -> str:
     only = " AND o.member_id = ANY(:ids)" if ids else ""
     return f"""
-SELECT {_AGG.format("member_id) || int8send(k) || int8send(day")} FROM (
+SELECT {_AGG.format("member_id) || int8send(k) || int8send(day) || int8send(net")} FROM (
     SELECT o.member_id, row_number() OVER (PARTITION BY o.member_id ORDER BY o.paid_at DESC) AS k,
-           {_day("o.paid_at AT TIME ZONE tz.name")} AS day
+           {_day("o.paid_at AT TIME ZONE tz.name")} AS day, {purchases.ORDER_NET_FEN} AS net
     FROM orders o, tz WHERE o.brand_id = :brand_id{only}
 ) numbered
 """  # noqa: S608
 
 
-def _queries(ids: bool) -> tuple[Maintenance, Maintenance, Maintenance]:
+def _queries(ids: bool) -> tuple[Maintenance, ...]:
     head = f"WITH {_live(ids)}"
-    return tuple(Maintenance(sa.text(f"{head}{body}")) for body in (_sets(ids), _VALUES, _orders(ids)))  # type: ignore[return-value]
+    bodies = (_sets(ids), _VALUES, _orders(ids), purchases.category_rows(ids), purchases.product_rows(ids))
+    return tuple(Maintenance(sa.text(f"{head}{body}")) for body in bodies)
 
 
 _ALL = _queries(ids=False)
@@ -125,14 +127,18 @@ class IndexFacts:
     values: npt.NDArray[np.int64]
     """One row per live member, columns VALUE_COLUMNS; NULL marks a missing date."""
     orders: npt.NDArray[np.int64]
-    """One row per order of a live member: member id, k (1 = most recent), day."""
+    """One row per order of a live member: member id, k (1 = most recent), day, net amount in fen."""
+    categories: dict[str, Ids] = dataclasses.field(default_factory=dict)
+    """Per product category: (member, day, net fen) of each order with a line of it, flat."""
+    products: dict[str, Ids] = dataclasses.field(default_factory=dict)
+    """Per sku: (member, last day bought), flat (a category's last day is in `categories`)."""
 
 
 async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Sequence[int] | None) -> IndexFacts:
     """The facts of every live member of the brand, or of those among `ids`."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
-    sets_q, values_q, orders_q = _ALL if ids is None else _SOME
+    sets_q, values_q, orders_q, categories_q, products_q = _ALL if ids is None else _SOME
     params: dict[str, Any] = {"brand_id": brand_id} if ids is None else {"brand_id": brand_id, "ids": list(ids)}
     rows = await sets_q.all(conn, **params)
     sets = {row["key"]: _int8s(row["ids"]) for row in rows if row["ids"] is not None}
@@ -140,11 +146,23 @@ async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Seque
     for key in [key for key in sets if key.startswith(_OWNED)]:
         sets[key] = sets[key][among(sets[key], universe)]
     values = _int8s(await values_q.scalar(conn, **params)).reshape(-1, len(VALUE_COLUMNS))
-    order_days = _int8s(await orders_q.scalar(conn, **params)).reshape(-1, 3)
-    return IndexFacts(sets=sets, values=values, orders=order_days[among(order_days[:, 0], universe)])
+    order_days = _int8s(await orders_q.scalar(conn, **params)).reshape(-1, 4)
+
+    def live(members: Ids) -> npt.NDArray[np.bool_]:
+        return among(members, universe)
+
+    categories = {row["name"]: _int8s(row["rows"]) for row in await categories_q.all(conn, **params)}
+    products = {row["name"]: _int8s(row["rows"]) for row in await products_q.all(conn, **params)}
+    return IndexFacts(
+        sets=sets,
+        values=values,
+        orders=order_days[live(order_days[:, 0])],
+        categories=purchases.among_live(categories, 3, live),
+        products=purchases.among_live(products, 2, live),
+    )
 
 
-_OWNED = ("channel:", "tag:", "consent:")
+_OWNED = ("channel:", "tag:", "consent:", "first_channel:")
 
 
 def among(ids: Ids, universe: Ids) -> npt.NDArray[np.bool_]:

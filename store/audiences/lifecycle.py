@@ -27,7 +27,6 @@ applier calls `sync` after each delta (store.audiences.deltas.apply_brand), `run
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -48,9 +47,9 @@ from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows, lock_bra
 from store.audiences.facts import DEFAULT_TIMEZONE, STAGES, LifecycleRules, lifecycle_terms
 from store.audiences.index_facts import Ids, Maintenance
 from store.audiences.lifecycle_rules import RulesVersion, current_rules
-from store.brands import brand_by_code, list_brands
+from store.audiences.schedule import every
+from store.brands import for_each_brand
 from store.tables import audience_bitmaps, lifecycle_state
-from store.urls import libpq_url
 from tagquery.bitmap_keys import CHUNK_BITS, CHUNK_SIZE, ENCODING_STATE, ENCODING_VERSION, FAMILIES
 from tagquery.compile_bitmap import NO_CHUNK_LIMIT, BitmapCompiler, Encoding
 
@@ -458,33 +457,23 @@ async def sync_due(pool: AsyncConnectionPool[Any], now: datetime | None = None) 
 
 
 async def run_lifecycle(pool: AsyncConnectionPool[Any], interval: float = INTERVAL) -> None:
-    """`sync_due` every `interval` seconds until cancelled (the server's lifespan runs this); failures
-    are logged and retried, backing off to ten minutes while they persist."""
-    delay = interval
-    while True:
-        try:
-            for report in await sync_due(pool):
-                if report.changes or report.initialized:
-                    log.info("lifecycle stages: %s", report)
-            for brand_id in await rfm_store.recompute_due(pool):  # once a brand day
-                log.info("rfm thresholds recomputed for brand %s", brand_id)
-            delay = interval
-        except Exception:
-            if delay == interval:
-                log.exception("lifecycle stages: the scheduled pass failed; retrying")
-            delay = min(delay * 2, 600.0)
-        await asyncio.sleep(delay)
+    """`sync_due`, then the RFM bounds due, every `interval` seconds until cancelled (the server's
+    lifespan runs this; store.audiences.schedule)."""
+
+    async def one_pass() -> None:
+        for report in await sync_due(pool):
+            if report.changes or report.initialized:
+                log.info("lifecycle stages: %s", report)
+        for brand_id in await rfm_store.recompute_due(pool):  # once a brand day
+            log.info("rfm thresholds recomputed for brand %s", brand_id)
+
+    await every(interval, "lifecycle stages", log, one_pass)
 
 
 async def refresh_stages(url: str, brand: str | None, now: datetime | None = None) -> list[tuple[str, Synced | None]]:
     """Bring the stages of one brand (by code) or of every brand up to date (`omnimember refresh`,
     after the index is rebuilt), waiting for each brand's lock."""
-    done: list[tuple[str, Synced | None]] = []
-    async with await AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
-        chosen = [await brand_by_code(conn, brand)] if brand is not None else await list_brands(conn)
-        for row in chosen:
-            done.append((row["code"], await sync_locked(conn, row["id"], wait=True, now=now)))
-    return done
+    return await for_each_brand(url, brand, lambda conn, row: sync_locked(conn, row["id"], wait=True, now=now))
 
 
 # --- freshness --------------------------------------------------------------------------------------

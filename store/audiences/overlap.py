@@ -10,10 +10,9 @@ connections.
 **Brands**, through the person key: members of different brands are different rows, and the same
 person is the same phone hash within a group (`Member.person`). A brand's count is its live
 members, from its index's universe (`u`), as every audience count is; who is in two brands comes
-from the system of record, in one statement: the brands' live phone hashes read in hash order from
-the partial unique index (brand_id, phone_hash), merged, grouped per hash, and the persons found in
-two brands or more counted per set of brands. The index has no person space yet, so the
-intersections are as of now and the counts as of the index's freshness (about a second apart).
+from the person index (store.audiences.persons): each brand's persons as bitmaps over the group's
+person ids, read in one statement, each person's brands as the bits of an integer (numpy), and the
+persons in two brands or more counted per set of brands. Both are as of the applier's last pass.
 
 Rates: `rate` is both / (A + B - both), those in both over those in either (Jaccard: symmetric, 1
 when the two hold the same members); `share_of_a` is both / A (of A's members, the share also in B:
@@ -34,12 +33,13 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from store.audiences import persons
 from store.audiences.catalogs import BrandCatalog
 from store.audiences.engine import SPLIT_CHUNKS, run_pivot
 from store.audiences.facts import expand_derived
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
-from store.tables import CHANNELS, audience_bitmaps, members
+from store.tables import CHANNELS, audience_bitmaps
 from tagquery.bitmap_keys import UNIVERSE, value_key
 from tagquery.bound import Bound
 from tagquery.compile_bitmap import BitmapCompiler, Bits, bitand, bitor, or_all
@@ -238,33 +238,16 @@ _universes = Query(
 )
 
 
-def _shared_persons(brands: int) -> Query:
-    """(brands as bits, persons) for the persons with a live member in two of the `brands` or more
-    (`:b0` .. bound to brand ids). Each branch's predicate is the partial unique index's, so the
-    planner reads every brand's hashes in order from it (index only) and merges them (Merge Append,
-    then a GroupAggregate: no hash table, no sort). An erased member holds no phone hash (a check
-    constraint), so `phone_hash IS NOT NULL` leaves erased members out too."""
-    m = members.c
-    branches = [
-        sa.select(m.phone_hash, sa.literal(1 << i, sa.BigInteger).label("bit"))
-        .where(
-            m.brand_id == sa.bindparam(f"b{i}", type_=sa.BigInteger), m.merged_into.is_(None), m.phone_hash.is_not(None)
+class PersonsNotReadyError(DomainError):
+    """A brand's person index was never built (older than migration 0016): the applier builds it."""
+
+    def __init__(self, brand_code: str) -> None:
+        super().__init__(
+            ErrorCode.INDEX_NOT_READY,
+            f"the person index of brand {brand_code!r} is being built (the applier's next pass builds it):"
+            " shared persons would be wrong until it is: retry in a little while",
         )
-        # Ordered branches of an ordered union: without both, the planner hashes or sorts them all.
-        .order_by(m.phone_hash)
-        for i in range(brands)
-    ]
-    held = sa.union_all(*branches).order_by(sa.column("phone_hash")).subquery("held")
-    persons = (
-        sa.select(sa.func.bit_or(held.c.bit).label("brands"))
-        .group_by(held.c.phone_hash)
-        .having(sa.func.count() > 1)
-        .subquery("persons")
-    )
-    return Query(sa.select(persons.c.brands, sa.func.count().label("n")).group_by(persons.c.brands))
-
-
-_shared: dict[int, Query] = {}
+        self.pending = 0
 
 
 async def brand_overlap(
@@ -279,11 +262,13 @@ async def brand_overlap(
     rows = await _universes.all(conn, brand_ids=ids)
     by_brand = {row["brand_id"]: int(row["n"]) for row in rows}
     counts = [by_brand.get(brand_id, 0) for brand_id in ids]
-    shared: list[Row] = []
+    shared: list[tuple[int, int]] = []
     if len(ids) > 1:
-        query = _shared.get(len(ids)) or _shared.setdefault(len(ids), _shared_persons(len(ids)))
-        shared = await query.all(conn, **{f"b{i}": brand_id for i, brand_id in enumerate(ids)})
-    return _brands_of(ids, codes, counts, [(int(row["brands"]), int(row["n"])) for row in shared])
+        unbuilt, shared = await persons.shared_persons(conn, ids)
+        for brand_id in unbuilt:
+            if by_brand.get(brand_id, 0):  # a brand without live members has no persons to build
+                raise PersonsNotReadyError(codes[ids.index(brand_id)])
+    return _brands_of(ids, codes, counts, shared)
 
 
 def _brands_of(ids: list[int], codes: Sequence[str], counts: list[int], shared: list[tuple[int, int]]) -> BrandOverlap:
@@ -298,8 +283,8 @@ def _brands_of(ids: list[int], codes: Sequence[str], counts: list[int], shared: 
             linked[i] += n
         for pair in itertools.combinations(held, 2):
             both[pair] = both.get(pair, 0) + n
-    # Counts come from the index and links from the system of record: within the index's lag a
-    # brand may link a member it does not count yet, never fewer than none exclusive.
+    # Counts come from the audience index and links from the person index, both kept by the same
+    # passes of the applier; should they ever disagree, never fewer than none exclusive.
     parts = [Part(code, counts[i], max(counts[i] - linked[i], 0)) for i, code in enumerate(codes)]
     return BrandOverlap(
         brand_ids=ids,

@@ -20,10 +20,9 @@ from sqlalchemy.dialects.postgresql import insert
 from store.audiences.facts import DEFAULT_TIMEZONE, brand_timezone, live_members, local_date
 from store.audiences.index_facts import Maintenance
 from store.audiences.rfm import NO_THRESHOLDS, RfmThresholds
-from store.brands import brand_by_code, list_brands
+from store.brands import for_each_brand
 from store.sql import Query
 from store.tables import brand_rules, members, rfm_thresholds
-from store.urls import libpq_url
 
 QUANTILES = (0.2, 0.4, 0.6, 0.8)
 _t = rfm_thresholds.c
@@ -138,9 +137,4 @@ async def recompute_due(pool: AsyncConnectionPool[Any]) -> list[int]:
 
 async def refresh(url: str, brand: str | None) -> list[tuple[str, StoredThresholds]]:
     """`omnimember refresh`: recompute one brand's (by code) or every brand's thresholds now."""
-    done: list[tuple[str, StoredThresholds]] = []
-    async with await AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
-        chosen = [await brand_by_code(conn, brand)] if brand is not None else await list_brands(conn)
-        for row in chosen:
-            done.append((row["code"], await recompute(conn, row["id"])))
-    return done
+    return await for_each_brand(url, brand, lambda conn, row: recompute(conn, row["id"]))

@@ -5,7 +5,8 @@ the member must exist, an expiry must be in the future, and without one a tag wi
 that many days after the import. Rows for one member and tag apply in file order, so the last one
 wins. An assignment the member holds already and that has not expired is left as it is unless the
 row changes its expiry (an explicit date, or none for a tag without a TTL): unlike a second
-`tagMembers`, which restarts a TTL, re-running a file changes nothing.
+`tagMembers`, which restarts a TTL, re-running a file changes nothing. A row of a rule tag is
+rejected (INVALID_INPUT): its rule assigns it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from store.imports.staged import Merged, Staged
 from store.members.unification import check_channel, check_external_id
 from store.sql import Query
 from store.tags.catalog import UnknownTagError
+from store.tags.rules import RuleTagError, rule_tag_ids
 from tagquery.bitmap_keys import FAMILIES
 
 SOURCE = "import"
@@ -112,10 +114,12 @@ class TagImport:
         self._brand_id = brand_id
         self._tags: dict[str, int] = {}
         self._suggestions: dict[str, str | None] = {}
+        self._rule_tags: set[int] = set()  # assigned by their rules, never imported
 
     async def prepare(self, conn: AsyncConnection[Any]) -> None:
         await create_staging(conn, _staged)
         self._tags = {row["code"]: row["id"] for row in await _catalog.all(conn, brand_id=self._brand_id)}
+        self._rule_tags = await rule_tag_ids(conn, self._brand_id)
 
     def stage(self, records: list[Record]) -> Staged:
         now = dt.datetime.now(dt.UTC)
@@ -157,6 +161,8 @@ class TagImport:
                 close = difflib.get_close_matches(code, list(self._tags), n=1)
                 self._suggestions[code] = close[0] if close else None
             raise UnknownTagError(code, self._suggestions[code])
+        if tag_id in self._rule_tags:
+            raise RuleTagError(code)
         return tag_id
 
     def close(self) -> None:

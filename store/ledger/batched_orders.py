@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import BYTEA
 
 from store.ledger import journal, postings, tiers
 from store.ledger.batched import arrays, fresh, matched, posted, request_params
+from store.ledger.order_lines import insert_lines, line_params
 from store.ledger.orders import (
     CURRENT_TIER,
     EARNING_FROM,
@@ -169,6 +170,7 @@ _upgraded = (
     .cte("order_upgrades")
 )
 _tier_changes = tiers.recorded_changes(_upgraded, _upgraded.c.item_cause).cte("order_tier_changes")
+_lines = insert_lines(_order_rows, "order_lines_written")
 _orders_posted = Query(
     sa.select(
         *postings.posting_columns(_postings),
@@ -182,7 +184,9 @@ _orders_posted = Query(
         .join(_buyers, _buyers.c.id == _postings.c.member_id)
         .join(brand_tiers, postings.tier_of(_buyers))
     )
-    .add_cte(_items, _fresh, _earning, _buyers, _postings, _order_rows, _entries, _lots, _upgraded, _tier_changes)
+    .add_cte(
+        _items, _fresh, _earning, _buyers, _postings, _order_rows, _entries, _lots, _upgraded, _tier_changes, _lines
+    )
 )
 
 
@@ -196,6 +200,7 @@ def _params(purchases: Sequence[Purchase]) -> dict[str, list[Any]]:
         "paid_at": [order.paid_at for order in placed],
         "store": [order.store for order in placed],
         "cause": [cause(order) for order in placed],
+        **line_params([(order.brand_id, order.channel, order.external_order_id, order.lines) for order in placed]),
     }
 
 

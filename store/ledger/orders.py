@@ -13,6 +13,7 @@ same way, never below zero. A refund never downgrades at once; the tier review d
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,8 +24,9 @@ from psycopg import AsyncConnection, errors
 from sqlalchemy.dialects import postgresql
 
 from store.errors import DomainError, ErrorCode
-from store.ledger import journal, postings, tiers
+from store.ledger import journal, order_lines, postings, tiers
 from store.ledger.journal import Posting, Request
+from store.ledger.order_lines import OrderLine, check_lines, insert_lines, line_params
 from store.sql import Query, Row
 from store.tables import brand_rules, brand_tiers, members, orders, points_entries, points_lots, points_postings
 from store.transactions import Retry
@@ -42,6 +44,7 @@ class OrderInput:
     amount: Decimal
     paid_at: dt.datetime
     store: str | None
+    lines: tuple[OrderLine, ...] = ()  # what it bought (store.ledger.order_lines), written with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +268,7 @@ _upgraded = (
     .cte("upgraded")
 )
 _tier_change = tiers.recorded_changes(_upgraded).cte("tier_change")
+_order_lines = insert_lines(_order_row, "order_lines_written")
 ORDER_PREFIX = "order_row_"  # apart from the member's order_count
 _ORDER_NAMES = [(f"{ORDER_PREFIX}{column.name}", column.name) for column in ORDER_COLUMNS]
 _member_after = [column for column in _buyer.c if column.name != "from_tier"]
@@ -281,7 +285,17 @@ _order_posted = Query(
         .join(_buyer, sa.true())
         .join(brand_tiers, sa.and_(brand_tiers.c.brand_id == _buyer.c.brand_id, brand_tiers.c.code == _buyer.c.tier))
     )
-    .add_cte(_earning, _buyer, _order_posting, _order_row, _order_entries, _lots_opened, _upgraded, _tier_change)
+    .add_cte(
+        _earning,
+        _buyer,
+        _order_posting,
+        _order_row,
+        _order_entries,
+        _lots_opened,
+        _upgraded,
+        _tier_change,
+        _order_lines,
+    )
 )
 # A retried order fails the statement on one of these (which one first is the server's choice).
 _ORDER_KEYS = frozenset({postings.KEY_CONSTRAINT, "uq_orders_brand_id_channel_external_order_id"})
@@ -353,6 +367,7 @@ class Purchase:
 
 def purchase(order: OrderInput, actor: str) -> Purchase:
     check_amount(order.amount)
+    order = dataclasses.replace(order, lines=check_lines(order.lines, order.amount))
     if order.paid_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
         raise DomainError(ErrorCode.INVALID_INPUT, "paidAt is in the future", field="paidAt")
     request = Request(
@@ -367,6 +382,7 @@ def purchase(order: OrderInput, actor: str) -> Purchase:
             "amount": str(order.amount),
             "paid_at": order.paid_at.isoformat(),
             "store": order.store,
+            **order_lines.payload(order.lines),
         },
     )
     return Purchase(order, request)
@@ -417,6 +433,7 @@ async def _post(conn: AsyncConnection[Any], order: OrderInput, request: Request)
                 earned_at=order.paid_at,
                 store=order.store,
                 cause=cause(order),
+                **line_params([(order.brand_id, order.channel, order.external_order_id, order.lines)]),
             )
     except errors.UniqueViolation as error:
         if error.diag.constraint_name not in _ORDER_KEYS:

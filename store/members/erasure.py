@@ -18,7 +18,9 @@ explicit identity binding again (store.members.merges, store.members.unification
 with its old phone or channel id creates a new member.
 
 The audience index drops erased members from its universe (store.audiences.index_facts): the
-members are queued for it here, every key family, as the triggers do for other writes.
+members are queued for it here, every key family, as the triggers do for other writes. The group's
+person index (store.audiences.persons) forgets the phone's hash here, before it is emptied, unless
+another member of the group holds the same number.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
+from store.audiences import persons
 from store.errors import DomainError, ErrorCode
 from store.sql import Query
 from store.tables import audience_changes, member_consents, member_identities, member_merges, member_tags, members
@@ -147,6 +150,7 @@ async def erase(conn: AsyncConnection[Any], *, brand_id: int, member_id: int, re
     for merge in await _merges.all(conn, ids=family):
         moved = _scrubbed(merge["moved"], channel_ids, all_erased=merge["merged_id"] in erased)
         await _set_moved.run(conn, merge_id=merge["id"], moved=Jsonb(moved))
+    await persons.forget_phones(conn, family)  # the group's person ids of these phones, when no one else holds them
     emptied = {row["id"]: row["erased_at"] for row in await _empty.all(conn, ids=family)}
     await _queue.run(conn, ids=family)
     return Erasure(member_id, emptied[member_id], tuple(family))

@@ -21,6 +21,7 @@ from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import member_tags, members, tag_definitions
 from store.tags.catalog import unexpired
+from store.tags.rules import assignable
 from store.urls import libpq_url
 
 # One call may tag a whole campaign list; beyond this, split the list (or, later, tag by expression).
@@ -145,6 +146,8 @@ _tags_by_member = Query(
         member_tags.c.source,
         member_tags.c.assigned_at,
         member_tags.c.expires_at,
+        member_tags.c.rule_version,
+        member_tags.c.computed_at,
     )
     .join(tag_definitions, tag_definitions.c.id == member_tags.c.tag_id)
     .where(member_tags.c.member_id == sa.any_(_IDS), unexpired())
@@ -192,11 +195,13 @@ async def tag_members(
     """Give live members of the tag's brand the tag, or refresh it (time, expiry, source) where they have it.
 
     Expiry: ``expires_at`` when given, else ``ttl_days`` after now when the tag has a TTL, else never.
-    Raises UNKNOWN_MEMBERS (nothing written) when any id is not a live member of the brand.
+    Raises UNKNOWN_MEMBERS (nothing written) when any id is not a live member of the brand, and
+    INVALID_INPUT for a rule tag (its rule assigns it).
     """
     if expires_at is not None and expires_at <= dt.datetime.now(dt.UTC):
         raise DomainError(ErrorCode.INVALID_INPUT, "expiresAt must be in the future", field="expiresAt")
     ids = distinct_ids(member_ids)
+    await assignable(conn, tag)
     await check_live_members(conn, brand_id=tag["brand_id"], member_ids=ids)
     row = await _tag.one(
         conn,
@@ -212,8 +217,10 @@ async def tag_members(
 
 
 async def untag_members(conn: AsyncConnection[Any], *, tag: Row, member_ids: Sequence[int]) -> int:
-    """Take the tag from live members of its brand; returns how many carried it (expired ones did not)."""
+    """Take the tag from live members of its brand; returns how many carried it (expired ones did not).
+    INVALID_INPUT for a rule tag (its rule assigns it)."""
     ids = distinct_ids(member_ids)
+    await assignable(conn, tag)
     await check_live_members(conn, brand_id=tag["brand_id"], member_ids=ids)
     removed: int = await _untag.scalar(conn, ids=ids, tag_id=tag["id"])
     return removed

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
-from store.tables import TAG_CATEGORIES, member_tags, tag_definitions
+from store.tables import TAG_CATEGORIES, member_tags, rule_tag_state, tag_definitions, tag_rules
 from tagquery.tokens import is_bare_word
 
 MAX_CODE = 64
@@ -62,13 +62,26 @@ _insert_definition = Query(
     .on_conflict_do_nothing(index_elements=[tag_definitions.c.brand_id, tag_definitions.c.code])
     .returning(*TAG_COLUMNS)
 )
+# A rule tag's current rule and when it was last computed (NULL for a tag assigned by hand).
+_with_rule = tag_definitions.outerjoin(rule_tag_state, rule_tag_state.c.tag_id == tag_definitions.c.id).outerjoin(
+    tag_rules, sa.and_(tag_rules.c.tag_id == rule_tag_state.c.tag_id, tag_rules.c.version == rule_tag_state.c.version)
+)
+RULE_COLUMNS = (
+    tag_rules.c.rule,
+    rule_tag_state.c.version.label("rule_version"),
+    rule_tag_state.c.computed_at.label("rule_computed_at"),
+)
 _definition_by_code = Query(
-    sa.select(*TAG_COLUMNS).where(
-        tag_definitions.c.brand_id == sa.bindparam("brand_id"), tag_definitions.c.code == sa.bindparam("code")
-    )
+    sa.select(*TAG_COLUMNS, *RULE_COLUMNS)
+    .select_from(_with_rule)
+    .where(tag_definitions.c.brand_id == sa.bindparam("brand_id"), tag_definitions.c.code == sa.bindparam("code"))
 )
 _codes = Query(sa.select(tag_definitions.c.code).where(tag_definitions.c.brand_id == sa.bindparam("brand_id")))
-_catalog = sa.select(*TAG_COLUMNS).order_by(tag_definitions.c.category, tag_definitions.c.code)
+_catalog = (
+    sa.select(*TAG_COLUMNS, *RULE_COLUMNS)
+    .select_from(_with_rule)
+    .order_by(tag_definitions.c.category, tag_definitions.c.code)
+)
 _all_definitions = Query(_catalog.where(tag_definitions.c.brand_id == sa.bindparam("brand_id")))
 _definitions_in = Query(
     _catalog.where(
@@ -106,16 +119,28 @@ def _check_definition(name: str, category: str, ttl_days: int | None) -> str:
 
 
 async def define(
-    conn: AsyncConnection[Any], *, brand_id: int, code: str, name: str, category: str, ttl_days: int | None
+    conn: AsyncConnection[Any],
+    *,
+    brand_id: int,
+    code: str,
+    name: str,
+    category: str,
+    ttl_days: int | None,
+    ruled: bool = False,
 ) -> Row:
-    """Add a tag to the brand's catalog; DUPLICATE_TAG when the code is taken."""
+    """Add a tag to the brand's catalog; DUPLICATE_TAG when the code is taken. A tag with a rule
+    (`ruled`: the caller sets it, store.tags.rules) has no TTL: its rule decides who carries it."""
     name = _check_definition(name, category, ttl_days)
+    if ruled and ttl_days is not None:
+        raise DomainError(
+            ErrorCode.INVALID_INPUT, "a rule tag has no ttlDays: its rule decides who carries it", field="ttlDays"
+        )
     row = await _insert_definition.one(
         conn, brand_id=brand_id, code=check_code(code), name=name, category=category, ttl_days=ttl_days
     )
     if row is None:
         raise DomainError(ErrorCode.DUPLICATE_TAG, f"the brand already has a tag {code!r}", field="code")
-    return row
+    return {**row, "rule": None, "rule_version": None, "rule_computed_at": None}
 
 
 async def definition(conn: AsyncConnection[Any], *, brand_id: int, code: str) -> Row:

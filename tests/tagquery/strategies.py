@@ -66,12 +66,15 @@ def _value_lists() -> st.SearchStrategy[tuple[str, ...]]:
     return st.lists(_values, min_size=1, max_size=4).map(tuple)
 
 
+_windows = st.none() | st.tuples(st.integers(0, 10**6), st.sampled_from(Unit))
+_qualifiers = st.none() | _values  # purchase behaviour: `spend_90d:snacks >= 500`, `bought:x WITHIN 30d`
 syntax_terms: st.SearchStrategy[Node] = st.one_of(
     st.builds(Tag, _values),
-    st.builds(Dimension, _names, _values),
-    st.builds(Compare, _names, st.sampled_from(Op), _values),
-    st.builds(In, _names | st.just(TAG), _value_lists()),
-    st.builds(Between, _names, _values, _values),
+    st.builds(Dimension, _names, _values, _windows),
+    st.builds(Compare, _names, st.sampled_from(Op), _values, _qualifiers),
+    st.builds(In, _names, _value_lists(), _qualifiers, _windows),
+    st.builds(In, st.just(TAG), _value_lists(), st.none(), _windows),
+    st.builds(Between, _names, _values, _values, _qualifiers),
     st.builds(Within, _names, st.integers(0, 10**6), st.sampled_from(Unit)),
 )
 
@@ -173,14 +176,23 @@ def to_filter(node: Node) -> dict[str, object]:
             return {"not": to_filter(operand)}
         case Tag(code):
             return {"tag": code}
-        case Dimension(name, value):
-            return {"dimension": {"name": name, "values": [value]}}
-        case In(name, values):
-            return {"field": {"name": name, "op": "IN", "values": list(values)}}
-        case Compare(field, op, value):
-            return {"field": {"name": field, "op": op.name, "value": value}}
-        case Between(field, low, high):
-            return {"field": {"name": field, "op": "BETWEEN", "low": low, "high": high}}
+        case Dimension(name, value, within):
+            return {"dimension": {"name": name, "values": [value], **_window(within)}}
+        case In(name, values, qualifier, within):
+            listed = {"values": list(values), **_qualifier(qualifier), **_window(within)}
+            return {"field": {"name": name, "op": "IN", **listed}}
+        case Compare(field, op, value, qualifier):
+            return {"field": {"name": field, "op": op.name, "value": value, **_qualifier(qualifier)}}
+        case Between(field, low, high, qualifier):
+            return {"field": {"name": field, "op": "BETWEEN", "low": low, "high": high, **_qualifier(qualifier)}}
         case Within(field, amount, unit):
             return {"field": {"name": field, "op": "WITHIN", "value": f"{amount}{unit}"}}
     raise AssertionError(node)
+
+
+def _window(within: tuple[int, Unit] | None) -> dict[str, str]:
+    return {} if within is None else {"within": f"{within[0]}{within[1]}"}
+
+
+def _qualifier(qualifier: str | None) -> dict[str, str]:
+    return {} if qualifier is None else {"qualifier": qualifier}

@@ -79,7 +79,7 @@ ERRORS: list[tuple[object, str, str]] = [
     (
         {"dimension": {"name": "tier", "value": "gold"}},
         "filter.dimension",
-        "unknown member 'value', expected one of name, values",
+        "unknown member 'value', expected one of name, values, within",
     ),
     ({"field": {"name": "points", "value": "1"}}, "filter.field.op", "missing 'op'"),
     ({"field": {"name": "points", "op": 1, "value": "1"}}, "filter.field.op", "expected a string"),
@@ -91,7 +91,7 @@ ERRORS: list[tuple[object, str, str]] = [
     (
         {"field": {"name": "points", "op": "GTE", "values": ["1"]}},
         "filter.field",
-        "unknown member 'values', expected one of name, op, value",
+        "unknown member 'values', expected one of name, op, qualifier, value",
     ),
     ({"field": {"name": "points", "op": "BETWEEN", "low": "1"}}, "filter.field.high", "missing 'high'"),
     ({"field": {"name": "points", "op": "IN", "values": [1]}}, "filter.field.values[0]", "expected a string"),

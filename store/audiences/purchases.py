@@ -1,0 +1,199 @@
+"""Purchase behaviour facts for the audience index: read in bulk, turned into day keys.
+
+What each name means (one definition, kept by the row compiler's SQL in store.audiences.facts,
+these bulk reads and the reference evaluator's facts alike; the differential tests hold them to it):
+
+    bought:<p>            the member has an order with a line whose category or sku is p (any day;
+                          with WITHIN, the last such order's day is in the window)
+    first_purchase        the day of the member's first order (earliest paid_at)
+    first_channel:<c>     the channel of that order (ties on paid_at: the lower order id)
+    orders_<N>d           orders paid on or after today - N (refunded or not, as order_count)
+    orders_<N>d:<c>       ... with at least one line of category c
+    spend_<N>d            what those orders cost net of refunds: amount - refunded
+    spend_<N>d:<c>        the net amount of their lines of category c: each line's amount less the
+                          order's refunded share, floor(line x (amount - refunded) / amount) in fen
+
+A refund lowers spend and never a count or a purchase (as `order_count` and `total_spend` do). Days
+are the brand's time zone's. Everything is stored as days (tagquery.bitmap_keys: `buy.*`), so each
+window is computed against the query's own day, never a stored "as of" day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from tagquery.bitmap_keys import (
+    DATE_WIDTH,
+    FIRST_PURCHASE_DAY,
+    MAX_DAY,
+    SPEND_FEN,
+    bit_key,
+    bought_field,
+    category_order_field,
+    has_key,
+    spend_day_field,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+Ids: TypeAlias = "npt.NDArray[np.int64]"
+Keys = Iterator[tuple[str, Ids]]
+
+# Net amounts in fen, as SQL over an order `o` and one of its lines `l` (numeric until the floor: a
+# line's fen times the order's net fen does not fit a bigint for the largest orders).
+ORDER_NET_FEN = "((o.amount - o.refunded) * 100)::bigint"
+# (Most orders have no refund: their lines' fen need no numeric division.)
+LINE_NET_FEN = (
+    "CASE WHEN o.refunded = 0 THEN (l.amount * 100)::bigint"
+    " ELSE floor(l.amount * 100 * (o.amount - o.refunded) / o.amount)::bigint END"
+)
+
+
+def _day(expression: str) -> str:
+    return f"(({expression})::date - DATE '1900-01-01')::bigint"
+
+
+_AGG = "string_agg({}, ''::bytea{})"
+
+
+def _only(ids: bool) -> str:
+    return " AND o.member_id = ANY(:ids)" if ids else ""
+
+
+def first_channel_sets(ids: bool) -> str:
+    """UNION ALL rows (key, ids) of `first_channel:<c>`, for the index's set query."""
+    return f"""
+UNION ALL SELECT 'first_channel:' || f.channel, {_AGG.format("int8send(f.member_id)", "")} FROM (
+    SELECT DISTINCT ON (o.member_id) o.member_id, o.channel FROM orders o
+    WHERE o.brand_id = :brand_id{_only(ids)} ORDER BY o.member_id, o.paid_at, o.id
+) f GROUP BY f.channel
+"""  # noqa: S608 (constant text: no input reaches these strings)
+
+
+def category_rows(ids: bool) -> str:
+    """Per category: (member, day, net fen) of each order with a line of it, most recent first."""
+    packed = "int8send(c.member_id) || int8send(c.day) || int8send(c.net)"
+    return f"""
+SELECT c.category AS name, {_AGG.format(packed, " ORDER BY c.member_id, c.paid_at DESC")} AS rows FROM (
+    SELECT o.member_id, o.paid_at, {_day("o.paid_at AT TIME ZONE tz.name")} AS day, l.category,
+           sum({LINE_NET_FEN})::bigint AS net
+    FROM orders o JOIN order_lines l ON l.order_id = o.id, tz
+    WHERE o.brand_id = :brand_id{_only(ids)}
+    GROUP BY o.id, l.category, tz.name
+) c GROUP BY c.category
+"""  # noqa: S608
+
+
+def product_rows(ids: bool) -> str:
+    """Per sku: (member, last day bought). A category's is its most recent order (category_rows)."""
+    packed = "int8send(p.member_id) || int8send(p.day)"
+    return f"""
+SELECT p.sku AS name, {_AGG.format(packed, "")} AS rows FROM (
+    SELECT o.member_id, l.sku, max({_day("o.paid_at AT TIME ZONE tz.name")}) AS day
+    FROM orders o JOIN order_lines l ON l.order_id = o.id, tz
+    WHERE o.brand_id = :brand_id{_only(ids)}
+    GROUP BY o.member_id, l.sku
+) p GROUP BY p.sku
+"""  # noqa: S608
+
+
+# Keys (tagquery.bitmap_keys), from the arrays store.audiences.index_facts reads.
+
+
+def purchase_keys(orders: npt.NDArray[np.int64], categories: Mapping[str, Ids], products: Mapping[str, Ids]) -> Keys:
+    """Every `buy.*` key. `orders`: (member, k, day, net fen) per order, k = 1 the most recent;
+    `categories`: per category (member, day, net fen) rows; `products`: per sku (member, day)."""
+    yield from _first_purchase(orders)
+    yield from _spend_days(orders[:, 0], orders[:, 1], orders[:, 2], orders[:, 3], None)
+    bought: dict[str, Ids] = {name: rows.reshape(-1, 2) for name, rows in products.items()}
+    for category, rows in categories.items():
+        table = rows.reshape(-1, 3)
+        k = _rank_by_recency(table[:, 0], table[:, 1])
+        for nth in range(1, int(k.max(initial=0)) + 1):
+            chosen = k == nth
+            yield from sliced_days(category_order_field(category, nth), table[chosen, 0], table[chosen, 1])
+        yield from _spend_days(table[:, 0], k, table[:, 1], table[:, 2], category)
+        bought[category] = _latest(table[k == 1][:, :2], bought.get(category))
+    for product, table in bought.items():
+        yield from sliced_days(bought_field(product), table[:, 0], table[:, 1])
+
+
+def _latest(rows: Ids, other: Ids | None) -> Ids:
+    """(member, day) rows, with a sku of the same name as the category merged in: each member's
+    latest day of either."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    if other is None:
+        return rows
+    both = np.concatenate([rows, other])
+    both = both[np.lexsort((-both[:, 1], both[:, 0]))]
+    latest: Ids = both[np.flatnonzero(np.diff(both[:, 0], prepend=-1))]
+    return latest
+
+
+def sliced_days(field: str, ids: Ids, days: Ids) -> Keys:
+    """`has:<field>` and the bit slices of the days (each member at most once)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    if not ids.size:
+        return
+    yield has_key(field), ids
+    clipped = np.clip(days, 0, MAX_DAY)
+    for bit in range(DATE_WIDTH):
+        chosen = ids[(clipped >> bit) & 1 == 1]
+        if chosen.size:
+            yield bit_key(field, bit), chosen
+
+
+def _first_purchase(orders: npt.NDArray[np.int64]) -> Keys:
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    order = np.lexsort((orders[:, 2], orders[:, 0]))  # by member, then day: each member's first row
+    members, days = orders[order, 0], orders[order, 2]
+    first = np.flatnonzero(np.diff(members, prepend=-1))
+    yield from sliced_days(FIRST_PURCHASE_DAY, members[first], days[first])
+
+
+def _rank_by_recency(members: Ids, days: Ids) -> Ids:
+    """k (1 = most recent) of each row among its member's rows, for rows in member order, most
+    recent first (as category_rows sends them)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    if not members.size:
+        return np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.diff(members, prepend=members[0] - 1))
+    position = np.arange(members.size)
+    k: Ids = position - np.repeat(starts, np.diff(np.append(starts, members.size))) + 1
+    return k
+
+
+def _spend_days(members: Ids, k: Ids, days: Ids, net: Ids, category: str | None) -> Keys:
+    """`buy.spend.<f>` (of `category`): per member, the day of the order at which its spend, summed
+    from the most recent order back, first reaches f; no key for a member whose spend never does."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    if not members.size:
+        return
+    order = np.lexsort((k, members))
+    members, days, net = members[order], days[order], net[order]
+    total = np.cumsum(net)
+    starts = np.flatnonzero(np.diff(members, prepend=members[0] - 1))
+    before = np.repeat(total[starts] - net[starts], np.diff(np.append(starts, members.size)))
+    spent = total - before  # each member's spend from its most recent order to this one
+    for step in SPEND_FEN:
+        crossing = (spent >= step) & (spent - net < step)
+        yield from sliced_days(spend_day_field(step, category), members[crossing], days[crossing])
+
+
+def among_live(table: Mapping[str, Ids], columns: int, live: Any) -> dict[str, Ids]:
+    """The rows of each name whose member (first column) `live(members)` keeps."""
+    kept = {}
+    for name, rows in table.items():
+        shaped = rows.reshape(-1, columns)
+        chosen = shaped[live(shaped[:, 0])]
+        if chosen.size:
+            kept[name] = chosen.reshape(-1)
+    return kept
