@@ -150,10 +150,12 @@ def refresh(
     brand: Annotated[str | None, typer.Option(help="Brand code.", show_default="every brand")] = None,
 ) -> None:
     """Rebuild the audience bitmap index from the system of record (readers never see it half-built),
-    then bring the brands' lifecycle stages up to date (changes recorded as in the server) and
-    recompute their RFM quintiles. Rule tags are computed first, so the index holds them."""
+    rebuild the brands' persons (brandOverlap), bring their lifecycle stages up to date (changes
+    recorded as in the server) and recompute their RFM quintiles. Rule tags are computed first, so
+    the index holds them."""
     from store.audiences.bitmaps import refresh as run
     from store.audiences.lifecycle import refresh_stages
+    from store.audiences.persons import refresh as refresh_persons
     from store.audiences.rfm_store import refresh as refresh_rfm
     from store.audiences.rule_tags import refresh as refresh_rule_tags
     from store.errors import DomainError
@@ -164,6 +166,7 @@ def refresh(
             # indexes what they assigned.
             rule_tags = asyncio.run(refresh_rule_tags(url, brand))
             built = asyncio.run(run(url, brand, progress))
+            persons = asyncio.run(refresh_persons(url, brand))
             stages = asyncio.run(refresh_stages(url, brand))
             rfm = asyncio.run(refresh_rfm(url, brand))
         except DomainError as error:
@@ -174,6 +177,8 @@ def refresh(
     for code, synced in stages:
         if synced is not None:
             typer.echo(f"{code}: lifecycle stages as of {synced.day}: {_stage_changes(synced)}")
+    for code, found in persons:
+        typer.echo(f"{code}: {found} persons with a phone (brandOverlap)")
     for code, thresholds in rfm:
         typer.echo(f"{code}: RFM quintiles over {thresholds.buyers} buyers as of {thresholds.day}")
     for code, computed in rule_tags:

@@ -407,10 +407,12 @@ def report(args: argparse.Namespace, f: Findings, host: audience.Machine) -> str
         ]
     lines += [
         "",
-        "brandOverlap reads the system of record, not the index (the index has no person space): its time grows "
-        "with the group's members that hold a phone, about linearly (one ordered pass over the partial unique "
-        "index (brand_id, phone_hash) per brand, merged), so expect ten times the 1M figure at 10M; it is not "
-        "measured there, the demo of that size not being at hand.",
+        "brandOverlap reads the person index (store.audiences.persons, migration 0016): one statement fetches "
+        "each brand's person bitmaps (a chunk per 65,536 of the group's persons with a phone) and numpy counts "
+        "the persons per set of brands, so its time grows with the group's persons, about linearly: expect ten "
+        "times the 1M figure at 10M (not measured there, the demo of that size not being at hand). Before the "
+        "person index it merged every brand's live phone hashes from the members table per request: 0.25-0.4 s "
+        "at 1M on this machine.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from store.audiences import persons
-from store.audiences.deltas import apply_brand
+from store.audiences import deltas, persons
+from store.audiences.bitmaps import rebuild
+from store.audiences.deltas import apply_all, apply_brand
 from store.brands import brand_by_code
 from store.members import erasure
 from tests.conftest import GraphQL, new_brand, unique_code
@@ -227,7 +228,7 @@ async def test_a_brand_without_persons_answers_not_ready_until_the_next_pass_bui
             await apply_brand(conn, brand.brand_id, wait=True)
         assert (await gql(BRAND_OVERLAP, g=group))["brandOverlap"] == {"persons": 1, "multiBrand": 1}
 
-        # As after migration 0016 (or a failed pass): no state, one change queued for the brand.
+        # As after migration 0016 or a failed pass: no state.
         real_build = persons.build
 
         async def broken(conn: AsyncConnection[Any], brand_id: int) -> int:
@@ -240,13 +241,11 @@ async def test_a_brand_without_persons_answers_not_ready_until_the_next_pass_bui
         answer = await gql.raw(BRAND_OVERLAP, g=group)
         assert answer["errors"][0]["extensions"]["code"] == "INDEX_NOT_READY"
         assert codes[0] in answer["errors"][0]["message"]
-        requeued = await (
-            await conn.execute("SELECT families FROM audience_changes WHERE brand_id = %s", (brands[0].brand_id,))
-        ).fetchall()
-        assert requeued == [(persons.PHONE_FAMILY,)]  # so that the next pass comes
+        due = await (await conn.execute(deltas._due.sql)).fetchall()
+        assert (brands[0].brand_id,) in due  # so that the next pass comes, with nothing queued
 
         monkeypatch.setattr(persons, "build", real_build)
-        assert await apply_brand(conn, brands[0].brand_id, wait=True) is not None
+    await apply_all(pool)  # the server's pass: the brand is due, its persons are built
     assert (await gql(BRAND_OVERLAP, g=group))["brandOverlap"] == {"persons": 2, "multiBrand": 1}
 
 
@@ -267,3 +266,31 @@ async def test_erasure_drops_the_groups_record_of_the_number_at_once_unless_anot
                 await erasure.erase(conn, brand_id=brand.brand_id, member_id=next(iter(brand.live)), reason="PIPL")
             kept = await (await conn.execute(_GROUP_PHONES, (brands[0].brand_id,))).fetchall()
     assert {row[0] for row in kept} == {_hash(2)}  # phone 2 is still brands[2]'s
+
+
+async def test_a_rebuild_outside_the_applier_leaves_the_brand_due_and_refresh_builds_its_persons(
+    pool: AsyncConnectionPool[Any], database_url: str
+) -> None:
+    """`omnimember refresh` and the benchmarks rebuild the index directly, draining the queue: the
+    brand must not stay without persons (found in bench/overlap.py: INDEX_NOT_READY for good)."""
+    brands = await _group(pool, 2)
+    async with pool.connection() as conn:
+        for brand in brands:
+            await _write(conn, brand, "add", 4)  # a phone
+        async with conn.transaction():
+            await rebuild(conn, brands[0].brand_id)  # no person hook, the queue drained
+        await conn.execute("DELETE FROM person_index_state WHERE brand_id = %s", (brands[0].brand_id,))
+        due = await (await conn.execute(deltas._due.sql)).fetchall()
+        assert (brands[0].brand_id,) in due
+    code = (await _codes(pool, brands))[0]
+    assert await persons.refresh(database_url, code) == [(code, 1)]
+    async with pool.connection() as conn:
+        assert await _bits(conn, brands[0].brand_id) == await _expected(conn, brands[0])
+        assert (brands[0].brand_id,) not in await (await conn.execute(deltas._due.sql)).fetchall()
+
+
+async def _codes(pool: AsyncConnectionPool[Any], brands: list[Brand]) -> list[str]:
+    async with pool.connection() as conn:
+        found = await conn.execute("SELECT id, code FROM brands WHERE id = ANY(%s)", ([b.brand_id for b in brands],))
+        by_id = dict(await found.fetchall())
+    return [by_id[brand.brand_id] for brand in brands]

@@ -7,7 +7,7 @@ dense person id (`group_persons`), each live member with a phone the person it i
 brand a bitmap of its persons per chunk of 65,536 person ids (`person_bitmaps`), kept by the
 index's applier. The members trigger also queues a change of phone (family bit 1 << 20, outside the
 index's families), which changes no index key but may change the member's person. Existing brands
-are built by the applier's first pass (no `person_index_state` row).
+have no `person_index_state` row, which makes them due for the applier, whose first pass builds them.
 
 Revision ID: 0016
 Revises: 0015
@@ -116,12 +116,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("brand_id", name=op.f("pk_person_index_state")),
     )
     op.execute(_members_function({**_MEMBER_FAMILIES, "phone_hash": PHONE}))
-    # One change of phone a brand with members: the applier's next pass finds no person state and
-    # builds the brand's persons (store.audiences.persons).
-    op.execute(f"""
-        INSERT INTO audience_changes (brand_id, member_id, families)
-        SELECT brand_id, min(id), {PHONE} FROM members GROUP BY brand_id
-    """)  # noqa: S608 (constant text)
 
 
 def downgrade() -> None:

@@ -66,7 +66,8 @@ _mark_applied = Maintenance(
     .values(applied_at=sa.func.now(), widths=sa.bindparam("widths"))
 )
 # Brands with queued changes, with tags that expired since their last apply (no write marks those),
-# or whose index has another encoding.
+# whose index has another encoding, or whose persons are not built (store.audiences.persons: a
+# database older than migration 0016, a failed pass, a rebuild outside the applier).
 _due = Maintenance(
     sa.text(f"""
 SELECT DISTINCT brand_id FROM audience_changes
@@ -74,6 +75,7 @@ UNION
 SELECT s.brand_id FROM audience_index_state s
 WHERE {_OUTDATED} OR EXISTS (SELECT 1 FROM member_tags t
               WHERE t.brand_id = s.brand_id AND t.expires_at > s.applied_at AND t.expires_at <= now())
+   OR NOT EXISTS (SELECT 1 FROM person_index_state p WHERE p.brand_id = s.brand_id)
 """)  # noqa: S608 (constant text)
 )
 # Behind by the oldest queued change or the earliest expiry not swept yet; else current. With what

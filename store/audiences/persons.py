@@ -14,8 +14,8 @@ after a rebuild of the brand's index the brand's persons are rebuilt too (`build
 the touched members are compared with what was recorded (`apply`): a member merged away, erased,
 given or stripped of a phone. The members trigger queues a change of phone with the family bit
 PHONE_FAMILY (migration 0016), which touches no key of the audience index. A brand without a state
-row (one older than 0016) is built by the first pass that touches it; the migration queues one
-change per brand for that.
+row (older than 0016, after a failed pass or a rebuild outside the applier) is due for the applier
+(store.audiences.deltas._due), whose next pass builds it; `omnimember refresh` rebuilds every brand's.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows
+from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows, lock_brand
 from store.audiences.index_facts import Maintenance
+from store.brands import for_each_brand
 from store.sql import Query
 from store.tables import brand_persons, brands, group_persons, members, person_bitmaps, person_index_state
 from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_BITS, CHUNK_SIZE, FAMILIES
@@ -218,20 +219,11 @@ async def after_apply(conn: AsyncConnection[Any], brand_id: int, changed: Mappin
                 await apply(conn, brand_id, touched)
     except Exception:
         log.exception("persons of brand %s: not updated with this delta; the next pass rebuilds them", brand_id)
-        await _forget_state.run(conn, brand_id=brand_id)
-        await _requeue.run(conn, brand_id=brand_id)
+        await _forget_state.run(conn, brand_id=brand_id)  # so the brand is due (deltas._due) and rebuilt
 
 
 _MOVES_PERSON = PHONE_FAMILY | FAMILIES["u"]  # the universe's family: added, deleted, merged, erased
 _forget_state = Maintenance(sa.delete(person_index_state).where(person_index_state.c.brand_id == _BRAND))
-# One queued change of phone for one of the brand's members: the brand is due for the next pass,
-# which finds no state and rebuilds its persons (migration 0016 queues the same for every brand).
-_requeue = Maintenance(
-    sa.text(f"""
-INSERT INTO audience_changes (brand_id, member_id, families)
-SELECT :brand_id, min(id), {PHONE_FAMILY} FROM members WHERE brand_id = :brand_id HAVING min(id) IS NOT NULL
-""")  # noqa: S608 (constant text)
-)
 
 
 # --- erasure ------------------------------------------------------------------------------------
@@ -305,3 +297,15 @@ async def shared_persons(
     several = held[(held & (held - kind(1))) != 0]  # persons in two brands or more
     combos, counts = np.unique(several, return_counts=True)
     return unbuilt, [(int(combo), int(n)) for combo, n in zip(combos, counts, strict=True)]
+
+
+async def refresh(url: str, brand: str | None) -> list[tuple[str, int]]:
+    """`omnimember refresh`: rebuild one brand's (by code) or every brand's persons, under each
+    brand's index lock."""
+
+    async def rebuilt(conn: AsyncConnection[Any], row: Mapping[str, Any]) -> int:
+        async with conn.transaction():
+            await lock_brand(conn, row["id"], wait=True)
+            return await build(conn, row["id"])
+
+    return await for_each_brand(url, brand, rebuilt)
