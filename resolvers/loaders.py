@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from strawberry.dataloader import DataLoader
 
-from store.audiences import lifecycle_rules, rfm_store, stage_history
+from store.audiences import lifecycle_rules, rfm_store, rule_tags, stage_history
 from store.audiences.deltas import Freshness, freshness_of_brands
 from store.audiences.lifecycle_rules import RulesVersion
 from store.audiences.rfm_store import StoredThresholds
@@ -24,7 +24,7 @@ from store.errors import DomainError
 from store.ledger import history
 from store.members import consent, merges, profiles
 from store.sql import Row, group_by, index_by
-from store.tags import assignments, catalog
+from store.tags import assignments, catalog, rules
 
 Fetch = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[Row]]]
 Cached = Callable[[AsyncConnectionPool[Any], Sequence[Any]], Awaitable[list[Row]]]
@@ -146,6 +146,24 @@ class Loaders:
     @cached_property
     def member_count_by_tag(self) -> DataLoader[int, int]:
         return DataLoader(self._tag_counts)
+
+    @cached_property
+    def rule_versions_by_tag(self) -> DataLoader[int, list[rules.RuleVersion]]:
+        return DataLoader(self._rule_versions)
+
+    @cached_property
+    def rule_freshness_by_tag(self) -> DataLoader[int, rule_tags.RuleFreshness | None]:
+        return DataLoader(self._rule_freshness)
+
+    async def _rule_freshness(self, keys: list[int]) -> list[rule_tags.RuleFreshness | None]:
+        async with self._pool.connection() as conn:
+            found = await rule_tags.freshness_of(conn, keys)
+        return [found[key] for key in keys]
+
+    async def _rule_versions(self, keys: list[int]) -> list[list[rules.RuleVersion]]:
+        async with self._pool.connection() as conn:
+            found = await rules.history(conn, keys)
+        return [found.get(key, []) for key in keys]
 
     def _in_scope(self, rows: list[Row]) -> list[Row]:
         """Rows of brands the caller sees: the others load as missing (the same answer as no row)."""

@@ -154,13 +154,11 @@ async def _definition(info: Info, brand_id: int, code: str) -> Row:
 
 
 async def get_rule_history(info: Info, *, tag_id: int) -> list[rules.RuleVersion]:
-    async with info.context.pool.connection() as conn:
-        return (await rules.history(conn, [tag_id]))[tag_id]
+    return await info.context.loaders.rule_versions_by_tag.load(tag_id)
 
 
 async def get_rule_freshness(info: Info, *, tag_id: int) -> rule_tags.RuleFreshness | None:
-    async with info.context.pool.connection() as conn:
-        return await rule_tags.freshness(conn, tag_id)
+    return await info.context.loaders.rule_freshness_by_tag.load(tag_id)
 
 
 async def _chosen_ids(info: Info, brand: str, member_ids: Sequence[str] | None, where: str | None) -> list[int]:

@@ -666,7 +666,9 @@ async def test_refresh_computes_every_rule_tag(
 
 
 async def test_listing_rules_costs_no_statement_per_tag(gql: GraphQL, seeded: Seeded) -> None:
-    listing = "query($brand: String!) { tags(brand: $brand) { code rule ruleVersion memberCount } }"
+    listing = """query($brand: String!) { tags(brand: $brand) {
+      code rule ruleVersion memberCount ruleVersions { version rule } computation { computedAt asOf lagSeconds }
+    } }"""
 
     async def statements() -> int:
         with counted_statements() as counted:

@@ -43,13 +43,14 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from store.audiences import rfm_store
 from store.audiences.bitmaps import lock_brand
 from store.audiences.catalogs import BrandCatalog, load_catalog
-from store.audiences.deltas import freshness as index_freshness
+from store.audiences.deltas import freshness_of_brands
 from store.audiences.facts import DEFAULT_TIMEZONE, MemberRowFacts, expand_derived, live_members
 from store.audiences.index_facts import Maintenance
 from store.audiences.lifecycle import day_start
 from store.audiences.schedule import every
 from store.audiences.selections import InvalidExpressionError, read_expression
 from store.brands import for_each_brand
+from store.sql import Query
 from store.tables import member_tags, members, rule_tag_state, tag_definitions, tag_rules
 from tagquery import QueryLimitError, QueryTypeError, TagQueryError, bind, parse, to_text
 from tagquery.ast import TAG, And, Between, Compare, Dimension, In, Node, Not, Or, Tag, Within
@@ -541,28 +542,42 @@ class RuleFreshness:
     lag: timedelta | None
 
 
-_tag_state = Maintenance(
+_tag_states = Query(
     sa.text(f"""
-SELECT s.brand_id, s.computed_at, s.day,
+SELECT s.tag_id, s.brand_id, s.computed_at, s.day,
        coalesce((SELECT timezone FROM brand_rules WHERE brand_id = s.brand_id), '{DEFAULT_TIMEZONE}') AS timezone
-FROM rule_tag_state s WHERE s.tag_id = :tag_id
-""")  # noqa: S608 (constant text)
+FROM rule_tag_state s WHERE s.tag_id = ANY(:tag_ids)
+""").bindparams(sa.bindparam("tag_ids", type_=ARRAY(sa.BigInteger)))  # noqa: S608 (constant text)
 )
 
 
 async def freshness(conn: AsyncConnection[Any], tag_id: int, now: datetime | None = None) -> RuleFreshness | None:
-    """How current a rule tag is (None for a tag assigned by hand): it follows the index's change
-    queue (writes not applied yet are not computed yet either) and the brand's day."""
-    row = await _tag_state.one(conn, tag_id=tag_id)
-    if row is None:
-        return None
+    """How current a rule tag is (None for a tag assigned by hand): see `freshness_of`."""
+    return (await freshness_of(conn, [tag_id], now))[tag_id]
+
+
+async def freshness_of(
+    conn: AsyncConnection[Any], tag_ids: Sequence[int], now: datetime | None = None
+) -> dict[int, RuleFreshness | None]:
+    """How current each rule tag is (None for a tag assigned by hand): it follows the index's change
+    queue (writes not applied yet are not computed yet either) and the brand's day. Two statements
+    whatever the number of tags: their states, then their brands' index freshness."""
+    rows = {row["tag_id"]: row for row in await _tag_states.all(conn, tag_ids=list(tag_ids))}
     now = now or datetime.now(UTC)
-    if row["computed_at"] is None or row["day"] is None:
-        return RuleFreshness(row["computed_at"], row["day"], None, None)
-    index = await index_freshness(conn, row["brand_id"])
-    behind = [] if index.as_of is None or index.as_of >= now else [index.as_of]
-    next_day = day_start(row["day"] + timedelta(days=1), row["timezone"])
-    if next_day <= now:
-        behind.append(next_day)
-    as_of = min(behind, default=now)
-    return RuleFreshness(row["computed_at"], row["day"], as_of, max(now - as_of, timedelta(0)))
+    indexes = await freshness_of_brands(conn, sorted({row["brand_id"] for row in rows.values()}))
+    found: dict[int, RuleFreshness | None] = {}
+    for tag_id in tag_ids:
+        row = rows.get(tag_id)
+        if row is None:
+            found[tag_id] = None
+        elif row["computed_at"] is None or row["day"] is None:
+            found[tag_id] = RuleFreshness(row["computed_at"], row["day"], None, None)
+        else:
+            index = indexes[row["brand_id"]]
+            behind = [] if index.as_of is None or index.as_of >= now else [index.as_of]
+            next_day = day_start(row["day"] + timedelta(days=1), row["timezone"])
+            if next_day <= now:
+                behind.append(next_day)
+            as_of = min(behind, default=now)
+            found[tag_id] = RuleFreshness(row["computed_at"], row["day"], as_of, max(now - as_of, timedelta(0)))
+    return found
