@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RECOMPUTE_WAIT = 2.0  # seconds setLifecycleRules waits for the brand's index lock, then leaves it to the schedule
+RECOMPUTE_BUDGET = 10.0  # seconds a statement of that recompute may take within the request, likewise
 __all__ = ["DEFAULT_RULES", "ORDERS_WINDOW_DAYS", "LifecycleRules", "RulesVersion", "StageFreshness"]
 
 
@@ -73,7 +74,9 @@ async def _recompute(info: Info, brand_id: int) -> int | None:
     whatever happens here, and the scheduled pass recomputes what this could not."""
     try:
         async with info.context.pool.connection() as conn:
-            synced: Synced | None = await lifecycle.sync_locked(conn, brand_id, wait=True, lock_timeout=RECOMPUTE_WAIT)
+            synced: Synced | None = await lifecycle.sync_locked(
+                conn, brand_id, wait=True, lock_timeout=RECOMPUTE_WAIT, budget=RECOMPUTE_BUDGET
+            )
     except Exception:
         log.exception("lifecycle stages of brand %s: not recomputed now; the scheduled pass will", brand_id)
         return None

@@ -61,6 +61,9 @@ def _forget_cached(info: Info) -> None:
 
 
 COMPUTE_WAIT = 2.0  # seconds a rule change waits for the brand's index lock, then leaves it to the schedule
+# Seconds a statement of that computation may take within the request (a brand of millions takes
+# longer): past it the scheduled pass computes the tag, and the answer's added and removed are null.
+COMPUTE_BUDGET = 10.0
 
 
 async def define_tag(
@@ -138,11 +141,13 @@ async def _set_rule(info: Info, conn: AsyncConnection[Any], tag: Row, text: str)
 async def _compute(info: Info, brand_id: int, code: str) -> rule_tags.Evaluated | None:
     """The tag and its dependents for every member, in a transaction of its own: the rule is kept
     whatever happens here, and the scheduled pass computes what this could not (the brand's index
-    busy past COMPUTE_WAIT)."""
+    busy past COMPUTE_WAIT, a statement past COMPUTE_BUDGET)."""
     _forget_cached(info)
     try:
         async with info.context.pool.connection() as conn:
-            return await rule_tags.sync_locked(conn, brand_id, wait=True, codes={code}, lock_timeout=COMPUTE_WAIT)
+            return await rule_tags.sync_locked(
+                conn, brand_id, wait=True, codes={code}, lock_timeout=COMPUTE_WAIT, budget=COMPUTE_BUDGET
+            )
     except Exception:
         log.exception("rule tag %s of brand %s: not computed now; the scheduled pass will", code, brand_id)
         return None

@@ -161,7 +161,8 @@ class LifecycleRulesSet:
     rules: LifecycleRules = strawberry.field(description="The new version.")
     moved: int | None = strawberry.field(
         description="Members whose stage changed under it (recorded with cause RULES); null when the brand's "
-        "index was busy: the server's scheduled pass recomputes them shortly."
+        "index was busy or the recompute ran past the request's share (a brand of millions): the server's "
+        "scheduled pass recomputes them shortly."
     )
 
 

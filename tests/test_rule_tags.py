@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+import resolvers.tags
 from store.audiences import rule_tags
+from store.audiences.bitmaps import locked_pass
 from store.audiences.deltas import apply_brand
 from store.brands import brand_by_code
 from store.imports.runner import run_import
@@ -739,3 +741,40 @@ async def test_a_write_a_rule_does_not_read_leaves_its_tag_alone(
     )
     await catch_up(pool, seeded.brand_id)
     assert member in (await carriers(pool, seeded.brand_id))["vip_kept"]  # a tag write: computed
+
+
+async def test_a_rule_change_too_large_for_the_request_is_left_to_the_scheduled_pass(
+    pool: AsyncConnectionPool[Any], gql: GraphQL, seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A brand of millions takes longer than a request should: past COMPUTE_BUDGET a statement is
+    cancelled, nothing of the computation is written, the answer says so, the schedule computes it."""
+    await define(gql, seeded.code, "rich", "points >= 2000")
+    real_evaluate = rule_tags.evaluate
+
+    async def slow(conn: AsyncConnection[Any], brand_id: int, **kwargs: Any) -> Any:
+        await conn.execute("SELECT pg_sleep(0.5)")  # as a statement over millions of members would
+        return await real_evaluate(conn, brand_id, **kwargs)
+
+    monkeypatch.setattr(resolvers.tags, "COMPUTE_BUDGET", 0.1)
+    monkeypatch.setattr(rule_tags, "evaluate", slow)
+    changed = await set_rule(gql, seeded.code, "rich", "points >= 3000")
+    assert (changed["changed"], changed["added"], changed["removed"]) == (True, None, None)
+    expected = {m for i, m in enumerate(seeded.ids) if 100 * i >= 3000}
+    assert (await carriers(pool, seeded.brand_id))["rich"] != expected  # still the old rule's members
+    monkeypatch.setattr(rule_tags, "evaluate", real_evaluate)
+    await rule_tags.sync_due(pool)
+    assert (await carriers(pool, seeded.brand_id))["rich"] == expected
+
+
+async def test_a_pass_past_its_budget_writes_nothing(pool: AsyncConnectionPool[Any], seeded: Seeded) -> None:
+    async with pool.connection() as conn:
+
+        async def work() -> str:
+            await conn.execute("UPDATE members SET city = 'budget' WHERE id = %s", (seeded.ids[0],))
+            await conn.execute("SELECT pg_sleep(0.3)")
+            return "done"
+
+        assert await locked_pass(conn, seeded.brand_id, work, wait=True, budget=0.05) is None
+        assert await locked_pass(conn, seeded.brand_id, work, wait=True, budget=None) == "done"
+        row = await (await conn.execute("SELECT city FROM members WHERE id = %s", (seeded.ids[0],))).fetchone()
+    assert row == ("budget",)  # written by the second pass only: the first rolled back

@@ -15,11 +15,12 @@ import asyncio
 import dataclasses
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection, AsyncCursor
+from psycopg.errors import LockNotAvailable, QueryCanceled
 from psycopg.types.json import Jsonb
 
 from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, Maintenance, load_index_facts
@@ -85,6 +86,41 @@ _widths = Query(
 def lock_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool) -> Any:
     """Serialise index writers of one brand for the rest of the transaction."""
     return (_lock if wait else _try_lock).scalar(conn, brand_id=brand_id)
+
+
+_setting = Maintenance(sa.select(sa.func.set_config(sa.bindparam("name"), sa.bindparam("value"), True)))
+Done = TypeVar("Done")
+
+
+async def locked_pass(
+    conn: AsyncConnection[Any],
+    brand_id: int,
+    work: Callable[[], Awaitable[Done]],
+    *,
+    wait: bool,
+    lock_timeout: float | None = None,
+    budget: float | None = None,
+) -> Done | None:
+    """`work` in a transaction of its own under the brand's index lock (the lifecycle and rule-tag
+    passes). None, with nothing written, when another process holds the lock (unless `wait`; with
+    `lock_timeout`, after waiting that many seconds for it) or when a statement ran past `budget`
+    seconds: a request's share of work its brand is too large for, which the scheduled pass does.
+    Without a budget, statements have no time limit (maintenance: a whole brand)."""
+    waits = wait or lock_timeout is not None
+    try:
+        async with conn.transaction():
+            await _setting.run(conn, name="statement_timeout", value=_milliseconds(budget))
+            if lock_timeout is not None:
+                await _setting.run(conn, name="lock_timeout", value=_milliseconds(lock_timeout))
+            if not await lock_brand(conn, brand_id, wait=waits) and not waits:
+                return None
+            return await work()
+    except (LockNotAvailable, QueryCanceled):
+        return None
+
+
+def _milliseconds(seconds: float | None) -> str:
+    return "0" if seconds is None else f"{max(1, round(seconds * 1000))}ms"
 
 
 def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:

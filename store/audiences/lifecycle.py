@@ -38,12 +38,11 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
-from psycopg.errors import LockNotAvailable
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import insert
 
 from store.audiences import rfm_store
-from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows, lock_brand
+from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows, locked_pass
 from store.audiences.facts import DEFAULT_TIMEZONE, STAGES, LifecycleRules, lifecycle_terms
 from store.audiences.index_facts import Ids, Maintenance
 from store.audiences.lifecycle_rules import RulesVersion, current_rules
@@ -419,9 +418,6 @@ ORDER BY i.brand_id
 )
 
 
-_lock_timeout = Maintenance(sa.select(sa.func.set_config("lock_timeout", sa.bindparam("timeout"), True)))
-
-
 async def sync_locked(
     conn: AsyncConnection[Any],
     brand_id: int,
@@ -429,22 +425,16 @@ async def sync_locked(
     wait: bool,
     now: datetime | None = None,
     lock_timeout: float | None = None,
+    budget: float | None = None,
 ) -> Synced | None:
-    """`sync` in a transaction of its own under the brand's lock; None if another process holds the
-    lock (unless `wait`; with `lock_timeout`, None after waiting that many seconds for it) or the
-    index cannot answer."""
-    waits = wait or lock_timeout is not None
-    try:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL statement_timeout = 0")  # maintenance: a brand's first pass reads it all
-            if lock_timeout is not None:
-                await _lock_timeout.run(conn, timeout=f"{round(lock_timeout * 1000)}ms")
-            locked = await lock_brand(conn, brand_id, wait=waits)
-            if not waits and not locked:
-                return None
-            return await sync(conn, brand_id, now=now)
-    except LockNotAvailable:
-        return None
+    """`sync` in a transaction of its own under the brand's lock; None when it could not run now
+    (store.audiences.bitmaps.locked_pass: the lock busy, or `budget` seconds a statement spent) or
+    the index cannot answer."""
+
+    async def work() -> Synced | None:
+        return await sync(conn, brand_id, now=now)
+
+    return await locked_pass(conn, brand_id, work, wait=wait, lock_timeout=lock_timeout, budget=budget)
 
 
 async def sync_due(pool: AsyncConnectionPool[Any], now: datetime | None = None) -> list[Synced]:

@@ -30,18 +30,17 @@ import graphlib
 import logging
 import operator
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
-from psycopg.errors import LockNotAvailable
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from store.audiences import rfm_store
-from store.audiences.bitmaps import lock_brand
+from store.audiences.bitmaps import locked_pass
 from store.audiences.catalogs import BrandCatalog, load_catalog
 from store.audiences.deltas import freshness_of_brands
 from store.audiences.facts import DEFAULT_TIMEZONE, MemberRowFacts, expand_derived, live_members
@@ -475,9 +474,6 @@ ORDER BY s.brand_id
 )
 
 
-_lock_timeout = Maintenance(sa.select(sa.func.set_config("lock_timeout", sa.bindparam("timeout"), True)))
-
-
 async def sync_locked(
     conn: AsyncConnection[Any],
     brand_id: int,
@@ -486,21 +482,16 @@ async def sync_locked(
     now: datetime | None = None,
     codes: set[str] | None = None,
     lock_timeout: float | None = None,
+    budget: float | None = None,
 ) -> Evaluated | None:
     """The brand's rule tags (`codes` and their dependents, else all) for every member, in a
-    transaction of its own under the brand's index lock; None when another process holds the lock
-    (unless `wait`; with `lock_timeout`, None after waiting that many seconds for it)."""
-    waits = wait or lock_timeout is not None
-    try:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL statement_timeout = 0")  # maintenance: a whole brand
-            if lock_timeout is not None:
-                await _lock_timeout.run(conn, timeout=f"{round(lock_timeout * 1000)}ms")
-            if not await lock_brand(conn, brand_id, wait=waits) and not waits:
-                return None
-            return await evaluate(conn, brand_id, now=now, codes=codes)
-    except LockNotAvailable:
-        return None
+    transaction of its own under the brand's index lock; None when it could not run now
+    (store.audiences.bitmaps.locked_pass: the lock busy, or `budget` seconds a statement spent)."""
+
+    def work() -> Awaitable[Evaluated]:
+        return evaluate(conn, brand_id, now=now, codes=codes)
+
+    return await locked_pass(conn, brand_id, work, wait=wait, lock_timeout=lock_timeout, budget=budget)
 
 
 async def sync_due(pool: AsyncConnectionPool[Any], now: datetime | None = None) -> list[Evaluated]:
