@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -20,7 +22,7 @@ from store.audiences.bitmaps import chunk_rows
 from store.audiences.deltas import IndexState, apply_brand, freshness, run_applier
 from store.audiences.engine import decode_chunks
 from store.brands import brand_by_code
-from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES
+from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, DIGIT_BASE, DIGIT_BITS, FAMILIES, digit_count, digit_key
 from tests.conftest import new_brand
 from tests.server import OMNIMEMBER
 
@@ -269,3 +271,37 @@ async def test_building_bitmaps_runs_off_the_event_loop(
     assert applied is not None
     assert seen
     assert loop_thread not in seen
+
+
+_members = st.lists(
+    st.tuples(st.integers(0, 3 * CHUNK_SIZE - 1), st.integers(0, 2**20 - 1)), max_size=700, unique_by=lambda m: m[0]
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(members=_members, dense=st.booleans(), subset=st.booleans())
+def test_digit_rows_hold_exactly_the_members_at_or_above_each_digit(
+    members: list[tuple[int, int]], dense: bool, subset: bool
+) -> None:
+    """Both ways of packing a chunk's digits (bit by bit below _SPARSE members, a matrix above)
+    against the definition: row (digit i, j, chunk) holds the chunk's members whose digit i is >= j,
+    and there is a row exactly when one does."""
+    if dense:  # past _SPARSE in one chunk: the matrix path
+        members = [*members, *((CHUNK_SIZE + n, n * 7919 % 2**20) for n in range(600))]
+        members = list(dict(members).items())
+    members.sort()
+    ids = np.array([m for m, _ in members], dtype=np.int64)
+    values = np.array([v for _, v in members], dtype=np.int64)
+    chosen = np.sort(ids[::3]) if subset else None
+    column = bitmaps.DigitColumn("growth", ids, values, 20)
+    found = {
+        (key, chunk): set(decode_chunks(chunk.to_bytes(4, "big") + CHUNK_SIZE.to_bytes(4, "big") + bits).tolist())
+        for key, chunk, bits in bitmaps.digit_rows(column, chosen)
+    }
+    kept = [(m, v) for m, v in members if chosen is None or m in set(chosen.tolist())]
+    expected: dict[tuple[str, int], set[int]] = {}
+    for digit in range(digit_count(20)):
+        for m, v in kept:
+            for j in range(1, ((v >> (DIGIT_BITS * digit)) & (DIGIT_BASE - 1)) + 1):
+                expected.setdefault((digit_key("growth", digit, j), m >> 16), set()).add(m)
+    assert found == expected

@@ -16,14 +16,14 @@ import dataclasses
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.errors import LockNotAvailable, QueryCanceled
 from psycopg.types.json import Jsonb
 
-from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, Maintenance, load_index_facts
+from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, Maintenance, among, load_index_facts
 from store.audiences.purchases import purchase_keys
 from store.brands import for_each_brand
 from store.sql import Query
@@ -48,6 +48,10 @@ from tagquery.bitmap_keys import (
     has_key,
     order_field,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 Progress = Callable[[str, int, int], None]
 """(stage, done, total): how far a rebuild is."""
@@ -123,32 +127,117 @@ def _milliseconds(seconds: float | None) -> str:
     return "0" if seconds is None else f"{max(1, round(seconds * 1000))}ms"
 
 
-def bit_sets(facts: IndexFacts) -> tuple[dict[str, Ids], dict[str, int]]:
-    """Key -> ids of members whose bit is set, and the slices each integer field needs."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class DigitColumn:
+    """A field stored as range-encoded digits: its present members (ascending) and their values."""
+
+    field: str
+    ids: Ids
+    values: Ids
+    width: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BitSets:
+    keys: dict[str, Ids]
+    """Key -> members whose bit is set, for every key but the digits'."""
+    digits: list[DigitColumn]
+    """The digit fields, packed chunk by chunk straight into rows (`digit_rows`)."""
+    widths: dict[str, int]
+    """The bits each integer field needs."""
+
+
+def bit_sets(facts: IndexFacts) -> BitSets:
+    """What the index holds for these members (tagquery.bitmap_keys), before it is packed into rows."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
     keys = dict(facts.sets)
     values = facts.values
+    order = np.argsort(values[:, 0], kind="stable")  # by member id: digit_rows walks chunk by chunk
+    values = values[order]
     ids = values[:, 0]
     widths: dict[str, int] = {}
+    digits: list[DigitColumn] = []
     for field in INTEGER_FIELDS:
         column = np.maximum(values[:, VALUE_COLUMNS.index(field)], 0)
         widths[field] = max(1, int(column.max(initial=0)).bit_length())
-        keys.update(_digits(field, ids, column, widths[field]))
+        digits.append(DigitColumn(field, ids, column, widths[field]))
         keys.update(_bands(field, ids, column, BANDS.get(field, ())))
     for field in DATE_FIELDS:
         column = values[:, VALUE_COLUMNS.index(field)]
         present = column != NULL
         if field in NULLABLE:
             keys[has_key(field)] = ids[present]
-        keys.update(_digits(field, ids[present], np.clip(column[present], 0, MAX_DAY), DATE_WIDTH))
+        digits.append(DigitColumn(field, ids[present], np.clip(column[present], 0, MAX_DAY), DATE_WIDTH))
     for k in np.unique(facts.orders[:, 1]):
         nth = facts.orders[facts.orders[:, 1] == k]
         field = order_field(int(k))
         keys[has_key(field)] = nth[:, 0]
         keys.update(_slices(field, nth[:, 0], np.clip(nth[:, 2], 0, MAX_DAY), DATE_WIDTH))
     keys.update(purchase_keys(facts.orders, facts.categories, facts.products))
-    return keys, widths
+    return BitSets(keys, digits, widths)
+
+
+def index_rows(
+    sets: BitSets,
+    members: Callable[[str], Ids | None] = lambda key: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> Iterator[Row]:
+    """Every row of `sets`: each key's members packed per chunk, then each digit field's. With
+    `members`, only those it names for a key (sorted; None: all), as a delta recomputes them;
+    `progress` hears (keys and digit fields done, of how many) after each."""
+    total = len(sets.keys) + len(sets.digits)
+    for done, (key, ids) in enumerate(sorted(sets.keys.items()), start=1):
+        chosen = members(key)
+        yield from chunk_rows(key, ids if chosen is None else ids[among(ids, chosen)])
+        progress(done, total)
+    for done, column in enumerate(sets.digits, start=len(sets.keys) + 1):
+        yield from digit_rows(column, members(digit_key(column.field, 0, 1)))
+        progress(done, total)
+
+
+def digit_rows(column: DigitColumn, members: Ids | None = None) -> Iterator[Row]:
+    """The column's range-encoded digits (digit i >= j for j = 1 .. 63), chunk by chunk: per chunk
+    and digit, one row for each j up to the chunk's highest digit. Built from a (digit, member)
+    matrix OR-accumulated down the digits, not from the members of each key: sorting and copying
+    the members once per key was a third of a rebuild. `members` (sorted): only those."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    ids, values = column.ids, column.values
+    if members is not None:
+        keep = among(ids, members)
+        ids, values = ids[keep], values[keep]
+    if not ids.size:
+        return
+    high = ids >> CHUNK_BITS
+    starts = np.flatnonzero(np.diff(high, prepend=-1))
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), ids.size], strict=True):
+        chunk, low, chunk_values = int(high[start]), ids[start:end] & (CHUNK_SIZE - 1), values[start:end]
+        for digit in range(digit_count(column.width)):
+            digits = (chunk_values >> (DIGIT_BITS * digit)) & (DIGIT_BASE - 1)
+            top = int(digits.max())
+            if not top:
+                continue
+            packed = _at_least_rows(low, digits, top)
+            for at_least in range(1, top + 1):
+                yield digit_key(column.field, digit, at_least), chunk, packed[at_least - 1].tobytes()
+
+
+def _at_least_rows(low: Ids, digits: Ids, top: int) -> npt.NDArray[np.uint8]:
+    """Row j - 1: the members (bit `low`) whose digit is >= j, for j = 1 .. top, packed."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    if low.size < _SPARSE:  # set the bits in place: (member, j) pairs, one per j up to its digit
+        rows = np.zeros((top, CHUNK_SIZE // 8), dtype=np.uint8)
+        member = np.repeat(np.arange(low.size), digits)
+        at_least = np.arange(member.size) - np.repeat(np.cumsum(digits) - digits, digits)
+        bits = low[member]
+        np.bitwise_or.at(rows, (at_least, bits >> 3), np.uint8(128) >> (bits & 7).astype(np.uint8))
+        return rows
+    held = np.zeros((top + 1, CHUNK_SIZE), dtype=np.bool_)
+    held[digits, low] = True
+    at_least = np.logical_or.accumulate(held[::-1], axis=0)[::-1]  # row j: any digit >= j
+    return np.packbits(at_least[1:], axis=1)
 
 
 def _bands(field: str, ids: Ids, values: Ids, boundaries: Iterable[int]) -> Iterator[tuple[str, Ids]]:
@@ -156,20 +245,6 @@ def _bands(field: str, ids: Ids, values: Ids, boundaries: Iterable[int]) -> Iter
         chosen = ids[values >= boundary]
         if chosen.size:
             yield band_key(field, boundary), chosen
-
-
-def _digits(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str, Ids]]:
-    """Each base-64 digit range-encoded: the members whose digit is >= j, for j = 1 .. 63 (a suffix
-    of the members sorted by that digit)."""
-    import numpy as np  # lazily: a count needs none (issue 16)
-
-    for digit in range(digit_count(width)):
-        digits = (values >> (DIGIT_BITS * digit)) & (DIGIT_BASE - 1)
-        order = np.argsort(digits, kind="stable")
-        starts = np.searchsorted(digits[order], np.arange(1, DIGIT_BASE))
-        for at_least, start in enumerate(starts.tolist(), start=1):
-            if start < order.size:
-                yield digit_key(field, digit, at_least), ids[order[start:]]
 
 
 def _slices(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str, Ids]]:
@@ -254,24 +329,22 @@ async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress 
     report("reading facts", 0, 1)
     facts = await load_index_facts(conn, brand_id, None)
     report("computing bitmaps", 0, 1)
-    keys, widths = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
+    sets = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
     report("clearing the old index", 0, 1)
     await _clear.run(conn, brand_id=brand_id)
     written = 0
 
     def rows() -> Iterator[tuple[int, str, int, bytes]]:
         nonlocal written
-        for done, (key, ids) in enumerate(sorted(keys.items()), start=1):
-            for row in chunk_rows(key, ids):
-                written += 1
-                yield (brand_id, *row)
-            report("writing bitmaps", done, len(keys))
+        for row in index_rows(sets, progress=lambda done, total: report("writing bitmaps", done, total)):
+            written += 1
+            yield (brand_id, *row)
 
     async with conn.cursor() as cur:
         copy = "COPY audience_bitmaps (brand_id, key, chunk, bits) FROM STDIN (FORMAT BINARY)"
         await copy_rows(cur, copy, binary_rows(rows(), "qtib"))
     # Only a full build writes every key of the encoding: deltas keep this marker, never set it.
-    await _upsert_state.run(conn, brand_id=brand_id, widths=Jsonb({**widths, ENCODING_STATE: ENCODING_VERSION}))
+    await _upsert_state.run(conn, brand_id=brand_id, widths=Jsonb({**sets.widths, ENCODING_STATE: ENCODING_VERSION}))
     return written
 
 

@@ -24,8 +24,18 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from store.audiences.bitmaps import binary_rows, bit_sets, chunk_rows, copy_rows, drain, lock_brand, rebuild
-from store.audiences.index_facts import Ids, Maintenance, among, load_index_facts
+from store.audiences.bitmaps import (
+    BitSets,
+    binary_rows,
+    bit_sets,
+    chunk_rows,
+    copy_rows,
+    drain,
+    index_rows,
+    lock_brand,
+    rebuild,
+)
+from store.audiences.index_facts import Ids, Maintenance, load_index_facts
 from store.audiences.lifecycle import after_apply
 from store.audiences.persons import after_apply as persons_after_apply
 from store.sql import Query
@@ -272,18 +282,19 @@ async def _apply_delta(
     ids = np.fromiter(changed, dtype=np.int64, count=len(changed))
     families = np.fromiter(changed.values(), dtype=np.int64, count=len(changed))
     facts = await load_index_facts(conn, brand_id, ids.tolist())
-    keys, needed = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
+    sets = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
     await _compress_like_index.run(conn)
     async with conn.cursor() as cur:
         for statement in _TEMP:
             await cur.execute(statement)
         masks = binary_rows(_masks(ids, families), "tib")
         await copy_rows(cur, "COPY audience_mask (family, chunk, bits) FROM STDIN (FORMAT BINARY)", masks)
-        delta = binary_rows(_delta_rows(keys, ids, families), "tib")
+        delta = binary_rows(_delta_rows(sets, ids, families), "tib")
         await copy_rows(cur, "COPY audience_delta (key, chunk, bits) FROM STDIN (FORMAT BINARY)", delta)
     await _rewrite.run(conn, brand_id=brand_id)
     await _add_new.run(conn, brand_id=brand_id)
     await _drop_empty_cities.run(conn, brand_id=brand_id)
+    needed = sets.widths
     return {field: max(needed.get(field, 0), widths.get(field, 0)) for field in {*needed, *widths}}
 
 
@@ -308,13 +319,12 @@ def _masks(ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
         yield from chunk_rows(family, _in_family(ids, families, family))
 
 
-def _delta_rows(keys: Mapping[str, Ids], ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
+def _delta_rows(sets: BitSets, ids: Ids, families: Ids) -> Iterator[tuple[str, int, bytes]]:
     """The new bits of those members, key by key (only members whose change touches its family)."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
     recomputed = {family: np.sort(_in_family(ids, families, family)) for family in FAMILIES}
-    for key, members in keys.items():
-        yield from chunk_rows(key, members[among(members, recomputed[family_of(key)])])
+    return index_rows(sets, lambda key: recomputed[family_of(key)])
 
 
 async def apply_all(pool: AsyncConnectionPool[Any]) -> list[Applied]:
