@@ -180,6 +180,22 @@ async def test_incremental_persons_equal_the_members_and_a_rebuild(
             for brand in brands:
                 await persons.build(conn, brand.brand_id)
         assert [await _bits(conn, brand.brand_id) for brand in brands] == incremental
+        # A rebuild over what was recorded before more writes (members gone, phones changed): exact.
+        for what, i, pick in before:
+            await _write(conn, brands[i], what, pick + 1)
+        async with conn.transaction():
+            for brand in brands:
+                await persons.build(conn, brand.brand_id)
+        assert [await _bits(conn, brand.brand_id) for brand in brands] == [await _expected(conn, b) for b in brands]
+        recorded = await (
+            await conn.execute(
+                "SELECT member_id, person_id FROM brand_persons WHERE brand_id = ANY(%s)",
+                ([b.brand_id for b in brands],),
+            )
+        ).fetchall()
+        assert {member for member, _ in recorded} == {
+            m for brand in brands for m, phone in brand.live.items() if phone is not None
+        }
 
 
 async def test_the_same_phone_is_one_person_across_the_group_and_ids_are_dense(pool: AsyncConnectionPool[Any]) -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from psycopg import AsyncConnection
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows, lock_brand
 from store.audiences.index_facts import Maintenance
@@ -89,8 +89,32 @@ def _persons_of(*more: sa.ColumnElement[bool]) -> sa.Select[Any]:
 _COLUMNS = ["member_id", "brand_id", "person_id"]
 _assign_brand = _assign()
 _assign_members = _assign(_m.id == sa.any_(_IDS))
-_forget_brand = Maintenance(sa.delete(brand_persons).where(_p.brand_id == _BRAND))
-_record_brand = Maintenance(sa.insert(brand_persons).from_select(_COLUMNS, _persons_of()))
+# A rebuild records the brand's persons as an upsert that writes only the rows that differ, then
+# drops the rows of members no longer live with a phone: deleting and inserting every row again
+# cost 7 s for 510,000 members (each insert checking the unique index past its deleted twin).
+_upsert = insert(brand_persons).from_select(_COLUMNS, _persons_of())
+_record_brand = Maintenance(
+    _upsert.on_conflict_do_update(
+        index_elements=[_p.member_id],
+        set_={"brand_id": _upsert.excluded.brand_id, "person_id": _upsert.excluded.person_id},
+        where=sa.tuple_(_p.brand_id, _p.person_id).is_distinct_from(
+            sa.tuple_(_upsert.excluded.brand_id, _upsert.excluded.person_id)
+        ),
+    )
+)
+_live = members.alias("live")
+_forget_brand = Maintenance(
+    sa.delete(brand_persons).where(
+        _p.brand_id == _BRAND,
+        ~sa.exists().where(
+            _live.c.id == _p.member_id,
+            _live.c.brand_id == _BRAND,
+            _live.c.merged_into.is_(None),
+            _live.c.erased_at.is_(None),
+            _live.c.phone_hash.is_not(None),  # every live phone has its person: `_assign` ran first
+        ),
+    )
+)
 _recorded = Maintenance(sa.select(_p.member_id, _p.person_id).where(_p.member_id == sa.any_(_IDS)))
 _forget_members = Maintenance(sa.delete(brand_persons).where(_p.member_id == sa.any_(_IDS)))
 _record_members = Maintenance(
@@ -142,8 +166,8 @@ async def build(conn: AsyncConnection[Any], brand_id: int) -> int:
     group_id = await _group_of.scalar(conn, brand_id=brand_id)
     await _lock_group.scalar(conn, group_id=group_id)
     await _assign_brand.run(conn, brand_id=brand_id, group_id=group_id)
-    await _forget_brand.run(conn, brand_id=brand_id)
     await _record_brand.run(conn, brand_id=brand_id, group_id=group_id)
+    await _forget_brand.run(conn, brand_id=brand_id)
     await _clear_brand.run(conn, brand_id=brand_id)
     data = await _person_ids.scalar(conn, brand_id=brand_id)
     found = 0
