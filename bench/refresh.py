@@ -13,8 +13,7 @@ medians of `--rounds`):
                 ones (store.audiences.lifecycle, as after a rebuild)
     rfm         the RFM quintile bounds over the live buyers (store.audiences.rfm_store)
     persons     the brand's persons for brandOverlap (store.audiences.persons)
-    rule tags   every rule tag of the brand evaluated and its assignments written
-                (store.audiences.rule_tags), when the brand has rule tags
+    rule tags   every rule tag of the brand evaluated for every member (store.audiences.rule_tags)
 
 `--lag`: for `--lag` seconds, `--rate` member writes a second (a last purchase set on members, in
 batches of a tenth of a second) while the applier runs as in the server, a pass a second; a write's
@@ -35,7 +34,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from store.audiences import lifecycle, persons, rfm_store
+from store.audiences import lifecycle, persons, rfm_store, rule_tags
 from store.audiences.bitmaps import lock_brand, rebuild
 from store.audiences.deltas import apply_brand
 from store.brands import brand_by_code
@@ -68,7 +67,19 @@ async def _persons(conn: AsyncConnection[Any], brand_id: int) -> object:
     return f"{await persons.build(conn, brand_id):,} persons"
 
 
-PARTS: dict[str, Work] = {"index": _index, "stages": _stages, "rfm": _rfm, "persons": _persons}
+async def _rule_tags(conn: AsyncConnection[Any], brand_id: int) -> object:
+    await lock_brand(conn, brand_id, wait=True)
+    found = await rule_tags.evaluate(conn, brand_id)
+    return f"{found.tags} rule tags, every member (+{found.added:,} -{found.removed:,})"
+
+
+PARTS: dict[str, Work] = {
+    "index": _index,
+    "stages": _stages,
+    "rfm": _rfm,
+    "persons": _persons,
+    "rule tags": _rule_tags,
+}
 
 
 async def _rolled_back(conn: AsyncConnection[Any], brand_id: int, work: Work) -> tuple[float, object]:
