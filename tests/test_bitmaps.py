@@ -305,3 +305,26 @@ def test_digit_rows_hold_exactly_the_members_at_or_above_each_digit(
             for j in range(1, ((v >> (DIGIT_BITS * digit)) & (DIGIT_BASE - 1)) + 1):
                 expected.setdefault((digit_key("growth", digit, j), m >> 16), set()).add(m)
     assert found == expected
+
+
+async def test_a_pass_over_many_brands_lets_others_take_the_pool_between_brands(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool of one connection (found in the suite: a request waited past its pool timeout while the
+    applier's first pass built the persons of many brands on the one connection it held)."""
+
+    class TwoBrandsDue:
+        async def all(self, conn: AsyncConnection[Any]) -> list[dict[str, int]]:
+            return [{"brand_id": -1}, {"brand_id": -2}]
+
+    async def slow(conn: AsyncConnection[Any], brand_id: int, *, wait: bool = False) -> None:
+        await asyncio.sleep(0.3)  # as the persons of a large brand, or of many small ones, take
+
+    monkeypatch.setattr(deltas, "_due", TwoBrandsDue())
+    monkeypatch.setattr(deltas, "apply_brand", slow)
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=1, open=False) as pool:
+        passing = asyncio.create_task(deltas.apply_all(pool))
+        await asyncio.sleep(0.1)  # the pass holds the connection, for its first brand
+        async with pool.connection(timeout=0.45):  # one brand's worth of waiting, not the whole pass's
+            pass
+        assert await passing == []

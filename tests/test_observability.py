@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import logging
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -345,3 +346,17 @@ def test_the_server_log_writes_lines_in_batches_and_loses_none() -> None:
     handler.flush()
     assert stream.getvalue().endswith("last\n")
     assert stream.getvalue().count("\n") == 6 + observe._ServerHandler.FLUSH_LINES
+
+
+def test_a_closed_stream_never_raises_from_the_flushing_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's timer writes on a thread of its own, where an exception reaches nobody but the
+    test runner (found in the suite: a captured stderr closed under a handler installed earlier,
+    logging's own report of the failure then failing on it too)."""
+    stream = io.StringIO()
+    handler = observe._ServerHandler(stream)
+    handler.handle(_record("lost"))
+    stream.close()
+    monkeypatch.setattr(sys, "stderr", stream)  # where logging reports a failed write: closed as well
+    time.sleep(observe._ServerHandler.FLUSH_SECONDS * 3)  # the timer fires and fails to write: quietly
+    handler.flush()
+    assert handler._pending == []  # the lines are dropped, not kept to fail again

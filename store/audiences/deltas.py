@@ -331,7 +331,10 @@ async def apply_all(pool: AsyncConnectionPool[Any]) -> list[Applied]:
     """One pass over every brand with queued changes or unswept expiries."""
     async with pool.connection() as conn:
         brands = [row["brand_id"] for row in await _due.all(conn)]
-        applied = [await apply_brand(conn, brand_id) for brand_id in brands]
+    applied = []
+    for brand_id in brands:  # a connection a brand: a pass over many brands never holds one long
+        async with pool.connection() as conn:
+            applied.append(await apply_brand(conn, brand_id))
     return [report for report in applied if report is not None]
 
 
