@@ -256,6 +256,7 @@ async def test_a_brand_without_persons_answers_not_ready_until_the_next_pass_bui
         assert await apply_brand(conn, brands[0].brand_id, wait=True) is not None  # the index moved on
         answer = await gql.raw(BRAND_OVERLAP, g=group)
         assert answer["errors"][0]["extensions"]["code"] == "INDEX_NOT_READY"
+        assert answer["errors"][0]["extensions"]["pending"] == 0  # as the audience index's own refusal
         assert codes[0] in answer["errors"][0]["message"]
         due = await (await conn.execute(deltas._due.sql)).fetchall()
         assert (brands[0].brand_id,) in due  # so that the next pass comes, with nothing queued

@@ -92,6 +92,24 @@ def lock_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool) -> Any:
     return (_lock if wait else _try_lock).scalar(conn, brand_id=brand_id)
 
 
+# Bitmaps (8 KB a chunk) landing in a temporary table are compressed as the table they are bound
+# for compresses its own (lz4 where the server has it, set in 0004 and 0011), not with the default
+# pglz, which measured 15x the CPU of lz4 for a delta's rows (60 ms against 4 ms for 200 of them).
+_compress_like = Maintenance(
+    sa.text("""
+SELECT set_config('default_toast_compression',
+                  CASE attcompression WHEN 'l' THEN 'lz4' ELSE current_setting('default_toast_compression') END,
+                  true)
+FROM pg_attribute WHERE attrelid = CAST(:table AS regclass) AND attname = 'bits'
+""")
+)
+
+
+async def compress_like(conn: AsyncConnection[Any], table: str) -> None:
+    """For the rest of the transaction, new TOASTed values compressed as `table`'s `bits` column is."""
+    await _compress_like.run(conn, table=table)
+
+
 _setting = Maintenance(sa.select(sa.func.set_config(sa.bindparam("name"), sa.bindparam("value"), True)))
 Done = TypeVar("Done")
 

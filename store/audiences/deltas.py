@@ -29,6 +29,7 @@ from store.audiences.bitmaps import (
     binary_rows,
     bit_sets,
     chunk_rows,
+    compress_like,
     copy_rows,
     drain,
     index_rows,
@@ -110,17 +111,6 @@ _TEMP = [
     "CREATE TEMP TABLE IF NOT EXISTS audience_mask (family text, chunk int, bits varbit, "
     "PRIMARY KEY (family, chunk)) ON COMMIT DELETE ROWS",
 ]
-# The delta's bitmaps (8 KB each) are compressed as they land in the temp tables: as the index's
-# own column does (lz4 where the server has it, set in 0004), not with the default pglz, which
-# measured 15x the CPU of lz4 for a delta's rows (60 ms against 4 ms for 200 of them).
-_compress_like_index = Maintenance(
-    sa.text("""
-SELECT set_config('default_toast_compression',
-                  CASE attcompression WHEN 'l' THEN 'lz4' ELSE current_setting('default_toast_compression') END,
-                  true)
-FROM pg_attribute WHERE attrelid = 'audience_bitmaps'::regclass AND attname = 'bits'
-""")
-)
 # Rows of the touched families and chunks whose bits for the changed members differ from the new.
 _rewrite = Maintenance(
     sa.text(f"""
@@ -283,7 +273,7 @@ async def _apply_delta(
     families = np.fromiter(changed.values(), dtype=np.int64, count=len(changed))
     facts = await load_index_facts(conn, brand_id, ids.tolist())
     sets = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
-    await _compress_like_index.run(conn)
+    await compress_like(conn, "audience_bitmaps")
     async with conn.cursor() as cur:
         for statement in _TEMP:
             await cur.execute(statement)

@@ -42,7 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import insert
 
 from store.audiences import rfm_store
-from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows, locked_pass
+from store.audiences.bitmaps import binary_rows, chunk_rows, compress_like, copy_rows, locked_pass
 from store.audiences.facts import DEFAULT_TIMEZONE, STAGES, LifecycleRules, lifecycle_terms
 from store.audiences.index_facts import Ids, Maintenance
 from store.audiences.lifecycle_rules import RulesVersion, current_rules
@@ -103,17 +103,6 @@ _TEMP = [
     + ") ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS lifecycle_mask (chunk int PRIMARY KEY, bits varbit) ON COMMIT DELETE ROWS",
 ]
-# The new stages (8 KB a chunk each) are compressed as they land in lifecycle_new: as the kept ones
-# are (lz4 where the server has it, set in 0011), not with the default pglz (store.audiences.deltas
-# measured 15x the CPU of lz4 for the index's rows).
-_compress_like_kept = Maintenance(
-    sa.text("""
-SELECT set_config('default_toast_compression',
-                  CASE attcompression WHEN 'l' THEN 'lz4' ELSE current_setting('default_toast_compression') END,
-                  true)
-FROM pg_attribute WHERE attrelid = 'lifecycle_stages'::regclass AND attname = 'bits'
-""")
-)
 _clear_new = Maintenance(sa.text("DELETE FROM lifecycle_new"))
 _clear_mask = Maintenance(sa.text("DELETE FROM lifecycle_mask"))
 _new = sa.table("lifecycle_new", sa.column("chunk"), *(sa.column(f"s{i}") for i in range(len(STAGES))))
@@ -250,7 +239,7 @@ async def sync(
         for statement in _TEMP:
             await cur.execute(statement)
     await _clear_mask.run(conn)
-    await _compress_like_kept.run(conn)
+    await compress_like(conn, "lifecycle_stages")
     if state["day"] is None:
         await _compare_stages(conn, brand_id, encoding, today, rules, _Scope.ALL, None)
         await _save(conn, brand_id, today, rules, state["built_at"], now)

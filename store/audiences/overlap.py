@@ -37,6 +37,7 @@ from store.audiences import persons
 from store.audiences.catalogs import BrandCatalog
 from store.audiences.engine import SPLIT_CHUNKS, run_pivot
 from store.audiences.facts import expand_derived
+from store.audiences.selections import IndexNotReadyError
 from store.errors import DomainError, ErrorCode
 from store.sql import Query, Row
 from store.tables import CHANNELS, audience_bitmaps
@@ -238,18 +239,6 @@ _universes = Query(
 )
 
 
-class PersonsNotReadyError(DomainError):
-    """A brand's person index was never built (older than migration 0016): the applier builds it."""
-
-    def __init__(self, brand_code: str) -> None:
-        super().__init__(
-            ErrorCode.INDEX_NOT_READY,
-            f"the person index of brand {brand_code!r} is being built (the applier's next pass builds it):"
-            " shared persons would be wrong until it is: retry in a little while",
-        )
-        self.pending = 0
-
-
 async def brand_overlap(
     conn: AsyncConnection[Any], catalogs: Sequence[BrandCatalog], codes: Sequence[str]
 ) -> BrandOverlap:
@@ -267,7 +256,8 @@ async def brand_overlap(
         unbuilt, shared = await persons.shared_persons(conn, ids)
         for brand_id in unbuilt:
             if by_brand.get(brand_id, 0):  # a brand without live members has no persons to build
-                raise PersonsNotReadyError(codes[ids.index(brand_id)])
+                # A brand older than the person index: the applier's next pass builds it.
+                raise IndexNotReadyError(codes[ids.index(brand_id)], 0, index="person index")
     return _brands_of(ids, codes, counts, shared)
 
 

@@ -120,7 +120,6 @@ _forget_members = Maintenance(sa.delete(brand_persons).where(_p.member_id == sa.
 _record_members = Maintenance(
     sa.insert(brand_persons).from_select(_COLUMNS, _persons_of(_m.id == sa.any_(_IDS))).returning(_p.person_id)
 )
-_still_held = Maintenance(sa.select(_p.person_id).where(_p.brand_id == _BRAND, _p.person_id == sa.any_(_IDS)))
 _drop_unheld = Maintenance(
     sa.delete(group_persons).where(
         _g.group_id == _GROUP,
@@ -182,11 +181,8 @@ async def build(conn: AsyncConnection[Any], brand_id: int) -> int:
 
 
 async def apply(conn: AsyncConnection[Any], brand_id: int, member_ids: Sequence[int]) -> None:
-    """Bring the persons of these members of the brand up to date (any of them may be merged away,
-    erased, deleted, or hold another phone than was recorded)."""
-    if await _state.scalar(conn, brand_id=brand_id) is None:
-        await build(conn, brand_id)
-        return
+    """Bring the persons of these members of a built brand up to date (any of them may be merged
+    away, erased, deleted, or hold another phone than was recorded)."""
     ids = list(member_ids)
     before = {row["member_id"]: row["person_id"] for row in await _recorded.all(conn, ids=ids)}
     group_id = await _group_of.scalar(conn, brand_id=brand_id)
@@ -194,9 +190,9 @@ async def apply(conn: AsyncConnection[Any], brand_id: int, member_ids: Sequence[
     await _assign_members.run(conn, brand_id=brand_id, group_id=group_id, ids=ids)
     await _forget_members.run(conn, ids=ids)
     after = {row["person_id"] for row in await _record_members.all(conn, brand_id=brand_id, group_id=group_id, ids=ids)}
+    # No other live member of the brand holds a person that left these: one live member a phone
+    # (uq_members_brand_id_phone_hash), and whoever took the phone over is among them (queued).
     gone = set(before.values()) - after
-    if gone:  # a person another live member of the brand holds keeps its bit (none should: uniqueness)
-        gone -= {row["person_id"] for row in await _still_held.all(conn, brand_id=brand_id, ids=list(gone))}
     await _flip(conn, brand_id, added=after - set(before.values()), removed=gone)
     if gone:  # a number nobody in the group holds any longer (changed, erased) is not kept
         await _drop_unheld.run(conn, group_id=group_id, ids=list(gone))
@@ -237,9 +233,9 @@ async def after_apply(conn: AsyncConnection[Any], brand_id: int, changed: Mappin
     touched = None if changed is None else [m for m, families in changed.items() if m and families & _MOVES_PERSON]
     try:
         async with conn.transaction():  # a savepoint
-            if touched is None:
+            if touched is None or await _state.scalar(conn, brand_id=brand_id) is None:
                 await build(conn, brand_id)
-            elif touched or await _state.scalar(conn, brand_id=brand_id) is None:
+            elif touched:
                 await apply(conn, brand_id, touched)
     except Exception:
         log.exception("persons of brand %s: not updated with this delta; the next pass rebuilds them", brand_id)

@@ -132,10 +132,10 @@ INDEX_WAIT = 3.0  # seconds an audience read waits for its brand's index to be b
 class IndexNotReadyError(DomainError):
     """The brand's index is being built: a count from it now would be wrong, not merely late."""
 
-    def __init__(self, brand_code: str, pending: int) -> None:
+    def __init__(self, brand_code: str, pending: int, index: str = "audience index") -> None:
         super().__init__(
             ErrorCode.INDEX_NOT_READY,
-            f"the audience index of brand {brand_code!r} is being built ({pending:,} member changes queued);"
+            f"the {index} of brand {brand_code!r} is being built ({pending:,} member changes queued);"
             " counts would be wrong until it is: retry in a little while (freshness says when it is READY)",
         )
         self.pending = pending
