@@ -23,7 +23,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.errors import LockNotAvailable, QueryCanceled
 from psycopg.types.json import Jsonb
 
-from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, Maintenance, among, load_index_facts
+from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, among, load_index_facts
 from store.audiences.purchases import purchase_keys
 from store.brands import for_each_brand
 from store.sql import Query
@@ -67,15 +67,15 @@ _COPY_BATCH = 1 << 20
 # 50-90 us packing booleans; from about 1,000 packing wins). Purchase keys are mostly this sparse.
 _SPARSE = 512
 
-_lock = Maintenance(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
-_try_lock = Maintenance(sa.select(sa.func.pg_try_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
-drain = Maintenance(
+_lock = Query(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
+_try_lock = Query(sa.select(sa.func.pg_try_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
+drain = Query(
     sa.delete(audience_changes)
     .where(audience_changes.c.brand_id == sa.bindparam("brand_id"))
     .returning(audience_changes.c.member_id, audience_changes.c.families)
 )
-_clear = Maintenance(sa.delete(audience_bitmaps).where(audience_bitmaps.c.brand_id == sa.bindparam("brand_id")))
-_upsert_state = Maintenance(
+_clear = Query(sa.delete(audience_bitmaps).where(audience_bitmaps.c.brand_id == sa.bindparam("brand_id")))
+_upsert_state = Query(
     sa.text(
         "INSERT INTO audience_index_state (brand_id, built_at, applied_at, widths) "
         "VALUES (:brand_id, now(), now(), :widths) "
@@ -95,7 +95,7 @@ def lock_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool) -> Any:
 # Bitmaps (8 KB a chunk) landing in a temporary table are compressed as the table they are bound
 # for compresses its own (lz4 where the server has it, set in 0004 and 0011), not with the default
 # pglz, which measured 15x the CPU of lz4 for a delta's rows (60 ms against 4 ms for 200 of them).
-_compress_like = Maintenance(
+_compress_like = Query(
     sa.text("""
 SELECT set_config('default_toast_compression',
                   CASE attcompression WHEN 'l' THEN 'lz4' ELSE current_setting('default_toast_compression') END,
@@ -110,7 +110,7 @@ async def compress_like(conn: AsyncConnection[Any], table: str) -> None:
     await _compress_like.run(conn, table=table)
 
 
-_setting = Maintenance(sa.select(sa.func.set_config(sa.bindparam("name"), sa.bindparam("value"), True)))
+_setting = Query(sa.select(sa.func.set_config(sa.bindparam("name"), sa.bindparam("value"), True)))
 Done = TypeVar("Done")
 
 

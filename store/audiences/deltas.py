@@ -36,7 +36,7 @@ from store.audiences.bitmaps import (
     lock_brand,
     rebuild,
 )
-from store.audiences.index_facts import Ids, Maintenance, load_index_facts
+from store.audiences.index_facts import Ids, load_index_facts
 from store.audiences.lifecycle import after_apply
 from store.audiences.persons import after_apply as persons_after_apply
 from store.sql import Query
@@ -59,10 +59,8 @@ _state = audience_index_state.c
 _OUTDATED = f"(s.widths ->> '{ENCODING_STATE}') IS DISTINCT FROM '{ENCODING_VERSION}'"
 _ZERO = f"repeat('0', {CHUNK_SIZE})::varbit"
 
-_read_state = Maintenance(
-    sa.select(_state.applied_at, _state.widths).where(_state.brand_id == sa.bindparam("brand_id"))
-)
-_expired = Maintenance(
+_read_state = Query(sa.select(_state.applied_at, _state.widths).where(_state.brand_id == sa.bindparam("brand_id")))
+_expired = Query(
     sa.select(member_tags.c.member_id)
     .distinct()
     .where(
@@ -71,7 +69,7 @@ _expired = Maintenance(
         member_tags.c.expires_at <= sa.func.now(),
     )
 )
-_mark_applied = Maintenance(
+_mark_applied = Query(
     sa.update(audience_index_state)
     .where(_state.brand_id == sa.bindparam("brand_id"))
     .values(applied_at=sa.func.now(), widths=sa.bindparam("widths"))
@@ -79,7 +77,7 @@ _mark_applied = Maintenance(
 # Brands with queued changes, with tags that expired since their last apply (no write marks those),
 # whose index has another encoding, or whose persons are not built (store.audiences.persons: a
 # database older than migration 0016, a failed pass, a rebuild outside the applier).
-_due = Maintenance(
+_due = Query(
     sa.text(f"""
 SELECT DISTINCT brand_id FROM audience_changes
 UNION
@@ -112,7 +110,7 @@ _TEMP = [
     "PRIMARY KEY (family, chunk)) ON COMMIT DELETE ROWS",
 ]
 # Rows of the touched families and chunks whose bits for the changed members differ from the new.
-_rewrite = Maintenance(
+_rewrite = Query(
     sa.text(f"""
 WITH changed AS (
     SELECT b.key, b.chunk, bitor(bitand(b.bits, bitnot(m.bits)), coalesce(d.bits, {_ZERO})) AS bits
@@ -125,7 +123,7 @@ UPDATE audience_bitmaps b SET bits = changed.bits FROM changed
 WHERE b.brand_id = :brand_id AND b.key = changed.key AND b.chunk = changed.chunk
 """)  # noqa: S608 (constant text)
 )
-_add_new = Maintenance(
+_add_new = Query(
     sa.text(
         "INSERT INTO audience_bitmaps (brand_id, key, chunk, bits) "
         "SELECT :brand_id, key, chunk, bits FROM audience_delta ON CONFLICT DO NOTHING"
@@ -133,7 +131,7 @@ _add_new = Maintenance(
 )
 # A city is the member's own word: a row of a touched chunk left empty (the last member of that
 # city there moved or was erased) goes, as a full build never writes one, so no key keeps the name.
-_drop_empty_cities = Maintenance(
+_drop_empty_cities = Query(
     sa.text(f"""
 DELETE FROM audience_bitmaps b USING audience_mask m
 WHERE m.family = 'city' AND b.brand_id = :brand_id AND b.chunk = m.chunk AND b.key LIKE 'city:%'

@@ -26,16 +26,6 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 
-class Maintenance(Query):
-    """A statement of index upkeep (the applier), which a request may await when it waits for the
-    index: it stays out of store.sql.counted_statements, which tests read to count a request's."""
-
-    __slots__ = ()
-
-    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {**self._constants, **params} if self._constants else params
-
-
 Ids: TypeAlias = "npt.NDArray[np.int64]"
 NULL = -(2**62)  # a missing date in `values`
 VALUE_COLUMNS = ("id", "points", "growth", "order_count", "total_spend", "registered", "last_purchase", "birthday")
@@ -110,10 +100,10 @@ SELECT {_AGG.format("member_id) || int8send(k) || int8send(day) || int8send(net"
 """  # noqa: S608
 
 
-def _queries(ids: bool) -> tuple[Maintenance, ...]:
+def _queries(ids: bool) -> tuple[Query, ...]:
     head = f"WITH {_live(ids)}"
     bodies = (_sets(ids), _VALUES, _orders(ids), purchases.category_rows(ids), purchases.product_rows(ids))
-    return tuple(Maintenance(sa.text(f"{head}{body}")) for body in bodies)
+    return tuple(Query(sa.text(f"{head}{body}")) for body in bodies)
 
 
 _ALL = _queries(ids=False)

@@ -44,10 +44,11 @@ from sqlalchemy.dialects.postgresql import insert
 from store.audiences import rfm_store
 from store.audiences.bitmaps import binary_rows, chunk_rows, compress_like, copy_rows, locked_pass
 from store.audiences.facts import DEFAULT_TIMEZONE, STAGES, LifecycleRules, lifecycle_terms
-from store.audiences.index_facts import Ids, Maintenance
+from store.audiences.index_facts import Ids
 from store.audiences.lifecycle_rules import RulesVersion, current_rules
 from store.audiences.schedule import every
 from store.brands import for_each_brand
+from store.sql import Query
 from store.tables import audience_bitmaps, lifecycle_state
 from tagquery.bitmap_keys import CHUNK_BITS, CHUNK_SIZE, ENCODING_STATE, ENCODING_VERSION, FAMILIES
 from tagquery.compile_bitmap import NO_CHUNK_LIMIT, BitmapCompiler, Encoding
@@ -103,8 +104,8 @@ _TEMP = [
     + ") ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS lifecycle_mask (chunk int PRIMARY KEY, bits varbit) ON COMMIT DELETE ROWS",
 ]
-_clear_new = Maintenance(sa.text("DELETE FROM lifecycle_new"))
-_clear_mask = Maintenance(sa.text("DELETE FROM lifecycle_mask"))
+_clear_new = Query(sa.text("DELETE FROM lifecycle_new"))
+_clear_mask = Query(sa.text("DELETE FROM lifecycle_mask"))
 _new = sa.table("lifecycle_new", sa.column("chunk"), *(sa.column(f"s{i}") for i in range(len(STAGES))))
 
 
@@ -150,8 +151,8 @@ FROM d WHERE {changed}
 """  # noqa: S608 (constant text)
 
 
-_compare = {scope: Maintenance(sa.text(_compare_sql(scope))) for scope in _Scope}
-_record = Maintenance(
+_compare = {scope: Query(sa.text(_compare_sql(scope))) for scope in _Scope}
+_record = Query(
     sa.text("""
 INSERT INTO member_stage_changes (brand_id, member_id, from_stage, to_stage, changed_at, rules_version, cause)
 SELECT :brand_id, c.member_id, c.from_stage, c.to_stage, :changed_at, :rules_version, :cause
@@ -159,7 +160,7 @@ FROM unnest(CAST(:members AS bigint[]), CAST(:froms AS text[]), CAST(:tos AS tex
      AS c (member_id, from_stage, to_stage)
 """)
 )
-_state = Maintenance(
+_state = Query(
     sa.text(f"""
 SELECT s.day, s.rules_version, s.index_built_at, i.built_at, i.widths,
        (i.widths ->> '{ENCODING_STATE}') IS NOT DISTINCT FROM '{ENCODING_VERSION}' AS current_encoding,
@@ -177,7 +178,7 @@ _stmt = insert(lifecycle_state).values(
     index_built_at=sa.bindparam("index_built_at"),
     computed_at=sa.bindparam("computed_at"),
 )
-_save_state = Maintenance(
+_save_state = Query(
     _stmt.on_conflict_do_update(
         index_elements=[_state_columns.brand_id],
         set_={name: _stmt.excluded[name] for name in ("day", "rules_version", "index_built_at", "computed_at")},
@@ -191,9 +192,9 @@ class _Pivots:
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
-        self._statements: OrderedDict[tuple[object, ...], Maintenance] = OrderedDict()
+        self._statements: OrderedDict[tuple[object, ...], Query] = OrderedDict()
 
-    def get(self, encoding: Encoding, day: date, rules: LifecycleRules) -> Maintenance:
+    def get(self, encoding: Encoding, day: date, rules: LifecycleRules) -> Query:
         key = (day, rules, tuple(sorted(encoding.widths.items())))
         statement = self._statements.get(key)
         if statement is None:
@@ -201,7 +202,7 @@ class _Pivots:
             terms = lifecycle_terms(rules)
             columns = {f"s{i}": compiler.bitmap(terms[stage]) for i, stage in enumerate(STAGES)}
             pivot = compiler.pivot.select(audience_bitmaps, columns)
-            statement = self._statements[key] = Maintenance(sa.insert(_new).from_select(["chunk", *columns], pivot))
+            statement = self._statements[key] = Query(sa.insert(_new).from_select(["chunk", *columns], pivot))
             if len(self._statements) > self.size:
                 self._statements.popitem(last=False)
         return statement
@@ -233,7 +234,7 @@ async def sync(
     now = now or datetime.now(UTC)
     timezone: str = state["timezone"]
     today = now.astimezone(ZoneInfo(timezone)).date()
-    rules = await current_rules(conn, brand_id, upkeep=True)
+    rules = await current_rules(conn, brand_id)
     encoding = Encoding(dict(state["widths"]))
     async with conn.cursor() as cur:
         for statement in _TEMP:
@@ -271,7 +272,7 @@ async def sync(
     return Synced(brand_id, day, rules.version, changes)
 
 
-_compare_all_next = Maintenance(
+_compare_all_next = Query(
     sa.update(lifecycle_state)
     .where(_state_columns.brand_id == sa.bindparam("brand_id"))
     .values(index_built_at=sa.null())
@@ -316,7 +317,7 @@ async def _fill_mask(conn: AsyncConnection[Any], members: Ids) -> None:
 
 
 _ALL_CHUNKS = {"from_chunk": 0, "to_chunk": NO_CHUNK_LIMIT}
-_chunk_span = Maintenance(
+_chunk_span = Query(
     sa.text("SELECT coalesce(min(chunk), 0) AS first, coalesce(max(chunk), -1) + 1 AS stop FROM lifecycle_mask")
 )
 
@@ -392,7 +393,7 @@ def _chunk_ids(chunk: int, data: bytes) -> np.ndarray[Any, np.dtype[np.int64]]:
 
 # --- the schedule ------------------------------------------------------------------------------------
 
-_due = Maintenance(
+_due = Query(
     sa.text(f"""
 SELECT i.brand_id FROM audience_index_state i
 LEFT JOIN lifecycle_state s ON s.brand_id = i.brand_id
@@ -471,7 +472,7 @@ class StageFreshness:
     that has come and the scheduled pass has not run yet. None: current."""
 
 
-_stage_state = Maintenance(
+_stage_state = Query(
     sa.text(f"""
 SELECT s.day, s.computed_at, s.rules_version,
        coalesce((SELECT timezone FROM brand_rules WHERE brand_id = :brand_id), '{DEFAULT_TIMEZONE}') AS timezone

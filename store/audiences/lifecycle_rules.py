@@ -17,7 +17,6 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from store.audiences.facts import DEFAULT_RULES, LifecycleRules
-from store.audiences.index_facts import Maintenance
 from store.errors import DomainError, ErrorCode
 from store.sql import Query
 from store.tables import lifecycle_rules
@@ -47,7 +46,6 @@ _newest_first = (
 )
 _versions = Query(_newest_first)
 _current = Query(_newest_first.limit(1))
-_current_in_upkeep = Maintenance(_newest_first.limit(1))
 _add = Query(
     sa.insert(lifecycle_rules)
     .from_select(
@@ -72,10 +70,9 @@ def _version(row: Mapping[str, Any]) -> RulesVersion:
     return RulesVersion(row["version"], LifecycleRules(**known), row["created_at"], row["created_by"])
 
 
-async def current_rules(conn: AsyncConnection[Any], brand_id: int, *, upkeep: bool = False) -> RulesVersion:
-    """The brand's rules in force; `upkeep` for the background passes (store.audiences.lifecycle),
-    whose statements stay out of store.sql.counted_statements, which tests read to count a request's."""
-    row = await (_current_in_upkeep if upkeep else _current).one(conn, brand_id=brand_id)
+async def current_rules(conn: AsyncConnection[Any], brand_id: int) -> RulesVersion:
+    """The brand's rules in force."""
+    row = await _current.one(conn, brand_id=brand_id)
     return DEFAULT_VERSION if row is None else _version(row)
 
 

@@ -29,7 +29,6 @@ from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from store.audiences.bitmaps import binary_rows, chunk_rows, copy_rows, lock_brand
-from store.audiences.index_facts import Maintenance
 from store.brands import for_each_brand
 from store.sql import Query
 from store.tables import brand_persons, brands, group_persons, members, person_bitmaps, person_index_state
@@ -49,9 +48,9 @@ _BRAND = sa.bindparam("brand_id", type_=sa.BigInteger)
 _GROUP = sa.bindparam("group_id", type_=sa.BigInteger)
 _m, _g, _p = members.c, group_persons.c, brand_persons.c
 
-_group_of = Maintenance(sa.select(brands.c.group_id).where(brands.c.id == _BRAND))
+_group_of = Query(sa.select(brands.c.group_id).where(brands.c.id == _BRAND))
 # New person ids are handed out under the group's lock: two brands of a group may apply at once.
-_lock_group = Maintenance(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x706572), sa.bindparam("group_id"))))
+_lock_group = Query(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x706572), sa.bindparam("group_id"))))
 
 
 def _live_with_phone(*more: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
@@ -61,7 +60,7 @@ def _live_with_phone(*more: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
     )
 
 
-def _assign(*more: sa.ColumnElement[bool]) -> Maintenance:
+def _assign(*more: sa.ColumnElement[bool]) -> Query:
     """Person ids for the phone hashes of those members that the group has not seen, numbered on
     from the group's highest."""
     unseen = (
@@ -77,7 +76,7 @@ def _assign(*more: sa.ColumnElement[bool]) -> Maintenance:
     numbered = sa.select(
         _GROUP, unseen.c.phone_hash, base + sa.func.row_number().over(order_by=unseen.c.phone_hash) - 1
     )
-    return Maintenance(sa.insert(group_persons).from_select(["group_id", "phone_hash", "person_id"], numbered))
+    return Query(sa.insert(group_persons).from_select(["group_id", "phone_hash", "person_id"], numbered))
 
 
 def _persons_of(*more: sa.ColumnElement[bool]) -> sa.Select[Any]:
@@ -93,7 +92,7 @@ _assign_members = _assign(_m.id == sa.any_(_IDS))
 # drops the rows of members no longer live with a phone: deleting and inserting every row again
 # cost 7 s for 510,000 members (each insert checking the unique index past its deleted twin).
 _upsert = insert(brand_persons).from_select(_COLUMNS, _persons_of())
-_record_brand = Maintenance(
+_record_brand = Query(
     _upsert.on_conflict_do_update(
         index_elements=[_p.member_id],
         set_={"brand_id": _upsert.excluded.brand_id, "person_id": _upsert.excluded.person_id},
@@ -103,7 +102,7 @@ _record_brand = Maintenance(
     )
 )
 _live = members.alias("live")
-_forget_brand = Maintenance(
+_forget_brand = Query(
     sa.delete(brand_persons).where(
         _p.brand_id == _BRAND,
         ~sa.exists().where(
@@ -115,12 +114,12 @@ _forget_brand = Maintenance(
         ),
     )
 )
-_recorded = Maintenance(sa.select(_p.member_id, _p.person_id).where(_p.member_id == sa.any_(_IDS)))
-_forget_members = Maintenance(sa.delete(brand_persons).where(_p.member_id == sa.any_(_IDS)))
-_record_members = Maintenance(
+_recorded = Query(sa.select(_p.member_id, _p.person_id).where(_p.member_id == sa.any_(_IDS)))
+_forget_members = Query(sa.delete(brand_persons).where(_p.member_id == sa.any_(_IDS)))
+_record_members = Query(
     sa.insert(brand_persons).from_select(_COLUMNS, _persons_of(_m.id == sa.any_(_IDS))).returning(_p.person_id)
 )
-_drop_unheld = Maintenance(
+_drop_unheld = Query(
     sa.delete(group_persons).where(
         _g.group_id == _GROUP,
         _g.person_id == sa.any_(_IDS),
@@ -129,32 +128,32 @@ _drop_unheld = Maintenance(
         .where(brands.c.group_id == _GROUP, _m.phone_hash == _g.phone_hash),
     )
 )
-_person_ids = Maintenance(
+_person_ids = Query(
     sa.select(sa.func.string_agg(sa.func.int8send(_p.person_id), sa.literal_column("''::bytea")).label("ids")).where(
         _p.brand_id == _BRAND
     )
 )
-_clear_brand = Maintenance(sa.delete(person_bitmaps).where(person_bitmaps.c.brand_id == _BRAND))
-_chunks = Maintenance(
+_clear_brand = Query(sa.delete(person_bitmaps).where(person_bitmaps.c.brand_id == _BRAND))
+_chunks = Query(
     sa.select(person_bitmaps.c.chunk, sa.func.varbit_send(person_bitmaps.c.bits).label("bits")).where(
         person_bitmaps.c.brand_id == _BRAND,
         person_bitmaps.c.chunk == sa.any_(sa.bindparam("chunks", type_=ARRAY(sa.Integer))),
     )
 )
-_clear_chunks = Maintenance(
+_clear_chunks = Query(
     sa.delete(person_bitmaps).where(
         person_bitmaps.c.brand_id == _BRAND,
         person_bitmaps.c.chunk == sa.any_(sa.bindparam("chunks", type_=ARRAY(sa.Integer))),
     )
 )
-_state = Maintenance(sa.select(person_index_state.c.brand_id).where(person_index_state.c.brand_id == _BRAND))
-_built = Maintenance(
+_state = Query(sa.select(person_index_state.c.brand_id).where(person_index_state.c.brand_id == _BRAND))
+_built = Query(
     sa.text("""
 INSERT INTO person_index_state (brand_id, built_at, applied_at) VALUES (:brand_id, now(), now())
 ON CONFLICT (brand_id) DO UPDATE SET built_at = now(), applied_at = now()
 """)
 )
-_applied = Maintenance(
+_applied = Query(
     sa.update(person_index_state).where(person_index_state.c.brand_id == _BRAND).values(applied_at=sa.func.now())
 )
 _COPY = "COPY person_bitmaps (brand_id, chunk, bits) FROM STDIN (FORMAT BINARY)"
@@ -243,7 +242,7 @@ async def after_apply(conn: AsyncConnection[Any], brand_id: int, changed: Mappin
 
 
 _MOVES_PERSON = PHONE_FAMILY | FAMILIES["u"]  # the universe's family: added, deleted, merged, erased
-_forget_state = Maintenance(sa.delete(person_index_state).where(person_index_state.c.brand_id == _BRAND))
+_forget_state = Query(sa.delete(person_index_state).where(person_index_state.c.brand_id == _BRAND))
 
 
 # --- erasure ------------------------------------------------------------------------------------

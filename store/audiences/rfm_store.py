@@ -18,7 +18,6 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import insert
 
 from store.audiences.facts import DEFAULT_TIMEZONE, brand_timezone, live_members, local_date
-from store.audiences.index_facts import Maintenance
 from store.audiences.rfm import NO_THRESHOLDS, RfmThresholds
 from store.brands import for_each_brand
 from store.sql import Query
@@ -121,8 +120,7 @@ _zone = sa.func.coalesce(
     sa.select(brand_rules.c.timezone).where(brand_rules.c.brand_id == _t.brand_id).scalar_subquery(),
     DEFAULT_TIMEZONE,
 )
-_due = Maintenance(sa.select(_t.brand_id).where(_t.day < sa.cast(sa.func.timezone(_zone, sa.func.now()), sa.Date)))
-_recompute_in_upkeep = Maintenance(_replace)
+_due = Query(sa.select(_t.brand_id).where(_t.day < sa.cast(sa.func.timezone(_zone, sa.func.now()), sa.Date)))
 
 
 async def recompute_due(pool: AsyncConnectionPool[Any]) -> list[int]:
@@ -131,7 +129,7 @@ async def recompute_due(pool: AsyncConnectionPool[Any]) -> list[int]:
     async with pool.connection() as conn:
         brands = [row["brand_id"] for row in await _due.all(conn)]
         for brand_id in brands:
-            await _recompute_in_upkeep.one(conn, brand_id=brand_id, today=None)
+            await recompute(conn, brand_id)
     return brands
 
 

@@ -44,7 +44,6 @@ from store.audiences.bitmaps import locked_pass
 from store.audiences.catalogs import BrandCatalog, load_catalog
 from store.audiences.deltas import freshness_of_brands
 from store.audiences.facts import DEFAULT_TIMEZONE, MemberRowFacts, expand_derived, live_members
-from store.audiences.index_facts import Maintenance
 from store.audiences.lifecycle import day_start
 from store.audiences.schedule import every
 from store.audiences.selections import InvalidExpressionError, read_expression
@@ -220,7 +219,7 @@ def _families(rule: str) -> int:
     return families_read(parse(rule))
 
 
-_brand_rules = Maintenance(
+_brand_rules = Query(
     sa.select(
         tag_definitions.c.id.label("tag_id"),
         tag_definitions.c.code,
@@ -272,7 +271,7 @@ def _with_dependents(codes: set[str], needs: Mapping[str, frozenset[str]]) -> se
 # --- computing them -------------------------------------------------------------------------------------
 
 
-def _materialize(m: sa.FromClause, predicate: sa.ColumnElement[bool], scoped: bool) -> Maintenance:
+def _materialize(m: sa.FromClause, predicate: sa.ColumnElement[bool], scoped: bool) -> Query:
     """One statement: the live members `m` the rule selects (of `:ids` when scoped) carry the tag, the
     others (of `:ids`) do not. Returns how many were added and removed. An assignment that holds
     already is left as it is (its version and time); one made by hand, or expiring, becomes the rule's."""
@@ -317,7 +316,7 @@ def _materialize(m: sa.FromClause, predicate: sa.ColumnElement[bool], scoped: bo
         .returning(member_tags.c.member_id)
         .cte("removed")
     )
-    return Maintenance(
+    return Query(
         sa.select(
             sa.select(sa.func.count()).select_from(added).scalar_subquery().label("added"),
             sa.select(sa.func.count()).select_from(removed).scalar_subquery().label("removed"),
@@ -331,9 +330,9 @@ class _Statements:
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self._found: OrderedDict[tuple[object, ...], Maintenance] = OrderedDict()
+        self._found: OrderedDict[tuple[object, ...], Query] = OrderedDict()
 
-    def get(self, tag: RuleTag, bound: Bound, catalog: BrandCatalog, today: date, scoped: bool) -> Maintenance:
+    def get(self, tag: RuleTag, bound: Bound, catalog: BrandCatalog, today: date, scoped: bool) -> Query:
         key = (tag.rule, today, catalog.lifecycle, catalog.rfm, scoped)
         statement = self._found.get(key)
         if statement is None:
@@ -363,7 +362,7 @@ class Evaluated:
     """Rule tags whose rule no longer binds (a city no member has any more): left as they were."""
 
 
-_mark_full = Maintenance(
+_mark_full = Query(
     sa.update(rule_tag_state)
     .where(_state.tag_id == sa.any_(_IDS))
     .values(
@@ -373,7 +372,7 @@ _mark_full = Maintenance(
         rfm_computed_at=sa.bindparam("rfm_computed_at", type_=_TIME),
     )
 )
-_mark_touched = Maintenance(
+_mark_touched = Query(
     sa.update(rule_tag_state)
     .where(_state.tag_id == sa.any_(_IDS), _state.computed_at.is_not(None))
     .values(computed_at=sa.bindparam("now", type_=_TIME))
@@ -432,7 +431,7 @@ async def evaluate(
     return Evaluated(brand_id, len(done), added, removed, today, tuple(failed))
 
 
-_compute_all_next = Maintenance(
+_compute_all_next = Query(
     sa.update(rule_tag_state).where(_state.brand_id == sa.bindparam("brand_id")).values(computed_at=sa.null())
 )
 
@@ -459,7 +458,7 @@ async def after_apply(conn: AsyncConnection[Any], brand_id: int, changed: Mappin
 
 # --- the schedule -----------------------------------------------------------------------------------------
 
-_due = Maintenance(
+_due = Query(
     sa.text(f"""
 SELECT DISTINCT s.brand_id FROM rule_tag_state s
 LEFT JOIN brand_rules r ON r.brand_id = s.brand_id
