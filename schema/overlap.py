@@ -126,7 +126,7 @@ class BrandPair:
 @strawberry.type(
     description="How a group's brands share persons (多品牌会员重合): the same person is the same phone within "
     "the group (`Member.person`). Counts come from each brand's audience index, the shared persons from the "
-    "members as they are now."
+    "person index the same applier keeps: both as of its last pass."
 )
 class BrandOverlap:
     group: Group = strawberry.field(description="The group.")
