@@ -31,6 +31,7 @@ from api.cli import cli
 from store.audiences.bitmaps import lock_brand
 from store.audiences.offline import count as audience_count
 from store.brands import brand_by_code
+from store.imports import checkpoints
 from store.imports.files import Format
 from store.imports.index import catch_up
 from store.imports.orders import OrderImport
@@ -790,3 +791,21 @@ def test_the_command_names_its_stages_and_exits_by_outcome(database_url: str, tm
 async def _fresh_brand(database_url: str) -> str:
     async with AsyncConnectionPool(database_url, min_size=1, max_size=1, kwargs={"autocommit": True}) as pool:
         return await new_brand(pool)
+
+
+async def test_a_new_import_waits_a_moment_for_the_lock_of_an_interrupted_one(pool: AsyncConnectionPool[Any]) -> None:
+    """An interrupted import's server process lets go of the file's lock a moment after its client
+    left (found in the suite: the resume right after an interruption was refused as running)."""
+    key = checkpoints.FileKey(-1, "members", os.urandom(32))
+    async with pool.connection() as holder, pool.connection() as other:
+        assert await checkpoints.lock(holder, key)
+
+        async def leave_soon() -> None:
+            await asyncio.sleep(0.3)
+            await holder.execute("SELECT pg_advisory_unlock_all()")
+
+        leaving = asyncio.create_task(leave_soon())
+        assert await checkpoints.lock(other, key)  # waited for it
+        await leaving
+        assert not await checkpoints.lock(holder, key, wait=0.2)  # held by `other` all along: refused
+        await other.execute("SELECT pg_advisory_unlock_all()")

@@ -3,6 +3,8 @@ transaction, so that it names exactly the chunks committed and a rerun resumes a
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -79,9 +81,20 @@ class Checkpoint:
     finished: bool
 
 
-async def lock(conn: AsyncConnection[Any], key: FileKey) -> bool:
-    """Hold the file's import lock for the session; False when another session holds it."""
-    return bool(await _try_lock.scalar(conn, **key.params()))
+LOCK_WAIT = 3.0  # seconds a new import waits for the file's lock before refusing
+
+
+async def lock(conn: AsyncConnection[Any], key: FileKey, wait: float = LOCK_WAIT) -> bool:
+    """Hold the file's import lock for the session; False when another session still holds it after
+    `wait` seconds. Waiting covers an interrupted import's session: its server process releases the
+    lock only once it has noticed the client went away, a moment after (found in the suite: a resume
+    right after an interruption was refused as "another import of this file is running")."""
+    deadline = time.monotonic() + wait
+    while not await _try_lock.scalar(conn, **key.params()):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def read(conn: AsyncConnection[Any], key: FileKey) -> Checkpoint | None:
