@@ -328,3 +328,30 @@ async def test_a_pass_over_many_brands_lets_others_take_the_pool_between_brands(
         async with pool.connection(timeout=0.45):  # one brand's worth of waiting, not the whole pass's
             pass
         assert await passing == []
+
+
+@pytest.mark.parametrize("module", ["lifecycle", "rule_tags"])
+async def test_the_scheduled_passes_let_others_take_the_pool_between_brands(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    """As the applier's pass: the lifecycle and rule-tag passes at a server's start went over every
+    due brand of the suite on the one connection of a one-connection pool (found in CI)."""
+    from store.audiences import lifecycle, rule_tags
+
+    passes = {"lifecycle": lifecycle, "rule_tags": rule_tags}[module]
+
+    class TwoBrandsDue:
+        async def all(self, conn: AsyncConnection[Any]) -> list[dict[str, int]]:
+            return [{"brand_id": -1}, {"brand_id": -2}]
+
+    async def slow(conn: AsyncConnection[Any], brand_id: int, **kwargs: Any) -> None:
+        await asyncio.sleep(0.3)
+
+    monkeypatch.setattr(passes, "_due", TwoBrandsDue())
+    monkeypatch.setattr(passes, "sync_locked", slow)
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=1, open=False) as pool:
+        passing = asyncio.create_task(passes.sync_due(pool))
+        await asyncio.sleep(0.1)
+        async with pool.connection(timeout=0.45):
+            pass
+        assert await passing == []

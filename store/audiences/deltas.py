@@ -39,6 +39,7 @@ from store.audiences.bitmaps import (
 from store.audiences.index_facts import Ids, load_index_facts
 from store.audiences.lifecycle import after_apply
 from store.audiences.persons import after_apply as persons_after_apply
+from store.audiences.schedule import each_due
 from store.sql import Query
 from store.tables import audience_index_state, member_tags
 from tagquery.bitmap_keys import (
@@ -317,12 +318,7 @@ def _delta_rows(sets: BitSets, ids: Ids, families: Ids) -> Iterator[tuple[str, i
 
 async def apply_all(pool: AsyncConnectionPool[Any]) -> list[Applied]:
     """One pass over every brand with queued changes or unswept expiries."""
-    async with pool.connection() as conn:
-        brands = [row["brand_id"] for row in await _due.all(conn)]
-    applied = []
-    for brand_id in brands:  # a connection a brand: a pass over many brands never holds one long
-        async with pool.connection() as conn:
-            applied.append(await apply_brand(conn, brand_id))
+    applied = await each_due(pool, _due, lambda conn, brand_id: apply_brand(conn, brand_id))
     return [report for report in applied if report is not None]
 
 

@@ -46,7 +46,7 @@ from store.audiences.bitmaps import binary_rows, chunk_rows, compress_like, copy
 from store.audiences.facts import DEFAULT_TIMEZONE, STAGES, LifecycleRules, lifecycle_terms
 from store.audiences.index_facts import Ids
 from store.audiences.lifecycle_rules import RulesVersion, current_rules
-from store.audiences.schedule import every
+from store.audiences.schedule import each_due, every
 from store.brands import for_each_brand
 from store.sql import Query
 from store.tables import audience_bitmaps, lifecycle_state
@@ -430,9 +430,7 @@ async def sync_locked(
 async def sync_due(pool: AsyncConnectionPool[Any], now: datetime | None = None) -> list[Synced]:
     """One scheduled pass: every brand whose stages were never computed, whose day or rules moved on,
     or whose index was rebuilt since."""
-    async with pool.connection() as conn:
-        brands = [row["brand_id"] for row in await _due.all(conn)]
-        done = [await sync_locked(conn, brand_id, wait=False, now=now) for brand_id in brands]
+    done = await each_due(pool, _due, lambda conn, brand_id: sync_locked(conn, brand_id, wait=False, now=now))
     return [report for report in done if report is not None]
 
 

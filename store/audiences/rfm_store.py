@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from store.audiences.facts import DEFAULT_TIMEZONE, brand_timezone, live_members, local_date
 from store.audiences.rfm import NO_THRESHOLDS, RfmThresholds
+from store.audiences.schedule import each_due
 from store.brands import for_each_brand
 from store.sql import Query
 from store.tables import brand_rules, members, rfm_thresholds
@@ -126,11 +127,12 @@ _due = Query(sa.select(_t.brand_id).where(_t.day < sa.cast(sa.func.timezone(_zon
 async def recompute_due(pool: AsyncConnectionPool[Any]) -> list[int]:
     """The server's daily pass (run with the lifecycle pass): every brand whose thresholds are from
     an earlier brand day is recomputed. The ids of those brands."""
-    async with pool.connection() as conn:
-        brands = [row["brand_id"] for row in await _due.all(conn)]
-        for brand_id in brands:
-            await recompute(conn, brand_id)
-    return brands
+
+    async def recomputed(conn: AsyncConnection[Any], brand_id: int) -> int:
+        await recompute(conn, brand_id)
+        return brand_id
+
+    return await each_due(pool, _due, recomputed)
 
 
 async def refresh(url: str, brand: str | None) -> list[tuple[str, StoredThresholds]]:

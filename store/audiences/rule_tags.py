@@ -45,7 +45,7 @@ from store.audiences.catalogs import BrandCatalog, load_catalog
 from store.audiences.deltas import freshness_of_brands
 from store.audiences.facts import DEFAULT_TIMEZONE, MemberRowFacts, expand_derived, live_members
 from store.audiences.lifecycle import day_start
-from store.audiences.schedule import every
+from store.audiences.schedule import each_due, every
 from store.audiences.selections import InvalidExpressionError, read_expression
 from store.brands import for_each_brand
 from store.sql import Query
@@ -495,9 +495,7 @@ async def sync_locked(
 
 async def sync_due(pool: AsyncConnectionPool[Any], now: datetime | None = None) -> list[Evaluated]:
     """One scheduled pass over the brands whose rule tags are due (module docstring)."""
-    async with pool.connection() as conn:
-        brands = [row["brand_id"] for row in await _due.all(conn)]
-        done = [await sync_locked(conn, brand_id, wait=False, now=now) for brand_id in brands]
+    done = await each_due(pool, _due, lambda conn, brand_id: sync_locked(conn, brand_id, wait=False, now=now))
     return [report for report in done if report is not None]
 
 
