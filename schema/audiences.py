@@ -53,12 +53,14 @@ class FieldOp(Enum):
 @strawberry.input(description="A dimension term: `tier:gold`, or `tier IN (gold, platinum)` with several values.")
 class DimensionFilter:
     name: str = strawberry.field(
-        description="tier, channel, city, status, gender, lifecycle, consent, rfm, bought, first_channel (or `tag`)."
+        description="tier, channel, city, status, gender, lifecycle, consent, rfm, bought, entered, first_channel"
+        " (or `tag`)."
     )
     values: list[str] = strawberry.field(description="One value or more; any of them matches.")
     within: str | None = strawberry.field(
         default=None,
-        description="For a dated dimension (`bought`): a window such as `90d`, `bought:snacks WITHIN 90d`.",
+        description="For a dated dimension (`bought`, `entered`): a window such as `90d`,"
+        " `bought:snacks WITHIN 90d`, `entered:at_risk WITHIN 30d`.",
     )
 
 

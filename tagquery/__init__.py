@@ -18,13 +18,13 @@ Grammar (EBNF; keywords and `tag` are case-insensitive, everything else case-sen
     unary      = "NOT" , unary | "(" , or , ")" | term ;
     term       = "tag" , ":" , value
                | "tag" , "IN" , list , [ window ]
-               | name , ":" , value , [ window ]         (* dimension: tier:gold, bought:tea WITHIN 90d *)
+               | name , ":" , value , [ window ]         (* tier:gold, bought:tea WITHIN 90d, entered:at_risk *)
                | subject , cmp , value                   (* field: points >= 1000, spend_90d:tea >= 500 *)
                | subject , "IN" , list , [ window ]      (* dimension or field *)
                | subject , "BETWEEN" , value , "AND" , value
                | name , "WITHIN" , duration ;            (* date field: last_purchase WITHIN 30d *)
     subject    = name , [ ":" , value ] ;                (* a field, qualified: orders_90d:snacks *)
-    window     = "WITHIN" , duration ;                   (* a dated dimension's window (bought) *)
+    window     = "WITHIN" , duration ;                   (* a dated dimension's window (bought, entered) *)
     list       = "(" , value , { "," , value } , ")" ;
     cmp        = "=" | "!=" | "<" | "<=" | ">" | ">=" ;
     value      = word | string ;
@@ -40,8 +40,8 @@ A word is typed by the binder, not the lexer: `1000`, `12.50`, `2024-01-01` and 
 (U+FF1A, U+FF0C, U+FF08, U+FF09) that Chinese input methods type read as their ASCII forms.
 `tag:x` accepts a tag code or a tag's display name (`tag:价格敏感`). Windows and qualifiers
 (issue 15) parse anywhere the grammar allows them; the binder decides where they mean something (a
-window on the dated dimension `bought`, a category qualifying `spend_<N>d` / `orders_<N>d`). The
-grammar only grew (every older text parses to the same tree), so GRAMMAR_VERSION stays 1.
+window on a dated dimension, `bought` or `entered`, a category qualifying `spend_<N>d` /
+`orders_<N>d`). The grammar only grew (every older text parses to the same tree), so GRAMMAR_VERSION stays 1.
 
 Decisions:
 - NULL rule: a term on a missing fact is False, NOT is boolean negation; `e` / `NOT e` partition

@@ -28,7 +28,8 @@ Scalar = int | Decimal | date
 @dataclasses.dataclass(frozen=True, slots=True)
 class Membership:
     """The member has any of `values` for `dimension` (`tag` for tags; `multi` for set-valued); with
-    `within`, on a day no earlier than `window_start(today, *within)` (a dated dimension: bought)."""
+    `within`, on a day no earlier than `window_start(today, *within)` (a dated dimension: bought,
+    entered)."""
 
     dimension: str
     values: tuple[str, ...]

@@ -56,6 +56,9 @@ SPEND_STEPS: tuple[Decimal, ...] = tuple(
 )
 BOUGHT = "bought"  # dimension: a product category or sku the member bought (dated: WITHIN)
 FIRST_CHANNEL = "first_channel"  # dimension: the channel of the member's first order
+# Dimension: a lifecycle stage the member has a recorded change into (dated: the day of the last
+# such change, so `entered:at_risk WITHIN 30d` is "slid into at risk in the last 30 days").
+ENTERED = "entered"
 FIRST_PURCHASE = "first_purchase"
 _WINDOWED = re.compile(r"(spend|orders)_([0-9]+)d", re.ASCII)
 
@@ -89,7 +92,8 @@ class DimensionSpec:
     multi: bool = False
     """Set-valued: a member has any number of values (channels), not exactly one (tier)."""
     dated: bool = False
-    """Each value has a day (the last purchase of a product): a term may take a window (WITHIN 90d)."""
+    """Each value has a day (the last purchase of a product, the last entry into a stage): a term may
+    take a window (WITHIN 90d)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,14 +144,16 @@ def member_catalog(
     rfm_cells: Iterable[str] = (),
     products: Iterable[str] | None = None,
     categories: Iterable[str] = (),
+    stage_history: bool = False,
 ) -> Catalog:
     """The member catalog of design §3: six dimensions (channel set-valued) and MEMBER_FIELDS, and
     `consent` (set-valued: the channels a member has a granted marketing consent for) when
     `consents` names any, and the `rfm` dimension with the RFM_FIELDS when `rfm_cells` names any.
     With `products` (the categories and skus members bought), purchase behaviour: the dated
     dimension `bought`, `first_channel` (the channels), PURCHASE_FIELDS, the windowed ones
-    qualified by `categories`, spend compared against SPEND_STEPS.
-    A new dimension takes no name a valid expression used, so saved
+    qualified by `categories`, spend compared against SPEND_STEPS. With `stage_history` (the brand's
+    changes of stage are recorded: store.audiences.lifecycle), the dated dimension `entered` over
+    the `lifecycles`. A new dimension takes no name a valid expression used, so saved
     expressions keep their meaning (GRAMMAR_VERSION is about the syntax, which only grew)."""
     dimensions = {
         "tier": DimensionSpec(frozenset(tiers)),
@@ -173,6 +179,8 @@ def member_catalog(
         fields.update(PURCHASE_FIELDS)
         qualifiers = {name: frozenset(categories) for name in PURCHASE_FIELDS if window_of(name)}
         steps = {spend_field(days): SPEND_STEPS for days in WINDOWS}
+    if stage_history:
+        dimensions[ENTERED] = DimensionSpec(dimensions["lifecycle"].values, multi=True, dated=True)
     return Catalog(
         tags=MappingProxyType(dict(tags)),
         dimensions=MappingProxyType(dimensions),

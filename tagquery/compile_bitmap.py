@@ -18,8 +18,9 @@ so a term on a missing fact is empty, and NOT is `universe & ~x`.
 
 Purchase behaviour (issue 15) reads days the same way: `bought:<p> WITHIN w`, `first_purchase`,
 `orders_<N>d:<c> >= k` and `spend_<N>d >= X` are each one day field (`buy.*`, bit-sliced) against
-today - N; `spend_<N>d` is answered only for the steps (tagquery.catalog.SPEND_STEPS), and any other
-comparison of it raises rather than compile to something wrong (the binder never lets one through).
+today - N, and so is `entered:<stage> WITHIN w` (`stage.entered.*`); `spend_<N>d` is answered only
+for the steps (tagquery.catalog.SPEND_STEPS), and any other comparison of it raises rather than
+compile to something wrong (the binder never lets one through).
 
 Two savings rest on what the index holds (store.audiences.bitmaps; the differential tests check it): every
 row holds live members only, and a field's slices only members where the field is present. So
@@ -45,24 +46,23 @@ from tagquery.ast import TAG, Op, Unit
 from tagquery.bitmap_keys import (
     BANDS,
     CHUNK_SIZE,
-    DATE_FIELDS,
     DATE_WIDTH,
-    DIGIT_BASE,
-    DIGIT_BITS,
     FIRST_PURCHASE_DAY,
     NULLABLE,
     UNIVERSE,
+    Layout,
     band_key,
     bit_key,
     bought_field,
     category_order_field,
     day_offset,
-    digit_count,
     digit_key,
+    entered_field,
     fen,
     has_key,
     order_field,
     spend_day_field,
+    stored_layout,
     tag_key,
     value_key,
 )
@@ -175,11 +175,15 @@ class Pivot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Encoding:
-    """What a brand's index looks like: the bits each integer field needs (only ever grows between
-    builds). Indexes of another encoding version are rebuilt before they are read
-    (store.audiences.deltas), so the keys themselves are always tagquery.bitmap_keys'."""
+    """What a brand's index looks like: each digit field's layout (its width only ever grows between
+    builds), as the index state records it (tagquery.bitmap_keys.layout_state). Indexes of another
+    encoding version are rebuilt before they are read (store.audiences.deltas), so the keys
+    themselves are always tagquery.bitmap_keys'."""
 
     widths: Mapping[str, int]
+
+    def layout(self, field: str) -> Layout:
+        return stored_layout(self.widths, field)
 
 
 class BitmapCompiler:
@@ -205,6 +209,9 @@ class BitmapCompiler:
             case Membership("bought", values, _, within):  # catalog.BOUGHT
                 since = None if within is None else day_offset(window_start(self.today, *within))
                 return or_all([self._day_at_least(bought_field(value), since) for value in values])
+            case Membership("entered", values, _, within):  # catalog.ENTERED: a stage's last entry day
+                since = None if within is None else day_offset(window_start(self.today, *within))
+                return or_all([self._day_at_least(entered_field(value), since) for value in values])
             case Membership(dimension, values):
                 return or_all([self.pivot(_membership_key(dimension, value)) for value in values])
         return self._field(node)
@@ -236,17 +243,18 @@ class BitmapCompiler:
     def _ranged(self, field: str, intervals: Sequence[Interval]) -> Bits:
         """A stored integer or date field's intervals, over its digits and band keys."""
         present: Present = (lambda: self.pivot(has_key(field))) if field in NULLABLE else (lambda: self.universe)
-        width = DATE_WIDTH if field in DATE_FIELDS else self.encoding.widths.get(field, 0)
+        layout = self.encoding.layout(field)
         bands = BANDS.get(field, ())
 
         def at_least(value: int) -> Bits | None:
-            if value <= 0:
-                return present()
-            if value >> width:
-                return None
             if value in bands:
                 return self.pivot(band_key(field, value))
-            return _digits_at_least(lambda digit, c: self.pivot(digit_key(field, digit, c)), width, value)
+            encoded = value - layout.base
+            if encoded <= 0:
+                return present()
+            if encoded >> layout.width:
+                return None
+            return _digits_at_least(lambda digit, c: self.pivot(digit_key(field, digit, c)), layout, encoded)
 
         return or_all([_within(at_least, interval) for interval in intervals])
 
@@ -318,19 +326,21 @@ def _within(at_least: AtLeast, interval: Interval) -> Bits:
     return lower if upper is None else bitand(lower, bitnot(upper))
 
 
-def _digits_at_least(digit_of: Callable[[int, int], Bits], width: int, value: int) -> Bits:
-    """Members whose value is >= `value` (0 < value < 2^width), from the range-encoded digits
-    D_i(>= j) (`digit_of(i, j)`): GE_i = D_i(>= c_i + 1) | (D_i(>= c_i) & GE_(i-1)), where GE below
-    the lowest non-zero digit of `value` is every present member (digits hold present members only)."""
+def _digits_at_least(digit_of: Callable[[int, int], Bits], layout: Layout, value: int) -> Bits:
+    """Members whose encoded value is >= `value` (0 < value < 2^width), from the range-encoded
+    digits D_i(>= j) (`digit_of(i, j)`): GE_i = D_i(>= c_i + 1) | (D_i(>= c_i) & GE_(i-1)), where GE
+    below the lowest non-zero digit of `value` is every present member (digits hold present members
+    only), and D_i(>= 2^bits) is nobody."""
     acc: Bits | None = None
-    for digit in range(digit_count(width)):
-        c = value >> (DIGIT_BITS * digit) & (DIGIT_BASE - 1)
+    highest = (1 << layout.bits) - 1
+    for digit in range(layout.digits):
+        c = layout.digit(value, digit)
         if acc is None:
             if c:
                 acc = digit_of(digit, c)
             continue
         same = bitand(digit_of(digit, c), acc) if c else acc
-        acc = same if c == DIGIT_BASE - 1 else bitor(digit_of(digit, c + 1), same)
+        acc = same if c == highest else bitor(digit_of(digit, c + 1), same)
     assert acc is not None, "0 < value"
     return acc
 

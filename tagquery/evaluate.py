@@ -12,6 +12,8 @@ Purchase behaviour: `bought` maps each product (category or sku) the member boug
 it did; `first_channel` and `first_purchase` are plain facts; the windowed fields (`spend_90d`,
 `orders_30d:snacks`, `orders_365d` ...) are derived from `purchases`, one `Purchase` per order,
 against `today`. A mapping without `purchases` may give `orders_365d` as a number (older callers).
+Stage history: `entered` maps each lifecycle stage the member has a recorded change into to the
+day of the last such change (so `entered:at_risk WITHIN 30d` reads it as `bought` reads its days).
 """
 
 from __future__ import annotations

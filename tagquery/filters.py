@@ -10,6 +10,8 @@ member (members set to None count as unset, as GraphQL sends them):
         op EQ NE LT LTE GT GTE take "value"; IN takes "values"; BETWEEN takes "low" and "high";
         WITHIN takes a duration "value" such as "30d". IN may take a "within" (a dated dimension's window).
     {"dimension": {"name": "bought", "values": ["snacks"], "within": "90d"}}  bought:snacks WITHIN 90d
+    {"dimension": {"name": "entered", "values": ["at_risk", "churned"], "within": "30d"}}
+                                                                 entered IN (at_risk, churned) WITHIN 30d
     {"field": {"name": "spend_90d", "qualifier": "snacks", "op": "GTE", "value": "500"}}
                                                                  spend_90d:snacks >= 500
 

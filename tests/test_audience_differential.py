@@ -26,7 +26,6 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from store.audiences import engine, rfm, rfm_store
-from store.audiences.bitmaps import rebuild
 from store.audiences.catalogs import BrandCatalog, load_catalog
 from store.audiences.deltas import Freshness, apply_brand, freshness
 from store.audiences.facts import MemberRowFacts, expand_derived, live_members
@@ -41,6 +40,7 @@ from tagquery.bound import Bound, BoundAnd
 from tagquery.compile_bitmap import Encoding
 from tagquery.compile_rows import compile_rows
 from tests.conftest import new_brand
+from tests.index_builds import build, rows_now_and_after_a_build
 from tests.tagquery.strategies import TAGS, TODAY, valid_trees
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -78,7 +78,9 @@ def _points(rng: random.Random) -> int:
     return rng.randrange(200_000)
 
 
-def _at_digit_edges(member_id: int, points: int, growth: int, birthday: date | None) -> tuple[int, int, date | None]:
+def _at_digit_edges(
+    member_id: int, points: int, growth: int, birthday: date | None, spend: Decimal
+) -> tuple[int, int, date | None, Decimal]:
     """Some members' values moved to where the digits carry, drawn apart from the data's own random
     stream (which the kinds of member the tests rely on come from)."""
     edge = random.Random(-member_id)
@@ -88,7 +90,9 @@ def _at_digit_edges(member_id: int, points: int, growth: int, birthday: date | N
         growth = edge.choice(DIGIT_EDGES)
     if birthday is not None and edge.random() < 0.1:
         birthday = EPOCH + timedelta(days=edge.choice(_DAY_DIGIT_EDGES))
-    return points, growth, birthday
+    if edge.random() < 0.1:
+        spend = Decimal(edge.choice((127, 128, 129, 8191, 8192, 10000))) / 100
+    return points, growth, birthday, spend
 
 
 def _moment(rng: random.Random, start: date, end: date) -> datetime:
@@ -149,7 +153,7 @@ async def _insert_members(conn: AsyncConnection[Any], brand_id: int, ids: range,
             len(paid),
             Decimal(rng.randrange(10_001)) / 100,
         ]
-        row[3], row[4], row[6] = _at_digit_edges(member_id, row[3], row[4], row[6])
+        row[3], row[4], row[6], row[12] = _at_digit_edges(member_id, row[3], row[4], row[6], row[12])
         await conn.execute(
             "INSERT INTO members (id, brand_id, tier, points_balance, growth_value, gender, birthday, city,"
             " registered_at, first_purchase_at, last_purchase_at, order_count, total_spend)"
@@ -323,7 +327,7 @@ async def _indexed(pool: AsyncConnectionPool[Any], brand_id: int) -> Indexed:
 @pytest.fixture(scope="module")
 async def built(pool: AsyncConnectionPool[Any]) -> Indexed:
     brand_id = await _seed(pool, BUILT_FROM)
-    await _apply(pool, brand_id)  # a new brand's first apply is a full build
+    await build(pool, brand_id)
     return await _indexed(pool, brand_id)
 
 
@@ -364,6 +368,7 @@ async def _change_everything(conn: AsyncConnection[Any], brand_id: int, rng: ran
 @pytest.fixture(scope="module")
 async def changed(pool: AsyncConnectionPool[Any]) -> Indexed:
     brand_id = await _seed(pool, CHANGED_FROM)
+    await build(pool, brand_id)
     built_at = (await _apply(pool, brand_id)).built_at
     rng = random.Random(SEED + 1)
     async with pool.connection() as conn, conn.transaction():
@@ -430,12 +435,7 @@ async def test_deltas_leave_exactly_the_rows_a_fresh_build_writes(
 ) -> None:
     merged = [facts for facts in changed.facts.values() if not facts["live"]]
     assert merged
-    query = "SELECT key, chunk, bits FROM audience_bitmaps WHERE brand_id = %s AND bit_count(bits) > 0 ORDER BY 1, 2"
-    async with pool.connection() as conn:
-        incremental = await (await conn.execute(query, (changed.brand.brand_id,))).fetchall()
-        async with conn.transaction():
-            await rebuild(conn, changed.brand.brand_id)
-        fresh = await (await conn.execute(query, (changed.brand.brand_id,))).fetchall()
+    incremental, fresh = await rows_now_and_after_a_build(pool, changed.brand.brand_id)
     assert incremental == fresh
 
 
@@ -476,6 +476,12 @@ _BAND_TERMS = [
         for op in (">=", "<", "=")
     ),
     *(f"age {op} {n}" for n in (35, 36) for op in (">=", "=")),
+    # dates are stored from the brand's base (its earliest day, rounded down): at, before and past it
+    *(f"registered {op} {day}" for op in (">=", "<", "<=") for day in ("2000-01-01", "2024-01-01", "2024-01-02")),
+    "last_purchase >= 1990-01-01 OR last_purchase < 1990-01-01",
+    "age < 200 AND age >= 0",
+    # total_spend's 14 bits are two 7-bit digits (tagquery.bitmap_keys.digit_bits): where they carry
+    *(f"total_spend {op} {fen / 100}" for op in (">=", ">", "<=", "=") for fen in (127, 128, 129, 8191, 8192, 10000)),
 ]
 
 

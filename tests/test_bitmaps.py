@@ -22,7 +22,7 @@ from store.audiences.bitmaps import chunk_rows
 from store.audiences.deltas import IndexState, apply_brand, freshness, run_applier
 from store.audiences.engine import decode_chunks
 from store.brands import brand_by_code
-from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, DIGIT_BASE, DIGIT_BITS, FAMILIES, digit_count, digit_key
+from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES, Layout, digit_key
 from tests.conftest import new_brand
 from tests.server import OMNIMEMBER
 
@@ -279,9 +279,9 @@ _members = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(members=_members, dense=st.booleans(), subset=st.booleans())
+@given(members=_members, dense=st.booleans(), subset=st.booleans(), bits=st.sampled_from([6, 7, 8]))
 def test_digit_rows_hold_exactly_the_members_at_or_above_each_digit(
-    members: list[tuple[int, int]], dense: bool, subset: bool
+    members: list[tuple[int, int]], dense: bool, subset: bool, bits: int
 ) -> None:
     """Both ways of packing a chunk's digits (bit by bit below _SPARSE members, a matrix above)
     against the definition: row (digit i, j, chunk) holds the chunk's members whose digit i is >= j,
@@ -293,16 +293,17 @@ def test_digit_rows_hold_exactly_the_members_at_or_above_each_digit(
     ids = np.array([m for m, _ in members], dtype=np.int64)
     values = np.array([v for _, v in members], dtype=np.int64)
     chosen = np.sort(ids[::3]) if subset else None
-    column = bitmaps.DigitColumn("growth", ids, values, 20)
+    layout = Layout(20, bits)
+    column = bitmaps.DigitColumn("growth", ids, values, layout)
     found = {
         (key, chunk): set(decode_chunks(chunk.to_bytes(4, "big") + CHUNK_SIZE.to_bytes(4, "big") + bits).tolist())
         for key, chunk, bits in bitmaps.digit_rows(column, chosen)
     }
     kept = [(m, v) for m, v in members if chosen is None or m in set(chosen.tolist())]
     expected: dict[tuple[str, int], set[int]] = {}
-    for digit in range(digit_count(20)):
+    for digit in range(-(-20 // bits)):
         for m, v in kept:
-            for j in range(1, ((v >> (DIGIT_BITS * digit)) & (DIGIT_BASE - 1)) + 1):
+            for j in range(1, ((v >> (bits * digit)) % (1 << bits)) + 1):
                 expected.setdefault((digit_key("growth", digit, j), m >> 16), set()).add(m)
     assert found == expected
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tagquery import bind, member_catalog, parse
-from tagquery.bitmap_keys import DATE_WIDTH, digit_count
+from tagquery.bitmap_keys import DATE_WIDTH, built_layout, day_offset, digit_count, layout_state
 from tagquery.compile_bitmap import BitmapCompiler, Encoding
 
 CATALOG = member_catalog(
@@ -99,3 +99,40 @@ def test_a_recent_purchase_window_reads_the_last_purchase_digits_only() -> None:
     keys = _keys("last_purchase WITHIN 30d")  # on or after 2025-03-01
     assert keys
     assert all(key.startswith("ge:last_purchase:d") for key in keys)
+
+
+# As a build lays them out (tagquery.bitmap_keys.built_layout): 24-bit money in three 8-bit digits,
+# and birthdays from 1950 to 2010 as two 8-bit digits counted from the brand's earliest one.
+BUILT = Encoding(
+    {
+        **layout_state("total_spend", built_layout("total_spend", 0, (1 << 24) - 1)),
+        **layout_state(
+            "birthday", built_layout("birthday", day_offset(date(1950, 1, 1)), day_offset(date(2010, 12, 31)))
+        ),
+    }
+)
+
+
+def test_a_build_lays_wide_fields_out_in_fewer_wider_digits() -> None:
+    assert (BUILT.layout("total_spend").bits, BUILT.layout("total_spend").digits) == (8, 3)
+    birthday = BUILT.layout("birthday")
+    assert (birthday.bits, birthday.digits) == (8, 2)
+    assert 0 < day_offset(date(1950, 1, 1)) - birthday.base < 256
+
+
+def _built_keys(text: str) -> list[str]:
+    compiler = BitmapCompiler(BUILT, TODAY)
+    compiler.bitmap(bind(parse(text), CATALOG))
+    return compiler.pivot.keys
+
+
+@given(st.integers(min_value=1, max_value=(1 << 24) - 1))
+def test_any_money_threshold_reads_at_most_five_keys_when_built(fen: int) -> None:
+    assert len(_built_keys(f"total_spend >= {fen // 100}.{fen % 100:02d}")) <= 5
+
+
+@given(st.integers(min_value=1, max_value=150))
+def test_any_age_reads_at_most_three_digit_keys_and_the_presence_when_built(years: int) -> None:
+    keys = _built_keys(f"age >= {years}")
+    assert len([key for key in keys if key.startswith("ge:birthday:d")]) <= 3
+    assert set(keys) <= {"has:birthday", *(key for key in keys if key.startswith("ge:birthday:d"))}

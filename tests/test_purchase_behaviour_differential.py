@@ -26,7 +26,6 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from store.audiences import engine
-from store.audiences.bitmaps import rebuild
 from store.audiences.catalogs import BrandCatalog, load_catalog
 from store.audiences.deltas import apply_brand
 from store.audiences.facts import MemberRowFacts, expand_derived, live_members
@@ -38,6 +37,7 @@ from tagquery.catalog import SPEND_STEPS, WINDOWS, orders_field, spend_field
 from tagquery.compile_rows import compile_rows
 from tagquery.evaluate import Purchase
 from tests.conftest import new_brand
+from tests.index_builds import build, rows_now_and_after_a_build
 from tests.tagquery.strategies import TODAY, trees
 from tests.test_audience_differential import brand_by_code_in, load_facts, row_compiled
 
@@ -226,7 +226,7 @@ async def _indexed(pool: AsyncConnectionPool[Any], brand_id: int) -> Indexed:
 @pytest.fixture(scope="module")
 async def built(pool: AsyncConnectionPool[Any]) -> Indexed:
     brand_id = await _seed(pool, BUILT_FROM)
-    await _apply(pool, brand_id)
+    await build(pool, brand_id)
     return await _indexed(pool, brand_id)
 
 
@@ -389,12 +389,7 @@ async def test_the_data_has_every_kind_of_purchase(built: Indexed, changed: Inde
 async def test_deltas_leave_exactly_the_rows_a_fresh_build_writes(
     pool: AsyncConnectionPool[Any], changed: Indexed
 ) -> None:
-    query = "SELECT key, chunk, bits FROM audience_bitmaps WHERE brand_id = %s AND bit_count(bits) > 0 ORDER BY 1, 2"
-    async with pool.connection() as conn:
-        incremental = await (await conn.execute(query, (changed.brand.brand_id,))).fetchall()
-        async with conn.transaction():
-            await rebuild(conn, changed.brand.brand_id)
-        fresh = await (await conn.execute(query, (changed.brand.brand_id,))).fetchall()
+    incremental, fresh = await rows_now_and_after_a_build(pool, changed.brand.brand_id)
     assert any(row[0].startswith(("has:buy.", "first_channel:")) for row in fresh)
     assert incremental == fresh
 

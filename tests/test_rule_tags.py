@@ -706,6 +706,7 @@ async def test_a_rule_change_while_the_index_is_busy_is_computed_by_the_schedule
         ("tier IN (gold, platinum) AND points >= 1000", {"u", "tier", "points"}),
         ("lifecycle:at_risk OR age BETWEEN 20 AND 30", {"u", "order", "last_purchase", "birthday"}),
         ("last_purchase WITHIN 30d AND channel:wechat", {"u", "last_purchase", "channel"}),
+        ("entered:at_risk WITHIN 30d AND tier:gold", {"u", "stage", "tier"}),
     ],
 )
 def test_a_rule_reads_the_families_of_its_names(rule: str, families: set[str]) -> None:

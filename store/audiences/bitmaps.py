@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 
 from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, among, load_index_facts
 from store.audiences.purchases import purchase_keys
+from store.audiences.stage_days import stage_keys
 from store.brands import for_each_brand
 from store.sql import Query
 from store.tables import audience_bitmaps, audience_changes, audience_index_state
@@ -34,19 +35,20 @@ from tagquery.bitmap_keys import (
     CHUNK_SIZE,
     DATE_FIELDS,
     DATE_WIDTH,
-    DIGIT_BASE,
-    DIGIT_BITS,
     ENCODING_STATE,
     ENCODING_VERSION,
     INTEGER_FIELDS,
     MAX_DAY,
     NULLABLE,
+    Layout,
     band_key,
     bit_key,
-    digit_count,
+    built_layout,
     digit_key,
     has_key,
+    layout_state,
     order_field,
+    stored_layout,
 )
 
 if TYPE_CHECKING:
@@ -147,12 +149,13 @@ def _milliseconds(seconds: float | None) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DigitColumn:
-    """A field stored as range-encoded digits: its present members (ascending) and their values."""
+    """A field stored as range-encoded digits: its present members (ascending), their values as
+    encoded (less the layout's base), and the layout."""
 
     field: str
     ids: Ids
     values: Ids
-    width: int
+    layout: Layout
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,11 +165,17 @@ class BitSets:
     digits: list[DigitColumn]
     """The digit fields, packed chunk by chunk straight into rows (`digit_rows`)."""
     widths: dict[str, int]
-    """The bits each integer field needs."""
+    """The digit fields' layouts as the index state records them (tagquery.bitmap_keys.layout_state)."""
 
 
-def bit_sets(facts: IndexFacts) -> BitSets:
-    """What the index holds for these members (tagquery.bitmap_keys), before it is packed into rows."""
+class BeforeBase(Exception):
+    """A delta holds a day before its field's base: only a rebuild can store it."""
+
+
+def bit_sets(facts: IndexFacts, state: Mapping[str, int] | None = None) -> BitSets:
+    """What the index holds for these members (tagquery.bitmap_keys), before it is packed into rows:
+    for a build, each digit field laid out for its values; for a delta, as the index `state` has it
+    (widened where a value needs more digits; BeforeBase where a day is before its field's base)."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
     keys = dict(facts.sets)
@@ -176,24 +185,38 @@ def bit_sets(facts: IndexFacts) -> BitSets:
     ids = values[:, 0]
     widths: dict[str, int] = {}
     digits: list[DigitColumn] = []
-    for field in INTEGER_FIELDS:
-        column = np.maximum(values[:, VALUE_COLUMNS.index(field)], 0)
-        widths[field] = max(1, int(column.max(initial=0)).bit_length())
-        digits.append(DigitColumn(field, ids, column, widths[field]))
-        keys.update(_bands(field, ids, column, BANDS.get(field, ())))
-    for field in DATE_FIELDS:
+    for field in (*INTEGER_FIELDS, *DATE_FIELDS):
         column = values[:, VALUE_COLUMNS.index(field)]
-        present = column != NULL
-        if field in NULLABLE:
-            keys[has_key(field)] = ids[present]
-        digits.append(DigitColumn(field, ids[present], np.clip(column[present], 0, MAX_DAY), DATE_WIDTH))
+        if field in DATE_FIELDS:
+            present = column != NULL
+            if field in NULLABLE:
+                keys[has_key(field)] = ids[present]
+            members, column = ids[present], np.clip(column[present], 0, MAX_DAY)
+        else:
+            members, column = ids, np.maximum(column, 0)
+            keys.update(_bands(field, ids, column, BANDS.get(field, ())))
+        lowest, highest = int(column.min(initial=MAX_DAY)), int(column.max(initial=0))
+        layout = _layout(field, lowest, highest, state)
+        widths.update(layout_state(field, layout))
+        digits.append(DigitColumn(field, members, column - layout.base, layout))
     for k in np.unique(facts.orders[:, 1]):
         nth = facts.orders[facts.orders[:, 1] == k]
         field = order_field(int(k))
         keys[has_key(field)] = nth[:, 0]
         keys.update(_slices(field, nth[:, 0], np.clip(nth[:, 2], 0, MAX_DAY), DATE_WIDTH))
     keys.update(purchase_keys(facts.orders, facts.categories, facts.products))
+    keys.update(stage_keys(facts.stages))
     return BitSets(keys, digits, widths)
+
+
+def _layout(field: str, lowest: int, highest: int, state: Mapping[str, int] | None) -> Layout:
+    if state is None:
+        return built_layout(field, min(lowest, highest), highest)
+    stored = stored_layout(state, field)
+    if lowest < stored.base and lowest <= highest:
+        raise BeforeBase(f"{field}: day {lowest} is before the index's base {stored.base}")
+    width = max(stored.width, (highest - stored.base).bit_length())
+    return dataclasses.replace(stored, width=width)
 
 
 def index_rows(
@@ -215,7 +238,7 @@ def index_rows(
 
 
 def digit_rows(column: DigitColumn, members: Ids | None = None) -> Iterator[Row]:
-    """The column's range-encoded digits (digit i >= j for j = 1 .. 63), chunk by chunk: per chunk
+    """The column's range-encoded digits (digit i >= j for j = 1 .. 2^bits - 1), chunk by chunk: per chunk
     and digit, one row for each j up to the chunk's highest digit. Built from a (digit, member)
     matrix OR-accumulated down the digits, not from the members of each key: sorting and copying
     the members once per key was a third of a rebuild. `members` (sorted): only those."""
@@ -231,8 +254,8 @@ def digit_rows(column: DigitColumn, members: Ids | None = None) -> Iterator[Row]
     starts = np.flatnonzero(np.diff(high, prepend=-1))
     for start, end in zip(starts.tolist(), [*starts[1:].tolist(), ids.size], strict=True):
         chunk, low, chunk_values = int(high[start]), ids[start:end] & (CHUNK_SIZE - 1), values[start:end]
-        for digit in range(digit_count(column.width)):
-            digits = (chunk_values >> (DIGIT_BITS * digit)) & (DIGIT_BASE - 1)
+        for digit in range(column.layout.digits):
+            digits = column.layout.digit(chunk_values, digit)
             top = int(digits.max())
             if not top:
                 continue
@@ -334,11 +357,14 @@ def _next_batch(data: Iterator[bytes]) -> bytes | None:
     return b"".join(buffer) if buffer else None
 
 
-async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress | None = None) -> int:
+async def rebuild(
+    conn: AsyncConnection[Any], brand_id: int, progress: Progress | None = None, layout: Mapping[str, int] | None = None
+) -> int:
     """Replace the brand's index with one built from the system of record; returns rows written.
 
     Runs inside the caller's transaction. Changes queued before it are covered by the build and
-    dropped; changes committed while it runs stay queued for the next delta.
+    dropped; changes committed while it runs stay queued for the next delta. Each digit field is
+    laid out for its values, or as `layout` (an index state's) says.
     """
     report = progress or (lambda stage, done, total: None)
     report("waiting for the brand's lock", 0, 1)  # a running applier or build holds it meanwhile
@@ -347,7 +373,7 @@ async def rebuild(conn: AsyncConnection[Any], brand_id: int, progress: Progress 
     report("reading facts", 0, 1)
     facts = await load_index_facts(conn, brand_id, None)
     report("computing bitmaps", 0, 1)
-    sets = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
+    sets = await asyncio.to_thread(bit_sets, facts, layout)  # CPU work, off the event loop (copy_rows)
     report("clearing the old index", 0, 1)
     await _clear.run(conn, brand_id=brand_id)
     written = 0

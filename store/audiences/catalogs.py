@@ -109,6 +109,7 @@ async def load_catalog(conn: AsyncConnection[Any], brand_id: int) -> BrandCatalo
         rfm_cells=CELLS,
         products=[row["name"] for row in await _products.all(conn, brand_id=brand_id)],
         categories=[row["name"] for row in await _categories.all(conn, brand_id=brand_id)],
+        stage_history=True,  # store.audiences.lifecycle records every change of stage: `entered:`
     )
     timezone: str = await _timezone.scalar(conn, brand_id=brand_id)
     encoding = Encoding(dict(await stored_widths(conn, brand_id)))

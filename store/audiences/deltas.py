@@ -5,8 +5,10 @@ changed. `apply_brand` takes a brand's queue, adds members whose tags expired si
 reloads those members' facts (the same queries as a full build), and per touched chunk rewrites
 each (key, chunk) row whose bits for those members differ, in one UPDATE: `(bits & ~mask) | new`.
 No per-member set_bit anywhere. A queue too large for a delta, or a rebuild request (member 0),
-becomes a full rebuild. `run_applier` does this every second; `freshness` says how far behind the
-index is.
+becomes a full rebuild. The lifecycle hook that follows may record changes of stage, which
+queue the members' `stage` keys (`entered:`, migration 0017): a second delta applies them before
+the transaction commits (`_apply_entries`). `run_applier` does this every second;
+`freshness` says how far behind the index is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from store.audiences.bitmaps import (
+    BeforeBase,
     BitSets,
     binary_rows,
     bit_sets,
@@ -41,7 +44,7 @@ from store.audiences.lifecycle import after_apply
 from store.audiences.persons import after_apply as persons_after_apply
 from store.audiences.schedule import each_due
 from store.sql import Query
-from store.tables import audience_index_state, member_tags
+from store.tables import audience_changes, audience_index_state, member_tags
 from tagquery.bitmap_keys import (
     ALL_FAMILIES,
     CHUNK_SIZE,
@@ -109,6 +112,9 @@ _TEMP = [
     "PRIMARY KEY (key, chunk)) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS audience_mask (family text, chunk int, bits varbit, "
     "PRIMARY KEY (family, chunk)) ON COMMIT DELETE ROWS",
+    # A transaction's second delta (the stage entries after the hooks: _apply_entries) starts empty.
+    "DELETE FROM audience_delta",
+    "DELETE FROM audience_mask",
 ]
 # Rows of the touched families and chunks whose bits for the changed members differ from the new.
 _rewrite = Query(
@@ -241,19 +247,65 @@ async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool =
             changed[row["member_id"]] = changed.get(row["member_id"], 0) | _families(row["families"])
         state = await _read_state.one(conn, brand_id=brand_id)
         if state is None or 0 in changed or len(changed) > REBUILD_OVER or _outdated(state["widths"]):
-            await rebuild(conn, brand_id)
-            await after_apply(conn, brand_id, None)  # lifecycle stages: every member compared
-            await persons_after_apply(conn, brand_id, None)  # the brand's persons, rebuilt
-            await _rule_tags_after_apply(conn, brand_id, None)  # rule tags: every member computed
-            return Applied(brand_id, len(changed), rebuilt=True)
+            return await _rebuilt(conn, brand_id, len(changed))
         for row in await _expired.all(conn, brand_id=brand_id, since=state["applied_at"]):
             changed[row["member_id"]] = changed.get(row["member_id"], 0) | FAMILIES["tag"]
-        widths = await _apply_delta(conn, brand_id, changed, state["widths"]) if changed else state["widths"]
+        try:
+            widths = await _apply_delta(conn, brand_id, changed, state["widths"]) if changed else state["widths"]
+        except BeforeBase:  # a day the index's layout cannot hold: lay it out again (rare: see bitmap_keys)
+            return await _rebuilt(conn, brand_id, len(changed))
         await _mark_applied.run(conn, brand_id=brand_id, widths=Jsonb(widths))
         await after_apply(conn, brand_id, changed)  # lifecycle stages of the members just applied
         await persons_after_apply(conn, brand_id, changed)  # the persons of those members
         await _rule_tags_after_apply(conn, brand_id, changed)  # rule tags of the members just applied
+        await _apply_entries(conn, brand_id)  # the changes of stage the lifecycle hook just recorded
         return Applied(brand_id, len(changed), rebuilt=False)
+
+
+async def _rebuilt(conn: AsyncConnection[Any], brand_id: int, changed: int) -> Applied:
+    await rebuild(conn, brand_id)
+    await after_apply(conn, brand_id, None)  # lifecycle stages: every member compared
+    await persons_after_apply(conn, brand_id, None)  # the brand's persons, rebuilt
+    await _rule_tags_after_apply(conn, brand_id, None)  # rule tags: every member computed
+    await _apply_entries(conn, brand_id)  # the changes of stage the lifecycle hook just recorded
+    return Applied(brand_id, changed, rebuilt=True)
+
+
+# Members queued with the `stage` family alone: only migration 0017's trigger on member_stage_changes
+# queues that, and the one writer of that table is store.audiences.lifecycle.
+_drain_entries = Query(
+    sa.delete(audience_changes)
+    .where(
+        audience_changes.c.brand_id == sa.bindparam("brand_id"),
+        audience_changes.c.families == FAMILIES["stage"],
+    )
+    .returning(audience_changes.c.member_id)
+)
+
+
+async def _apply_entries(conn: AsyncConnection[Any], brand_id: int) -> None:
+    """The `stage` keys of the members whose changes of stage were recorded in this transaction (the
+    lifecycle hook runs after the delta it reads the stages from), or queued by a scheduled pass
+    since the drain: a second delta before commit. Why not leave them queued for the next pass: an
+    applied index would then lag the history it is read beside (`lifecycleTransitions` would show
+    a change `entered:` misses until the next second), and would differ from a fresh build of the
+    same moment. Like the hooks, it never stops the index: on failure the rows stay queued (the
+    savepoint rolls the drain back) and the next pass applies them as any other change."""
+    try:
+        async with conn.transaction():  # a savepoint
+            entered = {row["member_id"]: FAMILIES["stage"] for row in await _drain_entries.all(conn, brand_id=brand_id)}
+            if not entered:
+                return
+            if len(entered) > REBUILD_OVER:  # as a queue that long would be: the next pass rebuilds
+                await _request_build.run(conn, brand_id=brand_id)
+                return
+            state = await _read_state.one(conn, brand_id=brand_id)
+            assert state is not None  # a delta or a build has just written it
+            widths = await _apply_delta(conn, brand_id, entered, state["widths"])
+            await _mark_applied.run(conn, brand_id=brand_id, widths=Jsonb(widths))
+        await _rule_tags_after_apply(conn, brand_id, entered)  # rules on `entered:` (they read every family)
+    except Exception:
+        log.exception("entered stages of brand %s: not applied with this pass; the next pass applies them", brand_id)
 
 
 async def _rule_tags_after_apply(conn: AsyncConnection[Any], brand_id: int, changed: Mapping[int, int] | None) -> None:
@@ -271,7 +323,7 @@ async def _apply_delta(
     ids = np.fromiter(changed, dtype=np.int64, count=len(changed))
     families = np.fromiter(changed.values(), dtype=np.int64, count=len(changed))
     facts = await load_index_facts(conn, brand_id, ids.tolist())
-    sets = await asyncio.to_thread(bit_sets, facts)  # CPU work, off the event loop (copy_rows)
+    sets = await asyncio.to_thread(bit_sets, facts, widths)  # CPU work, off the event loop (copy_rows)
     await compress_like(conn, "audience_bitmaps")
     async with conn.cursor() as cur:
         for statement in _TEMP:
@@ -283,8 +335,7 @@ async def _apply_delta(
     await _rewrite.run(conn, brand_id=brand_id)
     await _add_new.run(conn, brand_id=brand_id)
     await _drop_empty_cities.run(conn, brand_id=brand_id)
-    needed = sets.widths
-    return {field: max(needed.get(field, 0), widths.get(field, 0)) for field in {*needed, *widths}}
+    return {**widths, **sets.widths}  # the same layouts, widened where the delta needed it
 
 
 def _outdated(widths: Mapping[str, int] | None) -> bool:

@@ -18,6 +18,8 @@ brand's time zone (`brand_rules.timezone`).
     rfm_r, rfm_f, rfm_m, rfm      RFM scores 1-5 and cell, derived by the brand's RfmThresholds (store.audiences.rfm)
     bought, first_purchase, first_channel, spend_<N>d, orders_<N>d (and per category)
                       purchase behaviour from orders and their lines (store.audiences.purchases)
+    entered:<stage>   the member has a member_stage_changes row into the stage (store.audiences.lifecycle
+                      records them); with WITHIN, the day of the last one is in the window
 
 The row compiler reads these through MemberRowFacts, the bitmap index is built from
 `load_index_facts`, `member_facts` feeds the reference evaluator, and lifecycle is expanded into
@@ -38,12 +40,13 @@ import sqlalchemy as sa
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from store.audiences import purchases, rfm
+from store.audiences import purchases, rfm, stage_days
 from store.sql import Query
 from store.tables import (
     brand_rules,
     member_consents,
     member_identities,
+    member_stage_changes,
     member_tags,
     members,
     order_lines,
@@ -62,7 +65,7 @@ from tagquery.bound import (
     FieldWithin,
     Membership,
 )
-from tagquery.catalog import BOUGHT, FIRST_CHANNEL, FieldType, window_of
+from tagquery.catalog import BOUGHT, ENTERED, FIRST_CHANNEL, FieldType, window_of
 from tagquery.evaluate import Purchase, evaluate
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
@@ -168,6 +171,8 @@ class MemberRowFacts:
         wanted = sa.literal(list(values), ARRAY(sa.Text))
         if dimension == BOUGHT:
             return self._bought(wanted, since)
+        if dimension == ENTERED:
+            return self._entered(wanted, since)
         if dimension == FIRST_CHANNEL:
             return sa.func.coalesce(self._first_order(orders.c.channel) == sa.any_(wanted), sa.false())
         if dimension == TAG:
@@ -218,6 +223,13 @@ class MemberRowFacts:
             sa.or_(line.c.category == sa.any_(wanted), line.c.sku == sa.any_(wanted)),
             *when,
         )
+
+    def _entered(self, wanted: sa.ColumnElement[Any], since: date | None) -> sa.ColumnElement[bool]:
+        """A recorded change into one of the stages (on `since` or later: some change is then, so the
+        last one is), by the history's (member_id, changed_at) index."""
+        change = member_stage_changes.alias("c")
+        when = [] if since is None else [local_date(change.c.changed_at, self.tz) >= sa.literal(since, sa.Date)]
+        return sa.exists().where(change.c.member_id == self.m.c.id, change.c.to_stage == sa.any_(wanted), *when)
 
     def _first_order(self, what: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """`what` of the member's first order (earliest paid_at, then lowest id); NULL without one."""
@@ -336,6 +348,7 @@ async def member_facts(
         "consent": frozenset(row.pop("consents")),
     }
     facts.update(await _purchase_facts(conn, member_id, timezone))
+    facts[ENTERED] = await stage_days.member_entries(conn, member_id, timezone)
     facts["lifecycle"] = lifecycle_of(facts, today, rules)
     facts.update(rfm.scores(facts, today, thresholds))
     return facts

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import sqlalchemy as sa
 from psycopg import AsyncConnection
 
-from store.audiences import purchases
+from store.audiences import purchases, stage_days
 from store.audiences.facts import DEFAULT_TIMEZONE
 from store.sql import Query
 from tagquery.bitmap_keys import UNIVERSE
@@ -102,7 +102,14 @@ SELECT {_AGG.format("member_id) || int8send(k) || int8send(day) || int8send(net"
 
 def _queries(ids: bool) -> tuple[Query, ...]:
     head = f"WITH {_live(ids)}"
-    bodies = (_sets(ids), _VALUES, _orders(ids), purchases.category_rows(ids), purchases.product_rows(ids))
+    bodies = (
+        _sets(ids),
+        _VALUES,
+        _orders(ids),
+        purchases.category_rows(ids),
+        purchases.product_rows(ids),
+        stage_days.entry_rows(ids),
+    )
     return tuple(Query(sa.text(f"{head}{body}")) for body in bodies)
 
 
@@ -122,13 +129,15 @@ class IndexFacts:
     """Per product category: (member, day, net fen) of each order with a line of it, flat."""
     products: dict[str, Ids] = dataclasses.field(default_factory=dict)
     """Per sku: (member, last day bought), flat (a category's last day is in `categories`)."""
+    stages: dict[str, Ids] = dataclasses.field(default_factory=dict)
+    """Per lifecycle stage: (member, day of its last recorded entry into it), flat."""
 
 
 async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Sequence[int] | None) -> IndexFacts:
     """The facts of every live member of the brand, or of those among `ids`."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
-    sets_q, values_q, orders_q, categories_q, products_q = _ALL if ids is None else _SOME
+    sets_q, values_q, orders_q, categories_q, products_q, stages_q = _ALL if ids is None else _SOME
     params: dict[str, Any] = {"brand_id": brand_id} if ids is None else {"brand_id": brand_id, "ids": list(ids)}
     rows = await sets_q.all(conn, **params)
     sets = {row["key"]: _int8s(row["ids"]) for row in rows if row["ids"] is not None}
@@ -143,12 +152,14 @@ async def load_index_facts(conn: AsyncConnection[Any], brand_id: int, ids: Seque
 
     categories = {row["name"]: _int8s(row["rows"]) for row in await categories_q.all(conn, **params)}
     products = {row["name"]: _int8s(row["rows"]) for row in await products_q.all(conn, **params)}
+    stages = {row["name"]: _int8s(row["rows"]) for row in await stages_q.all(conn, **params)}
     return IndexFacts(
         sets=sets,
         values=values,
         orders=order_days[live(order_days[:, 0])],
         categories=purchases.among_live(categories, 3, live),
         products=purchases.among_live(products, 2, live),
+        stages=purchases.among_live(stages, 2, live),
     )
 
 

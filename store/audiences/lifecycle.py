@@ -19,7 +19,10 @@ lock (so the index does not move under it). In order:
     that day in the brand's time zone, when the change happened;
   - the members whose writes the applier just applied (`touched`): those, on the current day (WRITE).
 
-Members just touched are left out of the first three, so a write is recorded as a write. The
+Members just touched are left out of the first three, so a write is recorded as a write. What is
+recorded is what `entered:<stage> WITHIN 30d` selects (store.audiences.stage_days): migration 0017's
+trigger queues the members' entry days for the index, which the applier writes in the same
+transaction when it ran the hook, else on its next pass (store.audiences.deltas). The
 applier calls `sync` after each delta (store.audiences.deltas.apply_brand), `run_lifecycle` every
 `interval` seconds for brands whose day or rules moved with no write, `omnimember refresh` through
 `refresh_stages`; each takes `now` so a test can move the clock.

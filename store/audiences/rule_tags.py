@@ -185,6 +185,7 @@ _NAME_FAMILIES = {
     "rfm_r": ("last_purchase",),
     "rfm_f": ("order_count",),
     "rfm_m": ("total_spend",),
+    "entered": ("stage",),
 }
 
 
