@@ -184,11 +184,14 @@ class WhyMember:
 @strawberry.type(description="The members an expression selects in a brand, answered from the bitmap index.")
 class Audience:
     chosen: strawberry.Private[Selection]
-    expression: str = strawberry.field(description="The canonical expression (what saveAudience stores).")
 
     @classmethod
     def of(cls, chosen: Selection) -> Audience:
-        return cls(chosen=chosen, expression=chosen.text)
+        return cls(chosen=chosen)
+
+    @strawberry.field(description="The canonical expression (what saveAudience stores).")
+    def expression(self) -> str:
+        return self.chosen.text  # printed when asked: a count alone does not pay for it
 
     @strawberry.field(description="Members in the audience.")
     async def count(self, info: Info) -> int:

@@ -109,8 +109,8 @@ async def run_pivot(
 
 
 def _audience(node: Bound, brand: BrandCatalog) -> Callable[[BitmapCompiler], Bits]:
-    expanded = expand_derived(node, brand.lifecycle, brand.rfm)
-    return lambda compiler: compiler.bitmap(expanded)
+    # Expanded when compiled: a statement already compiled for this node (engine._compiled) needs none.
+    return lambda compiler: compiler.bitmap(expand_derived(node, brand.lifecycle, brand.rfm))
 
 
 async def count(

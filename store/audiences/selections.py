@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 import weakref
 from datetime import date
@@ -85,12 +86,17 @@ class Selection:
         return to_text(self.node)
 
 
+# Campaign tools send the same few expressions over and over; a tree is immutable, so each text is
+# parsed once (a parse is ~0.1 ms of CPU, about a tenth of what a count request costs the process).
+_parsed = functools.lru_cache(maxsize=1024)(parse)
+
+
 def read_expression(expression: str | None, filter: object | None, *, field: str = "expression") -> Node:
     """The syntax tree of exactly one of `expression` / `filter`; INVALID_INPUT naming `field` otherwise."""
     if (expression is None) == (filter is None):
         raise DomainError(ErrorCode.INVALID_INPUT, "give exactly one of expression and filter", field=field)
     try:
-        return parse(expression) if expression is not None else from_filter(filter)
+        return _parsed(expression) if expression is not None else from_filter(filter)
     except TagQueryError as error:
         raise InvalidExpressionError(error, field if expression is not None else "filter") from None
 
