@@ -113,6 +113,7 @@ async def compress_like(conn: AsyncConnection[Any], table: str) -> None:
 
 
 _setting = Query(sa.select(sa.func.set_config(sa.bindparam("name"), sa.bindparam("value"), True)))
+REBUILD_WORK_MEM = "256MB"  # per sort or hash of a rebuild's reads, for the rest of its transaction
 Done = TypeVar("Done")
 
 
@@ -277,8 +278,12 @@ def _at_least_rows(low: Ids, digits: Ids, top: int) -> npt.NDArray[np.uint8]:
         return rows
     held = np.zeros((top + 1, CHUNK_SIZE), dtype=np.bool_)
     held[digits, low] = True
-    at_least = np.logical_or.accumulate(held[::-1], axis=0)[::-1]  # row j: any digit >= j
-    return np.packbits(at_least[1:], axis=1)
+    rows = np.packbits(held[1:], axis=1)  # row j - 1: the members whose digit is j
+    # ... then >= j, OR-ed from the top down a packed row at a time: logical_or.accumulate down the
+    # first axis walked the matrix column by column, 12 of a 600,000-member rebuild's 15 s of packing.
+    for row in range(top - 2, -1, -1):
+        np.bitwise_or(rows[row], rows[row + 1], out=rows[row])
+    return rows
 
 
 def _bands(field: str, ids: Ids, values: Ids, boundaries: Iterable[int]) -> Iterator[tuple[str, Ids]]:
@@ -371,6 +376,9 @@ async def rebuild(
     await lock_brand(conn, brand_id, wait=True)
     await drain.all(conn, brand_id=brand_id)
     report("reading facts", 0, 1)
+    # The facts' sorts and hash aggregates (a brand's order lines by category, by member and sku) spill
+    # to disk in the default 4 MB: 27 s of a 600,000-member brand's reading at 4 MB, 21 s at REBUILD_WORK_MEM.
+    await _setting.run(conn, name="work_mem", value=REBUILD_WORK_MEM)
     facts = await load_index_facts(conn, brand_id, None)
     report("computing bitmaps", 0, 1)
     sets = await asyncio.to_thread(bit_sets, facts, layout)  # CPU work, off the event loop (copy_rows)
