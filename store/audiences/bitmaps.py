@@ -113,7 +113,6 @@ async def compress_like(conn: AsyncConnection[Any], table: str) -> None:
 
 
 _setting = Query(sa.select(sa.func.set_config(sa.bindparam("name"), sa.bindparam("value"), True)))
-REBUILD_WORK_MEM = "256MB"  # per sort or hash of a rebuild's reads, for the rest of its transaction
 Done = TypeVar("Done")
 
 
@@ -376,9 +375,6 @@ async def rebuild(
     await lock_brand(conn, brand_id, wait=True)
     await drain.all(conn, brand_id=brand_id)
     report("reading facts", 0, 1)
-    # The facts' sorts and hash aggregates (a brand's order lines by category, by member and sku) spill
-    # to disk in the default 4 MB: 27 s of a 600,000-member brand's reading at 4 MB, 21 s at REBUILD_WORK_MEM.
-    await _setting.run(conn, name="work_mem", value=REBUILD_WORK_MEM)
     facts = await load_index_facts(conn, brand_id, None)
     report("computing bitmaps", 0, 1)
     sets = await asyncio.to_thread(bit_sets, facts, layout)  # CPU work, off the event loop (copy_rows)
