@@ -24,7 +24,7 @@ from psycopg.errors import LockNotAvailable, QueryCanceled
 from psycopg.types.json import Jsonb
 
 from store.audiences.index_facts import NULL, VALUE_COLUMNS, Ids, IndexFacts, among, load_index_facts
-from store.audiences.purchases import purchase_keys
+from store.audiences.purchases import by_rank, purchase_keys
 from store.audiences.stage_days import stage_keys
 from store.brands import for_each_brand
 from store.sql import Query
@@ -199,9 +199,8 @@ def bit_sets(facts: IndexFacts, state: Mapping[str, int] | None = None) -> BitSe
         layout = _layout(field, lowest, highest, state)
         widths.update(layout_state(field, layout))
         digits.append(DigitColumn(field, members, column - layout.base, layout))
-    for k in np.unique(facts.orders[:, 1]):
-        nth = facts.orders[facts.orders[:, 1] == k]
-        field = order_field(int(k))
+    for k, nth in by_rank(facts.orders, 1):
+        field = order_field(k)
         keys[has_key(field)] = nth[:, 0]
         keys.update(_slices(field, nth[:, 0], np.clip(nth[:, 2], 0, MAX_DAY), DATE_WIDTH))
     keys.update(purchase_keys(facts.orders, facts.categories, facts.products))

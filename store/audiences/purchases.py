@@ -106,19 +106,33 @@ SELECT p.sku AS name, {_AGG.format(packed, "")} AS rows FROM (
 def purchase_keys(orders: npt.NDArray[np.int64], categories: Mapping[str, Ids], products: Mapping[str, Ids]) -> Keys:
     """Every `buy.*` key. `orders`: (member, k, day, net fen) per order, k = 1 the most recent;
     `categories`: per category (member, day, net fen) rows; `products`: per sku (member, day)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     yield from _first_purchase(orders)
     yield from _spend_days(orders[:, 0], orders[:, 1], orders[:, 2], orders[:, 3], None)
     bought: dict[str, Ids] = {name: rows.reshape(-1, 2) for name, rows in products.items()}
     for category, rows in categories.items():
         table = rows.reshape(-1, 3)
         k = _rank_by_recency(table[:, 0], table[:, 1])
-        for nth in range(1, int(k.max(initial=0)) + 1):
-            chosen = k == nth
-            yield from sliced_days(category_order_field(category, nth), table[chosen, 0], table[chosen, 1])
+        for nth, rows in by_rank(np.column_stack([table, k]), 3):
+            yield from sliced_days(category_order_field(category, nth), rows[:, 0], rows[:, 1])
         yield from _spend_days(table[:, 0], k, table[:, 1], table[:, 2], category)
         bought[category] = _latest(table[k == 1][:, :2], bought.get(category))
     for product, table in bought.items():
         yield from sliced_days(bought_field(product), table[:, 0], table[:, 1])
+
+
+def by_rank(table: npt.NDArray[np.int64], column: int) -> Iterator[tuple[int, npt.NDArray[np.int64]]]:
+    """Each value of `table[:, column]` (a rank k) ascending, with its rows in their order: one sort,
+    where a mask per rank read the whole table once per k (dozens of ranks, millions of orders)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    if not len(table):
+        return
+    ranked = table[np.argsort(table[:, column], kind="stable")]
+    starts = np.flatnonzero(np.diff(ranked[:, column], prepend=-1))
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(ranked)], strict=True):
+        yield int(ranked[start, column]), ranked[start:end]
 
 
 def _latest(rows: Ids, other: Ids | None) -> Ids:
