@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from profile_read import BenchError
 from psycopg_pool import AsyncConnectionPool
 
-from store.audiences import overlap
+from store.audiences import overlap, persons
 from store.audiences.catalogs import BrandCatalog, load_catalog
 from store.audiences.engine import run_pivot
 from store.audiences.facts import expand_derived
@@ -200,6 +200,7 @@ class Findings:
     scaled_members: int = 0
     reference_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     brands: list[overlap.Part] = dataclasses.field(default_factory=list)
+    scaled_brands: Row | None = None
 
 
 async def measure(args: argparse.Namespace, brand_id: int) -> Findings:
@@ -272,7 +273,52 @@ async def brands_row(
     repeat = max(3, args.repeat // 5)
     timings = await timed(repeat, 2, lambda: overlap.brand_overlap(conn, catalogs, codes))
     shared = ", ".join(f"{p.a}/{p.b} {p.both:,}" for p in result.pairs)
+    if args.scale_to:
+        found.scaled_brands = await scaled_brands(args, conn, catalogs, codes, result)
     return Row(f"brandOverlap of the group ({len(ids)} brands)", result.persons, found.chunks, timings, shared)
+
+
+# Every brand's person bitmaps again `factor - 1` times, each copy in chunks past the group's last:
+# as many more persons in as many more chunks, shared as the real ones are.
+_REPEAT_PERSONS = """
+INSERT INTO person_bitmaps (brand_id, chunk, bits)
+SELECT p.brand_id, p.chunk + %(span)s * k, p.bits
+FROM person_bitmaps p, generate_series(1, %(copies)s) AS k
+WHERE p.brand_id = ANY(%(brands)s)
+"""
+
+
+async def scaled_brands(
+    args: argparse.Namespace,
+    conn: psycopg.AsyncConnection[Any],
+    catalogs: list[BrandCatalog],
+    codes: list[str],
+    result: overlap.BrandOverlap,
+) -> Row:
+    """brandOverlap with the group's persons repeated to about `--scale-to` members (rolled back): the
+    person bitmaps are what grows with the group; the brands' member counts (one `u` row each) are
+    read as they are."""
+    ids = [catalog.brand_id for catalog in catalogs]
+    members = sum(p.count for p in result.brands)
+    factor = max(2, round(args.scale_to / members))
+    row = await (
+        await conn.execute("SELECT max(chunk) FROM person_bitmaps WHERE brand_id = ANY(%s)", (ids,))
+    ).fetchone()
+    span = int(row[0] if row and row[0] is not None else 0) + 1
+    _, base = await persons.shared_persons(conn, ids)
+    print(f"brandOverlap with the persons repeated {factor}x ({span * factor} person chunks) …", flush=True)
+    async with conn.transaction(force_rollback=True):
+        await conn.execute(_REPEAT_PERSONS, {"span": span, "copies": factor - 1, "brands": ids})
+        _, scaled = await persons.shared_persons(conn, ids)
+        if sorted(scaled) != sorted((combo, n * factor) for combo, n in base):
+            raise BenchError("scaled person index: the shared persons are not the repeated ones'")
+        timings = await timed(max(3, args.repeat // 5), 2, lambda: overlap.brand_overlap(conn, catalogs, codes))
+    return Row(
+        f"brandOverlap of the group, persons repeated {factor}x",
+        result.persons * factor,
+        span * factor,
+        timings,
+    )
 
 
 async def scaled(
@@ -409,11 +455,18 @@ def report(args: argparse.Namespace, f: Findings, host: audience.Machine) -> str
         "",
         "brandOverlap reads the person index (store.audiences.persons, migration 0016): one statement fetches "
         "each brand's person bitmaps (a chunk per 65,536 of the group's persons with a phone) and numpy counts "
-        "the persons per set of brands, so its time grows with the group's persons, about linearly: expect ten "
-        "times the 1M figure at 10M (not measured there, the demo of that size not being at hand). Before the "
-        "person index it merged every brand's live phone hashes from the members table per request: 0.25-0.4 s "
-        "at 1M on this machine.",
+        "the persons per set of brands, so its time grows with the group's persons. Before the person index it "
+        "merged every brand's live phone hashes from the members table per request: 0.25-0.4 s at 1M.",
     ]
+    if f.scaled_brands is not None:
+        lines += [
+            "",
+            "The same with every brand's person bitmaps repeated (the real bit patterns in chunks past the "
+            "group's last, rolled back; the shared persons checked to be the repeated ones'); the members "
+            "column counts persons:",
+            "",
+            *table([f.scaled_brands]),
+        ]
     return "\n".join(lines) + "\n"
 
 
