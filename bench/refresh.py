@@ -45,7 +45,7 @@ Work = Callable[[AsyncConnection[Any], int], Awaitable[object]]
 
 async def _index(conn: AsyncConnection[Any], brand_id: int) -> object:
     await lock_brand(conn, brand_id, wait=True)
-    return f"{await rebuild(conn, brand_id):,} index rows"
+    return f"{await rebuild(conn, brand_id, two_connections=True):,} index rows"  # as `omnimember refresh` does
 
 
 async def _stages(conn: AsyncConnection[Any], brand_id: int) -> object:

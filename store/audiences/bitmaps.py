@@ -12,14 +12,18 @@ never a half-built one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import AsyncConnection, AsyncCursor
+from psycopg.conninfo import make_conninfo
 from psycopg.errors import LockNotAvailable, QueryCanceled
 from psycopg.types.json import Jsonb
 
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 """(stage, done, total): how far a rebuild is."""
 Row = tuple[str, int, bytes]
@@ -361,20 +366,29 @@ def _next_batch(data: Iterator[bytes]) -> bytes | None:
 
 
 async def rebuild(
-    conn: AsyncConnection[Any], brand_id: int, progress: Progress | None = None, layout: Mapping[str, int] | None = None
+    conn: AsyncConnection[Any],
+    brand_id: int,
+    progress: Progress | None = None,
+    layout: Mapping[str, int] | None = None,
+    *,
+    two_connections: bool = False,
 ) -> int:
     """Replace the brand's index with one built from the system of record; returns rows written.
 
     Runs inside the caller's transaction. Changes queued before it are covered by the build and
     dropped; changes committed while it runs stay queued for the next delta. Each digit field is
-    laid out for its values, or as `layout` (an index state's) says.
+    laid out for its values, or as `layout` (an index state's) says. With `two_connections`, half
+    the reads run on a second connection at the same time: only for a caller whose transaction has
+    written no fact of the brand (the applier, `omnimember refresh`), the second cannot see those.
     """
     report = progress or (lambda stage, done, total: None)
     report("waiting for the brand's lock", 0, 1)  # a running applier or build holds it meanwhile
     await lock_brand(conn, brand_id, wait=True)
     await drain.all(conn, brand_id=brand_id)
     report("reading facts", 0, 1)
-    facts = await load_index_facts(conn, brand_id, None)
+    async with contextlib.AsyncExitStack() as stack:
+        beside = await stack.enter_async_context(_second_connection(conn)) if two_connections else None
+        facts = await load_index_facts(conn, brand_id, None, beside)
     report("computing bitmaps", 0, 1)
     sets = await asyncio.to_thread(bit_sets, facts, layout)  # CPU work, off the event loop (copy_rows)
     report("clearing the old index", 0, 1)
@@ -393,6 +407,22 @@ async def rebuild(
     # Only a full build writes every key of the encoding: deltas keep this marker, never set it.
     await _upsert_state.run(conn, brand_id=brand_id, widths=Jsonb({**sets.widths, ENCODING_STATE: ENCODING_VERSION}))
     return written
+
+
+@contextlib.asynccontextmanager
+async def _second_connection(conn: AsyncConnection[Any]) -> AsyncIterator[AsyncConnection[Any] | None]:
+    """Another connection to `conn`'s database, without a statement time limit (maintenance); None
+    when the server refuses one (its connection limit): the reads then run one after the other."""
+    try:
+        conninfo = make_conninfo(conn.info.dsn, password=conn.info.password)
+        other = await AsyncConnection.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError:
+        log.warning("index rebuild: no second connection, reading on one")
+        yield None
+        return
+    async with other:
+        await other.execute("SET statement_timeout = 0")
+        yield other
 
 
 async def stored_widths(conn: AsyncConnection[Any], brand_id: int) -> Mapping[str, int]:
@@ -414,7 +444,7 @@ async def refresh(url: str, brand: str | None, progress: Callable[[str], Progres
         started = time.perf_counter()
         report = progress(row["code"]) if progress is not None else (lambda stage, done, total: None)
         async with conn.transaction():
-            rows = await rebuild(conn, row["id"], report)
+            rows = await rebuild(conn, row["id"], report, two_connections=True)
             report("committing", 0, 1)
         report("done", 1, 1)
         return Refreshed(row["code"], rows, time.perf_counter() - started)
