@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import resolvers.audiences
 from schema.root import build_schema
+from store.audiences.selections import read_expression
 from store.sql import counted_statements
 from tests.audience_seed import (
     Seeded,
@@ -390,3 +391,11 @@ async def test_a_sample_page_costs_the_same_statements_whatever_its_size(gql: Gr
 
     # count, the sample's ids, its members (one batch), totalCount (the count again)
     assert await statements(2) == await statements(15) == 4
+
+
+def test_the_same_expression_text_is_parsed_once() -> None:
+    """Campaign tools send the same few expressions again and again: the count path parses a text once
+    per process (store.audiences.selections), a tree being immutable."""
+    first = read_expression("tag:vip AND NOT tag:churn_risk", None)
+    assert read_expression("tag:vip AND NOT tag:churn_risk", None) is first
+    assert read_expression("tag:vip AND NOT tag:vip", None) is not first
