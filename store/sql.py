@@ -53,9 +53,12 @@ def counted_statements() -> Iterator[StatementCount]:
 class Query:
     """A Core statement compiled once for the psycopg dialect."""
 
-    __slots__ = ("_constants", "_names", "_numbered", "sql")
+    __slots__ = ("_binary", "_constants", "_names", "_numbered", "sql")
 
-    def __init__(self, statement: ClauseElement) -> None:
+    def __init__(self, statement: ClauseElement, *, binary: bool = False) -> None:
+        # Results in PostgreSQL's binary format: for bulk bytea (the index's packed facts), which the
+        # text format sends hex-encoded, twice the bytes, encoded and decoded on either side.
+        self._binary = binary
         compiled = statement.compile(dialect=DIALECT)
         self.sql = str(compiled)  # %(name)s placeholders, for callers with their own cursor
         # Values SQLAlchemy bound itself (literals in the statement); callers supply the rest.
@@ -80,7 +83,7 @@ class Query:
 
     async def all(self, conn: AsyncConnection[Any], **params: Any) -> list[Row]:
         async with AsyncRawCursor(conn, row_factory=dict_row) as cur:
-            await cur.execute(self._numbered, self._values(params))
+            await cur.execute(self._numbered, self._values(params), binary=self._binary)
             return await cur.fetchall()
 
     async def one(self, conn: AsyncConnection[Any], **params: Any) -> Row | None:
@@ -90,7 +93,7 @@ class Query:
 
     async def scalar(self, conn: AsyncConnection[Any], **params: Any) -> Any:
         async with AsyncRawCursor(conn) as cur:
-            await cur.execute(self._numbered, self._values(params))
+            await cur.execute(self._numbered, self._values(params), binary=self._binary)
             row = await cur.fetchone()
             return None if row is None else row[0]
 

@@ -347,10 +347,19 @@ def binary_rows(rows: Iterator[tuple[Any, ...]], formats: str) -> Iterator[bytes
 
 async def copy_rows(cur: AsyncCursor[Any], statement: str, data: Iterator[bytes]) -> None:
     """COPY `data`, each batch packed in a worker thread: packing bits is CPU work (seconds for a large
-    brand's rebuild), and the server's applier shares its event loop with every request."""
+    brand's rebuild), and the server's applier shares its event loop with every request. The next
+    batch is packed while the server takes in the current one: one after the other, each waited
+    for the other (a 600,000-member rebuild's writing ran at 1.2 of the two cores)."""
     async with cur.copy(statement) as copy:
-        while (batch := await asyncio.to_thread(_next_batch, data)) is not None:
-            await copy.write(batch)
+        batch = await asyncio.to_thread(_next_batch, data)
+        while batch is not None:
+            following = asyncio.ensure_future(asyncio.to_thread(_next_batch, data))
+            try:
+                await copy.write(batch)
+            except BaseException:
+                following.cancel()
+                raise
+            batch = await following
 
 
 def _next_batch(data: Iterator[bytes]) -> bytes | None:

@@ -107,11 +107,10 @@ def _queries(ids: bool) -> tuple[Query, ...]:
         _sets(ids),
         _VALUES,
         _orders(ids),
-        purchases.category_rows(ids),
-        purchases.product_rows(ids),
+        purchases.line_rows(ids),
         stage_days.entry_rows(ids),
     )
-    return tuple(Query(sa.text(f"{head}{body}")) for body in bodies)
+    return tuple(Query(sa.text(f"{head}{body}"), binary=True) for body in bodies)
 
 
 _ALL = _queries(ids=False)
@@ -143,22 +142,29 @@ async def load_index_facts(
     `beside` cannot see (each statement reads what is committed when it starts, as in sequence)."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
-    sets_q, values_q, orders_q, categories_q, products_q, stages_q = _ALL if ids is None else _SOME
+    sets_q, values_q, orders_q, lines_q, stages_q = _ALL if ids is None else _SOME
     params: dict[str, Any] = {"brand_id": brand_id} if ids is None else {"brand_id": brand_id, "ids": list(ids)}
 
     async def named(query: Query, on: AsyncConnection[Any]) -> dict[str, Ids]:
         return {row["name"]: _int8s(row["rows"]) for row in await query.all(on, **params)}
 
     async def first_lane() -> tuple[list[Row], bytes | None, dict[str, Ids]]:  # ~half the time each
-        return await sets_q.all(conn, **params), await values_q.scalar(conn, **params), await named(products_q, conn)
+        return await sets_q.all(conn, **params), await values_q.scalar(conn, **params), await named(stages_q, conn)
 
-    async def second_lane(on: AsyncConnection[Any]) -> tuple[dict[str, Ids], bytes | None, dict[str, Ids]]:
-        return await named(categories_q, on), await orders_q.scalar(on, **params), await named(stages_q, on)
+    async def second_lane(on: AsyncConnection[Any]) -> tuple[tuple[dict[str, Ids], dict[str, Ids]], bytes | None]:
+        lines = [(row["category"], row["name"], row["rows"]) for row in await lines_q.all(on, **params)]
+        # Grouped in a worker thread while the orders are read (numpy work: seconds for a large brand).
+        split = asyncio.ensure_future(asyncio.to_thread(_split_lines, lines))
+        try:
+            orders_data = await orders_q.scalar(on, **params)
+        finally:
+            grouped = await split
+        return grouped, orders_data
 
     if beside is None:
-        (rows, values_data, products), (categories, orders_data, stages) = await first_lane(), await second_lane(conn)
+        (rows, values_data, stages), ((categories, products), orders_data) = await first_lane(), await second_lane(conn)
     else:
-        (rows, values_data, products), (categories, orders_data, stages) = await asyncio.gather(
+        (rows, values_data, stages), ((categories, products), orders_data) = await asyncio.gather(
             first_lane(), second_lane(beside)
         )
     sets = {row["key"]: _int8s(row["ids"]) for row in rows if row["ids"] is not None}
@@ -190,6 +196,10 @@ def among(ids: Ids, universe: Ids) -> npt.NDArray[np.bool_]:
 
     at = np.minimum(np.searchsorted(universe, ids), max(universe.size - 1, 0))
     return universe[at] == ids if universe.size else np.zeros(ids.size, dtype=np.bool_)
+
+
+def _split_lines(lines: list[tuple[bool, str, bytes]]) -> tuple[dict[str, Ids], dict[str, Ids]]:
+    return purchases.split_lines((category, name, _int8s(packed)) for category, name, packed in lines)
 
 
 def _int8s(data: bytes | None) -> Ids:
