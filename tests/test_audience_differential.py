@@ -284,7 +284,8 @@ def _member(row: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "id": row["id"],
-        "live": row["merged_into"] is None,
+        "live": row["merged_into"] is None and row["erased_at"] is None,
+        "erased": row["erased_at"] is not None,
         "tag": set(),
         "channel": set(),
         "consent": set(),

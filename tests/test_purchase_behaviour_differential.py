@@ -133,6 +133,12 @@ async def _seed(pool: AsyncConnectionPool[Any], first_id: int) -> int:
     async with pool.connection() as conn, conn.transaction():
         await _members(conn, brand_id, range(first_id, first_id + MEMBERS), random.Random(SEED))
         await _floored(conn, brand_id, first_id + MEMBERS + 50)
+        # Erased members keep their orders and lines (store.members.erasure): none of it may reach a key.
+        await conn.execute(
+            "UPDATE members SET erased_at = now() WHERE id IN (SELECT DISTINCT o.member_id FROM orders o"
+            " JOIN order_lines l ON l.order_id = o.id WHERE o.brand_id = %s ORDER BY 1 LIMIT 3)",
+            (brand_id,),
+        )
     return brand_id
 
 
@@ -383,7 +389,10 @@ async def test_the_data_has_every_kind_of_purchase(built: Indexed, changed: Inde
         assert any(p.spend % 1 for p in purchases)  # cents
         assert {(TODAY - p.day).days for p in purchases} >= {29, 30, 31, 89, 90, 91, 364, 365, 366}
         assert set(indexed.brand.catalog.dimensions["bought"].values) == set(PRODUCTS)
-    assert sum(not facts["live"] for facts in changed.facts.values()) == 6
+        erased = [facts for facts in indexed.facts.values() if facts["erased"]]
+        assert len(erased) == 3
+        assert all(facts["purchases"] for facts in erased)  # their orders and lines kept
+    assert sum(not facts["live"] and not facts["erased"] for facts in changed.facts.values()) == 6  # merged
 
 
 async def test_deltas_leave_exactly_the_rows_a_fresh_build_writes(

@@ -19,7 +19,7 @@ from psycopg import AsyncConnection
 
 from store.audiences import purchases, stage_days
 from store.audiences.facts import DEFAULT_TIMEZONE
-from store.sql import Query, Row
+from store.sql import Query
 from tagquery.bitmap_keys import UNIVERSE
 
 if TYPE_CHECKING:
@@ -137,54 +137,70 @@ async def load_index_facts(
     conn: AsyncConnection[Any], brand_id: int, ids: Sequence[int] | None, beside: AsyncConnection[Any] | None = None
 ) -> IndexFacts:
     """The facts of every live member of the brand, or of those among `ids`. With `beside`, a second
-    connection, half the statements run there at the same time (a rebuild: its reads are most of its
-    time, and the server has two cores). Only for a caller whose transaction has written no fact
+    connection, the order lines are read there at the same time (a rebuild: its reads are most of
+    its time, and the server has two cores). Only for a caller whose transaction has written no fact
     `beside` cannot see (each statement reads what is committed when it starts, as in sequence)."""
+    if beside is None:
+        facts, lines = await member_facts(conn, brand_id, ids), await line_facts(conn, brand_id, ids)
+    else:
+        facts, lines = await asyncio.gather(member_facts(conn, brand_id, ids), line_facts(beside, brand_id, ids))
+    categories, products = live_lines(lines, facts.sets[UNIVERSE])
+    return dataclasses.replace(facts, categories=categories, products=products)
+
+
+Lines: TypeAlias = "tuple[dict[str, Ids], dict[str, Ids]]"
+"""(categories, products) as IndexFacts holds them."""
+
+
+async def member_facts(
+    on: AsyncConnection[Any],
+    brand_id: int,
+    ids: Sequence[int] | None = None,
+    universe_known: asyncio.Future[Ids] | None = None,
+) -> IndexFacts:
+    """Every fact but the order lines (line_facts), of the live members; `sets[UNIVERSE]` sorted.
+    `universe_known` gets the live members as soon as they are read, before the other facts."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
-    sets_q, values_q, orders_q, lines_q, stages_q = _ALL if ids is None else _SOME
-    params: dict[str, Any] = {"brand_id": brand_id} if ids is None else {"brand_id": brand_id, "ids": list(ids)}
-
-    async def named(query: Query, on: AsyncConnection[Any]) -> dict[str, Ids]:
-        return {row["name"]: _int8s(row["rows"]) for row in await query.all(on, **params)}
-
-    async def first_lane() -> tuple[list[Row], bytes | None, dict[str, Ids]]:  # ~half the time each
-        return await sets_q.all(conn, **params), await values_q.scalar(conn, **params), await named(stages_q, conn)
-
-    async def second_lane(on: AsyncConnection[Any]) -> tuple[tuple[dict[str, Ids], dict[str, Ids]], bytes | None]:
-        lines = [(row["category"], row["name"], row["rows"]) for row in await lines_q.all(on, **params)]
-        # Grouped in a worker thread while the orders are read (numpy work: seconds for a large brand).
-        split = asyncio.ensure_future(asyncio.to_thread(_split_lines, lines))
-        try:
-            orders_data = await orders_q.scalar(on, **params)
-        finally:
-            grouped = await split
-        return grouped, orders_data
-
-    if beside is None:
-        (rows, values_data, stages), ((categories, products), orders_data) = await first_lane(), await second_lane(conn)
-    else:
-        (rows, values_data, stages), ((categories, products), orders_data) = await asyncio.gather(
-            first_lane(), second_lane(beside)
-        )
-    sets = {row["key"]: _int8s(row["ids"]) for row in rows if row["ids"] is not None}
-    universe = np.sort(sets.get(UNIVERSE, np.empty(0, dtype=np.int64)))
+    sets_q, values_q, orders_q, _, stages_q = _ALL if ids is None else _SOME
+    params = _params(brand_id, ids)
+    sets = {row["key"]: _int8s(row["ids"]) for row in await sets_q.all(on, **params) if row["ids"] is not None}
+    universe = sets[UNIVERSE] = np.sort(sets.get(UNIVERSE, np.empty(0, dtype=np.int64)))
+    if universe_known is not None:
+        universe_known.set_result(universe)
     for key in [key for key in sets if key.startswith(_OWNED)]:
         sets[key] = sets[key][among(sets[key], universe)]
-    values = _int8s(values_data).reshape(-1, len(VALUE_COLUMNS))
-    order_days = _int8s(orders_data).reshape(-1, 4)
+    values = _int8s(await values_q.scalar(on, **params)).reshape(-1, len(VALUE_COLUMNS))
+    order_days = _int8s(await orders_q.scalar(on, **params)).reshape(-1, 4)
+    stages = {row["name"]: _int8s(row["rows"]) for row in await stages_q.all(on, **params)}
+    return IndexFacts(
+        sets=sets,
+        values=values,
+        orders=order_days[among(order_days[:, 0], universe)],
+        stages=purchases.among_live(stages, 2, lambda members: among(members, universe)),
+    )
+
+
+async def line_facts(on: AsyncConnection[Any], brand_id: int, ids: Sequence[int] | None = None) -> Lines:
+    """The order lines' facts of every member (live or not: live_lines keeps the live ones), grouped
+    in a worker thread (numpy work: seconds for a large brand)."""
+    lines_q = (_ALL if ids is None else _SOME)[3]
+    rows = await lines_q.all(on, **_params(brand_id, ids))
+    return await asyncio.to_thread(_split_lines, [(row["category"], row["name"], row["rows"]) for row in rows])
+
+
+def live_lines(lines: Lines, universe: Ids) -> Lines:
+    """The rows of the members in the sorted `universe`."""
 
     def live(members: Ids) -> npt.NDArray[np.bool_]:
         return among(members, universe)
 
-    return IndexFacts(
-        sets=sets,
-        values=values,
-        orders=order_days[live(order_days[:, 0])],
-        categories=purchases.among_live(categories, 3, live),
-        products=purchases.among_live(products, 2, live),
-        stages=purchases.among_live(stages, 2, live),
-    )
+    categories, products = lines
+    return purchases.among_live(categories, 3, live), purchases.among_live(products, 2, live)
+
+
+def _params(brand_id: int, ids: Sequence[int] | None) -> dict[str, Any]:
+    return {"brand_id": brand_id} if ids is None else {"brand_id": brand_id, "ids": list(ids)}
 
 
 _OWNED = ("channel:", "tag:", "consent:", "first_channel:")

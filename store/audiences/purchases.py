@@ -119,10 +119,21 @@ def split_lines(named: Iterable[tuple[bool, str, Ids]]) -> tuple[dict[str, Ids],
 def purchase_keys(orders: npt.NDArray[np.int64], categories: Mapping[str, Ids], products: Mapping[str, Ids]) -> Keys:
     """Every `buy.*` key. `orders`: (member, k, day, net fen) per order, k = 1 the most recent;
     `categories`: per category (member, day, net fen) rows; `products`: per sku (member, day)."""
-    import numpy as np  # lazily: a count needs none (issue 16)
+    yield from order_keys(orders)
+    yield from line_keys(categories, products)
 
+
+def order_keys(orders: npt.NDArray[np.int64]) -> Keys:
+    """The `buy.*` keys of whole orders: the first purchase's day and the spend days."""
     yield from _first_purchase(orders)
     yield from _spend_days(orders[:, 0], orders[:, 1], orders[:, 2], orders[:, 3], None)
+
+
+def line_keys(categories: Mapping[str, Ids], products: Mapping[str, Ids]) -> Keys:
+    """The `buy.*` keys of the order lines: per category its orders' days by rank and its spend
+    days, and per category and sku the last day bought."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
     bought: dict[str, Ids] = {name: rows.reshape(-1, 2) for name, rows in products.items()}
     for category, rows in categories.items():
         table = rows.reshape(-1, 3)
