@@ -40,6 +40,40 @@ def test_chunk_rows_and_decoding_round_trip() -> None:
     assert decode_chunks(None).size == 0
 
 
+def _decoded(rows: list[tuple[str, int, bytes]]) -> list[int]:
+    data = b"".join(chunk.to_bytes(4, "big") + CHUNK_SIZE.to_bytes(4, "big") + bits for _, chunk, bits in rows)
+    return decode_chunks(data).tolist()
+
+
+# Members in any order with repeats, of few chunks or spread over hundreds (bitmaps._SPAN), sparse
+# (packed together) or dense (booleans per chunk): each path packs exactly the members' bits.
+_spread = st.integers(0, 2).map(lambda n: (1, 40, 600)[n] * CHUNK_SIZE)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(_spread, st.integers(0, 10**6)), min_size=1, max_size=3),
+    st.integers(0, 2000),
+    st.randoms(use_true_random=False),
+)
+def test_every_packing_path_sets_exactly_the_members_bits(keys: list[tuple[int, int]], dense: int, rnd: Any) -> None:
+    rows: list[tuple[str, int, bytes]] = []
+    expected: dict[str, list[int]] = {}
+    for n, (spread, offset) in enumerate(keys):
+        ids = [offset + rnd.randrange(spread) for _ in range(rnd.choice((0, 3, bitmaps._SPARSE - 1, dense)))]
+        ids += ids[: len(ids) // 5]  # repeats
+        rnd.shuffle(ids)
+        key = f"k{n}"
+        expected[key] = sorted(set(ids))
+        rows += list(chunk_rows(key, np.array(ids, dtype=np.int64)))
+    for key, members in expected.items():
+        mine = [row for row in rows if row[0] == key]
+        assert [chunk for _, chunk, _ in mine] == sorted({m >> 16 for m in members})  # held chunks only, ascending
+        assert _decoded(mine) == members
+    together = list(bitmaps.sparse_rows([(key, np.array(m, dtype=np.int64)) for key, m in expected.items()]))
+    assert sorted(together) == sorted(rows)  # packed together, as index_rows does for sparse keys
+
+
 async def _brand(pool: AsyncConnectionPool[Any], members: int) -> tuple[int, list[int]]:
     async with pool.connection() as conn:
         brand_id: int = (await brand_by_code(conn, await new_brand(pool)))["id"]

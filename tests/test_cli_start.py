@@ -153,9 +153,10 @@ async def test_an_index_build_names_every_stage(database_url: str, pool: AsyncCo
     await refresh(database_url, code, progress)
     assert seen == [
         "waiting for the brand's lock",
-        "reading facts",
-        "computing bitmaps",
         "clearing the old index",
+        "reading facts",
+        "writing purchase keys",
+        "computing bitmaps",
         "writing bitmaps",
         "committing",
         "done",

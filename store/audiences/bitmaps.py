@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -84,6 +84,8 @@ _COPY_BATCH = 1 << 20
 # Below this many members a key's rows are set bit by bit (measured: 10-100 ids 35-50 us against
 # 50-90 us packing booleans; from about 1,000 packing wins). Purchase keys are mostly this sparse.
 _SPARSE = 512
+_SPARSE_BATCH = 4096  # members of the sparse keys packed together: at most as many 8 KB rows
+_SPAN = 256  # chunks a large key's booleans may span (16 MB), empty ones included; beyond, only its own
 
 _lock = Query(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
 _try_lock = Query(sa.select(sa.func.pg_try_advisory_xact_lock(sa.literal(0x617564), sa.bindparam("brand_id"))))
@@ -243,10 +245,22 @@ def index_rows(
     `members`, only those it names for a key (sorted; None: all), as a delta recomputes them;
     `progress` hears (keys and digit fields done, of how many) after each."""
     total = len(sets.keys) + len(sets.digits)
+    sparse: list[tuple[str, Ids]] = []  # consecutive sparse keys, packed together (sparse_rows)
+    pending = 0  # their members
     for done, (key, ids) in enumerate(sorted(sets.keys.items()), start=1):
         chosen = members(key)
-        yield from chunk_rows(key, ids if chosen is None else ids[among(ids, chosen)])
+        ids = ids if chosen is None else ids[among(ids, chosen)]
+        if ids.size >= _SPARSE or pending + ids.size > _SPARSE_BATCH:
+            yield from sparse_rows(sparse)
+            sparse.clear()
+            pending = 0
+        if ids.size >= _SPARSE:
+            yield from chunk_rows(key, ids)
+        else:
+            sparse.append((key, ids))
+            pending += ids.size
         progress(done, total)
+    yield from sparse_rows(sparse)
     for done, column in enumerate(sets.digits, start=len(sets.keys) + 1):
         yield from digit_rows(column, members(digit_key(column.field, 0, 1)))
         progress(done, total)
@@ -315,26 +329,46 @@ def _slices(field: str, ids: Ids, values: Ids, width: int) -> Iterator[tuple[str
 
 
 def chunk_rows(key: str, ids: Ids) -> Iterator[Row]:
-    """One row per chunk that holds any of `ids`: 2^16 bits, bit (id & 0xFFFF) set."""
+    """One row per chunk that holds any of `ids` (in any order, repeats allowed): 2^16 bits, bit
+    (id & 0xFFFF) set."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
-    if not ids.size:
-        return
-    if (ids[1:] < ids[:-1]).any():  # most keys come sorted (selections of sorted members): no sort
-        ids = np.sort(ids)  # sort + diff: np.unique's hashing measured ~10x slower here
-    high = ids >> CHUNK_BITS
-    starts = np.flatnonzero(np.diff(high, prepend=-1))
-    chunks, row_of = high[starts], np.cumsum(np.diff(high, prepend=high[0]) != 0)
-    low = ids & (CHUNK_SIZE - 1)
     if ids.size < _SPARSE:  # set the bits in place: no 64 Ki booleans per chunk to pack
-        rows = np.zeros((chunks.size, CHUNK_SIZE // 8), dtype=np.uint8)
-        np.bitwise_or.at(rows, (row_of, low >> 3), np.uint8(128) >> (low & 7).astype(np.uint8))
-    else:
-        bits = np.zeros((chunks.size, CHUNK_SIZE), dtype=np.bool_)
-        bits[row_of, low] = True
-        rows = np.packbits(bits, axis=1)
+        yield from sparse_rows([(key, ids)])
+        return
+    high = ids >> CHUNK_BITS
+    first, last = int(high.min()), int(high.max())
+    # Every chunk from the first to the last, the empty ones dropped once packed: a key this large
+    # holds members of nearly every chunk of its brand, and no sort or grouping of its members is
+    # needed (they were most of its packing). Members spread over more chunks: only those held.
+    spread = last - first >= _SPAN
+    chunks, row_of = np.unique(high, return_inverse=True) if spread else (None, high - first)
+    held = np.zeros((last - first + 1 if chunks is None else chunks.size, CHUNK_SIZE), dtype=np.bool_)
+    held[row_of, ids & (CHUNK_SIZE - 1)] = True
+    rows = np.packbits(held, axis=1)
+    if chunks is None:
+        present = np.flatnonzero(rows.any(axis=1))
+        chunks, rows = present + first, rows[present]
     for chunk, packed in zip(chunks.tolist(), rows, strict=True):
         yield key, chunk, packed.tobytes()
+
+
+def sparse_rows(keys: Sequence[tuple[str, Ids]]) -> Iterator[Row]:
+    """chunk_rows of each of these keys (each of few members), in their order, packed at once: a
+    rebuild has thousands of sparse keys (purchase days), and numpy's fixed cost per call, paid per
+    key, was most of their packing."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    if not keys:
+        return
+    ids = np.concatenate([members for _, members in keys])
+    key_of = np.repeat(np.arange(len(keys)), [members.size for _, members in keys])
+    rows, row_of = np.unique((key_of << 32) | (ids >> CHUNK_BITS), return_inverse=True)  # by key, then chunk
+    low = ids & (CHUNK_SIZE - 1)
+    packed = np.zeros((rows.size, CHUNK_SIZE // 8), dtype=np.uint8)
+    np.bitwise_or.at(packed, (row_of, low >> 3), np.uint8(128) >> (low & 7).astype(np.uint8))
+    for row, bits in zip(rows.tolist(), packed, strict=True):
+        yield keys[row >> 32][0], row & 0xFFFFFFFF, bits.tobytes()
 
 
 def binary_rows(rows: Iterator[tuple[Any, ...]], formats: str) -> Iterator[bytes]:
@@ -448,6 +482,7 @@ async def _lines_first(
         if not universe_known.done():
             members.result()  # raises what stopped it before the live members were read
         keys = await asyncio.to_thread(_line_sets, lines, universe_known.result())
+        report("writing purchase keys", 0, len(keys))
         written = await _write(
             conn, brand_id, BitSets(keys, [], {}), lambda done, total: report("writing purchase keys", done, total)
         )

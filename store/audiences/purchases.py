@@ -198,6 +198,16 @@ def _first_purchase(orders: npt.NDArray[np.int64]) -> Keys:
     yield from sliced_days(FIRST_PURCHASE_DAY, members[first], days[first])
 
 
+def ranked(orders: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """(member, day, net) rows -> (member, k, day, net) by member, most recent first: k = 1 is the
+    member's most recent order. Orders of one day may take their ranks in either order: every key
+    is of days, and theirs are the same."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    orders = orders[np.lexsort((-orders[:, 1], orders[:, 0]))]
+    return np.column_stack([orders[:, 0], _rank_by_recency(orders[:, 0], orders[:, 1]), orders[:, 1:]])
+
+
 def _rank_by_recency(members: Ids, days: Ids) -> Ids:
     """k (1 = most recent) of each row among its member's rows, for rows in member order, most
     recent first (as split_lines gives them)."""
