@@ -42,7 +42,8 @@ def test_chunk_rows_and_decoding_round_trip() -> None:
 
 def _decoded(rows: list[tuple[str, int, bytes]]) -> list[int]:
     data = b"".join(chunk.to_bytes(4, "big") + CHUNK_SIZE.to_bytes(4, "big") + bits for _, chunk, bits in rows)
-    return decode_chunks(data).tolist()
+    members: list[int] = decode_chunks(data).tolist()
+    return members
 
 
 # Members in any order with repeats, of few chunks or spread over hundreds (bitmaps._SPAN), sparse
