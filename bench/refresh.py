@@ -1,7 +1,7 @@
 """Segments kept fresh (issue 15's benchmark): a full recompute, part by part, and the lag of the
 incremental path under a stream of writes, on the demo data.
 
-    .venv/bin/python bench/refresh.py --database-url URL [--brand teahouse] [--rounds 3]
+    .venv/bin/python bench/refresh.py --database-url URL [--brand teahouse] [--rounds 3] [--rules]
     .venv/bin/python bench/refresh.py --database-url URL --lag 30 --rate 1000   # writes stay: a scratch demo
 
 Full recompute (each part in a transaction that is rolled back, so the data is left as it was;
@@ -14,6 +14,10 @@ medians of `--rounds`):
     rfm         the RFM quintile bounds over the live buyers (store.audiences.rfm_store)
     persons     the brand's persons for brandOverlap (store.audiences.persons)
     rule tags   every rule tag of the brand evaluated for every member (store.audiences.rule_tags)
+
+`--rules`: first define (once, committed: the bench's database keeps them) two rule tags, as
+`defineTag(rule:)` does, and compute them, so that the rule tags part has work and the index their
+assignments: RULES below.
 
 `--lag`: for `--lag` seconds, `--rate` member writes a second (a last purchase set on members, in
 batches of a tenth of a second) while the applier runs as in the server, a pass a second; a write's
@@ -38,7 +42,9 @@ from store.audiences import lifecycle, persons, rfm_store, rule_tags
 from store.audiences.bitmaps import lock_brand, rebuild
 from store.audiences.deltas import apply_brand
 from store.brands import brand_by_code
+from store.tags import catalog, rules
 from store.urls import libpq_url
+from tagquery import GRAMMAR_VERSION
 
 Work = Callable[[AsyncConnection[Any], int], Awaitable[object]]
 
@@ -82,8 +88,15 @@ PARTS: dict[str, Work] = {
 }
 
 
+# The tables the parts rewrite: vacuumed before each run, as autovacuum would have between two
+# recomputes. A run rolled back leaves its rows dead as a committed one leaves the old rows, and
+# three runs' dead rows slowed the next index part's delete of the brand's rows by half.
+_REWRITTEN = "audience_bitmaps, person_bitmaps, brand_persons"
+
+
 async def _rolled_back(conn: AsyncConnection[Any], brand_id: int, work: Work) -> tuple[float, object]:
     """Seconds `work` took inside a transaction that is then rolled back, and what it returned."""
+    await conn.execute(f"VACUUM {_REWRITTEN}")
     result: object = None
     elapsed = 0.0
     try:
@@ -107,6 +120,33 @@ async def full(conn: AsyncConnection[Any], brand_id: int, members: int, rounds: 
         total += seconds
         print(f"  {name:<10} {seconds:8.2f} s   {runs[-1][1]}", flush=True)
     print(f"  {'all':<10} {total:8.2f} s   ({total / members * 1e7 / 60:.1f} min per 10M members, linear)")
+
+
+RULES = {
+    "bench_recent_gold": "last_purchase WITHIN 30d AND tier IN (gold, platinum)",
+    "bench_lapsed_oolong": "tag:buys_oolong AND NOT last_purchase WITHIN 90d",
+}
+
+
+async def define_rules(conn: AsyncConnection[Any], brand_id: int) -> None:
+    """RULES as rule tags of the brand (those not defined yet), computed for every member."""
+    async with conn.transaction():
+        await rules.lock(conn, brand_id)
+        found = await conn.execute("SELECT code FROM tag_definitions WHERE brand_id = %s", (brand_id,))
+        known = {row[0] for row in await found.fetchall()}
+        for code, text in RULES.items():
+            if code in known:
+                continue
+            tag = await catalog.define(
+                conn, brand_id=brand_id, code=code, name=code, category="custom", ttl_days=None, ruled=True
+            )
+            checked = await rule_tags.check_rule(conn, brand_id, text)
+            await rules.set_rule(conn, tag=tag, rule=checked.text, grammar_version=GRAMMAR_VERSION, created_by="bench")
+    async with conn.transaction():
+        await lock_brand(conn, brand_id, wait=True)
+        computed = await rule_tags.evaluate(conn, brand_id)
+    defined = ", ".join(f"{code}: {text}" for code, text in RULES.items())
+    print(f"rule tags: {defined} (+{computed.added:,} -{computed.removed:,})")
 
 
 _BUY = "UPDATE members SET last_purchase_at = clock_timestamp() WHERE id = ANY(%s)"
@@ -156,15 +196,19 @@ async def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--brand", default="teahouse")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rules", action="store_true", help="define and compute RULES first (kept)")
     parser.add_argument("--lag", type=float, default=0, help="seconds of writes at --rate while the applier runs")
     parser.add_argument("--rate", type=int, default=1000, help="member writes a second for --lag")
     args = parser.parse_args()
     print(
         f"$ .venv/bin/python bench/refresh.py --brand {args.brand}"
         + (f" --lag {args.lag:g} --rate {args.rate}" if args.lag else f" --rounds {args.rounds}")
+        + (" --rules" if args.rules else "")
     )
     async with await AsyncConnection.connect(libpq_url(args.database_url), autocommit=True) as conn:
         brand_id: int = (await brand_by_code(conn, args.brand))["id"]
+        if args.rules:
+            await define_rules(conn, brand_id)
         if args.lag:
             await lag(args.database_url, brand_id, args.lag, args.rate)
             return
