@@ -11,8 +11,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -165,8 +165,9 @@ def refresh(
             # Rule tags first: they are computed from the system of record, and the build then
             # indexes what they assigned.
             rule_tags = asyncio.run(refresh_rule_tags(url, brand))
-            built = asyncio.run(run(url, brand, progress))
-            persons = asyncio.run(refresh_persons(url, brand))
+            # The persons beside the index, each on connections of its own: the index is mostly
+            # Python in its second half, the persons PostgreSQL (issue 15's recompute floor).
+            built, persons = asyncio.run(_both(run(url, brand, progress), refresh_persons(url, brand)))
             stages = asyncio.run(refresh_stages(url, brand))
             rfm = asyncio.run(refresh_rfm(url, brand))
         except DomainError as error:
@@ -184,6 +185,14 @@ def refresh(
     for code, computed in rule_tags:
         if computed is not None and computed.tags:
             typer.echo(f"{code}: {computed.tags} rule tags computed (+{computed.added} -{computed.removed})")
+
+
+First = TypeVar("First")
+Second = TypeVar("Second")
+
+
+async def _both(first: Awaitable[First], second: Awaitable[Second]) -> tuple[First, Second]:
+    return await asyncio.gather(first, second)
 
 
 def _stage_changes(synced: Any) -> str:

@@ -5,6 +5,7 @@ person; a brand older than the index is built by the next pass and answers INDEX
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from typing import Any
@@ -16,7 +17,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from store.audiences import deltas, persons
-from store.audiences.bitmaps import rebuild
+from store.audiences.bitmaps import lock_brand, rebuild
 from store.audiences.deltas import apply_all, apply_brand
 from store.brands import brand_by_code
 from store.members import erasure
@@ -311,3 +312,38 @@ async def _codes(pool: AsyncConnectionPool[Any], brands: list[Brand]) -> list[st
         found = await conn.execute("SELECT id, code FROM brands WHERE id = ANY(%s)", ([b.brand_id for b in brands],))
         by_id = dict(await found.fetchall())
     return [by_id[brand.brand_id] for brand in brands]
+
+
+async def test_refresh_rebuilds_persons_beside_an_index_rebuild_of_the_brand(
+    pool: AsyncConnectionPool[Any], database_url: str
+) -> None:
+    """`omnimember refresh` rebuilds a brand's persons while its index is being rebuilt (issue 15's
+    recompute floor): the persons have a lock of their own, not the index's."""
+    brands = await _group(pool, 1)
+    code = (await _codes(pool, brands))[0]
+    async with pool.connection() as conn:
+        await _write(conn, brands[0], "add", 2)
+    async with pool.connection() as index_builder, index_builder.transaction():
+        await lock_brand(index_builder, brands[0].brand_id, wait=True)  # as a rebuild holds it throughout
+        assert await asyncio.wait_for(persons.refresh(database_url, code), timeout=10) == [(code, 1)]
+    async with pool.connection() as conn:
+        assert await _bits(conn, brands[0].brand_id) == await _expected(conn, brands[0])
+
+
+async def test_the_applier_waits_for_a_persons_build_of_the_brand(pool: AsyncConnectionPool[Any]) -> None:
+    """A pass beside a persons build of its brand (which `omnimember refresh` now runs beside the
+    index, outside the index lock) waits for it and ends with the right persons: both take the
+    brand's persons lock, the pass before it reads what was recorded (and the group's lock after)."""
+    brands = await _group(pool, 1)
+    async with pool.connection() as conn:
+        await apply_brand(conn, brands[0].brand_id, wait=True)
+        await _write(conn, brands[0], "add", 3)
+    async with pool.connection() as applier:
+        async with pool.connection() as builder, builder.transaction():
+            await persons.build(builder, brands[0].brand_id)  # holds the persons lock until it commits
+            applying = asyncio.ensure_future(apply_brand(applier, brands[0].brand_id, wait=True))
+            done, _ = await asyncio.wait({applying}, timeout=1.5)
+            assert not done  # waiting on the persons lock
+        assert (await asyncio.wait_for(applying, timeout=10)) is not None
+    async with pool.connection() as conn:
+        assert await _bits(conn, brands[0].brand_id) == await _expected(conn, brands[0])
