@@ -11,8 +11,10 @@ Python from plain rows, not by store.audiences.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -450,3 +452,36 @@ async def _rows_on(conn: AsyncConnection[Any], brand: BrandCatalog, bound: Any, 
     where = compile_rows(expand_derived(bound, brand.lifecycle, brand.rfm), MemberRowFacts(m), day)
     query = Query(sa.select(m.c.id).where(live_members(m), where))
     return [row["id"] for row in await query.all(conn, brand_id=brand.brand_id, today=day, tz=brand.timezone)]
+
+
+@pytest.mark.parametrize("refused", [0, 1, 2, None])
+async def test_a_build_writes_the_same_rows_however_many_reading_connections_it_gets(
+    pool: AsyncConnectionPool[Any], built: Indexed, monkeypatch: pytest.MonkeyPatch, refused: int | None
+) -> None:
+    """A rebuild reads on two other connections when it can (the lines' keys written first), on one
+    beside its own when the server refuses the other, on its own when it refuses both; `refused`
+    None: one connection asked for. Every way writes the rows the three-way tests checked."""
+    from store.audiences import bitmaps
+
+    opened = bitmaps._reader
+
+    @contextlib.asynccontextmanager
+    async def reader(conn: AsyncConnection[Any]) -> AsyncIterator[AsyncConnection[Any] | None]:
+        nonlocal refused
+        if refused:
+            refused -= 1
+            yield None  # as when the server is at its connection limit
+            return
+        async with opened(conn) as other:
+            yield other
+
+    monkeypatch.setattr(bitmaps, "_reader", reader)
+    brand_id = built.brand.brand_id
+    rows = "SELECT key, chunk, bits FROM audience_bitmaps WHERE brand_id = %s ORDER BY 1, 2"
+    async with pool.connection() as conn:
+        before = await (await conn.execute(rows, (brand_id,))).fetchall()
+        async with conn.transaction(force_rollback=True):
+            await bitmaps.rebuild(conn, brand_id, two_connections=refused is not None)
+            after = await (await conn.execute(rows, (brand_id,))).fetchall()
+    assert after == before
+    assert any(key.startswith("has:buy.order.") for key, _, _ in after)
