@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from store.audiences import bitmaps, deltas
-from store.audiences.bitmaps import chunk_rows
+from store.audiences import bitmaps, deltas, index_facts
+from store.audiences.bitmaps import chunk_rows, sparse_rows
 from store.audiences.deltas import IndexState, apply_brand, freshness, run_applier
 from store.audiences.engine import decode_chunks
+from store.audiences.index_facts import among
 from store.brands import brand_by_code
 from tagquery.bitmap_keys import ALL_FAMILIES, CHUNK_SIZE, FAMILIES, Layout, digit_key
 from tests.conftest import new_brand
@@ -285,16 +286,28 @@ async def test_building_bitmaps_runs_off_the_event_loop(
 ) -> None:
     """The server's applier shares its event loop with every request: a rebuild or delta that packs bits
     on it stalls them all (found in a full test run: `brands { audienceIndex }` past its 30 s deadline
-    while the in-process app rebuilt large brands). The CPU work runs in worker threads."""
+    while the in-process app rebuilt large brands). The CPU work runs in worker threads: packing, and
+    the facts' numpy work (keeping the live members' rows, numbering orders: seconds for a large brand)."""
     loop_thread = threading.current_thread()
     seen: set[threading.Thread] = set()
+    facts_seen: set[threading.Thread] = set()
 
     def recorded(key: str, ids: Any) -> Any:
         seen.add(threading.current_thread())
         return chunk_rows(key, ids)
 
+    def recorded_sparse(keys: Any) -> Any:
+        seen.add(threading.current_thread())
+        return sparse_rows(keys)
+
+    def recorded_among(ids: Any, universe: Any) -> Any:
+        facts_seen.add(threading.current_thread())
+        return among(ids, universe)
+
     monkeypatch.setattr(bitmaps, "chunk_rows", recorded)
+    monkeypatch.setattr(bitmaps, "sparse_rows", recorded_sparse)
     monkeypatch.setattr(deltas, "chunk_rows", recorded)
+    monkeypatch.setattr(index_facts, "among", recorded_among)
     brand_id, ids = await _brand(pool, 5)  # a delta
     async with pool.connection() as conn:
         await conn.execute("INSERT INTO audience_changes (brand_id, member_id) VALUES (%s, 0)", (brand_id,))
@@ -306,6 +319,8 @@ async def test_building_bitmaps_runs_off_the_event_loop(
     assert applied is not None
     assert seen
     assert loop_thread not in seen
+    assert facts_seen
+    assert loop_thread not in facts_seen
 
 
 _members = st.lists(

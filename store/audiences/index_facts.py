@@ -19,7 +19,7 @@ from psycopg import AsyncConnection
 
 from store.audiences import purchases, stage_days
 from store.audiences.facts import DEFAULT_TIMEZONE
-from store.sql import Query
+from store.sql import Query, Row
 from tagquery.bitmap_keys import UNIVERSE
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ async def load_index_facts(
         facts, lines = await member_facts(conn, brand_id, ids), await line_facts(conn, brand_id, ids)
     else:
         facts, lines = await asyncio.gather(member_facts(conn, brand_id, ids), line_facts(beside, brand_id, ids))
-    categories, products = live_lines(lines, facts.sets[UNIVERSE])
+    categories, products = await asyncio.to_thread(live_lines, lines, facts.sets[UNIVERSE])
     return dataclasses.replace(facts, categories=categories, products=products)
 
 
@@ -158,26 +158,42 @@ async def member_facts(
     universe_known: asyncio.Future[Ids] | None = None,
 ) -> IndexFacts:
     """Every fact but the order lines (line_facts), of the live members; `sets[UNIVERSE]` sorted.
-    `universe_known` gets the live members as soon as they are read, before the other facts."""
-    import numpy as np  # lazily: a count needs none (issue 16)
-
+    `universe_known` gets the live members as soon as they are read, before the other facts. The
+    numpy work runs in worker threads: the server's applier shares its event loop with requests,
+    and for a large brand it takes seconds."""
     sets_q, values_q, orders_q, _, stages_q = _ALL if ids is None else _SOME
     params = _params(brand_id, ids)
-    sets = {row["key"]: _int8s(row["ids"]) for row in await sets_q.all(on, **params) if row["ids"] is not None}
-    universe = sets[UNIVERSE] = np.sort(sets.get(UNIVERSE, np.empty(0, dtype=np.int64)))
+    sets, universe = await asyncio.to_thread(_live_sets, await sets_q.all(on, **params))
     if universe_known is not None:
         universe_known.set_result(universe)
+    values_data = await values_q.scalar(on, **params)
+    orders_data = await orders_q.scalar(on, **params)
+    stage_rows = [(row["name"], row["rows"]) for row in await stages_q.all(on, **params)]
+
+    def rest() -> IndexFacts:
+        def live(members: Ids) -> npt.NDArray[np.bool_]:
+            return among(members, universe)
+
+        order_days = purchases.ranked(_int8s(orders_data).reshape(-1, 3))
+        return IndexFacts(
+            sets=sets,
+            values=_int8s(values_data).reshape(-1, len(VALUE_COLUMNS)),
+            orders=order_days[live(order_days[:, 0])],
+            stages=purchases.among_live({name: _int8s(packed) for name, packed in stage_rows}, 2, live),
+        )
+
+    return await asyncio.to_thread(rest)
+
+
+def _live_sets(rows: list[Row]) -> tuple[dict[str, Ids], Ids]:
+    """The set query's rows -> (key -> ids of live members, the sorted live members)."""
+    import numpy as np  # lazily: a count needs none (issue 16)
+
+    sets = {row["key"]: _int8s(row["ids"]) for row in rows if row["ids"] is not None}
+    universe = sets[UNIVERSE] = np.sort(sets.get(UNIVERSE, np.empty(0, dtype=np.int64)))
     for key in [key for key in sets if key.startswith(_OWNED)]:
         sets[key] = sets[key][among(sets[key], universe)]
-    values = _int8s(await values_q.scalar(on, **params)).reshape(-1, len(VALUE_COLUMNS))
-    order_days = purchases.ranked(_int8s(await orders_q.scalar(on, **params)).reshape(-1, 3))
-    stages = {row["name"]: _int8s(row["rows"]) for row in await stages_q.all(on, **params)}
-    return IndexFacts(
-        sets=sets,
-        values=values,
-        orders=order_days[among(order_days[:, 0], universe)],
-        stages=purchases.among_live(stages, 2, lambda members: among(members, universe)),
-    )
+    return sets, universe
 
 
 async def line_facts(on: AsyncConnection[Any], brand_id: int, ids: Sequence[int] | None = None) -> Lines:
