@@ -179,10 +179,14 @@ class Observe:
             }
             if codes and len(codes) > 1:
                 fields["codes"] = list(dict.fromkeys(codes))
-            # makeRecord and handle rather than log.log: the caller is always this line, and finding it
-            # (findCaller walks the stack) was a tenth of the line's cost.
             level = logging.WARNING if status >= 500 else logging.INFO
-            log.handle(log.makeRecord(log.name, level, __file__, 0, RequestLine(fields), (), None))
+            sink = _sole_json_handler(level)
+            if sink is not None:
+                sink.request_line(level, fields)
+            else:
+                # makeRecord and handle rather than log.log: the caller is always this line, and
+                # finding it (findCaller walks the stack) was a tenth of the line's cost.
+                log.handle(log.makeRecord(log.name, level, __file__, 0, RequestLine(fields), (), None))
 
 
 def route_template(scope: Scope) -> str | None:
@@ -243,6 +247,20 @@ class JsonLines(logging.Formatter):
         return _JSON.encode(line)
 
 
+class _Fields:
+    """A request's line on its way to `_ServerHandler` without a LogRecord: when, how grave, what."""
+
+    __slots__ = ("created", "fields", "level")
+
+    def __init__(self, created: float, level: int, fields: dict[str, Any]) -> None:
+        self.created, self.level, self.fields = created, level, fields
+
+    def json(self) -> str:
+        """The line JsonLines writes for a RequestLine record of the request log."""
+        level = logging.getLevelName(self.level).lower()
+        return _JSON.encode({"time": _utc_millis(self.created), "level": level, "logger": REQUEST_LOG, **self.fields})
+
+
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
 
@@ -259,6 +277,20 @@ def _utc_millis(created: float) -> str:
     return f"{_second[1]}.{micro // 1000:03d}+00:00"
 
 
+def _sole_json_handler(level: int) -> _ServerHandler | None:
+    """The server's handler, when it alone takes the request log's records, as JSON: a line then
+    goes to it as its fields, without a LogRecord (making one and passing it down the loggers was
+    most of what a line cost a request: issue 16's 5%). None otherwise (another handler, a filter,
+    the text format, a test's log capture): the line is logged as any record."""
+    root = logging.root
+    if len(root.handlers) != 1 or log.handlers or log.filters or root.filters or not log.propagate:
+        return None
+    handler = root.handlers[0]
+    if not isinstance(handler, _ServerHandler) or not isinstance(handler.formatter, JsonLines):
+        return None
+    return handler if not handler.filters and level >= handler.level else None
+
+
 class _ServerHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `configure_logging` installs (so that it installs it once per process). Lines are
     written in batches: at most FLUSH_SECONDS after the first of a batch, at once from WARNING up or
@@ -273,16 +305,22 @@ class _ServerHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
-        self._pending: list[str | logging.LogRecord] = []
+        self._pending: list[str | logging.LogRecord | _Fields] = []
         self._timer: threading.Timer | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         pending = record if isinstance(record.msg, RequestLine) else self._formatted(record)
-        if pending is None:
-            return
+        if pending is not None:
+            self._add(pending, record.levelno)
+
+    def request_line(self, level: int, fields: dict[str, Any]) -> None:
+        """A request's line, written as JsonLines writes a RequestLine record (`_sole_json_handler`)."""
+        self._add(_Fields(time.time(), level, fields), level)
+
+    def _add(self, pending: str | logging.LogRecord | _Fields, level: int) -> None:
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._pending.append(pending)
-            if record.levelno >= logging.WARNING or len(self._pending) >= self.FLUSH_LINES:
+            if level >= logging.WARNING or len(self._pending) >= self.FLUSH_LINES:
                 self._write()
             elif self._timer is None:
                 self._timer = threading.Timer(self.FLUSH_SECONDS, self.flush)
@@ -308,7 +346,10 @@ class _ServerHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        lines = [item if isinstance(item, str) else self._formatted(item) for item in pending]
+        lines = [
+            item if isinstance(item, str) else item.json() if isinstance(item, _Fields) else self._formatted(item)
+            for item in pending
+        ]
         try:
             self.stream.write("".join(line + self.terminator for line in lines if line is not None))
             self.stream.flush()

@@ -360,3 +360,47 @@ def test_a_closed_stream_never_raises_from_the_flushing_thread(monkeypatch: pyte
     time.sleep(observe._ServerHandler.FLUSH_SECONDS * 3)  # the timer fires and fails to write: quietly
     handler.flush()
     assert handler._pending == []  # the lines are dropped, not kept to fail again
+
+
+@pytest.mark.parametrize("status", [200, 503])
+def test_a_request_line_written_without_a_record_is_the_line_a_record_writes(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, status: int
+) -> None:
+    """When the server's JSON handler alone takes the request log, a line goes to it as its fields,
+    with no LogRecord made (issue 16's 5%); the line is the one the record would have written, and
+    any other handler (a test's capture, a deployment's own) gets records as before."""
+    stream = io.StringIO()
+    handler = observe._ServerHandler(stream)
+    handler.setFormatter(observe.JsonLines())
+    made: list[Any] = []
+    make_record = observe.log.makeRecord
+
+    def recorded(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(args)
+        return make_record(*args, **kwargs)
+
+    monkeypatch.setattr(observe.log, "makeRecord", recorded)
+    level = observe.log.level
+    observe.log.setLevel(logging.INFO)  # (setLevel: the logger caches what it is enabled for)
+    request.addfinalizer(lambda: observe.log.setLevel(level))
+    seen = observe.Observation()
+    seen.operation = "Brands"
+    scope = {"type": "http", "method": "POST", "path": "/graphql", "request_id": "r-1"}
+    lines = []
+    for handlers in ([handler], [handler, logging.NullHandler()]):
+        monkeypatch.setattr(logging.root, "handlers", handlers)
+        observe.Observe(Starlette(), metrics=None)._record(scope, seen, status, 0.0123)
+        handler.flush()
+        (line,) = stream.getvalue().splitlines()
+        stream.seek(0)
+        stream.truncate()
+        lines.append(line)
+        if len(handlers) == 1:
+            assert not made  # the sole JSON handler: no record
+    assert len(made) == 1  # another handler beside it: a record, as any
+    fast, recorded_line = (json.loads(line) for line in lines)
+    assert fast.pop("time").endswith("+00:00")
+    assert recorded_line.pop("time").endswith("+00:00")
+    assert fast == recorded_line
+    assert list(fast)[:3] == ["level", "logger", "request_id"]
+    assert fast["level"] == ("warning" if status >= 500 else "info")
