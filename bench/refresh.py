@@ -63,7 +63,7 @@ Work = Callable[[AsyncConnection[Any], int], Awaitable[object]]
 
 async def _index(conn: AsyncConnection[Any], brand_id: int) -> object:
     await lock_brand(conn, brand_id, wait=True)
-    return f"{await rebuild(conn, brand_id, two_connections=True):,} index rows"  # as `omnimember refresh` does
+    return f"{await rebuild(conn, brand_id, parallel_reads=True):,} index rows"  # as `omnimember refresh` does
 
 
 async def _stages(conn: AsyncConnection[Any], brand_id: int) -> object:
@@ -81,7 +81,7 @@ async def _rfm(conn: AsyncConnection[Any], brand_id: int) -> object:
 
 
 async def _persons(conn: AsyncConnection[Any], brand_id: int) -> object:
-    return f"{await persons.build(conn, brand_id):,} persons"  # under the brand's persons lock, as refresh
+    return f"{await persons.build(conn, brand_id):,} persons"  # under the group's lock, as refresh
 
 
 async def _rule_tags(conn: AsyncConnection[Any], brand_id: int) -> object:

@@ -88,7 +88,7 @@ class Query:
 
     async def one(self, conn: AsyncConnection[Any], **params: Any) -> Row | None:
         async with AsyncRawCursor(conn, row_factory=dict_row) as cur:
-            await cur.execute(self._numbered, self._values(params))
+            await cur.execute(self._numbered, self._values(params), binary=self._binary)
             return await cur.fetchone()
 
     async def scalar(self, conn: AsyncConnection[Any], **params: Any) -> Any:

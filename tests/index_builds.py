@@ -13,11 +13,11 @@ _ROWS = "SELECT key, chunk, bits FROM audience_bitmaps WHERE brand_id = %s AND b
 
 
 async def build(pool: AsyncConnectionPool[Any], brand_id: int) -> None:
-    """A full build, as `omnimember refresh` does (its reads on two connections at once): a new
+    """A full build, as `omnimember refresh` does (its reads on two other connections at once): a new
     brand's index is born empty and kept by deltas, so only a build lays each field's digits out for
     its values (digit size, a date's base)."""
     async with pool.connection() as conn, conn.transaction():
-        await rebuild(conn, brand_id, two_connections=True)
+        await rebuild(conn, brand_id, parallel_reads=True)
 
 
 async def rows_now_and_after_a_build(pool: AsyncConnectionPool[Any], brand_id: int) -> tuple[list[Any], list[Any]]:

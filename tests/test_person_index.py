@@ -318,7 +318,7 @@ async def test_refresh_rebuilds_persons_beside_an_index_rebuild_of_the_brand(
     pool: AsyncConnectionPool[Any], database_url: str
 ) -> None:
     """`omnimember refresh` rebuilds a brand's persons while its index is being rebuilt (issue 15's
-    recompute floor): the persons have a lock of their own, not the index's."""
+    recompute floor): persons are serialised by the group's lock, not the index's."""
     brands = await _group(pool, 1)
     code = (await _codes(pool, brands))[0]
     async with pool.connection() as conn:
@@ -333,17 +333,17 @@ async def test_refresh_rebuilds_persons_beside_an_index_rebuild_of_the_brand(
 async def test_the_applier_waits_for_a_persons_build_of_the_brand(pool: AsyncConnectionPool[Any]) -> None:
     """A pass beside a persons build of its brand (which `omnimember refresh` now runs beside the
     index, outside the index lock) waits for it and ends with the right persons: both take the
-    brand's persons lock, the pass before it reads what was recorded (and the group's lock after)."""
+    group's lock, the pass before it reads what was recorded."""
     brands = await _group(pool, 1)
     async with pool.connection() as conn:
         await apply_brand(conn, brands[0].brand_id, wait=True)
         await _write(conn, brands[0], "add", 3)
     async with pool.connection() as applier:
         async with pool.connection() as builder, builder.transaction():
-            await persons.build(builder, brands[0].brand_id)  # holds the persons lock until it commits
+            await persons.build(builder, brands[0].brand_id)  # holds the group's lock until it commits
             applying = asyncio.ensure_future(apply_brand(applier, brands[0].brand_id, wait=True))
             done, _ = await asyncio.wait({applying}, timeout=1.5)
-            assert not done  # waiting on the persons lock
+            assert not done  # waiting on the group's lock
         assert (await asyncio.wait_for(applying, timeout=10)) is not None
     async with pool.connection() as conn:
         assert await _bits(conn, brands[0].brand_id) == await _expected(conn, brands[0])

@@ -481,7 +481,7 @@ async def test_a_build_writes_the_same_rows_however_many_reading_connections_it_
     async with pool.connection() as conn:
         before = await (await conn.execute(rows, (brand_id,))).fetchall()
         async with conn.transaction(force_rollback=True):
-            await bitmaps.rebuild(conn, brand_id, two_connections=refused is not None)
+            await bitmaps.rebuild(conn, brand_id, parallel_reads=refused is not None)
             after = await (await conn.execute(rows, (brand_id,))).fetchall()
     assert after == before
     assert any(key.startswith("has:buy.order.") for key, _, _ in after)

@@ -393,19 +393,10 @@ def binary_rows(rows: Iterator[tuple[Any, ...]], formats: str) -> Iterator[bytes
 
 async def copy_rows(cur: AsyncCursor[Any], statement: str, data: Iterator[bytes]) -> None:
     """COPY `data`, each batch packed in a worker thread: packing bits is CPU work (seconds for a large
-    brand's rebuild), and the server's applier shares its event loop with every request. The next
-    batch is packed while the server takes in the current one: one after the other, each waited
-    for the other (a 600,000-member rebuild's writing ran at 1.2 of the two cores)."""
+    brand's rebuild), and the server's applier shares its event loop with every request."""
     async with cur.copy(statement) as copy:
-        batch = await asyncio.to_thread(_next_batch, data)
-        while batch is not None:
-            following = asyncio.ensure_future(asyncio.to_thread(_next_batch, data))
-            try:
-                await copy.write(batch)
-            except BaseException:
-                following.cancel()
-                raise
-            batch = await following
+        while (batch := await asyncio.to_thread(_next_batch, data)) is not None:
+            await copy.write(batch)
 
 
 def _next_batch(data: Iterator[bytes]) -> bytes | None:
@@ -426,13 +417,13 @@ async def rebuild(
     progress: Progress | None = None,
     layout: Mapping[str, int] | None = None,
     *,
-    two_connections: bool = False,
+    parallel_reads: bool = False,
 ) -> int:
     """Replace the brand's index with one built from the system of record; returns rows written.
 
     Runs inside the caller's transaction. Changes queued before it are covered by the build and
     dropped; changes committed while it runs stay queued for the next delta. Each digit field is
-    laid out for its values, or as `layout` (an index state's) says. With `two_connections`, the
+    laid out for its values, or as `layout` (an index state's) says. With `parallel_reads`, the
     reads run on two other connections at once, and the order lines' keys are written while the rest
     is read (_lines_first): only for a caller whose transaction has written no fact of the brand (the
     applier, `omnimember refresh`), the others cannot see those.
@@ -445,8 +436,9 @@ async def rebuild(
     await _clear.run(conn, brand_id=brand_id)  # first: no read below reads the index
     written = 0
     async with contextlib.AsyncExitStack() as stack:
-        readers = [await stack.enter_async_context(_reader(conn)) for _ in range(2)] if two_connections else [None]
-        first, second = readers[0], readers[-1]
+        first, second = (
+            [await stack.enter_async_context(_reader(conn)) for _ in range(2)] if parallel_reads else [None, None]
+        )
         if first is not None and second is not None:
             written, sets = await _lines_first(conn, brand_id, first, second, layout, report)
         else:
@@ -557,7 +549,7 @@ async def refresh(url: str, brand: str | None, progress: Callable[[str], Progres
         started = time.perf_counter()
         report = progress(row["code"]) if progress is not None else (lambda stage, done, total: None)
         async with conn.transaction():
-            rows = await rebuild(conn, row["id"], report, two_connections=True)
+            rows = await rebuild(conn, row["id"], report, parallel_reads=True)
             report("committing", 0, 1)
         report("done", 1, 1)
         return Refreshed(row["code"], rows, time.perf_counter() - started)

@@ -263,7 +263,7 @@ async def apply_brand(conn: AsyncConnection[Any], brand_id: int, *, wait: bool =
 
 
 async def _rebuilt(conn: AsyncConnection[Any], brand_id: int, changed: int) -> Applied:
-    await rebuild(conn, brand_id, two_connections=True)  # this transaction has only drained the queue
+    await rebuild(conn, brand_id, parallel_reads=True)  # this transaction has only drained the queue
     await after_apply(conn, brand_id, None)  # lifecycle stages: every member compared
     await persons_after_apply(conn, brand_id, None)  # the brand's persons, rebuilt
     await _rule_tags_after_apply(conn, brand_id, None)  # rule tags: every member computed

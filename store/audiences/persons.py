@@ -51,10 +51,8 @@ _m, _g, _p = members.c, group_persons.c, brand_persons.c
 _group_of = Query(sa.select(brands.c.group_id).where(brands.c.id == _BRAND))
 # New person ids are handed out under the group's lock: two brands of a group may apply at once.
 _lock_group = Query(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x706572), sa.bindparam("group_id"))))
-# A brand's persons are written under a lock of their own, taken before the group's: the applier
-# (which holds the brand's index lock too) and `omnimember refresh`, which rebuilds them beside the
-# index on another connection (the index lock would make them wait for each other).
-_lock_brand_persons = Query(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(0x707273), sa.bindparam("brand_id"))))
+# It also serialises every writer of a brand's persons: the applier (under the brand's index lock
+# too) and `omnimember refresh`, which rebuilds them beside the index, outside the index lock.
 
 
 def _live_with_phone(*more: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
@@ -165,7 +163,6 @@ _COPY = "COPY person_bitmaps (brand_id, chunk, bits) FROM STDIN (FORMAT BINARY)"
 
 async def build(conn: AsyncConnection[Any], brand_id: int) -> int:
     """The brand's persons from the system of record, replacing what was recorded; returns them."""
-    await _lock_brand_persons.scalar(conn, brand_id=brand_id)
     group_id = await _group_of.scalar(conn, brand_id=brand_id)
     await _lock_group.scalar(conn, group_id=group_id)
     await _assign_brand.run(conn, brand_id=brand_id, group_id=group_id)
@@ -188,10 +185,9 @@ async def apply(conn: AsyncConnection[Any], brand_id: int, member_ids: Sequence[
     """Bring the persons of these members of a built brand up to date (any of them may be merged
     away, erased, deleted, or hold another phone than was recorded)."""
     ids = list(member_ids)
-    await _lock_brand_persons.scalar(conn, brand_id=brand_id)
-    before = {row["member_id"]: row["person_id"] for row in await _recorded.all(conn, ids=ids)}
     group_id = await _group_of.scalar(conn, brand_id=brand_id)
-    await _lock_group.scalar(conn, group_id=group_id)
+    await _lock_group.scalar(conn, group_id=group_id)  # before reading what was recorded: a build may be writing it
+    before = {row["member_id"]: row["person_id"] for row in await _recorded.all(conn, ids=ids)}
     await _assign_members.run(conn, brand_id=brand_id, group_id=group_id, ids=ids)
     await _forget_members.run(conn, ids=ids)
     after = {row["person_id"] for row in await _record_members.all(conn, brand_id=brand_id, group_id=group_id, ids=ids)}
@@ -326,7 +322,7 @@ async def shared_persons(
 
 async def refresh(url: str, brand: str | None) -> list[tuple[str, int]]:
     """`omnimember refresh`: rebuild one brand's (by code) or every brand's persons, each in a
-    transaction of its own (under the brand's persons lock: `build`), beside the index's rebuild."""
+    transaction of its own (under the group's lock: `build`), beside the index's rebuild."""
 
     async def rebuilt(conn: AsyncConnection[Any], row: Mapping[str, Any]) -> int:
         async with conn.transaction():

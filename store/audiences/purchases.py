@@ -92,8 +92,8 @@ GROUP BY GROUPING SETS ((l.category), (l.sku))
 
 def split_lines(named: Iterable[tuple[bool, str, Ids]]) -> tuple[dict[str, Ids], dict[str, Ids]]:
     """line_rows' rows -> (categories, products) as IndexFacts holds them: per category, (member,
-    day, net fen) of each order with a line of it, the order's lines of it summed, by member and most
-    recent first; per sku, (member, last day bought)."""
+    day, net fen) of each order with a line of it, the order's lines of it summed, in no order; per
+    sku, (member, last day bought)."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
     categories: dict[str, Ids] = {}
@@ -104,7 +104,6 @@ def split_lines(named: Iterable[tuple[bool, str, Ids]]) -> tuple[dict[str, Ids],
             lines = lines[np.argsort(lines[:, 1], kind="stable")]
             starts = np.flatnonzero(np.diff(lines[:, 1], prepend=-1))
             orders = np.column_stack([lines[starts, 0], lines[starts, 2], np.add.reduceat(lines[:, 3], starts)])
-            orders = orders[np.lexsort((-orders[:, 1], orders[:, 0]))]
             categories[name] = orders.reshape(-1)
         else:
             lines = lines[np.lexsort((-lines[:, 2], lines[:, 0]))]
@@ -132,16 +131,14 @@ def order_keys(orders: npt.NDArray[np.int64]) -> Keys:
 def line_keys(categories: Mapping[str, Ids], products: Mapping[str, Ids]) -> Keys:
     """The `buy.*` keys of the order lines: per category its orders' days by rank and its spend
     days, and per category and sku the last day bought."""
-    import numpy as np  # lazily: a count needs none (issue 16)
 
     bought: dict[str, Ids] = {name: rows.reshape(-1, 2) for name, rows in products.items()}
     for category, rows in categories.items():
-        table = rows.reshape(-1, 3)
-        k = _rank_by_recency(table[:, 0], table[:, 1])
-        for nth, rows in by_rank(np.column_stack([table, k]), 3):
-            yield from sliced_days(category_order_field(category, nth), rows[:, 0], rows[:, 1])
-        yield from _spend_days(table[:, 0], k, table[:, 1], table[:, 2], category)
-        bought[category] = _latest(table[k == 1][:, :2], bought.get(category))
+        table = ranked(rows.reshape(-1, 3))  # member, k, day, net
+        for nth, rows in by_rank(table, 1):
+            yield from sliced_days(category_order_field(category, nth), rows[:, 0], rows[:, 2])
+        yield from _spend_days(table[:, 0], table[:, 1], table[:, 2], table[:, 3], category)
+        bought[category] = _latest(table[table[:, 1] == 1][:, [0, 2]], bought.get(category))
     for product, table in bought.items():
         yield from sliced_days(bought_field(product), table[:, 0], table[:, 1])
 
@@ -210,7 +207,7 @@ def ranked(orders: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 def _rank_by_recency(members: Ids, days: Ids) -> Ids:
     """k (1 = most recent) of each row among its member's rows, for rows in member order, most
-    recent first (as split_lines gives them)."""
+    recent first (as `ranked` sorts them)."""
     import numpy as np  # lazily: a count needs none (issue 16)
 
     if not members.size:
@@ -242,8 +239,9 @@ def _spend_days(members: Ids, k: Ids, days: Ids, net: Ids, category: str | None)
     crossed = highest - lowest
     rows = np.repeat(np.arange(spent.size), crossed)
     step = lowest[rows] + np.arange(rows.size) - np.repeat(np.cumsum(crossed) - crossed, crossed)
-    rows = rows[np.argsort(step, kind="stable")]  # by step, each step's rows in member order
-    bounds = np.searchsorted(np.sort(step), np.arange(steps.size + 1))
+    by_step = np.argsort(step, kind="stable")  # each step's rows in member order
+    rows = rows[by_step]
+    bounds = np.searchsorted(step[by_step], np.arange(steps.size + 1))
     for at, fen in enumerate(SPEND_FEN):
         chosen = rows[bounds[at] : bounds[at + 1]]
         yield from sliced_days(spend_day_field(fen, category), members[chosen], days[chosen])
